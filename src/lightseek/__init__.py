@@ -1,0 +1,3 @@
+"""lightseek: efficient dynamic Mixture-of-Experts language models."""
+
+__version__ = "0.1.0"

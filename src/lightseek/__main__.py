@@ -1,0 +1,7 @@
+"""`python -m lightseek ...` (and `torchrun ... -m lightseek train ...`)."""
+
+import sys
+
+from lightseek.cli import main
+
+sys.exit(main())

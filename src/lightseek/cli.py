@@ -1,0 +1,269 @@
+"""The `lightseek` command. Subcommands import their (heavy) modules only when they run, so
+`lightseek --help` is instant and needs only the core install.
+
+Every subcommand takes ``--config recipes/NAME.yaml`` and dotted overrides of the run config
+(``--train.lr=3e-4``, ``--model.n_layers 4``); unknown or mistyped keys are errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from lightseek import __version__
+from lightseek.errors import LightseekError
+
+EPILOG = ("Any subcommand also takes --config recipes/NAME.yaml and dotted overrides of the run "
+          "config, e.g. --train.lr=3e-4 --model.router_mode=topk. `lightseek config` lists every key.")
+
+
+def _run_config(args: argparse.Namespace, overrides: list[str], base: dict | None = None):
+    from lightseek.train.config import load_run_config
+
+    return load_run_config(args.config, overrides, base=base)
+
+
+# --- subcommands -----------------------------------------------------------------------------
+
+def cmd_quickstart(args, overrides) -> int:
+    from lightseek.quickstart import quickstart
+
+    quickstart(_run_config(args, overrides, base=_quickstart_base()), fresh=args.fresh)
+    return 0
+
+
+def _quickstart_base() -> dict:
+    from lightseek.quickstart import QUICKSTART
+
+    return QUICKSTART
+
+
+def cmd_tokenizer_train(args, overrides) -> int:
+    from lightseek.data.prepare import documents_from, train_tokenizer
+
+    cfg = _run_config(args, overrides)
+    inputs = args.inputs or cfg.data.inputs
+    tok = train_tokenizer(documents_from(inputs, cfg.data.text_field)(), cfg.tokenizer.vocab_size,
+                          cfg.tokenizer.train_bytes)
+    path = tok.save(args.out)
+    print(f"tokenizer with {tok.vocab_size} tokens written to {path}")
+    return 0
+
+
+def cmd_data_prepare(args, overrides) -> int:
+    from lightseek.data.prepare import documents_from, prepare_dataset
+    from lightseek.data.tokenizer import Tokenizer
+
+    cfg = _run_config(args, overrides)
+    inputs = args.inputs or cfg.data.inputs
+    tok_path = args.tokenizer or cfg.tokenizer.path
+    manifest = prepare_dataset(
+        documents_from(inputs, cfg.data.text_field), args.out,
+        tokenizer=Tokenizer.load(tok_path) if tok_path else None, vocab_size=cfg.tokenizer.vocab_size,
+        tokenizer_bytes=cfg.tokenizer.train_bytes, max_bytes=cfg.data.max_bytes,
+        val_fraction=cfg.data.val_fraction, seed=cfg.train.seed, overwrite=args.overwrite)
+    splits = manifest["splits"]
+    print(f"{args.out}: train {splits['train']['tokens']:,} tokens, val {splits['val']['tokens']:,} "
+          f"tokens from {len(manifest['sources'])} sources")
+    return 0
+
+
+def cmd_train(args, overrides) -> int:
+    from lightseek.train.pretrain import pretrain
+
+    cfg = _run_config(args, overrides)
+    summary = pretrain(cfg, resume=args.resume, show_progress=not args.quiet)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="run summary", show_header=False)
+    for key in ("steps", "tokens_seen", "tokens_per_s", "wall_s", "val_loss", "val_ppl", "avg_k",
+                "max_vio", "dead_experts", "checkpoint"):
+        if key in summary:
+            v = summary[key]
+            table.add_row(key, f"{v:,.4g}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+def cmd_eval(args, overrides) -> int:
+    from lightseek.eval.run import run_eval
+
+    cfg = _run_config(args, overrides)
+    result = run_eval(args.checkpoint, cfg, data=args.data, split=args.split, routing=args.routing)
+    print(result["text"])
+    return 0
+
+
+def cmd_generate(args, overrides) -> int:
+    from lightseek.data.chat import render
+    from lightseek.data.tokenizer import Tokenizer
+    from lightseek.model.checkpoint import load_model, resolve_checkpoint
+    from lightseek.model.generate import generate_text
+
+    cfg = _run_config(args, overrides)
+    p = cfg.generate
+    ckpt = resolve_checkpoint(args.checkpoint)
+    tokenizer = Tokenizer.load(ckpt)
+    model = load_model(ckpt)
+    prompt = args.prompt
+    if args.chat:
+        prompt = render([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    sys.stdout.write(args.prompt if not args.chat else "")
+    sys.stdout.flush()
+
+    def show(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        generate_text(model, tokenizer, prompt, p, on_text=show)
+    except ValueError as e:  # prompt too long for the context, empty prompt
+        raise LightseekError(str(e)) from None
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_info(args, overrides) -> int:
+    from lightseek.model.info import describe_model
+
+    cfg = _run_config(args, overrides)
+    print(describe_model(args.checkpoint, cfg.model, seq_len=cfg.train.seq_len))
+    return 0
+
+
+def cmd_config(args, overrides) -> int:
+    from lightseek.config import describe, to_dict
+    from lightseek.train.config import RunConfig
+
+    if args.show:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(_run_config(args, overrides)), sort_keys=False), end="")
+        return 0
+    for key, default, help_text in describe(RunConfig):
+        print(f"{key:32s} {default:>14s}  {help_text}")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightseek", epilog=EPILOG,
+        description="Efficient dynamic Mixture-of-Experts language models: data, training, generation.")
+    parser.add_argument("--version", action="version", version=f"lightseek {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help_text: str, parent=sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_text, description=help_text, epilog=EPILOG)
+        p.add_argument("--config", metavar="YAML", help="a recipe, e.g. recipes/tiny.yaml")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("quickstart", cmd_quickstart,
+            "Train a tokenizer and the tiny dynamic MoE on Python's own docs and source, report, sample.")
+    p.add_argument("--fresh", action="store_true", help="delete an earlier quickstart run first")
+
+    tok = sub.add_parser("tokenizer", help="Tokenizer tools.").add_subparsers(dest="sub", metavar="SUB")
+    p = add("train", cmd_tokenizer_train, "Train a byte-level BPE tokenizer on text files.", tok)
+    p.add_argument("inputs", nargs="*", help="files or folders (.txt, .md, .jsonl); else data.inputs")
+    p.add_argument("--out", required=True, help="tokenizer.json path or folder")
+
+    data = sub.add_parser("data", help="Data tools.").add_subparsers(dest="sub", metavar="SUB")
+    p = add("prepare", cmd_data_prepare, "Tokenize text into train/validation token shards.", data)
+    p.add_argument("inputs", nargs="*", help="files or folders (.txt, .md, .jsonl); else data.inputs")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tokenizer", help="an existing tokenizer.json (default: train one)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+    p = add("train", cmd_train, "Pretrain a model (single process or under torchrun).")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("eval", cmd_eval, "Validation loss, perplexity and routing statistics of a checkpoint.")
+    p.add_argument("checkpoint", help="checkpoint folder (or run folder)")
+    p.add_argument("--data", nargs="*", help="text files/folders, or a prepared shard folder "
+                                             "(default: the run's own validation split)")
+    p.add_argument("--split", default="val", help="split of a shard folder (default: val)")
+    p.add_argument("--routing", action="store_true", help="print the per-layer routing table")
+
+    p = add("generate", cmd_generate, "Generate text from a checkpoint (streams to the terminal).")
+    p.add_argument("checkpoint", help="checkpoint folder (or run folder)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
+    for flag, key, typ in (("--max-new-tokens", "max_new_tokens", int), ("--temperature", "temperature", float),
+                           ("--top-k", "top_k", int), ("--top-p", "top_p", float), ("--seed", "seed", int)):
+        p.add_argument(flag, dest=f"gen_{key}", type=typ, help=f"same as --generate.{key}")
+    p.add_argument("--stop", dest="gen_stop", action="append", help="stop string (repeatable)")
+
+    p = add("info", cmd_info, "Parameters (total, active per token), FLOPs per token, routing config.")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint folder; default: the configured model")
+
+    p = add("config", cmd_config, "List every config key with its default and help (or --show the resolved config).")
+    p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
+    return parser
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    """--temperature 0.5 etc. become --generate.temperature=0.5."""
+    import json
+
+    out = []
+    for key, value in vars(args).items():
+        if key.startswith("gen_") and value is not None:
+            out.append(f"--generate.{key[4:]}={json.dumps(value, ensure_ascii=False)}")
+    return out
+
+
+TOP_LEVEL_KEYS = {"preset", "out_dir"}
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate run-config overrides (``--section.key[=value]``, ``--preset``, ``--out_dir``)
+    from the subcommand's own arguments, so argparse never mistakes an override's value for a
+    positional argument."""
+    own, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key = arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else ""
+        if key and ("." in key or key in TOP_LEVEL_KEYS):
+            overrides.append(arg)
+            if "=" not in arg and i + 1 < len(argv):
+                overrides.append(argv[i + 1])
+                i += 1
+        else:
+            own.append(arg)
+        i += 1
+    return own, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    own, rest = split_overrides(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(own)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return args.fn(args, rest + _flag_overrides(args))
+    except LightseekError as e:
+        print(f"lightseek {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lightseek {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stdout = open(os.devnull, "w")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

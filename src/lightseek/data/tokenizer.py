@@ -1,0 +1,265 @@
+"""Byte-level BPE tokenizer: a thin, lossless wrapper over the `tokenizers` library.
+
+Every Unicode string round-trips exactly (`decode(encode(s)) == s`) because text is split into
+UTF-8 bytes before BPE, with all 256 bytes in the base alphabet and no normalizer. The special
+tokens in `SPECIAL_TOKENS` hold ids 0..5; they are only produced from text when the caller asks
+(`allow_special=True`), so user text that happens to contain "<|end|>" stays plain text.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from lightseek.errors import CheckpointError, ConfigError, DataError
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of GPT-2's byte -> printable character map used by ByteLevel."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    shift = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + shift)
+            shift += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+class Tokenizer:
+    """Byte-level BPE with lightseek's special tokens; build with `train` or `load`."""
+
+    def __init__(self, hf: _HFTokenizer, *, origin: str = "<memory>") -> None:
+        serialized = hf.to_str()
+        _check_compatible(hf, serialized, origin)
+        # Two engines from one definition: `_plain` treats special-token strings as text,
+        # `_special` splits them out. No shared mutable flag, so encoding is thread-safe.
+        self._plain = _HFTokenizer.from_str(serialized)
+        self._plain.encode_special_tokens = True
+        self._special = _HFTokenizer.from_str(serialized)
+        self._special.encode_special_tokens = False
+        self._serialized = serialized
+        self._special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+        self._vocab_size = self._special.get_vocab_size(with_added_tokens=True)
+        self._token_bytes: dict[int, bytes] = {}
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+        """Learn a vocabulary of at most `vocab_size` tokens (specials + 256 bytes + merges)."""
+        floor = 256 + len(SPECIAL_TOKENS)
+        if not isinstance(vocab_size, int) or vocab_size <= floor:
+            raise ConfigError(f"vocab_size must be an integer > {floor}, got {vocab_size!r}")
+        if not isinstance(min_frequency, int) or min_frequency < 1:
+            raise ConfigError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
+        hf = _HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(hf, origin="<trained>")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """Load a tokenizer.json file, or the tokenizer.json inside a directory."""
+        file = Path(path)
+        if file.is_dir():
+            file = file / TOKENIZER_FILE
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CheckpointError(f"tokenizer file not found: {file}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"cannot read tokenizer file {file}: {e}") from None
+        try:
+            hf = _HFTokenizer.from_str(text)
+        except Exception as e:  # the library raises a bare Exception for bad JSON
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"corrupt tokenizer file {file}: {first_line}") from None
+        return cls(hf, origin=str(file))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write tokenizer.json atomically and return the file written.
+
+        `path` is a directory (existing, or a new path without a suffix, created) or a file path.
+        """
+        target = Path(path)
+        if target.is_dir() or (not target.suffix and not target.exists()):
+            target = target / TOKENIZER_FILE
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target, self._serialized)
+        except OSError as e:
+            reason = e.strerror or e
+            raise CheckpointError(f"cannot write tokenizer file {target}: {reason}") from None
+        return target
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eot_id(self) -> int:
+        return SPECIAL_TOKENS.index("<|endoftext|>")
+
+    @property
+    def pad_id(self) -> int:
+        return SPECIAL_TOKENS.index("<|pad|>")
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the canonical serialization (exactly the bytes `save` writes)."""
+        return hashlib.sha256(self._serialized.encode("utf-8")).hexdigest()
+
+    def token_id(self, token: str) -> int:
+        """Id of a token string in the vocabulary (e.g. "<|end|>"); KeyError if absent."""
+        tid = self._special.token_to_id(token)
+        if tid is None:
+            raise KeyError(f"token {token!r} is not in the vocabulary")
+        return tid
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
+
+    # ------------------------------------------------------------------ encode / decode
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """Token ids for `text`. Special-token strings become special ids only if allowed."""
+        engine = self._special if allow_special else self._plain
+        try:
+            return engine.encode(text, add_special_tokens=False).ids
+        except TypeError:
+            _raise_if_not_unicode([text])
+            raise
+
+    def encode_batch(self, texts: Sequence[str], *, allow_special: bool = False) -> list[list[int]]:
+        """`encode` for many texts at once (parallel inside the library)."""
+        engine = self._special if allow_special else self._plain
+        texts = list(texts)
+        try:
+            return [e.ids for e in engine.encode_batch(texts, add_special_tokens=False)]
+        except TypeError:
+            _raise_if_not_unicode(texts)
+            raise
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
+        """Text for `ids`; special tokens are dropped unless `skip_special=False`."""
+        ids = [self._check_id(i) for i in ids]
+        return self._special.decode(ids, skip_special_tokens=skip_special)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (a special token gives its UTF-8 text)."""
+        token_id = self._check_id(token_id)
+        cached = self._token_bytes.get(token_id)
+        if cached is not None:
+            return cached
+        token = self._special.id_to_token(token_id)
+        if token_id in self._special_ids:
+            raw = token.encode("utf-8")
+        else:
+            table = _byte_decoder()
+            raw = bytes(table[c] for c in token)
+        self._token_bytes[token_id] = raw
+        return raw
+
+    def _check_id(self, token_id: int) -> int:
+        token_id = int(token_id)
+        if not 0 <= token_id < self._vocab_size:
+            raise ValueError(
+                f"token id {token_id} is outside the vocabulary (size {self._vocab_size})"
+            )
+        return token_id
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+class StreamDecoder:
+    """Turns ids into text one at a time, never emitting half of a UTF-8 character.
+
+    Concatenating every `push` result and the final `flush` equals `tokenizer.decode(ids)`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, skip_special: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        """Feed one id; return the text completed by it (possibly "")."""
+        if self._skip_special and self._tokenizer.is_special(token_id):
+            return ""
+        return self._utf8.decode(self._tokenizer.token_bytes(token_id))
+
+    def flush(self) -> str:
+        """End of stream: return what is held back (an incomplete tail becomes U+FFFD)."""
+        text = self._utf8.decode(b"", final=True)
+        self._utf8.reset()
+        return text
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    """Write `text` to `target` via a fsynced temp file in the same directory and os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; this is a normal output file
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _raise_if_not_unicode(texts: list[str]) -> None:
+    """Explain the library's TypeError for text with unpaired surrogates (e.g. from JSON)."""
+    for i, text in enumerate(texts):
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise DataError(
+                    f"text {i} is not valid Unicode: unpaired surrogate at character {e.start}"
+                ) from None
+
+
+def _check_compatible(hf: _HFTokenizer, serialized: str, origin: str) -> None:
+    """Byte-level BPE, no normalizer, our special tokens at ids 0..5: else not ours."""
+    spec = json.loads(serialized)
+    kinds = [(spec.get(part) or {}).get("type") for part in ("model", "decoder", "normalizer")]
+    if kinds != ["BPE", "ByteLevel", None]:
+        raise CheckpointError(
+            f"{origin} is not a lightseek tokenizer: expected a byte-level BPE without a "
+            f"normalizer, found model/decoder/normalizer {kinds}"
+        )
+    for expected_id, token in enumerate(SPECIAL_TOKENS):
+        if hf.token_to_id(token) != expected_id:
+            raise CheckpointError(
+                f"{origin} is not a lightseek tokenizer: {token!r} must have id {expected_id}"
+            )

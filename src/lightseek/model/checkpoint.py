@@ -1,0 +1,173 @@
+"""Checkpoints: a folder with config.json, model.safetensors, tokenizer.json and, for training
+runs, train_state.pt. Written atomically (temp folder, fsync, rename), checked on load."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lightseek import __version__
+from lightseek.errors import CheckpointError, LightseekError
+from lightseek.model.config import ModelConfig
+from lightseek.model.transformer import Transformer, rope_tables
+
+CONFIG, WEIGHTS, TOKENIZER, TRAIN_STATE = "config.json", "model.safetensors", "tokenizer.json", "train_state.pt"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    """Write JSON to ``path`` via a temp file + fsync + rename: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_state(model: Transformer) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    if model.cfg.tie_embeddings:
+        state.pop("head.weight", None)  # shared with embed.weight
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_checkpoint(path: str | Path, model: Transformer, *, tokenizer_file: str | Path | None = None,
+                    run_config: dict | None = None, train_state: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write a checkpoint folder atomically; an existing one at ``path`` is replaced whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        meta = {"lightseek_version": __version__, "model": model.cfg.to_dict(), **(extra or {})}
+        if run_config is not None:
+            meta["run"] = run_config
+        write_json_atomic(tmp / CONFIG, meta)
+        save_file(model_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder that holds one in ``checkpoint/``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not (path / CONFIG).exists() and (path / "checkpoint" / CONFIG).exists():
+        path = path / "checkpoint"
+    for name in (CONFIG, WEIGHTS):
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path}: missing {name}")
+    return path
+
+
+def read_checkpoint_config(path: str | Path) -> dict:
+    path = resolve_checkpoint(path)
+    try:
+        meta = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path}: {CONFIG} is corrupt ({e})") from None
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"checkpoint {path}: {CONFIG} has no 'model' section")
+    return meta
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
+    """Build the model from config.json and load model.safetensors, strictly."""
+    path = resolve_checkpoint(path)
+    meta = read_checkpoint_config(path)
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+    except LightseekError as e:
+        raise CheckpointError(f"checkpoint {path}: {CONFIG}: {e}") from None
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to_empty(device=device)
+    load_weights(model, path)
+    return model.eval()
+
+
+def load_weights(model: Transformer, path: str | Path) -> None:
+    """Load ``model.safetensors`` of checkpoint ``path`` into ``model`` (shapes must match)."""
+    path = resolve_checkpoint(path)
+    device = next(model.parameters()).device
+    try:
+        state = load_file(str(path / WEIGHTS), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} is truncated or corrupt ({e})") from None
+    missing, unexpected = _load_state(model, state)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not match config.json "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def _load_state(model: Transformer, state: dict) -> tuple[list[str], list[str]]:
+    expected = model.state_dict()
+    if model.cfg.tie_embeddings:
+        expected.pop("head.weight", None)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        return missing, unexpected
+    for k, v in expected.items():
+        if v.shape != state[k].shape:
+            return [f"{k} {tuple(v.shape)}"], [f"{k} {tuple(state[k].shape)}"]
+    model.load_state_dict(state, strict=False)
+    if model.cfg.tie_embeddings:
+        model.head.weight = model.embed.weight
+    # Non-persistent buffers (RoPE tables, statistics) were not in the file: rebuild them.
+    cos, sin = rope_tables(model.cfg.head_dim, model.cfg.max_seq_len, model.cfg.rope_theta)
+    model.rope_cos, model.rope_sin = cos.to(model.rope_cos.device), sin.to(model.rope_sin.device)
+    model.reset_routing_stats()
+    return [], []
+
+
+def load_train_state(path: str | Path) -> dict:
+    path = resolve_checkpoint(path)
+    f = path / TRAIN_STATE
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint {path}: missing {TRAIN_STATE} (not a resumable training checkpoint)")
+    try:
+        return torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several types for a damaged pickle/zip
+        raise CheckpointError(f"checkpoint {path}: {TRAIN_STATE} is truncated or corrupt ({e})") from None

@@ -1,0 +1,97 @@
+"""Autoregressive generation with the KV cache: greedy or sampled (temperature, top-k, top-p),
+stop tokens and stop strings, a seed, and streaming of text as it is produced."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from lightseek.model.kv_cache import KVCache
+from lightseek.model.sampling import SamplingParams
+from lightseek.model.transformer import Transformer
+
+
+def sample_next(logits_BV: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick the next token of each row: argmax at temperature 0, else filtered sampling."""
+    if p.temperature == 0:
+        return logits_BV.argmax(-1)
+    logits = logits_BV.float() / p.temperature
+    if p.top_k:
+        kth = logits.topk(min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= p.top_p   # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParams,
+                 stop_ids: Sequence[int] = (), use_cache: bool = True) -> Iterator[int]:
+    """Yield new token ids one at a time; stops at a stop id (not yielded), ``max_new_tokens``,
+    or the model's context length. ``use_cache=False`` recomputes the whole prefix each step."""
+    if not prompt_ids:
+        raise ValueError("the prompt is empty")
+    cfg = model.cfg
+    device = next(model.parameters()).device
+    if len(prompt_ids) >= cfg.max_seq_len:
+        raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room in the context of {cfg.max_seq_len}")
+    model.eval()
+    generator = None
+    if p.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(p.seed)
+    budget = min(p.max_new_tokens, cfg.max_seq_len - len(prompt_ids))
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)     # (1, T)
+    cache = KVCache.for_model(model, batch_size=1) if use_cache else None
+    logits = model(ids, cache=cache, last_only=True).logits[:, -1]
+    for _ in range(budget):
+        next_id = sample_next(logits, p, generator)                             # (1,)
+        tok = int(next_id.item())
+        if tok in stop_ids:
+            return
+        yield tok
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
+        if cache is not None:
+            logits = model(next_id[:, None], cache=cache, last_only=True).logits[:, -1]
+        else:
+            logits = model(ids, last_only=True).logits[:, -1]
+
+
+def generate_text(model: Transformer, tokenizer, prompt: str, p: SamplingParams,
+                  on_text: Callable[[str], None] | None = None) -> str:
+    """Generate from a text prompt; stream decoded text to ``on_text`` as it completes. Text that
+    could still become a stop string is held back until it can't; the stop string itself is
+    never emitted."""
+    from lightseek.data.tokenizer import StreamDecoder
+
+    decoder = StreamDecoder(tokenizer)
+    emitted, pending = [], ""
+    hold = max((len(s) for s in p.stop), default=1) - 1  # chars that may start a stop string
+
+    def emit(text: str) -> None:
+        if text:
+            emitted.append(text)
+            if on_text:
+                on_text(text)
+
+    for tok in generate_ids(model, tokenizer.encode(prompt), p, stop_ids=[tokenizer.eot_id]):
+        pending += decoder.push(tok)
+        cut = min((pending.find(s) for s in p.stop if s in pending), default=-1)
+        if cut >= 0:
+            emit(pending[:cut])
+            return "".join(emitted)
+        if hold and len(pending) > hold:
+            emit(pending[:-hold])
+            pending = pending[-hold:]
+        elif not hold:
+            emit(pending)
+            pending = ""
+    pending += decoder.flush()
+    cut = min((pending.find(s) for s in p.stop if s in pending), default=-1)
+    emit(pending[:cut] if cut >= 0 else pending)
+    return "".join(emitted)

@@ -1,0 +1,186 @@
+"""The MoE layer: router (dense / topk / dynamic), balancing, routing statistics, experts.
+
+Every router mode returns the same thing: padded ``(T, k_max)`` expert ids with the sentinel id
+``n_experts`` in unused slots, and fp32 weights (zero in unused slots). Dispatch never needs to
+know which mode chose them.
+
+Balancing is auxiliary-loss-free by default: a per-expert bias is added to the scores for
+*selection only* (the weights still come from the unbiased scores), and after each optimizer step
+it moves by a fixed step toward equal load. In ``dynamic`` mode each token takes the smallest
+set of experts whose routing mass reaches a threshold, and a controller moves the threshold after
+each step so that the average number of experts per token stays at ``target_k``. Both updates
+are driven by statistics the layer accumulates during forward passes, so they are exact under
+gradient accumulation and, after an all-reduce, under data parallelism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lightseek.kernels.dispatch import get_dispatch
+from lightseek.model.config import ModelConfig
+
+
+@dataclass
+class RouterOutput:
+    expert_ids_TK: torch.Tensor   # (T, K) int64, sentinel = n_experts in unused slots
+    weights_TK: torch.Tensor      # (T, K) fp32, zero in unused slots
+    aux_loss: torch.Tensor | None  # scalar: sequence-level balance loss + z-loss, if enabled
+
+
+class Router(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_experts = cfg.n_experts
+        self.weight = nn.Parameter(torch.empty(cfg.n_experts, cfg.dim))
+        # Selection-only bias and the dynamic threshold are state, saved with the model.
+        self.register_buffer("bias_E", torch.zeros(cfg.n_experts))
+        self.register_buffer("threshold", torch.tensor(float(cfg.threshold_init)))
+        # Statistics accumulated since the last reset (not saved).
+        self.register_buffer("load_E", torch.zeros(cfg.n_experts, dtype=torch.float64), persistent=False)
+        self.register_buffer("stat_sums", torch.zeros(3, dtype=torch.float64), persistent=False)  # tokens, k, entropy
+
+    def reset_stats(self) -> None:
+        self.load_E.zero_()
+        self.stat_sums.zero_()
+
+    def forward(self, x_BTD: torch.Tensor) -> RouterOutput:
+        B, T, _ = x_BTD.shape
+        cfg = self.cfg
+        logits_TE = F.linear(x_BTD.reshape(B * T, -1).float(), self.weight.float())
+        if cfg.score_fn == "softmax":
+            scores_TE = logits_TE.softmax(dim=-1)
+        else:
+            scores_TE = logits_TE.sigmoid()
+        # Selection order: for softmax the bias acts on logits (it scales an expert's odds, the
+        # same at any number of experts); for sigmoid on scores, as in DeepSeek-V3.
+        select_TE = (logits_TE if cfg.score_fn == "softmax" else scores_TE).detach()
+        if cfg.balance_bias:
+            select_TE = select_TE + self.bias_E
+
+        if cfg.router_mode == "topk":
+            expert_ids_TK = select_TE.topk(cfg.top_k, dim=-1).indices
+            keep_TK = torch.ones_like(expert_ids_TK, dtype=torch.bool)
+        else:  # dynamic: smallest prefix (in selection order) whose routing mass reaches threshold
+            expert_ids_TK = select_TE.topk(cfg.max_k, dim=-1).indices
+            probs_TE = scores_TE.detach()
+            if cfg.score_fn == "sigmoid":
+                probs_TE = probs_TE / probs_TE.sum(-1, keepdim=True)
+            mass_TK = probs_TE.gather(1, expert_ids_TK).cumsum(-1)
+            k_T = ((mass_TK < self.threshold).sum(-1) + 1).clamp(cfg.min_k, cfg.max_k)
+            keep_TK = torch.arange(cfg.max_k, device=x_BTD.device) < k_T[:, None]
+
+        weights_TK = scores_TE.gather(1, expert_ids_TK) * keep_TK
+        if cfg.norm_topk_prob:
+            weights_TK = weights_TK / weights_TK.sum(-1, keepdim=True).clamp_min(1e-20)
+        weights_TK = weights_TK * cfg.routed_scaling
+        expert_ids_TK = expert_ids_TK.masked_fill(~keep_TK, self.n_experts)
+
+        self._accumulate(scores_TE.detach(), expert_ids_TK)
+        aux = self._aux_loss(logits_TE, scores_TE, expert_ids_TK, B, T) if self.training else None
+        return RouterOutput(expert_ids_TK, weights_TK, aux)
+
+    @torch.no_grad()
+    def _accumulate(self, scores_TE: torch.Tensor, expert_ids_TK: torch.Tensor) -> None:
+        counts = torch.bincount(expert_ids_TK.reshape(-1), minlength=self.n_experts + 1)
+        self.load_E += counts[: self.n_experts]
+        probs_TE = scores_TE / scores_TE.sum(-1, keepdim=True)
+        entropy = -(probs_TE * probs_TE.clamp_min(1e-20).log()).sum()
+        n_tokens = expert_ids_TK.shape[0]
+        self.stat_sums += torch.stack([
+            torch.tensor(float(n_tokens), dtype=torch.float64, device=counts.device),
+            counts[: self.n_experts].sum().double(),
+            entropy.double(),
+        ])
+
+    def _aux_loss(self, logits_TE, scores_TE, expert_ids_TK, B: int, T: int) -> torch.Tensor | None:
+        cfg = self.cfg
+        loss = None
+        if cfg.aux_loss_coef > 0:
+            # Sequence-level balance loss: sum_e f_e * P_e per sequence, f_e the (scaled) share of
+            # the sequence's routing slots on e, P_e its mean normalised score.
+            onehot = F.one_hot(expert_ids_TK, self.n_experts + 1)[..., : self.n_experts]
+            counts_BE = onehot.sum(1).reshape(B, T, -1).sum(1).float()
+            slots_B = counts_BE.sum(-1, keepdim=True).clamp_min(1)
+            f_BE = counts_BE * self.n_experts / slots_B
+            probs_BTE = (scores_TE / scores_TE.sum(-1, keepdim=True)).reshape(B, T, -1)
+            loss = cfg.aux_loss_coef * (f_BE * probs_BTE.mean(1)).sum(-1).mean()
+        if cfg.z_loss_coef > 0:
+            z = cfg.z_loss_coef * torch.logsumexp(logits_TE, dim=-1).square().mean()
+            loss = z if loss is None else loss + z
+        return loss
+
+    @torch.no_grad()
+    def update(self, load_E: torch.Tensor, mean_k: float) -> None:
+        """Balance bias toward equal load; dynamic threshold toward target_k. Once per step."""
+        cfg = self.cfg
+        if cfg.balance_bias:
+            # Proportional step toward equal load: overloaded experts lose selection bias in
+            # proportion to their relative excess, so the bias settles instead of dithering.
+            error_E = 1.0 - load_E / load_E.mean().clamp_min(1e-9)
+            self.bias_E += cfg.bias_update_rate * error_E.clamp(-1.0, 1.0).to(self.bias_E)
+        if cfg.router_mode == "dynamic":
+            new = self.threshold + cfg.threshold_lr * (cfg.target_k - mean_k)
+            self.threshold.copy_(new.clamp(1e-3, 1.0))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, inter_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, inter_dim, bias=False)
+        self.w3 = nn.Linear(dim, inter_dim, bias=False)
+        self.w2 = nn.Linear(inter_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class MoE(nn.Module):
+    """Shared experts (always on) plus fine-grained routed experts with stacked weights."""
+
+    def __init__(self, cfg: ModelConfig, dispatch: str = "auto"):
+        super().__init__()
+        self.cfg = cfg
+        E, D, H = cfg.n_experts, cfg.dim, cfg.moe_inter_dim
+        self.router = Router(cfg)
+        self.w1_EDH = nn.Parameter(torch.empty(E, D, H))
+        self.w3_EDH = nn.Parameter(torch.empty(E, D, H))
+        self.w2_EHD = nn.Parameter(torch.empty(E, H, D))
+        self.shared = SwiGLU(D, H * cfg.n_shared_experts) if cfg.n_shared_experts else None
+        self.set_dispatch(dispatch)
+        self.aux_loss: torch.Tensor | None = None
+
+    def set_dispatch(self, name: str) -> None:
+        self.dispatch_name = name
+        self._dispatch = get_dispatch(name)
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        B, T, D = x_BTD.shape
+        route = self.router(x_BTD)
+        self.aux_loss = route.aux_loss
+        x_TD = x_BTD.reshape(B * T, D)
+        w1, w3, w2 = (w.to(x_TD.dtype) for w in (self.w1_EDH, self.w3_EDH, self.w2_EHD))
+        y_TD = self._dispatch(x_TD, route.expert_ids_TK, route.weights_TK, w1, w3, w2)
+        if self.shared is not None:
+            y_TD = y_TD + self.shared(x_TD)
+        return y_TD.reshape(B, T, D)
+
+
+def routing_stats(load_E: torch.Tensor, stat_sums: torch.Tensor) -> dict:
+    """Tokens per expert, average k, MaxVio, dead experts and router entropy from raw sums."""
+    load = load_E.double().cpu()
+    n_tokens, k_sum, entropy_sum = (float(v) for v in stat_sums.cpu())
+    mean_load = load.mean().item()
+    return {
+        "tokens": int(n_tokens),
+        "tokens_per_expert": [int(v) for v in load.tolist()],
+        "avg_k": k_sum / n_tokens if n_tokens else 0.0,
+        "max_vio": (load.max().item() - mean_load) / mean_load if mean_load > 0 else 0.0,
+        "dead_experts": int((load == 0).sum().item()) if n_tokens else 0,
+        "entropy": entropy_sum / n_tokens if n_tokens else 0.0,
+    }

@@ -1,0 +1,152 @@
+"""The training loop shared by pretraining (and, later, fine-tuning).
+
+Exact resume: batches come from (seed, step) alone, and the checkpoint holds the weights, the
+routing state (balance biases, dynamic thresholds), the optimizer state and the step, so a run
+stopped at step N and resumed produces the same losses as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from lightseek.config import to_dict
+from lightseek.data.shards import TokenShards
+from lightseek.errors import CheckpointError
+from lightseek.eval.perplexity import evaluate, summarize_routing
+from lightseek.model.checkpoint import load_train_state, load_weights, save_checkpoint
+from lightseek.model.transformer import Transformer
+from lightseek.train.config import RunConfig
+from lightseek.train.metrics import MetricsLog, TrainProgress, read_metrics
+from lightseek.train.optim import build_optimizer, lr_at
+from lightseek.train.parallel import (Dist, all_reduce_sum, autocast_dtype, init_distributed,
+                                      resolve_device, shutdown)
+
+
+def _step_batch(data: TokenShards, cfg: RunConfig, step: int, d: Dist) -> torch.Tensor:
+    """This rank's rows of the global batch for ``step``: (batch_size * grad_accum, T + 1)."""
+    tc = cfg.train
+    rows = tc.batch_size * tc.grad_accum
+    batch = data.sample_batch(rows * d.world, tc.seq_len, tc.seed, step)
+    return batch[d.rank * rows:(d.rank + 1) * rows]
+
+
+def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Path, *,
+                 resume: bool = False, show_progress: bool = True) -> dict:
+    """Train ``cfg.model`` on the token shards in ``data_dir``; returns the final summary."""
+    tc = cfg.train
+    out = Path(cfg.out_dir)
+    ckpt_dir = out / "checkpoint"
+    d = init_distributed(torch.device("cuda" if tc.device.startswith("cuda") else "cpu"))
+    try:
+        device = resolve_device(tc.device, d)
+        amp = autocast_dtype(tc.dtype, device)
+        train_data, val_data = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
+
+        torch.manual_seed(tc.seed)
+        model = Transformer(cfg.model).to(device)
+        model.set_dispatch(tc.dispatch)
+        opt = build_optimizer(model, tc)
+        start, tokens_seen = 0, 0
+        if resume:
+            state = load_train_state(ckpt_dir)
+            load_weights(model, ckpt_dir)
+            opt.load_state_dict(state["optimizer"])
+            start, tokens_seen = state["step"], state["tokens_seen"]
+            if start >= tc.steps:
+                raise CheckpointError(f"checkpoint {ckpt_dir} is at step {start}: nothing left of "
+                                      f"train.steps={tc.steps}")
+        ddp = DDP(model, broadcast_buffers=False) if d.enabled else model
+        metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume else None, enabled=d.is_main)
+        bar = TrainProgress(tc.steps, start, show_progress and d.is_main, tc.log_every)
+        autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+        reduce = (lambda t: all_reduce_sum(t, d)) if d.enabled else None
+
+        def val_batches():
+            return val_data.iter_sequential(tc.batch_size, tc.seq_len, tc.eval_batches or None)
+
+        def save(step: int) -> None:
+            if d.is_main:
+                save_checkpoint(ckpt_dir, model, tokenizer_file=tokenizer_file, run_config=to_dict(cfg),
+                                train_state={"step": step, "tokens_seen": tokens_seen,
+                                             "optimizer": opt.state_dict()},
+                                extra={"step": step})
+            if d.enabled:
+                torch.distributed.barrier()
+
+        model.train()
+        t_start = time.time()
+        last_eval: dict = {}
+        stop = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
+        for step in range(start, stop):
+            t0 = time.time()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, tc)
+            batch = _step_batch(train_data, cfg, step, d)
+            model.reset_routing_stats()
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            for micro in range(tc.grad_accum):
+                mb = batch[micro * tc.batch_size:(micro + 1) * tc.batch_size].to(device)
+                last = micro == tc.grad_accum - 1
+                sync = ddp.no_sync() if d.enabled and not last else contextlib.nullcontext()
+                with sync, autocast():
+                    result = ddp(mb[:, :-1], mb[:, 1:])
+                    loss = result.loss if result.aux_loss is None else result.loss + result.aux_loss
+                with sync:
+                    (loss / tc.grad_accum).backward()
+                loss_sum += result.loss.detach().double().cpu()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sums = model.routing_sums()
+            if d.enabled and sums is not None:
+                sums = tuple(all_reduce_sum(s, d) for s in sums)
+            routing = summarize_routing(model.routing_report(sums))
+            model.update_routing(sums)
+
+            done = step + 1
+            step_tokens = batch[:, 1:].numel() * d.world
+            tokens_seen += step_tokens
+            loss_mean = (all_reduce_sum(loss_sum, d) / (tc.grad_accum * d.world)).item()
+            rec = {"kind": "train", "step": done, "loss": loss_mean, "lr": opt.param_groups[0]["lr"],
+                   "grad_norm": float(grad_norm), "tokens": tokens_seen,
+                   "tokens_per_s": step_tokens / max(time.time() - t0, 1e-9)}
+            rec.update({k: routing[k] for k in ("avg_k", "max_vio", "dead_experts") if k in routing})
+            if done % tc.log_every == 0 or done == stop:
+                metrics.write(rec)
+            bar.update(done, rec)
+
+            if done % tc.eval_every == 0 or done == tc.steps:
+                last_eval = evaluate(model, val_batches(), device, amp)
+                model.train()
+                ev = {"kind": "eval", "step": done, "val_loss": last_eval["loss"], "val_ppl": last_eval["ppl"],
+                      **{k: last_eval[k] for k in ("avg_k", "max_vio", "dead_experts") if k in last_eval}}
+                metrics.write(ev)
+                bar.print(f"step {done}: val loss {ev['val_loss']:.4f}, ppl {ev['val_ppl']:.2f}"
+                          + (f", k {ev['avg_k']:.2f}, MaxVio {ev['max_vio']:.3f}, dead {ev['dead_experts']}"
+                             if "avg_k" in ev else ""))
+            if done % tc.ckpt_every == 0 or done == stop:
+                save(done)
+        bar.close()
+        wall = time.time() - t_start
+        summary = {"steps": stop, "tokens_seen": tokens_seen, "wall_s": wall,
+                   "tokens_per_s": (tokens_seen - (tc.batch_size * tc.grad_accum * tc.seq_len * d.world * start))
+                   / max(wall, 1e-9),
+                   "finished": stop == tc.steps, "checkpoint": str(ckpt_dir)}
+        if last_eval:
+            summary.update({"val_loss": last_eval["loss"], "val_ppl": last_eval["ppl"],
+                            "routing": last_eval["routing"],
+                            **{k: last_eval[k] for k in ("avg_k", "max_vio", "dead_experts") if k in last_eval}})
+        if d.is_main and tc.plots and summary["finished"]:
+            from lightseek.train.plots import plot_run
+
+            summary["plots"] = [str(p) for p in plot_run(out, read_metrics(out / "metrics.jsonl"),
+                                                          last_eval.get("routing", []))]
+        return summary
+    finally:
+        shutdown(d)
