@@ -75,7 +75,8 @@ def cmd_train(args, overrides) -> int:
 
     cfg = _run_config(args, overrides)
     summary = pretrain(cfg, resume=args.resume, show_progress=not args.quiet)
-    _print_summary(summary)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_summary(summary)
     return 0
 
 
@@ -252,13 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    name = " ".join(filter(None, (args.command, getattr(args, "sub", None))))  # "data prepare"
     try:
         return args.fn(args, rest + _flag_overrides(args))
     except LightseekError as e:
-        print(f"lightseek {args.command}: error: {e}", file=sys.stderr)
+        print(f"lightseek {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"lightseek {args.command}: interrupted", file=sys.stderr)
+        print(f"lightseek {name}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")

@@ -49,12 +49,14 @@ def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParam
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)     # (1, T)
     cache = KVCache.for_model(model, batch_size=1) if use_cache else None
     logits = model(ids, cache=cache, last_only=True).logits[:, -1]
-    for _ in range(budget):
+    for i in range(budget):
         next_id = sample_next(logits, p, generator)                             # (1,)
         tok = int(next_id.item())
         if tok in stop_ids:
             return
         yield tok
+        if i == budget - 1:
+            return
         ids = torch.cat([ids, next_id[:, None]], dim=1)
         if cache is not None:
             logits = model(next_id[:, None], cache=cache, last_only=True).logits[:, -1]

@@ -1,0 +1,84 @@
+"""The fast dispatch path equals the reference loop, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightseek.kernels.dispatch import moe_reference, moe_sorted_segments
+from lightseek.model.config import preset
+from lightseek.model.moe import MoE
+
+
+def _routing(T: int, E: int, K: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(T)])        # (T, K)
+    k_T = torch.randint(1, K + 1, (T,), generator=g)                                 # different k per token
+    keep = torch.arange(K) < k_T[:, None]
+    ids = ids.masked_fill(~keep, E)
+    weights = torch.rand(T, K, generator=g) * keep
+    return ids, weights
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_segments_equal_reference_forward_backward(seed):
+    T, D, H, E, K = 50, 16, 12, 8, 4
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, D, generator=g)
+    w = [torch.randn(E, D, H, generator=g) * 0.3, torch.randn(E, D, H, generator=g) * 0.3,
+         torch.randn(E, H, D, generator=g) * 0.3]
+    ids, weights = _routing(T, E, K, seed)
+    ids[ids == 3] = E  # expert 3 receives no tokens
+    outs, grads = [], []
+    for fn in (moe_reference, moe_sorted_segments):
+        xs = x.clone().requires_grad_()
+        ws = [t.clone().requires_grad_() for t in w]
+        wt = weights.clone().requires_grad_()
+        y = fn(xs, ids, wt, *ws)
+        (y * torch.linspace(-1, 1, D)).sum().backward()
+        outs.append(y.detach())
+        grads.append([xs.grad, wt.grad] + [t.grad for t in ws])
+    assert (ids == 3).sum() == 0 and (ids == E).any()
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert grads[0][2][3].abs().sum() == 0  # the idle expert gets no gradient
+
+
+@pytest.mark.parametrize("mode", ["topk", "dynamic"])
+def test_moe_layer_paths_agree(mode):
+    cfg = preset("debug", router_mode=mode, top_k=3)
+    torch.manual_seed(0)
+    layer = MoE(cfg)
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(3, 20, cfg.dim)
+    results = []
+    for name in ("reference", "segments"):
+        layer.set_dispatch(name)
+        layer.zero_grad()
+        xs = x.clone().requires_grad_()
+        y = layer(xs)
+        y.square().sum().backward()
+        results.append((y.detach(), xs.grad, [p.grad.clone() for p in layer.parameters()]))
+    k = layer.router.stat_sums
+    assert k[0] > 0
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[1][2], results[0][2]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_dynamic_router_gives_tokens_different_k():
+    cfg = preset("debug", router_mode="dynamic", threshold_init=0.6)
+    torch.manual_seed(0)
+    layer = MoE(cfg)
+    torch.nn.init.normal_(layer.router.weight, std=1.0)
+    route = layer.router(torch.randn(1, 200, cfg.dim))
+    k_T = (route.expert_ids_TK < cfg.n_experts).sum(-1)
+    assert k_T.min() >= cfg.min_k and k_T.max() <= cfg.max_k
+    assert len(k_T.unique()) > 1
+    # unused slots carry the sentinel id and zero weight; used weights sum to 1
+    unused = route.expert_ids_TK == cfg.n_experts
+    assert (route.weights_TK[unused] == 0).all()
+    torch.testing.assert_close(route.weights_TK.sum(-1), torch.ones(200))

@@ -1,0 +1,87 @@
+"""Training: exact resume, the dynamic-k controller and balancing, 2-process data parallel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightseek.train.config import load_run_config
+from lightseek.train.metrics import read_metrics
+from lightseek.train.pretrain import pretrain
+
+
+def _cfg(data: Path, out: Path, *extra: str):
+    return load_run_config(None, [
+        "--preset=debug", f"--data.prepared={data}", f"--out_dir={out}", "--train.batch_size=8",
+        "--train.seq_len=64", "--train.log_every=1", "--train.plots=false", "--train.warmup_steps=5",
+        *extra])
+
+
+def _losses(run: Path) -> list[float]:
+    return [m["loss"] for m in read_metrics(run / "metrics.jsonl") if m["kind"] == "train"]
+
+
+def test_resume_reproduces_uninterrupted_run(debug_data, tmp_path):
+    common = ["--train.steps=16", "--train.eval_every=8", "--train.ckpt_every=100", "--train.eval_batches=2",
+              "--train.grad_accum=2", "--model.aux_loss_coef=0.01"]
+    full = pretrain(_cfg(debug_data, tmp_path / "full", *common), show_progress=False)
+    part = pretrain(_cfg(debug_data, tmp_path / "split", *common, "--train.stop_after=7"), show_progress=False)
+    assert not part["finished"] and part["steps"] == 7
+    resumed = pretrain(_cfg(debug_data, tmp_path / "split", *common), resume=True, show_progress=False)
+    assert resumed["finished"]
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "split")
+    assert len(a) == len(b) == 16
+    assert a == b  # bit for bit
+    assert full["val_loss"] == resumed["val_loss"]
+    evals = [m["step"] for m in read_metrics(tmp_path / "split" / "metrics.jsonl") if m["kind"] == "eval"]
+    assert evals == [8, 16]
+
+
+def _routing_run(debug_data: Path, out: Path, *extra: str) -> tuple[dict, list[dict]]:
+    cfg = _cfg(debug_data, out, "--model.router_mode=dynamic", "--model.target_k=2.5", "--train.steps=600",
+               "--train.eval_every=600", "--train.ckpt_every=600", "--train.eval_batches=0", *extra)
+    summary = pretrain(cfg, show_progress=False)
+    train = [m for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "train"]
+    return summary, train
+
+
+@pytest.mark.slow
+def test_dynamic_k_controller_and_balancing(debug_data, tmp_path):
+    on, train_on = _routing_run(debug_data, tmp_path / "on")
+    last = train_on[-50:]
+    mean_k = sum(m["avg_k"] for m in last) / len(last)
+    assert abs(mean_k - 2.5) <= 0.1, mean_k
+    # global MaxVio over the whole validation split, after training
+    assert on["dead_experts"] == 0
+    assert on["max_vio"] <= 0.10, on["max_vio"]
+
+    off, _ = _routing_run(debug_data, tmp_path / "off", "--model.balance_bias=false")
+    assert off["max_vio"] > 3 * max(on["max_vio"], 0.05), (off["max_vio"], on["max_vio"])
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_matches_single_process(debug_data, tmp_path):
+    """2 ranks x 4 sequences equal 1 process x 2 micro-batches x 4 sequences (same global batch).
+    Tolerance: float sums are reduced in another order, so losses agree to 1e-4, not bit for bit."""
+    common = ["--preset=debug", f"--data.prepared={debug_data}", "--train.steps=8", "--train.batch_size=4",
+              "--train.seq_len=64", "--train.log_every=1", "--train.plots=false", "--train.eval_every=8",
+              "--train.ckpt_every=8", "--train.eval_batches=2", "--train.warmup_steps=2", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "lightseek", "train", *common, f"--out_dir={tmp_path / 'ddp'}"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    single = pretrain(_cfg(debug_data, tmp_path / "single", "--train.steps=8", "--train.batch_size=4",
+                           "--train.grad_accum=2", "--train.eval_every=8", "--train.ckpt_every=8",
+                           "--train.eval_batches=2", "--train.warmup_steps=2"), show_progress=False)
+    a, b = _losses(tmp_path / "ddp"), _losses(tmp_path / "single")
+    assert len(a) == len(b) == 8
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+    assert a[-1] < a[0]
+    ddp_eval = [m for m in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if m["kind"] == "eval"][-1]
+    assert abs(ddp_eval["val_loss"] - single["val_loss"]) < 1e-4
