@@ -1,0 +1,97 @@
+"""Training throughput of the tiny dynamic MoE against dense models, measured in one run.
+
+Variants (same data, batch, sequence length, optimizer):
+  - dynamic MoE (tiny preset, target k 2.5), topk MoE with k = 2
+  - dense twin with the same *active* parameters per token (the equal-compute baseline)
+Rounds alternate between variants so that machine noise hits all of them alike.
+
+    python bench/train_throughput.py [--steps 30] [--rounds 3] [--batch-size 8] [--seq-len 256]
+
+Prints a markdown table and writes bench/results/train_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from lightseek.model.config import preset
+from lightseek.model.transformer import Transformer, dense_equivalent
+from lightseek.train.config import TrainConfig
+from lightseek.train.optim import build_optimizer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def variants() -> dict:
+    tiny = preset("tiny")
+    return {
+        "dynamic MoE (k~2.5)": tiny,
+        "topk MoE (k=2)": tiny.replace(router_mode="topk", top_k=2),
+        "dense, equal active params": dense_equivalent(tiny),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    runs = {}
+    for name, cfg in variants().items():
+        torch.manual_seed(0)
+        model = Transformer(cfg).train()
+        runs[name] = {"model": model, "opt": build_optimizer(model, TrainConfig()), "times": [],
+                      "params": model.num_params(), "flops": model.flops_per_token(args.seq_len)}
+    tokens = args.batch_size * args.seq_len
+
+    def step(r: dict) -> None:
+        batch = torch.randint(0, 4096, (args.batch_size, args.seq_len + 1), generator=gen)
+        out = r["model"](batch[:, :-1], batch[:, 1:])
+        out.loss.backward()
+        r["opt"].step()
+        r["opt"].zero_grad(set_to_none=True)
+        r["model"].update_routing()
+        r["model"].reset_routing_stats()
+
+    for r in runs.values():  # warm-up
+        for _ in range(5):
+            step(r)
+    for _ in range(args.rounds):
+        for r in runs.values():
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step(r)
+            r["times"].append((time.perf_counter() - t0) / args.steps)
+
+    dense_tps = tokens / statistics.median(runs["dense, equal active params"]["times"])
+    rows = []
+    for name, r in runs.items():
+        tps = tokens / statistics.median(r["times"])
+        rows.append({"variant": name, "tokens_per_s": tps, "ratio_to_dense": tps / dense_tps,
+                     "total_params": r["params"]["total"], "active_params": r["params"]["active"],
+                     "active_mflops_per_token": r["flops"]["active"] / 1e6})
+    print(f"| variant | train tokens/s | vs dense (equal active) | total params | active params | active MFLOPs/token |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['tokens_per_s']:,.0f} | {row['ratio_to_dense']:.2f}x | "
+              f"{row['total_params']:,} | {row['active_params']:,} | {row['active_mflops_per_token']:.2f} |")
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "rounds": args.rounds}
+    (RESULTS / "train_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
