@@ -82,7 +82,7 @@ def main() -> None:
         rows.append({"variant": name, "tokens_per_s": tps, "ratio_to_dense": tps / dense_tps,
                      "total_params": r["params"]["total"], "active_params": r["params"]["active"],
                      "active_mflops_per_token": r["flops"]["active"] / 1e6})
-    print(f"| variant | train tokens/s | vs dense (equal active) | total params | active params | active MFLOPs/token |")
+    print("| variant | train tokens/s | vs dense (equal active) | total params | active params | active MFLOPs/token |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['variant']} | {row['tokens_per_s']:,.0f} | {row['ratio_to_dense']:.2f}x | "

@@ -116,6 +116,10 @@ def cmd_generate(args, overrides) -> int:
     prompt = args.prompt
     if args.chat:
         prompt = render([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    n_prompt = len(tokenizer.encode(prompt))
+    if n_prompt == 0 or n_prompt >= model.cfg.max_seq_len:
+        raise LightseekError(f"--prompt: {n_prompt} tokens; it must be non-empty and shorter than the "
+                             f"model's context of {model.cfg.max_seq_len} tokens")
     sys.stdout.write(args.prompt if not args.chat else "")
     sys.stdout.flush()
 
@@ -123,10 +127,7 @@ def cmd_generate(args, overrides) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    try:
-        generate_text(model, tokenizer, prompt, p, on_text=show)
-    except ValueError as e:  # prompt too long for the context, empty prompt
-        raise LightseekError(str(e)) from None
+    generate_text(model, tokenizer, prompt, p, on_text=show)
     sys.stdout.write("\n")
     return 0
 

@@ -42,6 +42,9 @@ def prepare_dataset(documents: Callable[[], Iterable[Document]], out_dir: str | 
                     val_fraction: float = 0.02, seed: int = 0, overwrite: bool = False) -> dict:
     """Train a tokenizer on the first ``tokenizer_bytes`` (unless one is given), then write
     shards and the tokenizer into ``out_dir``. ``documents`` is called once per pass."""
+    out = Path(out_dir)
+    if not overwrite and out.is_dir() and any(out.iterdir()):  # fail before the slow part
+        raise DataError(f"{out}: directory exists and is not empty (pass --overwrite to replace it)")
     if tokenizer is None:
         tokenizer = train_tokenizer(documents(), vocab_size, min(tokenizer_bytes, max_bytes or tokenizer_bytes))
     manifest = prepare_shards(take_bytes(documents(), max_bytes), tokenizer, out_dir,

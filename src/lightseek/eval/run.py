@@ -35,10 +35,12 @@ def eval_batches(checkpoint: Path, tokenizer, cfg: RunConfig, data: list[str] | 
     limit = cfg.train.eval_batches or None
     if not data:  # the run's own prepared data
         run = read_checkpoint_config(checkpoint).get("run", {})
-        prepared = run.get("data", {}).get("prepared") or str(Path(run.get("out_dir", "")) / "data")
-        if not (Path(prepared) / "manifest.json").exists():
-            raise DataError(f"checkpoint {checkpoint}: its training data ({prepared}) is not here; pass --data")
-        data = [prepared]
+        candidates = [run.get("data", {}).get("prepared", ""), str(checkpoint.parent / "data")]
+        found = [c for c in candidates if c and (Path(c) / "manifest.json").exists()]
+        if not found:
+            raise DataError(f"checkpoint {checkpoint}: its training data ({candidates[0] or 'unknown'}) "
+                            f"is not here; pass --data")
+        data = found[:1]
     if len(data) == 1 and (Path(data[0]) / "manifest.json").exists():
         return TokenShards(data[0], split).iter_sequential(cfg.train.batch_size, seq_len, limit)
     ids: list[int] = []

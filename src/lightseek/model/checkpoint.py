@@ -168,6 +168,6 @@ def load_train_state(path: str | Path) -> dict:
     if not f.is_file():
         raise CheckpointError(f"checkpoint {path}: missing {TRAIN_STATE} (not a resumable training checkpoint)")
     try:
-        return torch.load(f, map_location="cpu", weights_only=False)
+        return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged pickle/zip
         raise CheckpointError(f"checkpoint {path}: {TRAIN_STATE} is truncated or corrupt ({e})") from None

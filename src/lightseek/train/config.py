@@ -36,6 +36,13 @@ class TokenizerConfig:
     vocab_size: int = field(4096, help="Vocabulary size when training a tokenizer.")
     train_bytes: int = field(20_000_000, help="Train the tokenizer on at most this many bytes.")
 
+    def __post_init__(self) -> None:
+        from lightseek.data.tokenizer import SPECIAL_TOKENS
+
+        if self.vocab_size <= 256 + len(SPECIAL_TOKENS):
+            raise ConfigError(f"tokenizer.vocab_size must be > {256 + len(SPECIAL_TOKENS)} (256 bytes + "
+                              f"{len(SPECIAL_TOKENS)} special tokens), got {self.vocab_size}")
+
 
 @dataclass
 class TrainConfig:
@@ -104,4 +111,9 @@ def load_run_config(config_path: str | Path | None = None, overrides: list[str] 
     if not isinstance(model, dict):
         raise ConfigError("config key 'model' must be a section (mapping)")
     data["model"] = {**PRESETS[name], **model}
+    train = data.get("train") or {}
+    if isinstance(train, dict) and "seq_len" not in train:  # fit the default to the model's context
+        max_len = data["model"].get("max_seq_len", ModelConfig.max_seq_len)
+        if isinstance(max_len, int):
+            data["train"] = {**train, "seq_len": min(TrainConfig.seq_len, max_len)}
     return from_dict(RunConfig, data)

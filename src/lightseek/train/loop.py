@@ -64,7 +64,6 @@ def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Pat
         metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume else None, enabled=d.is_main)
         bar = TrainProgress(tc.steps, start, show_progress and d.is_main, tc.log_every)
         autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
-        reduce = (lambda t: all_reduce_sum(t, d)) if d.enabled else None
 
         def val_batches():
             return val_data.iter_sequential(tc.batch_size, tc.seq_len, tc.eval_batches or None)
@@ -79,7 +78,7 @@ def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Pat
                 torch.distributed.barrier()
 
         model.train()
-        t_start = time.time()
+        t_start, tokens_at_start = time.time(), tokens_seen
         last_eval: dict = {}
         stop = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
         for step in range(start, stop):
@@ -135,8 +134,7 @@ def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Pat
         bar.close()
         wall = time.time() - t_start
         summary = {"steps": stop, "tokens_seen": tokens_seen, "wall_s": wall,
-                   "tokens_per_s": (tokens_seen - (tc.batch_size * tc.grad_accum * tc.seq_len * d.world * start))
-                   / max(wall, 1e-9),
+                   "tokens_per_s": (tokens_seen - tokens_at_start) / max(wall, 1e-9),
                    "finished": stop == tc.steps, "checkpoint": str(ckpt_dir)}
         if last_eval:
             summary.update({"val_loss": last_eval["loss"], "val_ppl": last_eval["ppl"],

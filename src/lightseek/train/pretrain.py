@@ -51,6 +51,7 @@ def check_run_dir(cfg: RunConfig, resume: bool) -> None:
 def pretrain(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
     check_run_dir(cfg, resume)
     data_dir, tok_file = resolve_data(cfg)
+    cfg.data.prepared = str(data_dir.resolve())  # saved with checkpoints: eval finds it from anywhere
     vocab = Tokenizer.load(tok_file).vocab_size
     if cfg.model.vocab_size != vocab:  # the tokenizer decides the vocabulary
         cfg.model = cfg.model.replace(vocab_size=vocab)
