@@ -19,10 +19,10 @@ from lightseek.train.config import RunConfig
 QUICKSTART: dict = {
     "preset": "tiny",
     "out_dir": "runs/quickstart",
-    "data": {"max_bytes": 12_000_000, "val_fraction": 0.02},
+    "data": {"max_bytes": 12_000_000, "val_fraction": 0.05},
     "tokenizer": {"vocab_size": 4096, "train_bytes": 6_000_000},
     "train": {"steps": 600, "batch_size": 8, "seq_len": 256, "lr": 3e-3, "warmup_steps": 50,
-              "eval_every": 200, "eval_batches": 25, "ckpt_every": 200, "log_every": 10},
+              "eval_every": 150, "eval_batches": 40, "ckpt_every": 150, "log_every": 10},
     "generate": {"max_new_tokens": 80, "temperature": 0.7, "top_p": 0.9, "seed": 0},
 }
 SAMPLE_PROMPT = "def read_config(path):\n    "
@@ -89,5 +89,6 @@ def quickstart(cfg: RunConfig, fresh: bool = False) -> dict:
     console.print()
     summary["wall_s_total"] = time.time() - t0
     console.print(f"done in {summary['wall_s_total']:.0f} s; run folder: {out}")
-    console.print(f"next: lightseek generate {ckpt} --prompt 'import os' | lightseek eval {ckpt} --routing")
+    console.print(f"next: lightseek generate {ckpt} --prompt 'import os'")
+    console.print(f"      lightseek eval {ckpt} --routing")
     return summary

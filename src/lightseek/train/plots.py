@@ -50,7 +50,7 @@ def plot_run(run_dir: str | Path, metrics: list[dict], routing: list[dict]) -> l
         im = ax.imshow(shares, aspect="auto", cmap="viridis")
         ax.set_yticks(range(len(routing)), [f"layer {r['layer']}" for r in routing])
         ax.set_xlabel("routed expert")
-        ax.set_title("share of routed token slots per expert (validation)")
+        ax.set_title(f"share of routed token slots per expert (validation; equal = {1 / len(shares[0]):.3f})")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         fig.savefig(run_dir / "expert_load.png", dpi=120)
