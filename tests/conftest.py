@@ -31,3 +31,15 @@ def debug_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("debug_data") / "data"
     prepare_dataset(lambda: iter(docs), out, vocab_size=512, val_fraction=0.1, seed=0)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA; without it they are skipped with that reason."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -71,11 +72,17 @@ def test_two_process_torchrun_matches_single_process(debug_data, tmp_path):
               "--train.seq_len=64", "--train.log_every=1", "--train.plots=false", "--train.eval_every=8",
               "--train.ckpt_every=8", "--train.eval_batches=2", "--train.warmup_steps=2", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
          "-m", "lightseek", "train", *common, f"--out_dir={tmp_path / 'ddp'}"],
-        capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:  # never leave worker processes behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
     single = pretrain(_cfg(debug_data, tmp_path / "single", "--train.steps=8", "--train.batch_size=4",
                            "--train.grad_accum=2", "--train.eval_every=8", "--train.ckpt_every=8",
                            "--train.eval_batches=2", "--train.warmup_steps=2"), show_progress=False)

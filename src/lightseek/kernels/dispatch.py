@@ -13,6 +13,8 @@ reference forward and backward.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -48,12 +50,14 @@ def moe_sorted_segments(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights
     order = order[:n_routed]
     token_idx = order // k                                                # (N,) token of each pair
     x_ND = x_TD.index_select(0, token_idx)
+    # unbind once: indexing w[e] per expert would make autograd add E full-size zero tensors
+    w1s, w3s, w2s = w1_EDH.unbind(0), w3_EDH.unbind(0), w2_EHD.unbind(0)
     outputs = []
     start = 0
     for e in range(n_experts):
         n = counts[e]
         if n:
-            outputs.append(_swiglu(x_ND[start:start + n], w1_EDH[e], w3_EDH[e], w2_EHD[e]))
+            outputs.append(_swiglu(x_ND[start:start + n], w1s[e], w3s[e], w2s[e]))
             start += n
     out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
     if outputs:
@@ -62,16 +66,71 @@ def moe_sorted_segments(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights
     return out_TD.to(x_TD.dtype)
 
 
+def _grouped_mm_fn():
+    return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def moe_grouped_mm(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor,
+                   w1_EDH: torch.Tensor, w3_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
+    """Sorted pairs as above, but each projection is one grouped GEMM over all experts
+    (``grouped_mm`` with segment offsets): no Python loop over experts, forward or backward.
+    One host synchronisation (the number of routed pairs)."""
+    gmm = _grouped_mm_fn()
+    n_experts = w1_EDH.shape[0]
+    k = expert_ids_TK.shape[1]
+    flat_ids = expert_ids_TK.reshape(-1)                                  # (T*K,)
+    order = torch.argsort(flat_ids, stable=True)
+    counts_E = torch.bincount(flat_ids, minlength=n_experts + 1)[:n_experts]
+    offsets_E = counts_E.cumsum(0).to(torch.int32)                        # segment ends
+    n_routed = int(offsets_E[-1])                                         # the one host sync
+    order = order[:n_routed]
+    token_idx = order // k
+    x_ND = x_TD.index_select(0, token_idx)                                # (N, D), grouped by expert
+    h_NH = F.silu(gmm(x_ND, w1_EDH, offs=offsets_E)) * gmm(x_ND, w3_EDH, offs=offsets_E)
+    y_ND = gmm(h_NH, w2_EHD, offs=offsets_E)
+    out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+    out_TD = out_TD.index_add(0, token_idx, y_ND.float() * weights_TK.reshape(-1)[order, None])
+    return out_TD.to(x_TD.dtype)
+
+
 DISPATCH = {
     "reference": moe_reference,
     "segments": moe_sorted_segments,
+    "grouped_mm": moe_grouped_mm,
 }
 
 
+@functools.lru_cache(maxsize=None)
+def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether this PyTorch build has a grouped GEMM kernel for the device and dtype, forward
+    and backward (probed once on a tiny problem)."""
+    gmm = _grouped_mm_fn()
+    if gmm is None:
+        return False
+    try:
+        x = torch.randn(6, 16, device=device_type, dtype=dtype, requires_grad=True)
+        w = torch.randn(3, 16, 16, device=device_type, dtype=dtype, requires_grad=True)
+        offs = torch.tensor([2, 2, 6], dtype=torch.int32, device=device_type)
+        gmm(x, w, offs=offs).backward(torch.ones(6, 16, device=device_type, dtype=dtype))
+        return True
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+
+
+def auto_dispatch(device_type: str, dtype: torch.dtype) -> str:
+    """The fastest path measured for the device (bench/moe_layer.py): grouped GEMM where the
+    build has a kernel for it, else the sorted-segment loop."""
+    return "grouped_mm" if grouped_mm_works(device_type, dtype) else "segments"
+
+
 def get_dispatch(name: str):
-    """The dispatch function called ``name`` ('auto' picks the best for the device)."""
+    """The dispatch function called ``name``; 'auto' resolves per call site's device and dtype
+    (cached), so a model moved to another device picks that device's best path."""
     if name == "auto":
-        name = "segments"
+        def auto(x_TD, *args):
+            return DISPATCH[auto_dispatch(x_TD.device.type, x_TD.dtype)](x_TD, *args)
+
+        return auto
     try:
         return DISPATCH[name]
     except KeyError:
