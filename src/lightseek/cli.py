@@ -97,7 +97,8 @@ def cmd_eval(args, overrides) -> int:
     from lightseek.eval.run import run_eval
 
     cfg = _run_config(args, overrides)
-    result = run_eval(args.checkpoint, cfg, data=args.data, split=args.split, routing=args.routing)
+    result = run_eval(args.checkpoint, cfg, data=args.data, split=args.split, routing=args.routing,
+                      plot=args.plot)
     print(result["text"])
     return 0
 
@@ -191,8 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("eval", cmd_eval, "Validation loss, perplexity and routing statistics of a checkpoint.")
     p.add_argument("checkpoint", help="checkpoint folder (or run folder)")
-    p.add_argument("--data", nargs="*", help="text files/folders, or a prepared shard folder "
-                                             "(default: the run's own validation split)")
+    p.add_argument("--data", nargs="*", metavar="[NAME=]PATH",
+                   help="a text file/folder or a prepared shard folder (default: the run's own validation "
+                        "split); several: each is a corpus of its own, and the routing report shows which "
+                        "experts each uses, with a specialisation score")
+    p.add_argument("--plot", metavar="PNG", help="with several --data corpora: write the expert-share heatmap")
     p.add_argument("--split", default="val", help="split of a shard folder (default: val)")
     p.add_argument("--routing", action="store_true", help="print the per-layer routing table")
 

@@ -10,6 +10,7 @@ import torch
 
 from lightseek.errors import DataError
 from lightseek.eval.perplexity import evaluate
+from lightseek.eval.routing import format_by_corpus, format_routing, load_shares, plot_by_corpus, specialisation
 from lightseek.train.config import RunConfig
 
 
@@ -26,7 +27,7 @@ def token_windows(tokens: np.ndarray, batch_size: int, seq_len: int,
         yield torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
-def eval_batches(checkpoint: Path, tokenizer, cfg: RunConfig, data: list[str] | None, split: str,
+def eval_batches(checkpoint: Path, tokenizer, cfg: RunConfig, data, split: str,
                  seq_len: int) -> Iterator[torch.Tensor]:
     from lightseek.data.corpus import iter_documents
     from lightseek.data.shards import TokenShards
@@ -41,6 +42,7 @@ def eval_batches(checkpoint: Path, tokenizer, cfg: RunConfig, data: list[str] | 
             raise DataError(f"checkpoint {checkpoint}: its training data ({candidates[0] or 'unknown'}) "
                             f"is not here; pass --data")
         data = found[:1]
+    data = list(data)
     if len(data) == 1 and (Path(data[0]) / "manifest.json").exists():
         return TokenShards(data[0], split).iter_sequential(cfg.train.batch_size, seq_len, limit)
     ids: list[int] = []
@@ -51,18 +53,23 @@ def eval_batches(checkpoint: Path, tokenizer, cfg: RunConfig, data: list[str] | 
     return token_windows(np.asarray(ids, dtype=np.int64), cfg.train.batch_size, seq_len, limit)
 
 
-def format_routing(routing: list[dict]) -> str:
-    lines = [f"{'layer':>5} {'avg k':>6} {'MaxVio':>7} {'dead':>5} {'entropy':>8}  load share per expert (%)"]
-    for r in routing:
-        total = sum(r["tokens_per_expert"]) or 1
-        share = " ".join(f"{100 * v / total:4.1f}" for v in r["tokens_per_expert"])
-        lines.append(f"{r['layer']:>5} {r['avg_k']:>6.2f} {r['max_vio']:>7.3f} {r['dead_experts']:>5} "
-                     f"{r['entropy']:>8.3f}  {share}")
-    return "\n".join(lines)
+def parse_corpora(data: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named after the file or folder) -> {name: path}."""
+    corpora: dict[str, str] = {}
+    for item in data:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).stem or item, item
+        if name in corpora:
+            raise DataError(f"--data: corpus name '{name}' given twice (name them NAME=PATH)")
+        corpora[name] = path
+    return corpora
 
 
 def run_eval(checkpoint: str, cfg: RunConfig, data: list[str] | None = None, split: str = "val",
-             routing: bool = False) -> dict:
+             routing: bool = False, plot: str | None = None) -> dict:
+    """One corpus: loss, perplexity, routing. Several: each on its own, plus expert
+    specialisation across them (table, score, and a heatmap when ``plot`` is given)."""
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.model.checkpoint import load_model, resolve_checkpoint
 
@@ -70,7 +77,22 @@ def run_eval(checkpoint: str, cfg: RunConfig, data: list[str] | None = None, spl
     model = load_model(ckpt)
     tokenizer = Tokenizer.load(ckpt)
     seq_len = min(cfg.train.seq_len, model.cfg.max_seq_len)
-    result = evaluate(model, eval_batches(ckpt, tokenizer, cfg, data, split, seq_len))
+    if data and len(data) > 1:
+        corpora = parse_corpora(data)
+        results = {name: evaluate(model, eval_batches(ckpt, tokenizer, cfg, [path], split, seq_len))
+                   for name, path in corpora.items()}
+        layers = [r["layer"] for r in next(iter(results.values()))["routing"]]
+        if not layers:
+            text = "\n".join(f"{n}: loss {r['loss']:.4f}  perplexity {r['ppl']:.2f}" for n, r in results.items())
+            return {"corpora": results, "text": text}
+        spec = specialisation({n: load_shares(r["routing"]) for n, r in results.items()})
+        text = format_by_corpus(results, spec, layers)
+        if plot:
+            written = plot_by_corpus(results, spec, layers, plot)
+            text += f"\nheatmap: {written}" if written else ""
+        return {"corpora": results, "specialisation": spec, "text": text}
+    result = evaluate(model, eval_batches(ckpt, tokenizer, cfg, parse_corpora(data).values() if data else None,
+                                          split, seq_len))
     text = f"loss {result['loss']:.4f}  perplexity {result['ppl']:.2f}  tokens {result['tokens']:,}"
     if "avg_k" in result:
         text += (f"\navg experts/token {result['avg_k']:.2f}  MaxVio {result['max_vio']:.3f}  "
