@@ -26,7 +26,12 @@ def bench():
         module.hf_moe_class()
     except ImportError as e:
         pytest.skip(str(e))
-    return module
+    # Tiny ops: a second thread adds nothing, and on a busy machine its OpenMP barriers cost
+    # tens of milliseconds per op.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield module
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("dispatch", ["reference", "auto"])
