@@ -194,6 +194,47 @@ def plots(rows: list[dict], corpus: str) -> list[str]:
     return [loss_png.name, load_png.name]
 
 
+def corpus_data(corpus: str, args) -> Path:
+    """The prepared folder of a corpus (built on first use)."""
+    _, build, _ = CORPORA[corpus]
+    data_dir = Path(args.out) / corpus / "data"
+    if not (data_dir / "manifest.json").exists():
+        docs = build()
+        prepare_dataset(lambda: iter(docs), data_dir, vocab_size=args.vocab_size, val_fraction=0.05, seed=args.seed)
+    return data_dir
+
+
+def sweep_bias_rate(args, base: ModelConfig) -> None:
+    """Balance/quality trade-off of the bias step: the dynamic variant at several rates."""
+    corpus = args.corpora[0]
+    data_dir = corpus_data(corpus, args)
+    vocab = json.loads((data_dir / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    rows = []
+    for rate in args.sweep_bias_rate:
+        name = f"dynamic, bias rate {rate:g}"
+        cfg = base.replace(vocab_size=vocab, bias_update_rate=rate)
+        rows.append(run_variant(name, cfg, data_dir, Path(args.out) / corpus / f"bias_rate_{rate:g}", args))
+    print(f"\n### {CORPORA[corpus][0]}: balance-bias rate sweep\n\n{table(rows)}\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"routing_bias_sweep_{corpus}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+
+
+def merge(old: dict, new: dict) -> dict:
+    """Rows of ``new`` replace the rows of the same variant in ``old``; tables and plots are
+    redrawn from the merged rows."""
+    for corpus, part in new["corpora"].items():
+        if corpus not in old["corpora"]:
+            old["corpora"][corpus] = part
+            continue
+        fresh = {r["variant"]: r for r in part["rows"]}
+        rows = [fresh.pop(r["variant"], r) for r in old["corpora"][corpus]["rows"]] + list(fresh.values())
+        old["corpora"][corpus]["rows"] = rows
+        old["corpora"][corpus]["plots"] = plots(rows, corpus)
+        print(f"\n### {old['corpora'][corpus]['title']} (merged)\n\n{table(rows)}\n")
+    old.setdefault("reruns", []).append({"variants": new["args"]["variants"], "wall_s": new["wall_s"]})
+    return old
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpora", nargs="+", default=["en", "zh"], choices=list(CORPORA))
@@ -205,20 +246,20 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--out", default=str(ROOT / "runs" / "routing_study"))
     ap.add_argument("--variants", nargs="*", help="run only these variants (names as in the table)")
+    ap.add_argument("--sweep-bias-rate", nargs="*", type=float, metavar="RATE",
+                    help="instead of the study: the dynamic variant at each balance-bias rate, first corpus only")
     args = ap.parse_args()
     base = preset("tiny")
+    if args.sweep_bias_rate:
+        return sweep_bias_rate(args, base)
     report = {"args": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(), "corpora": {}}
     t_start = time.time()
     for corpus in args.corpora:
-        title, build, probe = CORPORA[corpus]
+        title, _, probe = CORPORA[corpus]
         if not (SHARED / probe).exists():
             print(f"skipping {corpus}: {SHARED / probe} is not here", file=sys.stderr)
             continue
-        data_dir = Path(args.out) / corpus / "data"
-        if not (data_dir / "manifest.json").exists():
-            docs = build()
-            prepare_dataset(lambda: iter(docs), data_dir, vocab_size=args.vocab_size, val_fraction=0.05,
-                            seed=args.seed)
+        data_dir = corpus_data(corpus, args)
         manifest = json.loads((data_dir / "manifest.json").read_text())
         rows = []
         for name, model_cfg in variants(base).items():
@@ -235,6 +276,9 @@ def main() -> None:
         print(f"\n### {title}\n\n{table(rows)}\n", flush=True)
     report["wall_s"] = time.time() - t_start
     RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "routing_study.json"
+    if args.variants and path.exists():  # a partial re-run replaces those rows of the last full run
+        report = merge(json.loads(path.read_text()), report)
     (RESULTS / "routing_study.json").write_text(json.dumps(report, indent=2))
     print(f"total wall time {report['wall_s'] / 60:.1f} min")
 

@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--max-warmup", type=int, default=400, help="most warm-up steps (dynamic k settling)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -56,23 +57,32 @@ def main() -> None:
                       "params": model.num_params(), "flops": model.flops_per_token(args.seq_len)}
     tokens = args.batch_size * args.seq_len
 
-    def step(r: dict) -> None:
+    def step(r: dict) -> float:
+        """One training step; returns the step's mean experts per token (0 for dense)."""
         batch = torch.randint(0, 4096, (args.batch_size, args.seq_len + 1), generator=gen)
         out = r["model"](batch[:, :-1], batch[:, 1:])
         out.loss.backward()
         r["opt"].step()
         r["opt"].zero_grad(set_to_none=True)
+        report = r["model"].routing_report()
         r["model"].update_routing()
         r["model"].reset_routing_stats()
+        return sum(x["avg_k"] for x in report) / len(report) if report else 0.0
 
-    for r in runs.values():  # warm-up
-        for _ in range(5):
-            step(r)
+    for r in runs.values():
+        # Warm up; a dynamic model also until its controller has brought k to the target (a
+        # fresh router spreads its mass evenly and starts at max_k).
+        cfg = r["model"].cfg
+        for i in range(args.max_warmup):
+            k = step(r)
+            if i >= 5 and (cfg.router_mode != "dynamic" or abs(k - cfg.target_k) < 0.05):
+                break
+        r["k"] = []
     for _ in range(args.rounds):
         for r in runs.values():
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                step(r)
+                r["k"].append(step(r))
             r["times"].append((time.perf_counter() - t0) / args.steps)
 
     dense_tps = tokens / statistics.median(runs["dense, equal active params"]["times"])
@@ -80,12 +90,14 @@ def main() -> None:
     for name, r in runs.items():
         tps = tokens / statistics.median(r["times"])
         rows.append({"variant": name, "tokens_per_s": tps, "ratio_to_dense": tps / dense_tps,
+                     "avg_k": statistics.mean(r["k"]),
                      "total_params": r["params"]["total"], "active_params": r["params"]["active"],
                      "active_mflops_per_token": r["flops"]["active"] / 1e6})
-    print("| variant | train tokens/s | vs dense (equal active) | total params | active params | active MFLOPs/token |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| variant | train tokens/s | vs dense (equal active) | experts/token while timed | total params "
+          "| active params | active MFLOPs/token |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['variant']} | {row['tokens_per_s']:,.0f} | {row['ratio_to_dense']:.2f}x | "
+        print(f"| {row['variant']} | {row['tokens_per_s']:,.0f} | {row['ratio_to_dense']:.2f}x | {row['avg_k']:.2f} | "
               f"{row['total_params']:,} | {row['active_params']:,} | {row['active_mflops_per_token']:.2f} |")
     RESULTS.mkdir(exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
