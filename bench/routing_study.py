@@ -154,44 +154,46 @@ def table(rows: list[dict]) -> str:
 
 
 def plots(rows: list[dict], corpus: str) -> list[str]:
+    """Validation loss against training FLOPs, and sorted expert load, one colour per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     DOCS.mkdir(parents=True, exist_ok=True)
+    colour = {name: f"C{i}" for i, name in enumerate(variants(preset("tiny")))}
+
+    def save(fig, ax, xlabel: str, ylabel: str, title: str, name: str) -> str:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"routing study ({corpus}): {title}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(DOCS / name, dpi=110)
+        plt.close(fig)
+        return name
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         xs, ys = zip(*r["curve"])
-        ax.plot(xs, ys, "o-", ms=3, label=r["variant"], ls="--" if r["router_mode"] == "dense" else "-")
+        ax.plot(xs, ys, marker="o", ms=3, label=r["variant"], color=colour.get(r["variant"]),
+                ls="--" if r["router_mode"] == "dense" else "-")
     ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs (3 x active forward FLOPs x tokens)")
-    ax.set_ylabel("validation loss")
-    ax.set_title(f"routing study ({corpus}): validation loss against training compute")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    loss_png = DOCS / f"routing_loss_vs_flops_{corpus}.png"
-    fig.savefig(loss_png, dpi=110)
-    plt.close(fig)
+    loss_png = save(fig, ax, "training FLOPs (3 x active forward FLOPs x tokens)", "validation loss",
+                    "validation loss against training compute", f"routing_loss_vs_flops_{corpus}.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
         if r["load_share"]:
             n = len(r["load_share"][0])
             mean = [sum(layer[e] for layer in r["load_share"]) / len(r["load_share"]) for e in range(n)]
-            ax.plot(range(n), sorted(mean, reverse=True), "o-", ms=3, label=r["variant"])
+            ax.plot(range(n), sorted(mean, reverse=True), "o-", ms=3, label=r["variant"],
+                    color=colour.get(r["variant"]))
             ax.axhline(1 / n, color="gray", lw=0.8)
-    ax.set_xlabel("experts, most loaded first")
-    ax.set_ylabel("share of routed token slots (mean over layers)")
-    ax.set_title(f"routing study ({corpus}): expert load on validation text (gray: equal)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    load_png = DOCS / f"routing_expert_load_{corpus}.png"
-    fig.savefig(load_png, dpi=110)
-    plt.close(fig)
-    return [loss_png.name, load_png.name]
+    load_png = save(fig, ax, "experts, most loaded first", "share of routed token slots (mean over layers)",
+                    "expert load on validation text (gray: equal)", f"routing_expert_load_{corpus}.png")
+    return [loss_png, load_png]
 
 
 def corpus_data(corpus: str, args) -> Path:
