@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, key, typ in (("--max-new-tokens", "max_new_tokens", int), ("--temperature", "temperature", float),
                            ("--top-k", "top_k", int), ("--top-p", "top_p", float), ("--seed", "seed", int)):
         p.add_argument(flag, dest=f"gen_{key}", type=typ, help=f"same as --generate.{key}")
-    p.add_argument("--stop", dest="gen_stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--stop", dest="gen_stop", action="append",
+                   help="stop string (repeatable; \\n and \\t mean newline and tab)")
 
     p = add("info", cmd_info, "Parameters (total, active per token), FLOPs per token, routing config.")
     p.add_argument("checkpoint", nargs="?", help="checkpoint folder; default: the configured model")
@@ -223,6 +224,8 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
     out = []
     for key, value in vars(args).items():
+        if key == "gen_stop" and value:  # a shell cannot easily pass a newline: read \n and \t
+            value = [v.replace("\\n", "\n").replace("\\t", "\t") for v in value]
         if key.startswith("gen_") and value is not None:
             out.append(f"--generate.{key[4:]}={json.dumps(value, ensure_ascii=False)}")
     return out

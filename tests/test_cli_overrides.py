@@ -1,0 +1,21 @@
+"""How the CLI turns flags into run-config overrides."""
+
+from __future__ import annotations
+
+from lightseek.cli import _flag_overrides, build_parser, split_overrides
+from lightseek.train.config import load_run_config
+
+
+def test_override_values_are_never_taken_as_positionals():
+    own, overrides = split_overrides(["info", "--preset", "small", "--train.lr", "3e-4", "ckpt"])
+    assert own == ["info", "ckpt"]
+    cfg = load_run_config(None, overrides)
+    assert cfg.preset == "small" and cfg.train.lr == 3e-4 and cfg.model.dim == 512
+
+
+def test_generate_flags_become_the_generate_section_with_escapes_read():
+    args = build_parser().parse_args(["generate", "ckpt", "--prompt", "p", "--temperature", "0",
+                                      "--stop", "\\n\\n", "--stop", "END", "--seed", "3"])
+    cfg = load_run_config(None, _flag_overrides(args))
+    assert cfg.generate.stop == ["\n\n", "END"]
+    assert cfg.generate.temperature == 0.0 and cfg.generate.seed == 3
