@@ -95,8 +95,10 @@ def _print_summary(summary: dict) -> None:
 
 def cmd_eval(args, overrides) -> int:
     from lightseek.eval.run import run_eval
+    from lightseek.model.checkpoint import read_checkpoint_config
 
-    cfg = _run_config(args, overrides)
+    # the run's own settings (sequence length, batch, text field) unless overridden
+    cfg = _run_config(args, overrides, base=read_checkpoint_config(args.checkpoint).get("run"))
     result = run_eval(args.checkpoint, cfg, data=args.data, split=args.split, routing=args.routing,
                       plot=args.plot)
     print(result["text"])

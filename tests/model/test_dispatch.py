@@ -108,3 +108,25 @@ def test_cuda_paths_equal_reference(dtype):
         torch.testing.assert_close(y.float().cpu(), ref, atol=tol, rtol=tol)
         y.float().square().sum().backward()
         assert xs.grad is not None and all(t.grad is not None for t in ws)
+
+
+def test_autocast_routes_in_fp32_and_every_path_computes_experts_alike():
+    cfg = preset("debug", router_mode="topk", top_k=2)
+    torch.manual_seed(0)
+    layer = MoE(cfg)
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    torch.nn.init.normal_(layer.router.weight, std=0.02)  # close scores: bf16 logits would flip choices
+    x = torch.randn(4, 500, cfg.dim)
+    with torch.no_grad():
+        ids_fp32 = layer.router(x).expert_ids_TK
+        outs = {}
+        for name in DISPATCH:
+            layer.set_dispatch(name)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.equal(layer.router(x).expert_ids_TK, ids_fp32)  # routing unchanged
+                outs[name] = layer(x)
+    for name, y in outs.items():
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y, outs["reference"], atol=2e-2, rtol=2e-2)
+        assert (y - outs["reference"]).abs().max() < (outs["reference"]).abs().max()

@@ -42,6 +42,19 @@ def test_resume_reproduces_uninterrupted_run(debug_data, tmp_path):
     assert evals == [8, 16]
 
 
+def test_resume_refuses_a_config_that_changes_the_run(debug_data, tmp_path):
+    from lightseek.errors import ConfigError
+
+    common = ["--train.steps=6", "--train.eval_every=6", "--train.ckpt_every=3", "--train.eval_batches=1"]
+    pretrain(_cfg(debug_data, tmp_path / "run", *common, "--train.stop_after=3"), show_progress=False)
+    with pytest.raises(ConfigError, match=r"model\.router_mode.*train\.seed"):
+        pretrain(_cfg(debug_data, tmp_path / "run", *common, "--model.router_mode=topk", "--train.seed=1"),
+                 resume=True, show_progress=False)
+    done = pretrain(_cfg(debug_data, tmp_path / "run", *common, "--train.log_every=2"), resume=True,
+                    show_progress=False)
+    assert done["finished"]
+
+
 def _routing_run(debug_data: Path, out: Path, *extra: str) -> tuple[dict, list[dict]]:
     cfg = _cfg(debug_data, out, "--model.router_mode=dynamic", "--model.target_k=2.5", "--train.steps=600",
                "--train.eval_every=600", "--train.ckpt_every=600", "--train.eval_batches=0", *extra)
@@ -66,15 +79,16 @@ def test_dynamic_k_controller_and_balancing(debug_data, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_torchrun_matches_single_process(debug_data, tmp_path):
-    """2 ranks x 4 sequences equal 1 process x 2 micro-batches x 4 sequences (same global batch).
+    """2 ranks x 2 micro-batches x 2 sequences equal 1 process x 4 micro-batches x 2 sequences
+    (the same global batch; the ranks accumulate without syncing until their last micro-batch).
     Tolerance: float sums are reduced in another order, so losses agree to 1e-4, not bit for bit."""
-    common = ["--preset=debug", f"--data.prepared={debug_data}", "--train.steps=8", "--train.batch_size=4",
+    common = ["--preset=debug", f"--data.prepared={debug_data}", "--train.steps=8", "--train.batch_size=2",
               "--train.seq_len=64", "--train.log_every=1", "--train.plots=false", "--train.eval_every=8",
               "--train.ckpt_every=8", "--train.eval_batches=2", "--train.warmup_steps=2", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "lightseek", "train", *common, f"--out_dir={tmp_path / 'ddp'}"],
+         "-m", "lightseek", "train", *common, "--train.grad_accum=2", f"--out_dir={tmp_path / 'ddp'}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         _, stderr = proc.communicate(timeout=300)
@@ -83,8 +97,8 @@ def test_two_process_torchrun_matches_single_process(debug_data, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, stderr[-3000:]
-    single = pretrain(_cfg(debug_data, tmp_path / "single", "--train.steps=8", "--train.batch_size=4",
-                           "--train.grad_accum=2", "--train.eval_every=8", "--train.ckpt_every=8",
+    single = pretrain(_cfg(debug_data, tmp_path / "single", "--train.steps=8", "--train.batch_size=2",
+                           "--train.grad_accum=4", "--train.eval_every=8", "--train.ckpt_every=8",
                            "--train.eval_batches=2", "--train.warmup_steps=2"), show_progress=False)
     a, b = _losses(tmp_path / "ddp"), _losses(tmp_path / "single")
     assert len(a) == len(b) == 8

@@ -75,8 +75,8 @@ def save_checkpoint(path: str | Path, model: Transformer, *, tokenizer_file: str
         _fsync_dir(tmp)
         old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            os.replace(path, old)  # an empty directory is replaced atomically
         os.replace(tmp, path)
         _fsync_dir(path.parent)
         if old is not None:

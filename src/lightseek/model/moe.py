@@ -52,7 +52,8 @@ class Router(nn.Module):
     def forward(self, x_BTD: torch.Tensor) -> RouterOutput:
         B, T, _ = x_BTD.shape
         cfg = self.cfg
-        logits_TE = F.linear(x_BTD.reshape(B * T, -1).float(), self.weight.float())
+        with torch.autocast(x_BTD.device.type, enabled=False):  # routing decisions in fp32, always
+            logits_TE = F.linear(x_BTD.reshape(B * T, -1).float(), self.weight.float())
         if cfg.score_fn == "softmax":
             scores_TE = logits_TE.softmax(dim=-1)
         else:
@@ -164,11 +165,13 @@ class MoE(nn.Module):
         route = self.router(x_BTD)
         self.aux_loss = route.aux_loss
         x_TD = x_BTD.reshape(B * T, D)
+        if torch.is_autocast_enabled(x_TD.device.type):  # grouped_mm has no autocast rule: cast here
+            x_TD = x_TD.to(torch.get_autocast_dtype(x_TD.device.type))
         w1, w3, w2 = (w.to(x_TD.dtype) for w in (self.w1_EDH, self.w3_EDH, self.w2_EHD))
         y_TD = self._dispatch(x_TD, route.expert_ids_TK, route.weights_TK, w1, w3, w2)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)
-        return y_TD.reshape(B, T, D)
+        return y_TD.reshape(B, T, D).to(x_BTD.dtype)
 
 
 def routing_stats(load_E: torch.Tensor, stat_sums: torch.Tensor) -> dict:

@@ -65,7 +65,8 @@ class TrainConfig:
     dtype: Literal["auto", "fp32", "bf16"] = field(
         "auto", help="Autocast dtype: 'auto' = bf16 on a GPU that supports it, else fp32.")
     device: str = field("auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    dispatch: str = field("auto", help="Expert dispatch path: 'auto', 'segments' or 'reference'.")
+    dispatch: Literal["auto", "grouped_mm", "segments", "reference"] = field(
+        "auto", help="Expert dispatch: 'auto' (best for the device), 'grouped_mm', 'segments' or 'reference'.")
     stop_after: int = field(0, help="Stop (with a checkpoint) after this step; resume later (0 = off).")
     plots: bool = field(True, help="Write PNG plots of loss curves and expert load at the end.")
 

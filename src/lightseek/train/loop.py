@@ -16,9 +16,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lightseek.config import to_dict
 from lightseek.data.shards import TokenShards
-from lightseek.errors import CheckpointError
+from lightseek.errors import CheckpointError, ConfigError
 from lightseek.eval.perplexity import evaluate, summarize_routing
-from lightseek.model.checkpoint import load_train_state, load_weights, save_checkpoint
+from lightseek.model.checkpoint import load_train_state, load_weights, read_checkpoint_config, save_checkpoint
 from lightseek.model.transformer import Transformer
 from lightseek.train.config import RunConfig
 from lightseek.train.metrics import MetricsLog, TrainProgress, read_metrics
@@ -35,13 +35,39 @@ def _step_batch(data: TokenShards, cfg: RunConfig, step: int, d: Dist) -> torch.
     return batch[d.rank * rows:(d.rank + 1) * rows]
 
 
+# What a resumed run must share with its checkpoint for the resume to be exact.
+RESUME_KEYS = ("model", "data.prepared", "train.seed", "train.batch_size", "train.seq_len",
+               "train.grad_accum", "train.steps", "train.lr", "train.warmup_steps", "train.min_lr_ratio")
+
+
+def check_resume_config(saved: dict, cfg: RunConfig, ckpt_dir: Path) -> None:
+    """A ConfigError naming every key whose value differs from the checkpoint's run."""
+    current = to_dict(cfg)
+
+    def get(tree: dict, key: str):
+        for part in key.split("."):
+            tree = tree.get(part, {}) if isinstance(tree, dict) else {}
+        return tree
+
+    differ = []
+    for key in RESUME_KEYS:
+        old, new = get(saved, key), get(current, key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differ += [f"{key}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        elif old != {} and old != new:
+            differ.append(key)
+    if differ:
+        raise ConfigError(f"--resume: the config differs from the checkpoint in {ckpt_dir} at "
+                          f"{', '.join(differ)}; resume with the run's own config (see its config.yaml)")
+
+
 def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Path, *,
                  resume: bool = False, show_progress: bool = True) -> dict:
     """Train ``cfg.model`` on the token shards in ``data_dir``; returns the final summary."""
     tc = cfg.train
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoint"
-    d = init_distributed(torch.device("cuda" if tc.device.startswith("cuda") else "cpu"))
+    d = init_distributed(tc.device)
     try:
         device = resolve_device(tc.device, d)
         amp = autocast_dtype(tc.dtype, device)
@@ -53,6 +79,7 @@ def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Pat
         opt = build_optimizer(model, tc)
         start, tokens_seen = 0, 0
         if resume:
+            check_resume_config(read_checkpoint_config(ckpt_dir).get("run", {}), cfg, ckpt_dir)
             state = load_train_state(ckpt_dir)
             load_weights(model, ckpt_dir)
             opt.load_state_dict(state["optimizer"])
@@ -91,11 +118,12 @@ def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Pat
             for micro in range(tc.grad_accum):
                 mb = batch[micro * tc.batch_size:(micro + 1) * tc.batch_size].to(device)
                 last = micro == tc.grad_accum - 1
-                sync = ddp.no_sync() if d.enabled and not last else contextlib.nullcontext()
-                with sync, autocast():
-                    result = ddp(mb[:, :-1], mb[:, 1:])
-                    loss = result.loss if result.aux_loss is None else result.loss + result.aux_loss
-                with sync:
+                # gradients are all-reduced only on the last micro-batch (one no_sync context
+                # around both forward and backward: it cannot be entered twice)
+                with ddp.no_sync() if d.enabled and not last else contextlib.nullcontext():
+                    with autocast():
+                        result = ddp(mb[:, :-1], mb[:, 1:])
+                        loss = result.loss if result.aux_loss is None else result.loss + result.aux_loss
                     (loss / tc.grad_accum).backward()
                 loss_sum += result.loss.detach().double().cpu()
             grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -116,7 +144,7 @@ def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Pat
                    "grad_norm": float(grad_norm), "tokens": tokens_seen,
                    "tokens_per_s": step_tokens / max(time.time() - t0, 1e-9)}
             rec.update({k: routing[k] for k in ("avg_k", "max_vio", "dead_experts") if k in routing})
-            if done % tc.log_every == 0 or done == stop:
+            if done % tc.log_every == 0 or done == tc.steps:
                 metrics.write(rec)
             bar.update(done, rec)
 

@@ -28,13 +28,16 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: torch.device) -> Dist:
-    """Join the process group that torchrun describes in the environment (no-op otherwise)."""
+def init_distributed(device: str) -> Dist:
+    """Join the process group that torchrun describes in the environment (no-op otherwise):
+    NCCL for CUDA tensors where the run uses a GPU, gloo for CPU tensors always (the loss and
+    routing statistics are reduced on the CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    uses_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if uses_cuda else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

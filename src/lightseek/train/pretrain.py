@@ -10,7 +10,7 @@ import yaml
 from lightseek.config import to_dict
 from lightseek.data.prepare import TOKENIZER_FILE, documents_from, prepare_dataset
 from lightseek.data.shards import manifest as read_manifest
-from lightseek.data.tokenizer import Tokenizer
+from lightseek.data.tokenizer import Tokenizer, atomic_write_text
 from lightseek.errors import ConfigError, DataError
 from lightseek.train.config import RunConfig
 from lightseek.train.loop import run_training
@@ -57,5 +57,5 @@ def pretrain(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -
         cfg.model = cfg.model.replace(vocab_size=vocab)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return run_training(cfg, data_dir, tok_file, resume=resume, show_progress=show_progress)
