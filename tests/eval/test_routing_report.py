@@ -54,3 +54,19 @@ def test_eval_by_corpus_reports_every_corpus(tmp_path):
     assert 0.0 < out["specialisation"]["score"] <= 1.0  # different text, different experts
     assert "specialisation score" in out["text"] and "legal" in out["text"]
     assert (tmp_path / "spec.png").stat().st_size > 1000
+
+
+def test_eval_refuses_shards_from_another_tokenizer(tmp_path):
+    from lightseek.data.corpus import Document
+    from lightseek.data.prepare import prepare_dataset
+
+    text = "alpha beta gamma delta epsilon " * 200
+    ours = Tokenizer.train([text], vocab_size=300)
+    ours.save(tmp_path / "tokenizer.json")
+    save_checkpoint(tmp_path / "ckpt", Transformer(preset("debug", vocab_size=ours.vocab_size)),
+                    tokenizer_file=tmp_path / "tokenizer.json")
+    docs = [Document("x", i, text[i * 500:(i + 1) * 500] + " zeta eta theta") for i in range(10)]
+    prepare_dataset(lambda: iter(docs), tmp_path / "shards", vocab_size=290)  # its own tokenizer
+    cfg = load_run_config(None, ["--preset=debug", "--train.seq_len=16"])
+    with pytest.raises(DataError, match="another tokenizer"):
+        run_eval(str(tmp_path / "ckpt"), cfg, data=[str(tmp_path / "shards")])

@@ -44,7 +44,11 @@ def eval_batches(checkpoint: Path, tokenizer, cfg: RunConfig, data, split: str,
         data = found[:1]
     data = list(data)
     if len(data) == 1 and (Path(data[0]) / "manifest.json").exists():
-        return TokenShards(data[0], split).iter_sequential(cfg.train.batch_size, seq_len, limit)
+        shards = TokenShards(data[0], split)
+        if shards.manifest["tokenizer"]["sha256"] != tokenizer.sha256:
+            raise DataError(f"{data[0]} was tokenized with another tokenizer than checkpoint {checkpoint}'s "
+                            f"tokenizer.json; prepare it again with --tokenizer {checkpoint / 'tokenizer.json'}")
+        return shards.iter_sequential(cfg.train.batch_size, seq_len, limit)
     ids: list[int] = []
     for doc in iter_documents(data, text_field=cfg.data.text_field):
         ids += tokenizer.encode(doc.text) + [tokenizer.eot_id]
