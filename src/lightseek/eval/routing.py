@@ -51,15 +51,15 @@ def format_routing(routing: list[dict]) -> str:
 
 def format_by_corpus(results: dict[str, dict], spec: dict, layers: list[int]) -> str:
     """Per corpus: loss, perplexity, k; then per layer the expert shares of each corpus."""
+    shares = {name: load_shares(r["routing"]) for name, r in results.items()}
     width = max(len(n) for n in results)
     lines = [f"{'corpus':<{width}}  {'loss':>7} {'ppl':>9} {'avg k':>6} {'tokens':>8}"]
     for name, r in results.items():
         lines.append(f"{name:<{width}}  {r['loss']:>7.4f} {r['ppl']:>9.2f} {r.get('avg_k', 0):>6.2f} {r['tokens']:>8,}")
     for i, layer in enumerate(layers):
         lines.append(f"\nlayer {layer}: expert share (%) by corpus, specialisation {spec['per_layer'][i]:.3f}")
-        for name, r in results.items():
-            share = load_shares(r["routing"])[i]
-            lines.append(f"{name:<{width}}  " + " ".join(f"{100 * v:4.1f}" for v in share))
+        for name in results:
+            lines.append(f"{name:<{width}}  " + " ".join(f"{100 * v:4.1f}" for v in shares[name][i]))
     lines.append(f"\nspecialisation score (0 = shared alike, 1 = experts of their own): {spec['score']:.3f}")
     return "\n".join(lines)
 
@@ -75,10 +75,11 @@ def plot_by_corpus(results: dict[str, dict], spec: dict, layers: list[int], path
         print('plot skipped: matplotlib is missing (pip install "lightseek[plot]")')
         return None
     names = list(results)
+    shares = {name: load_shares(results[name]["routing"]) for name in names}
     fig, axes = plt.subplots(len(layers), 1, figsize=(9, 0.9 + 0.35 * len(names) * len(layers) + 0.6 * len(layers)),
                              squeeze=False)
     for i, (ax, layer) in enumerate(zip(axes[:, 0], layers)):
-        grid = [load_shares(results[n]["routing"])[i] for n in names]
+        grid = [shares[n][i] for n in names]
         im = ax.imshow(grid, aspect="auto", cmap="magma")
         ax.set_yticks(range(len(names)), names)
         ax.set_title(f"layer {layer}: share of each corpus's routed slots per expert "

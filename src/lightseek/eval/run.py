@@ -31,12 +31,10 @@ def eval_batches(checkpoint: Path, tokenizer, cfg: RunConfig, data, split: str,
                  seq_len: int) -> Iterator[torch.Tensor]:
     from lightseek.data.corpus import iter_documents
     from lightseek.data.shards import TokenShards
-    from lightseek.model.checkpoint import read_checkpoint_config
 
     limit = cfg.train.eval_batches or None
-    if not data:  # the run's own prepared data
-        run = read_checkpoint_config(checkpoint).get("run", {})
-        candidates = [run.get("data", {}).get("prepared", ""), str(checkpoint.parent / "data")]
+    if not data:  # the run's own prepared data (cfg starts from the checkpoint's run config)
+        candidates = [cfg.data.prepared, str(checkpoint.parent / "data")]
         found = [c for c in candidates if c and (Path(c) / "manifest.json").exists()]
         if not found:
             raise DataError(f"checkpoint {checkpoint}: its training data ({candidates[0] or 'unknown'}) "
@@ -72,7 +70,8 @@ def parse_corpora(data: list[str]) -> dict[str, str]:
 
 def run_eval(checkpoint: str, cfg: RunConfig, data: list[str] | None = None, split: str = "val",
              routing: bool = False, plot: str | None = None) -> dict:
-    """One corpus: loss, perplexity, routing. Several: each on its own, plus expert
+    """One corpus: loss, perplexity, routing (no ``data``: the run's own validation split, found
+    through ``cfg.data.prepared`` or beside the checkpoint). Several: each on its own, plus expert
     specialisation across them (table, score, and a heatmap when ``plot`` is given)."""
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.model.checkpoint import load_model, resolve_checkpoint

@@ -37,33 +37,42 @@ def moe_reference(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: t
     return out_TD.to(x_TD.dtype)
 
 
+def _sort_by_expert(expert_ids_TK: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable order of the flattened (token, slot) pairs by expert (sentinel slots last), and
+    the number of pairs per expert, (E,) on the device."""
+    flat_ids = expert_ids_TK.reshape(-1)                                  # (T*K,)
+    order = torch.argsort(flat_ids, stable=True)
+    counts_E = torch.bincount(flat_ids, minlength=n_experts + 1)[:n_experts]
+    return order, counts_E
+
+
+def _combine(x_TD: torch.Tensor, token_idx_N: torch.Tensor, y_ND: torch.Tensor, w_N: torch.Tensor) -> torch.Tensor:
+    """Weighted scatter-add of the pair outputs back onto their tokens, in fp32."""
+    out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+    out_TD = out_TD.index_add(0, token_idx_N, y_ND.float() * w_N[:, None])
+    return out_TD.to(x_TD.dtype)
+
+
 def moe_sorted_segments(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor,
                         w1_EDH: torch.Tensor, w3_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
     """Stable-sort (token, slot) pairs by expert, run each expert on its contiguous segment,
     scatter-add the weighted results back. One host synchronisation (the segment sizes)."""
-    n_experts = w1_EDH.shape[0]
-    k = expert_ids_TK.shape[1]
-    flat_ids = expert_ids_TK.reshape(-1)                                  # (T*K,)
-    order = torch.argsort(flat_ids, stable=True)                          # sentinel slots sort last
-    counts = torch.bincount(flat_ids, minlength=n_experts + 1).tolist()   # the one host sync
-    n_routed = len(flat_ids) - counts[n_experts]
-    order = order[:n_routed]
-    token_idx = order // k                                                # (N,) token of each pair
+    order, counts_E = _sort_by_expert(expert_ids_TK, w1_EDH.shape[0])
+    counts = counts_E.tolist()                                            # the one host sync
+    order = order[:sum(counts)]
+    if not order.numel():  # every slot unused
+        return torch.zeros_like(x_TD)
+    token_idx = order // expert_ids_TK.shape[1]                           # (N,) token of each pair
     x_ND = x_TD.index_select(0, token_idx)
     # unbind once: indexing w[e] per expert would make autograd add E full-size zero tensors
     w1s, w3s, w2s = w1_EDH.unbind(0), w3_EDH.unbind(0), w2_EHD.unbind(0)
     outputs = []
     start = 0
-    for e in range(n_experts):
-        n = counts[e]
+    for e, n in enumerate(counts):
         if n:
             outputs.append(_swiglu(x_ND[start:start + n], w1s[e], w3s[e], w2s[e]))
             start += n
-    out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
-    if outputs:
-        y_ND = torch.cat(outputs).float() * weights_TK.reshape(-1)[order, None]
-        out_TD = out_TD.index_add(0, token_idx, y_ND)
-    return out_TD.to(x_TD.dtype)
+    return _combine(x_TD, token_idx, torch.cat(outputs), weights_TK.reshape(-1)[order])
 
 
 def _grouped_mm_fn():
@@ -76,21 +85,14 @@ def moe_grouped_mm(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: 
     (``grouped_mm`` with segment offsets): no Python loop over experts, forward or backward.
     One host synchronisation (the number of routed pairs)."""
     gmm = _grouped_mm_fn()
-    n_experts = w1_EDH.shape[0]
-    k = expert_ids_TK.shape[1]
-    flat_ids = expert_ids_TK.reshape(-1)                                  # (T*K,)
-    order = torch.argsort(flat_ids, stable=True)
-    counts_E = torch.bincount(flat_ids, minlength=n_experts + 1)[:n_experts]
+    order, counts_E = _sort_by_expert(expert_ids_TK, w1_EDH.shape[0])
     offsets_E = counts_E.cumsum(0).to(torch.int32)                        # segment ends
-    n_routed = int(offsets_E[-1])                                         # the one host sync
-    order = order[:n_routed]
-    token_idx = order // k
+    order = order[:int(offsets_E[-1])]                                    # the one host sync
+    token_idx = order // expert_ids_TK.shape[1]
     x_ND = x_TD.index_select(0, token_idx)                                # (N, D), grouped by expert
     h_NH = F.silu(gmm(x_ND, w1_EDH, offs=offsets_E)) * gmm(x_ND, w3_EDH, offs=offsets_E)
     y_ND = gmm(h_NH, w2_EHD, offs=offsets_E)
-    out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
-    out_TD = out_TD.index_add(0, token_idx, y_ND.float() * weights_TK.reshape(-1)[order, None])
-    return out_TD.to(x_TD.dtype)
+    return _combine(x_TD, token_idx, y_ND, weights_TK.reshape(-1)[order])
 
 
 DISPATCH = {
