@@ -43,3 +43,39 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def debug_checkpoint(debug_data, tmp_path_factory) -> Path:
+    """A debug-preset dynamic MoE pretrained for 30 steps: a base model for adapter tests."""
+    from lightseek.train.config import load_run_config
+    from lightseek.train.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("debug_base")
+    cfg = load_run_config(None, [f"--data.prepared={debug_data}", "--preset=debug", f"--out_dir={out}",
+                                 "--train.steps=30", "--train.batch_size=8", "--train.seq_len=64",
+                                 "--train.eval_every=30", "--train.eval_batches=2", "--train.plots=false",
+                                 "--train.warmup_steps=5"])
+    pretrain(cfg, show_progress=False)
+    return out / "checkpoint"
+
+
+@pytest.fixture(scope="session")
+def instruction_file(tmp_path_factory) -> Path:
+    """~300 question-answer records in three formats, built from the test corpus."""
+    import json
+
+    lines = [ln.strip() for ln in corpus_text().splitlines() if len(ln.strip()) > 20][:600]
+    out = tmp_path_factory.mktemp("instruct") / "qa.jsonl"
+    with out.open("w", encoding="utf-8") as f:
+        for i in range(0, len(lines) - 1, 2):
+            q, a = lines[i], lines[i + 1]
+            kind = (i // 2) % 3
+            if kind == 0:
+                rec = {"instruction": "Continue the play.", "input": q, "output": a}
+            elif kind == 1:
+                rec = {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+            else:
+                rec = {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return out

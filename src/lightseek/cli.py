@@ -116,6 +116,11 @@ def cmd_generate(args, overrides) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     tokenizer = Tokenizer.load(ckpt)
     model = load_model(ckpt)
+    adapter = None
+    if args.adapter:
+        from lightseek.adapters.store import base_fingerprint, load_adapter
+
+        adapter = load_adapter(model, args.adapter, base_fingerprint(ckpt)["sha256"]).name
     prompt = args.prompt
     if args.chat:
         prompt = render([{"role": "user", "content": prompt}], add_generation_prompt=True)
@@ -130,8 +135,103 @@ def cmd_generate(args, overrides) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    generate_text(model, tokenizer, prompt, p, on_text=show)
+    from lightseek.adapters.lora import use_adapters
+
+    with use_adapters(model, adapter):
+        generate_text(model, tokenizer, prompt, p, on_text=show)
     sys.stdout.write("\n")
+    return 0
+
+
+def _finetune_config(args, overrides):
+    from lightseek.adapters.finetune import load_finetune_config
+
+    flags = []
+    if args.base:
+        flags.append(f"--base={args.base}")
+    if args.name:
+        flags.append(f"--name={args.name}")
+    if args.data:
+        import json
+
+        flags.append(f"--data.files={json.dumps(args.data, ensure_ascii=False)}")
+    return load_finetune_config(args.config, overrides + flags)
+
+
+def _finetune(args, overrides, mode: str) -> int:
+    from rich.console import Console
+
+    from lightseek.adapters.finetune import finetune
+
+    console = Console()
+    summary = finetune(_finetune_config(args, overrides), mode, resume=args.resume,
+                       show_progress=not args.quiet, console=console)
+    if int(os.environ.get("RANK", "0")) == 0:
+        pct = 100 * summary["trainable_parameters"] / summary["model_parameters"]
+        console.print(f"trainable parameters: {summary['trainable_parameters']:,} ({pct:.2f}% of "
+                      f"{summary['model_parameters']:,})")
+        _print_summary({**summary, "checkpoint": summary["saved"]})
+    return 0
+
+
+def cmd_lora_train(args, overrides) -> int:
+    return _finetune(args, overrides, "lora")
+
+
+def cmd_sft(args, overrides) -> int:
+    return _finetune(args, overrides, "full")
+
+
+def cmd_lora_merge(args, overrides) -> int:
+    from lightseek.adapters.lora import merge_lora
+    from lightseek.adapters.store import base_fingerprint, load_adapter, read_adapter_meta
+    from lightseek.model.checkpoint import TOKENIZER, load_model, read_checkpoint_config, save_checkpoint
+
+    meta = read_adapter_meta(args.adapter)
+    base = args.base or meta.get("base", {}).get("path")
+    if not base:
+        raise LightseekError(f"adapter {args.adapter} records no base checkpoint; pass --base")
+    model = load_model(base)
+    info = load_adapter(model, args.adapter, base_fingerprint(base)["sha256"])
+    merge_lora(model, info.name)
+    from lightseek.model.checkpoint import resolve_checkpoint
+
+    base_dir = resolve_checkpoint(base)
+    save_checkpoint(args.out, model, tokenizer_file=base_dir / TOKENIZER,
+                    run_config=read_checkpoint_config(base_dir).get("run"),
+                    extra={"merged_adapter": {"name": info.name, "path": str(info.path.resolve()),
+                                              "domain": meta.get("domain", ""), "base": meta.get("base", {})}})
+    print(f"adapter {info.name} merged into {args.out}")
+    return 0
+
+
+def cmd_lora_list(args, overrides) -> int:
+    from lightseek.adapters.store import list_adapters
+
+    found = list_adapters(args.dir)
+    if not found:
+        print(f"no adapters under {args.dir}")
+        return 0
+    print(f"{'name':16} {'domain':10} {'rank':>4} {'params':>9} {'step':>6} {'val ppl':>8}  base      path")
+    for a in found:
+        m = a.meta
+        ppl = m.get("metrics", {}).get("val_ppl")
+        print(f"{a.name:16} {m.get('domain') or '-':10} {m['lora'].get('rank', '?'):>4} "
+              f"{m.get('trainable_parameters', 0):>9,} {m.get('step', '-'):>6} "
+              f"{f'{ppl:.2f}' if ppl else '-':>8}  {str(m.get('base', {}).get('sha256', '?'))[:8]}  {a.path}")
+    return 0
+
+
+def cmd_lora_eval(args, overrides) -> int:
+    from lightseek.adapters.evaluate import evaluate_adapters
+    from lightseek.adapters.store import read_adapter_meta
+
+    base = args.base or read_adapter_meta(args.adapters[0]).get("base", {}).get("path")
+    if not base:
+        raise LightseekError("the adapter records no base checkpoint; pass --base")
+    result = evaluate_adapters(base, args.adapters, domain=args.data, general=args.text,
+                               seq_len=args.seq_len, batch_size=args.batch_size, split=args.split)
+    print(result["text"])
     return 0
 
 
@@ -147,6 +247,18 @@ def cmd_config(args, overrides) -> int:
     from lightseek.config import describe, to_dict
     from lightseek.train.config import RunConfig
 
+    if args.finetune:
+        from lightseek.adapters.finetune import FinetuneConfig, load_finetune_config
+
+        if args.show:
+            import yaml
+
+            print(yaml.safe_dump(to_dict(load_finetune_config(args.config, overrides)), sort_keys=False,
+                                 allow_unicode=True), end="")
+            return 0
+        for key, default, help_text in describe(FinetuneConfig):
+            print(f"{key:32s} {default:>14s}  {help_text}")
+        return 0
     if args.show:
         import yaml
 
@@ -192,6 +304,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    for name, fn, help_text in (
+            ("sft", cmd_sft, "Full fine-tuning on instruction data (the baseline LoRA adapters are compared with)."),):
+        p = add(name, fn, help_text)
+        _finetune_args(p)
+
+    lora = sub.add_parser("lora", help="Domain adapters (LoRA): train, merge, list, eval.").add_subparsers(
+        dest="sub", metavar="SUB")
+    p = add("train", cmd_lora_train, "Train a LoRA adapter (routed experts included) on instruction data.", lora)
+    _finetune_args(p)
+    p = add("merge", cmd_lora_merge, "Fold an adapter into a new, plain checkpoint.", lora)
+    p.add_argument("adapter", help="adapter folder (or its training run folder)")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--base", help="base checkpoint (default: the one the adapter records)")
+    p = add("list", cmd_lora_list, "List the adapters under a folder.", lora)
+    p.add_argument("dir", nargs="?", default="runs/adapters", help="folder to search (default runs/adapters)")
+    p = add("eval", cmd_lora_eval, "Domain and general perplexity with and without adapters.", lora)
+    p.add_argument("adapters", nargs="+", help="adapter folders (all on one base)")
+    p.add_argument("--base", help="base checkpoint (default: the one the first adapter records)")
+    p.add_argument("--data", nargs="*", help="instruction files (default: each adapter's own training files)")
+    p.add_argument("--text", nargs="*", metavar="[NAME=]PATH", help="general text corpora")
+    p.add_argument("--split", default="val", choices=("val", "train", "all"), help="instruction split (default val)")
+    p.add_argument("--seq-len", type=int, help="tokens per window / conversation (default: the model's context)")
+    p.add_argument("--batch-size", type=int, default=16)
+
     p = add("eval", cmd_eval, "Validation loss, perplexity and routing statistics of a checkpoint.")
     p.add_argument("checkpoint", help="checkpoint folder (or run folder)")
     p.add_argument("--data", nargs="*", metavar="[NAME=]PATH",
@@ -206,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder (or run folder)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
+    p.add_argument("--adapter", help="a LoRA adapter folder to apply (made for this checkpoint)")
     for flag, key, typ in (("--max-new-tokens", "max_new_tokens", int), ("--temperature", "temperature", float),
                            ("--top-k", "top_k", int), ("--top-p", "top_p", float), ("--seed", "seed", int)):
         p.add_argument(flag, dest=f"gen_{key}", type=typ, help=f"same as --generate.{key}")
@@ -217,7 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("config", cmd_config, "List every config key with its default and help (or --show the resolved config).")
     p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
+    p.add_argument("--finetune", action="store_true", help="the config of `lora train` and `sft` instead")
     return parser
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", help="base checkpoint (checkpoint or run folder)")
+    p.add_argument("--data", nargs="+", help="instruction files or folders (.jsonl, .json, .csv)")
+    p.add_argument("--name", help="adapter / model name (default folder runs/adapters/NAME or runs/sft/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in its folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:

@@ -53,8 +53,8 @@ def test_custom_text_field(tmp_path: Path) -> None:
 
 
 def test_explicit_file_with_other_suffix(tmp_path: Path) -> None:
-    f = write(tmp_path / "data.csv", "a,b\n")
-    with pytest.raises(DataError, match=r"data\.csv.*unsupported"):
+    f = write(tmp_path / "data.py", "a,b\n")
+    with pytest.raises(DataError, match=r"data\.py.*unsupported"):
         list(iter_documents([f]))
 
 

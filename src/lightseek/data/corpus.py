@@ -1,6 +1,9 @@
-"""Corpus readers: text files, Markdown, JSON Lines, and the text every Python install ships.
+"""Corpus readers: text and Markdown files, record files (JSON Lines, JSON arrays, CSV), and the
+text every Python install ships.
 
-`iter_documents` turns files and folders into `Document`s in a fixed order; `stdlib_documents`
+`iter_documents` turns files, folders and glob patterns into `Document`s in a fixed order;
+`iter_records` gives the raw records of record files (instruction data reads those);
+`stdlib_documents`
 yields the standard library's documentation and source, so a demo needs no download.
 Every problem with the input is a one-line DataError naming the file (and line or byte offset).
 """
@@ -18,7 +21,7 @@ from typing import BinaryIO
 from lightseek.errors import ConfigError, DataError
 
 TEXT_SUFFIXES = (".txt", ".md")
-JSONL_SUFFIXES = (".jsonl",)
+RECORD_SUFFIXES = (".jsonl", ".json", ".csv")
 STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packages"})
 _BOM = "\ufeff"
 
@@ -40,33 +43,96 @@ class Document:
 def iter_documents(
     paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str], text_field: str = "text"
 ) -> Iterator[Document]:
-    """Documents from files and folders, in the order given (folders in sorted order).
+    """Documents from files, folders and glob patterns, in the order given (folders and glob
+    matches in sorted order).
 
-    Folders are walked recursively taking .txt, .md and .jsonl files; other files and hidden
-    (dot) files and folders inside them are ignored. A file named explicitly must have one of
-    those suffixes. Whitespace-only documents are skipped.
+    Text files (.txt, .md) are one document each. Record files (.jsonl, .json, .csv) give one
+    document per record: its first present field of ``text_field`` (comma-separated candidates,
+    e.g. "text,context_text"), else, for an instruction record (see `data.instruct`), the
+    conversation rendered with the chat template. Folders are walked recursively; hidden
+    files and folders and other suffixes are ignored. Whitespace-only documents are skipped.
     """
+    fields = [f.strip() for f in text_field.split(",") if f.strip()]
+    if not fields:
+        raise ConfigError(f"text_field must name at least one field, got {text_field!r}")
+    for path in expand_paths(paths):
+        if path.suffix.lower() in RECORD_SUFFIXES:
+            for _, index, where, record in _read_records(path):
+                text = record_text(record, fields, where)
+                if text.strip():
+                    yield Document(str(path), index, text)
+        else:
+            text = _decode(_read_bytes(path), path, offset=0).removeprefix(_BOM)
+            if text.strip():
+                yield Document(str(path), 0, text)
+
+
+def iter_records(
+    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+) -> Iterator[tuple[str, int, str, dict]]:
+    """(source file, 0-based record index, "file:line" for messages, record) from record files
+    (.jsonl, .json, .csv), folders of them and glob patterns. Text files are an error here."""
+    for path in expand_paths(paths, suffixes=RECORD_SUFFIXES):
+        yield from _read_records(path)
+
+
+def record_text(record: dict, fields: list[str], where: str) -> str:
+    """The text of one record: the first of ``fields`` it has, else its rendered conversation."""
+    for name in fields:
+        if name in record:
+            text = record[name]
+            if not isinstance(text, str):
+                raise DataError(f"{where}: field {name!r} is a {type(text).__name__}, not a string")
+            if not _encodable(text):  # JSON can spell lone surrogates, UTF-8 cannot
+                raise DataError(f"{where}: field {name!r} has an unpaired surrogate")
+            return text
+    from lightseek.data.chat import render
+    from lightseek.data.instruct import detect_format, to_messages
+
+    if detect_format(record) is None:
+        names = " or ".join(repr(f) for f in fields)
+        raise DataError(f"{where}: field {names} is missing, not a string, and the record is not an "
+                        f"instruction record (fields: {', '.join(sorted(map(str, record))) or 'none'})")
+    try:
+        text = render(to_messages(record, require_reply=False))
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    if not _encodable(text):
+        raise DataError(f"{where}: the record has an unpaired surrogate")
+    return text
+
+
+def expand_paths(paths, suffixes: tuple[str, ...] = TEXT_SUFFIXES + RECORD_SUFFIXES) -> Iterator[Path]:
+    """The files named by ``paths``: files as given, folders walked, glob patterns matched."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    kinds = ", ".join(suffixes)
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            for file in _walk(path):
-                yield from _read_file(file, text_field)
+        if any(ch in str(raw) for ch in "*?[") and not path.exists():
+            matches = sorted(p for p in _glob(str(raw)) if p.is_file() and p.suffix.lower() in suffixes)
+            if not matches:
+                raise DataError(f"{raw}: the pattern matches no {kinds} files")
+            yield from matches
+        elif path.is_dir():
+            yield from _walk(path, suffixes)
         elif path.is_file():
-            if path.suffix.lower() not in TEXT_SUFFIXES + JSONL_SUFFIXES:
-                raise DataError(
-                    f"{path}: unsupported file type {path.suffix or '(no suffix)'!r} "
-                    f"(expected .txt, .md or .jsonl)"
-                )
-            yield from _read_file(path, text_field)
+            if path.suffix.lower() not in suffixes:
+                raise DataError(f"{path}: unsupported file type {path.suffix or '(no suffix)'!r} (expected {kinds})")
+            yield path
         elif path.exists():
             raise DataError(f"{path}: not a regular file or folder")
         else:
             raise DataError(f"{path}: no such file or folder")
 
 
-def _walk(root: Path) -> list[Path]:
+def _glob(pattern: str) -> list[Path]:
+    import glob
+
+    return [Path(p) for p in glob.glob(pattern, recursive=True)]
+
+
+def _walk(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Corpus files under `root`, sorted by path (a/1.txt < a/2.md < b.txt)."""
 
     def fail(err: OSError) -> None:
@@ -75,8 +141,7 @@ def _walk(root: Path) -> list[Path]:
     return _sorted_files(
         root,
         keep_dir=lambda d: not d.startswith("."),
-        keep_file=lambda f: not f.startswith(".")
-        and Path(f).suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES,
+        keep_file=lambda f: not f.startswith(".") and Path(f).suffix.lower() in suffixes,
         onerror=fail,
     )
 
@@ -92,15 +157,6 @@ def _sorted_files(
         dirnames[:] = [d for d in dirnames if keep_dir(d)]
         found.extend(Path(dirpath) / f for f in filenames if keep_file(f))
     return sorted(found, key=lambda p: p.relative_to(root).parts)
-
-
-def _read_file(path: Path, text_field: str) -> Iterator[Document]:
-    if path.suffix.lower() in JSONL_SUFFIXES:
-        yield from _read_jsonl(path, text_field)
-        return
-    text = _decode(_read_bytes(path), path, offset=0).removeprefix(_BOM)
-    if text.strip():
-        yield Document(str(path), 0, text)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -121,8 +177,18 @@ def _decode(data: bytes, path: Path, offset: int, line: int | None = None) -> st
         ) from None
 
 
-def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
-    """One document per non-empty line, read line by line so large files stream."""
+def _read_records(path: Path) -> Iterator[tuple[str, int, str, dict]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _read_jsonl(path)
+    elif suffix == ".json":
+        yield from _read_json(path)
+    else:
+        yield from _read_csv(path)
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, int, str, dict]]:
+    """One record per non-empty line, read line by line so large files stream."""
     try:
         f = path.open("rb")
     except OSError as e:
@@ -144,14 +210,46 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
             if not isinstance(record, dict):
                 kind = type(record).__name__
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {kind}")
-            text = record.get(text_field)
-            if not isinstance(text, str):
-                problem = "missing" if text_field not in record else f"a {type(text).__name__}"
-                raise DataError(f"{path}:{lineno}: field {text_field!r} is {problem}, not a string")
-            if not _encodable(text):  # JSON can spell lone surrogates, UTF-8 cannot
-                raise DataError(f"{path}:{lineno}: field {text_field!r} has an unpaired surrogate")
-            if text.strip():
-                yield Document(str(path), lineno - 1, text)
+            yield str(path), lineno - 1, f"{path}:{lineno}", record
+
+
+def _read_json(path: Path) -> Iterator[tuple[str, int, str, dict]]:
+    """A JSON array of records, or a SQuAD-style {"data": [{"paragraphs": [{"context"}]}]}
+    file (one record {"text": context} per paragraph). Records are named by their index."""
+    text = _decode(_read_bytes(path), path, offset=0).removeprefix(_BOM)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):  # SQuAD layout
+        records = [{"text": p.get("context")} for article in data["data"] if isinstance(article, dict)
+                   for p in article.get("paragraphs", []) if isinstance(p, dict)]
+    elif isinstance(data, list):
+        records = data
+    else:
+        raise DataError(f"{path}: expected a JSON array of records (or a SQuAD-style object with 'data'), "
+                        f"got {type(data).__name__}")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: record {i} is a {type(record).__name__}, expected a JSON object")
+        yield str(path), i, f"{path}: record {i}", record
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, int, str, dict]]:
+    """One record per row, keyed by the header row."""
+    import csv
+
+    text = _decode(_read_bytes(path), path, offset=0).removeprefix(_BOM)
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    if not reader.fieldnames:
+        raise DataError(f"{path}: empty CSV file (a header row is required)")
+    try:
+        for i, row in enumerate(reader):
+            if None in row:
+                raise DataError(f"{path}:{reader.line_num}: more fields than the header has")
+            yield str(path), i, f"{path}:{reader.line_num}", {k: v for k, v in row.items() if v is not None}
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
 
 
 def _encodable(text: str) -> bool:

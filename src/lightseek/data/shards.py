@@ -140,7 +140,7 @@ def _tokenise(
             for (doc, data), ids in zip(chunk, encoded):
                 digest = hashlib.sha256(data).digest()
                 tokens = np.asarray(ids + [tokenizer.eot_id], dtype=DTYPE)  # (n_doc,)
-                split = "val" if _unit_hash(seed, digest) < val_fraction else "train"
+                split = split_of(digest, val_fraction, seed)
                 if pending[split] is not None:
                     writers[split].write(pending[split])
                 pending[split] = tokens
@@ -180,6 +180,17 @@ def _non_empty(directory: Path) -> bool:
         return any(directory.iterdir())
     except OSError as e:
         raise DataError(f"{directory}: cannot list directory: {e.strerror or e}") from None
+
+
+def split_of(content_digest: bytes, val_fraction: float, seed: int) -> str:
+    """'val' or 'train' for a document whose text has sha256 ``content_digest``.
+
+    The one split rule of the project: token shards use it per document, and instruction data
+    (`lightseek lora train`, `lightseek sft`) per rendered conversation, so an instruction record
+    held out from pretraining stays held out from fine-tuning when both use the same seed and
+    (no larger) val_fraction.
+    """
+    return "val" if _unit_hash(seed, content_digest) < val_fraction else "train"
 
 
 def _unit_hash(seed: int, content_digest: bytes) -> float:

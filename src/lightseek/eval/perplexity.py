@@ -14,8 +14,9 @@ from lightseek.model.transformer import Transformer
 @torch.no_grad()
 def evaluate(model: Transformer, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu",
              autocast: torch.dtype | None = None, reduce=None) -> dict:
-    """Token-weighted mean loss over ``batches`` ((b, T+1) windows), perplexity, and the routing
-    report of the same tokens. ``reduce`` (a sum all-reduce) combines ranks when distributed."""
+    """Token-weighted mean loss over ``batches`` ((b, T+1) windows, or (inputs, targets) pairs
+    whose targets of -100 are not scored), perplexity, and the routing report of the same
+    tokens. ``reduce`` (a sum all-reduce) combines ranks when distributed."""
     was_training = model.training
     model.eval()
     model.reset_routing_stats()
@@ -24,10 +25,13 @@ def evaluate(model: Transformer, batches: Iterable[torch.Tensor], device: torch.
     n_tokens = torch.zeros((), dtype=torch.float64)
     ctx = (torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext())
     for batch in batches:
-        batch = batch.to(device)
+        x, y = (batch[:, :-1], batch[:, 1:]) if isinstance(batch, torch.Tensor) else batch
+        x, y = x.to(device), y.to(device)
         with ctx:
-            out = model(batch[:, :-1], batch[:, 1:])
-        n = batch[:, 1:].numel()
+            out = model(x, y)
+        n = int((y != -100).sum())
+        if n == 0:
+            continue
         loss_sum += out.loss.double().cpu() * n
         n_tokens += n
     sums = model.routing_sums()

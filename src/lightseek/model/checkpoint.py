@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,10 +57,8 @@ def save_checkpoint(path: str | Path, model: Transformer, *, tokenizer_file: str
                     run_config: dict | None = None, train_state: dict | None = None,
                     extra: dict | None = None) -> Path:
     """Write a checkpoint folder atomically; an existing one at ``path`` is replaced whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+
+    def fill(tmp: Path) -> None:
         meta = {"lightseek_version": __version__, "model": model.cfg.to_dict(), **(extra or {})}
         if run_config is not None:
             meta["run"] = run_config
@@ -69,6 +68,18 @@ def save_checkpoint(path: str | Path, model: Transformer, *, tokenizer_file: str
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
+
+    return write_dir_atomic(path, fill)
+
+
+def write_dir_atomic(path: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Create folder ``path`` atomically: ``fill`` writes into a temp folder beside it, which is
+    fsynced and renamed into place; an existing folder at ``path`` is replaced whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        fill(tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -85,6 +96,17 @@ def save_checkpoint(path: str | Path, model: Transformer, *, tokenizer_file: str
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -44,6 +44,11 @@ class Router(nn.Module):
         # Statistics accumulated since the last reset (not saved).
         self.register_buffer("load_E", torch.zeros(cfg.n_experts, dtype=torch.float64), persistent=False)
         self.register_buffer("stat_sums", torch.zeros(3, dtype=torch.float64), persistent=False)  # tokens, k, entropy
+        # Adapters (see lightseek.adapters.lora): an optional low-rank gate update per adapter,
+        # each adapter's own routing state, and which adapter each sequence uses.
+        self.lora = None
+        self.adapter_states = nn.ModuleDict()
+        self.selection = None
 
     def reset_stats(self) -> None:
         self.load_E.zero_()
@@ -52,8 +57,13 @@ class Router(nn.Module):
     def forward(self, x_BTD: torch.Tensor) -> RouterOutput:
         B, T, _ = x_BTD.shape
         cfg = self.cfg
+        groups = self.selection.groups if self.selection is not None else [(None, None)]
         with torch.autocast(x_BTD.device.type, enabled=False):  # routing decisions in fp32, always
-            logits_TE = F.linear(x_BTD.reshape(B * T, -1).float(), self.weight.float())
+            x_TD = x_BTD.reshape(B * T, -1).float()
+            logits_TE = F.linear(x_TD, self.weight.float())
+            if self.lora is not None:
+                logits_TE = self._adapter_logits(logits_TE, x_TD, groups, T)
+        bias_E, threshold = self._routing_state(groups, T)
         if cfg.score_fn == "softmax":
             scores_TE = logits_TE.softmax(dim=-1)
         else:
@@ -62,7 +72,7 @@ class Router(nn.Module):
         # same at any number of experts); for sigmoid on scores, as in DeepSeek-V3.
         select_TE = (logits_TE if cfg.score_fn == "softmax" else scores_TE).detach()
         if cfg.balance_bias:
-            select_TE = select_TE + self.bias_E
+            select_TE = select_TE + bias_E
 
         if cfg.router_mode == "topk":
             expert_ids_TK = select_TE.topk(cfg.top_k, dim=-1).indices
@@ -73,7 +83,7 @@ class Router(nn.Module):
             if cfg.score_fn == "sigmoid":
                 probs_TE = probs_TE / probs_TE.sum(-1, keepdim=True)
             mass_TK = probs_TE.gather(1, expert_ids_TK).cumsum(-1)
-            k_T = ((mass_TK < self.threshold).sum(-1) + 1).clamp(cfg.min_k, cfg.max_k)
+            k_T = ((mass_TK < threshold).sum(-1) + 1).clamp(cfg.min_k, cfg.max_k)
             keep_TK = torch.arange(cfg.max_k, device=x_BTD.device) < k_T[:, None]
 
         weights_TK = scores_TE.gather(1, expert_ids_TK) * keep_TK
@@ -85,6 +95,43 @@ class Router(nn.Module):
         self._accumulate(scores_TE.detach(), expert_ids_TK)
         aux = self._aux_loss(logits_TE, scores_TE, expert_ids_TK, B, T) if self.training else None
         return RouterOutput(expert_ids_TK, weights_TK, aux)
+
+    def _adapter_logits(self, logits_TE, x_TD, groups, T: int) -> torch.Tensor:
+        from lightseek.adapters.lora import token_rows
+
+        for name, rows in groups:
+            if name is None or name not in self.lora.lora_A:
+                continue
+            if rows is None:
+                logits_TE = logits_TE + self.lora.delta(name, x_TD)
+            else:
+                tok = token_rows(rows, T)
+                logits_TE = logits_TE.index_add(0, tok, self.lora.delta(name, x_TD.index_select(0, tok)))
+        return logits_TE
+
+    def _state(self, name: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(selection bias, threshold) of adapter ``name``, or the base model's (None)."""
+        if name is not None and name in self.adapter_states:
+            st = self.adapter_states[name]
+            return st.bias_E, st.threshold
+        return self.bias_E, self.threshold
+
+    def _routing_state(self, groups, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bias (E,) and threshold () for one group, or per token (T, E) and (T, 1) for a batch
+        whose sequences use different adapters."""
+        if len(groups) == 1:
+            return self._state(groups[0][0])
+        from lightseek.adapters.lora import token_rows
+
+        n_tokens = sum(len(rows) for _, rows in groups) * T
+        bias_TE = self.bias_E.new_zeros(n_tokens, self.n_experts)
+        threshold_T1 = self.threshold.new_zeros(n_tokens, 1)
+        for name, rows in groups:
+            bias, threshold = self._state(name)
+            tok = token_rows(rows, T)
+            bias_TE[tok] = bias
+            threshold_T1[tok] = threshold
+        return bias_TE, threshold_T1
 
     @torch.no_grad()
     def _accumulate(self, scores_TE: torch.Tensor, expert_ids_TK: torch.Tensor) -> None:
@@ -118,16 +165,18 @@ class Router(nn.Module):
 
     @torch.no_grad()
     def update(self, load_E: torch.Tensor, mean_k: float) -> None:
-        """Balance bias toward equal load; dynamic threshold toward target_k. Once per step."""
+        """Balance bias toward equal load; dynamic threshold toward target_k. Once per step.
+        While one adapter runs the whole batch (adapter training), its own routing state moves."""
         cfg = self.cfg
+        bias_E, threshold = self._state(self.selection.single if self.selection is not None else None)
         if cfg.balance_bias:
             # Proportional step toward equal load: overloaded experts lose selection bias in
             # proportion to their relative excess, so the bias settles instead of dithering.
             error_E = 1.0 - load_E / load_E.mean().clamp_min(1e-9)
-            self.bias_E += cfg.bias_update_rate * error_E.clamp(-1.0, 1.0).to(self.bias_E)
+            bias_E += cfg.bias_update_rate * error_E.clamp(-1.0, 1.0).to(bias_E)
         if cfg.router_mode == "dynamic":
-            new = self.threshold + cfg.threshold_lr * (cfg.target_k - mean_k)
-            self.threshold.copy_(new.clamp(1e-3, 1.0))
+            new = threshold + cfg.threshold_lr * (cfg.target_k - mean_k)
+            threshold.copy_(new.clamp(1e-3, 1.0))
 
 
 class SwiGLU(nn.Module):
@@ -155,6 +204,8 @@ class MoE(nn.Module):
         self.shared = SwiGLU(D, H * cfg.n_shared_experts) if cfg.n_shared_experts else None
         self.set_dispatch(dispatch)
         self.aux_loss: torch.Tensor | None = None
+        self.lora = None            # per-expert adapter factors (lightseek.adapters.lora.ExpertLora)
+        self.lora_selection = None  # which adapter each sequence uses
 
     def set_dispatch(self, name: str) -> None:
         self.dispatch_name = name
@@ -167,11 +218,25 @@ class MoE(nn.Module):
         x_TD = x_BTD.reshape(B * T, D)
         if torch.is_autocast_enabled(x_TD.device.type):  # grouped_mm has no autocast rule: cast here
             x_TD = x_TD.to(torch.get_autocast_dtype(x_TD.device.type))
-        w1, w3, w2 = (w.to(x_TD.dtype) for w in (self.w1_EDH, self.w3_EDH, self.w2_EHD))
-        y_TD = self._dispatch(x_TD, route.expert_ids_TK, route.weights_TK, w1, w3, w2)
+        groups = self.lora_selection.groups if self.lora is not None else [(None, None)]
+        if len(groups) == 1:
+            y_TD = self._experts(x_TD, route.expert_ids_TK, route.weights_TK, groups[0][0])
+        else:  # sequences with different adapters: each group through its own expert weights
+            from lightseek.adapters.lora import token_rows
+
+            y_TD = torch.empty_like(x_TD)
+            for name, rows in groups:
+                tok = token_rows(rows, T)
+                y_TD = y_TD.index_copy(0, tok, self._experts(
+                    x_TD.index_select(0, tok), route.expert_ids_TK[tok], route.weights_TK[tok], name))
         if self.shared is not None:
-            y_TD = y_TD + self.shared(x_TD)
+            y_TD = y_TD + self.shared(x_TD.reshape(B, T, D)).reshape(B * T, D)
         return y_TD.reshape(B, T, D).to(x_BTD.dtype)
+
+    def _experts(self, x_TD, expert_ids_TK, weights_TK, adapter: str | None) -> torch.Tensor:
+        stacked = (self.w1_EDH, self.w3_EDH, self.w2_EHD) if self.lora is None else self.lora.weights(self, adapter)
+        w1, w3, w2 = (w.to(x_TD.dtype) for w in stacked)
+        return self._dispatch(x_TD, expert_ids_TK, weights_TK, w1, w3, w2)
 
 
 def routing_stats(load_E: torch.Tensor, stat_sums: torch.Tensor) -> dict:

@@ -1,4 +1,4 @@
-"""The training loop shared by pretraining (and, later, fine-tuning).
+"""The training loop shared by pretraining and fine-tuning (`fit`), and pretraining itself.
 
 Exact resume: batches come from (seed, step) alone, and the checkpoint holds the weights, the
 routing state (balance biases, dynamic thresholds), the optimizer state and the step, so a run
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,11 +22,10 @@ from lightseek.errors import CheckpointError, ConfigError
 from lightseek.eval.perplexity import evaluate, summarize_routing
 from lightseek.model.checkpoint import load_train_state, load_weights, read_checkpoint_config, save_checkpoint
 from lightseek.model.transformer import Transformer
-from lightseek.train.config import RunConfig
+from lightseek.train.config import RunConfig, TrainConfig
 from lightseek.train.metrics import MetricsLog, TrainProgress, read_metrics
 from lightseek.train.optim import build_optimizer, lr_at
-from lightseek.train.parallel import (Dist, all_reduce_sum, autocast_dtype, init_distributed,
-                                      resolve_device, shutdown)
+from lightseek.train.parallel import Dist, all_reduce_sum, autocast_dtype, init_distributed, resolve_device, shutdown
 
 
 def _step_batch(data: TokenShards, cfg: RunConfig, step: int, d: Dist) -> torch.Tensor:
@@ -61,9 +62,118 @@ def check_resume_config(saved: dict, cfg: RunConfig, ckpt_dir: Path) -> None:
                           f"{', '.join(differ)}; resume with the run's own config (see its config.yaml)")
 
 
+@dataclass
+class Job:
+    """What `fit` trains and how: the model (with only the weights to train requiring grad),
+    where batches come from, and how a checkpoint is written.
+
+    ``train_rows(step)`` gives this rank's (inputs, targets) for one optimizer step, with
+    batch_size * grad_accum rows (targets of -100 are not learned); ``val_batches()`` yields
+    (inputs, targets) for evaluation; ``save(step, tokens_seen, optimizer)`` writes a checkpoint.
+    """
+
+    model: Transformer
+    optimizer: torch.optim.Optimizer
+    train_rows: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    save: Callable[[int, int, torch.optim.Optimizer], None]
+    start: int = 0
+    tokens_seen: int = 0
+
+
+def fit(job: Job, tc: TrainConfig, out: Path, d: Dist, device: torch.device, amp: torch.dtype | None,
+        show_progress: bool = True, resumed: bool = False) -> dict:
+    """The training loop shared by pretraining and fine-tuning: schedule, accumulation, DDP,
+    clipping, routing updates, metrics, progress, evaluation and checkpoints."""
+    model, opt = job.model, job.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    ddp = DDP(model, broadcast_buffers=False) if d.enabled else model
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=job.start if resumed else None, enabled=d.is_main)
+    bar = TrainProgress(tc.steps, job.start, show_progress and d.is_main, tc.log_every)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+
+    def save(step: int) -> None:
+        if d.is_main:
+            job.save(step, tokens_seen, opt)
+        if d.enabled:
+            torch.distributed.barrier()
+
+    model.train()
+    tokens_seen = job.tokens_seen
+    t_start, tokens_at_start = time.time(), tokens_seen
+    last_eval: dict = {}
+    stop = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
+    for step in range(job.start, stop):
+        t0 = time.time()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, tc)
+        inputs, targets = job.train_rows(step)
+        model.reset_routing_stats()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for micro in range(tc.grad_accum):
+            rows = slice(micro * tc.batch_size, (micro + 1) * tc.batch_size)
+            x, y = inputs[rows].to(device), targets[rows].to(device)
+            last = micro == tc.grad_accum - 1
+            # gradients are all-reduced only on the last micro-batch (one no_sync context
+            # around both forward and backward: it cannot be entered twice)
+            with ddp.no_sync() if d.enabled and not last else contextlib.nullcontext():
+                with autocast():
+                    result = ddp(x, y)
+                    loss = result.loss if result.aux_loss is None else result.loss + result.aux_loss
+                (loss / tc.grad_accum).backward()
+            loss_sum += result.loss.detach().double().cpu()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sums = model.routing_sums()
+        if d.enabled and sums is not None:
+            sums = tuple(all_reduce_sum(s, d) for s in sums)
+        routing = summarize_routing(model.routing_report(sums))
+        model.update_routing(sums)
+
+        done = step + 1
+        step_tokens = int(all_reduce_sum(torch.tensor(float((targets != -100).sum()), dtype=torch.float64), d).item())
+        tokens_seen += step_tokens
+        loss_mean = (all_reduce_sum(loss_sum, d) / (tc.grad_accum * d.world)).item()
+        rec = {"kind": "train", "step": done, "loss": loss_mean, "lr": opt.param_groups[0]["lr"],
+               "grad_norm": float(grad_norm), "tokens": tokens_seen,
+               "tokens_per_s": step_tokens / max(time.time() - t0, 1e-9), "step_s": time.time() - t0}
+        rec.update({k: routing[k] for k in ("avg_k", "max_vio", "dead_experts") if k in routing})
+        if done % tc.log_every == 0 or done == tc.steps:
+            metrics.write(rec)
+        bar.update(done, rec)
+
+        if done % tc.eval_every == 0 or done == tc.steps:
+            last_eval = evaluate(model, job.val_batches(), device, amp)
+            model.train()
+            ev = {"kind": "eval", "step": done, "val_loss": last_eval["loss"], "val_ppl": last_eval["ppl"],
+                  **{k: last_eval[k] for k in ("avg_k", "max_vio", "dead_experts") if k in last_eval}}
+            metrics.write(ev)
+            bar.print(f"step {done}: val loss {ev['val_loss']:.4f}, ppl {ev['val_ppl']:.2f}"
+                      + (f", k {ev['avg_k']:.2f}, MaxVio {ev['max_vio']:.3f}, dead {ev['dead_experts']}"
+                         if "avg_k" in ev else ""))
+        if done % tc.ckpt_every == 0 or done == stop:
+            save(done)
+    bar.close()
+    wall = time.time() - t_start
+    summary = {"steps": stop, "tokens_seen": tokens_seen, "wall_s": wall,
+               "tokens_per_s": (tokens_seen - tokens_at_start) / max(wall, 1e-9),
+               "finished": stop == tc.steps}
+    if last_eval:
+        summary.update({"val_loss": last_eval["loss"], "val_ppl": last_eval["ppl"],
+                        "routing": last_eval["routing"],
+                        **{k: last_eval[k] for k in ("avg_k", "max_vio", "dead_experts") if k in last_eval}})
+    if d.is_main and tc.plots and summary["finished"]:
+        from lightseek.train.plots import plot_run
+
+        summary["plots"] = [str(p) for p in plot_run(out, read_metrics(out / "metrics.jsonl"),
+                                                      last_eval.get("routing", []))]
+    return summary
+
+
 def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Path, *,
                  resume: bool = False, show_progress: bool = True) -> dict:
-    """Train ``cfg.model`` on the token shards in ``data_dir``; returns the final summary."""
+    """Pretrain ``cfg.model`` on the token shards in ``data_dir``; returns the final summary."""
     tc = cfg.train
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoint"
@@ -87,92 +197,23 @@ def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Pat
             if start >= tc.steps:
                 raise CheckpointError(f"checkpoint {ckpt_dir} is at step {start}: nothing left of "
                                       f"train.steps={tc.steps}")
-        ddp = DDP(model, broadcast_buffers=False) if d.enabled else model
-        metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume else None, enabled=d.is_main)
-        bar = TrainProgress(tc.steps, start, show_progress and d.is_main, tc.log_every)
-        autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+
+        def train_rows(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            batch = _step_batch(train_data, cfg, step, d)
+            return batch[:, :-1], batch[:, 1:]
 
         def val_batches():
-            return val_data.iter_sequential(tc.batch_size, tc.seq_len, tc.eval_batches or None)
+            for b in val_data.iter_sequential(tc.batch_size, tc.seq_len, tc.eval_batches or None):
+                yield b[:, :-1], b[:, 1:]
 
-        def save(step: int) -> None:
-            if d.is_main:
-                save_checkpoint(ckpt_dir, model, tokenizer_file=tokenizer_file, run_config=to_dict(cfg),
-                                train_state={"step": step, "tokens_seen": tokens_seen,
-                                             "optimizer": opt.state_dict()},
-                                extra={"step": step})
-            if d.enabled:
-                torch.distributed.barrier()
+        def save(step: int, tokens: int, optimizer) -> None:
+            save_checkpoint(ckpt_dir, model, tokenizer_file=tokenizer_file, run_config=to_dict(cfg),
+                            train_state={"step": step, "tokens_seen": tokens, "optimizer": optimizer.state_dict()},
+                            extra={"step": step})
 
-        model.train()
-        t_start, tokens_at_start = time.time(), tokens_seen
-        last_eval: dict = {}
-        stop = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
-        for step in range(start, stop):
-            t0 = time.time()
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, tc)
-            batch = _step_batch(train_data, cfg, step, d)
-            model.reset_routing_stats()
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            for micro in range(tc.grad_accum):
-                mb = batch[micro * tc.batch_size:(micro + 1) * tc.batch_size].to(device)
-                last = micro == tc.grad_accum - 1
-                # gradients are all-reduced only on the last micro-batch (one no_sync context
-                # around both forward and backward: it cannot be entered twice)
-                with ddp.no_sync() if d.enabled and not last else contextlib.nullcontext():
-                    with autocast():
-                        result = ddp(mb[:, :-1], mb[:, 1:])
-                        loss = result.loss if result.aux_loss is None else result.loss + result.aux_loss
-                    (loss / tc.grad_accum).backward()
-                loss_sum += result.loss.detach().double().cpu()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sums = model.routing_sums()
-            if d.enabled and sums is not None:
-                sums = tuple(all_reduce_sum(s, d) for s in sums)
-            routing = summarize_routing(model.routing_report(sums))
-            model.update_routing(sums)
-
-            done = step + 1
-            step_tokens = batch[:, 1:].numel() * d.world
-            tokens_seen += step_tokens
-            loss_mean = (all_reduce_sum(loss_sum, d) / (tc.grad_accum * d.world)).item()
-            rec = {"kind": "train", "step": done, "loss": loss_mean, "lr": opt.param_groups[0]["lr"],
-                   "grad_norm": float(grad_norm), "tokens": tokens_seen,
-                   "tokens_per_s": step_tokens / max(time.time() - t0, 1e-9)}
-            rec.update({k: routing[k] for k in ("avg_k", "max_vio", "dead_experts") if k in routing})
-            if done % tc.log_every == 0 or done == tc.steps:
-                metrics.write(rec)
-            bar.update(done, rec)
-
-            if done % tc.eval_every == 0 or done == tc.steps:
-                last_eval = evaluate(model, val_batches(), device, amp)
-                model.train()
-                ev = {"kind": "eval", "step": done, "val_loss": last_eval["loss"], "val_ppl": last_eval["ppl"],
-                      **{k: last_eval[k] for k in ("avg_k", "max_vio", "dead_experts") if k in last_eval}}
-                metrics.write(ev)
-                bar.print(f"step {done}: val loss {ev['val_loss']:.4f}, ppl {ev['val_ppl']:.2f}"
-                          + (f", k {ev['avg_k']:.2f}, MaxVio {ev['max_vio']:.3f}, dead {ev['dead_experts']}"
-                             if "avg_k" in ev else ""))
-            if done % tc.ckpt_every == 0 or done == stop:
-                save(done)
-        bar.close()
-        wall = time.time() - t_start
-        summary = {"steps": stop, "tokens_seen": tokens_seen, "wall_s": wall,
-                   "tokens_per_s": (tokens_seen - tokens_at_start) / max(wall, 1e-9),
-                   "finished": stop == tc.steps, "checkpoint": str(ckpt_dir)}
-        if last_eval:
-            summary.update({"val_loss": last_eval["loss"], "val_ppl": last_eval["ppl"],
-                            "routing": last_eval["routing"],
-                            **{k: last_eval[k] for k in ("avg_k", "max_vio", "dead_experts") if k in last_eval}})
-        if d.is_main and tc.plots and summary["finished"]:
-            from lightseek.train.plots import plot_run
-
-            summary["plots"] = [str(p) for p in plot_run(out, read_metrics(out / "metrics.jsonl"),
-                                                          last_eval.get("routing", []))]
+        job = Job(model, opt, train_rows, val_batches, save, start, tokens_seen)
+        summary = fit(job, tc, out, d, device, amp, show_progress, resumed=resume)
+        summary["checkpoint"] = str(ckpt_dir)
         return summary
     finally:
         shutdown(d)

@@ -1,0 +1,314 @@
+"""Supervised fine-tuning on instruction data: LoRA adapters (`lightseek lora train`) and full
+fine-tuning (`lightseek sft`), both through the pretraining loop (`train.loop.fit`).
+
+Conversations are tokenised with the one chat template; only assistant tokens are learned.
+Each example is one row (truncated to ``train.seq_len + 1`` tokens, padded at the end), and
+batches come from (seed, step) alone: step s reads positions s * rows ... of an endless stream
+of epochs, each epoch a seeded permutation of the training examples, so resume is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import yaml
+
+from lightseek.adapters.lora import LoraConfig, apply_lora, base_parameters, format_report, use_adapters
+from lightseek.config import deep_merge, field, from_dict, load_yaml, parse_overrides, to_dict
+from lightseek.data.chat import encode_chat
+from lightseek.data.instruct import Example, InstructionData, load_instructions
+from lightseek.data.shards import split_of
+from lightseek.data.tokenizer import Tokenizer, atomic_write_text
+from lightseek.errors import ConfigError, DataError
+from lightseek.model.checkpoint import (
+    TOKENIZER,
+    load_model,
+    read_checkpoint_config,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from lightseek.train.config import TrainConfig
+
+Mode = Literal["lora", "full"]
+
+
+@dataclass
+class SftDataConfig:
+    files: list[str] = field(default_factory=list, help=(
+        "Instruction files or folders (.jsonl, .json, .csv; alpaca, sharegpt, messages or question/answer records)."))
+    val_fraction: float = field(0.1, help=(
+        "Share of examples held out for validation (use the base run's data.val_fraction or less)."))
+    split_seed: int = field(-1, help="Seed of the train/validation split (-1 = the base run's seed).")
+    skip_bad: bool = field(False, help="Skip malformed records (and count them) instead of stopping.")
+    domain: str = field("", help="Domain label recorded with the adapter (medical, finance, ...).")
+    max_examples: int = field(0, help="Use at most this many training examples (0 = all).")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+def _finetune_train_defaults() -> TrainConfig:
+    return TrainConfig(steps=300, batch_size=16, seq_len=256, lr=2e-3, warmup_steps=20, weight_decay=0.0,
+                       eval_every=100, eval_batches=0, ckpt_every=100, plots=True)
+
+
+@dataclass
+class FinetuneConfig:
+    base: str = field("", help="Base checkpoint (a checkpoint folder or a run folder).")
+    name: str = field("", help="Adapter (or fine-tuned model) name.")
+    out_dir: str = field("", help="Run folder (default runs/adapters/NAME, or runs/sft/NAME for full fine-tuning).")
+    lora: LoraConfig = field(default_factory=LoraConfig, help="Adapter shape (LoRA mode).")
+    data: SftDataConfig = field(default_factory=SftDataConfig, help="Instruction data.")
+    train: TrainConfig = field(default_factory=_finetune_train_defaults, help="Optimisation and schedule.")
+
+
+def load_finetune_config(config_path: str | Path | None = None, overrides: list[str] | None = None,
+                         base: dict | None = None) -> FinetuneConfig:
+    data = dict(base or {})
+    if config_path:
+        data = deep_merge(data, load_yaml(config_path))
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+    defaults = to_dict(_finetune_train_defaults())
+    data["train"] = {**defaults, **(data.get("train") or {})}
+    return from_dict(FinetuneConfig, data)
+
+
+# --- data ------------------------------------------------------------------------------------
+@dataclass
+class EncodedSet:
+    """Tokenised conversations: ids and learn-masks, truncated to ``max_len`` tokens."""
+
+    ids: list[np.ndarray]
+    masks: list[np.ndarray]
+    truncated: int
+    dropped: int  # nothing left to learn after truncation
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def learned_tokens(self) -> int:
+        return int(sum(m[1:].sum() for m in self.masks))
+
+    def batch(self, indices, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) for the examples at ``indices``; targets are -100 where nothing is
+        learned (prompt, template, padding)."""
+        width = max(len(self.ids[i]) for i in indices) - 1
+        x = torch.full((len(indices), width), pad_id, dtype=torch.long)
+        y = torch.full((len(indices), width), -100, dtype=torch.long)
+        for row, i in enumerate(indices):
+            ids, mask = self.ids[i], self.masks[i]
+            n = len(ids) - 1
+            x[row, :n] = torch.from_numpy(ids[:-1])
+            y[row, :n] = torch.from_numpy(np.where(mask[1:], ids[1:], -100))
+        return x, y
+
+
+def encode_examples(examples: list[Example], tokenizer: Tokenizer, max_len: int) -> EncodedSet:
+    ids_out, masks_out, truncated, dropped = [], [], 0, 0
+    for ex in examples:
+        ids, mask = encode_chat(tokenizer, ex.messages)
+        if len(ids) > max_len:
+            ids, mask = ids[:max_len], mask[:max_len]
+            truncated += 1
+        if not any(mask[1:]):
+            dropped += 1
+            continue
+        ids_out.append(np.asarray(ids, dtype=np.int64))
+        masks_out.append(np.asarray(mask, dtype=bool))
+    return EncodedSet(ids_out, masks_out, truncated, dropped)
+
+
+def split_examples(examples: list[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Train and validation examples by the project's split rule (`data.shards.split_of`)."""
+    train, val = [], []
+    for ex in examples:
+        (val if split_of(ex.digest, val_fraction, seed) == "val" else train).append(ex)
+    return train, val
+
+
+def epoch_indices(n: int, rows: int, seed: int, step: int) -> list[int]:
+    """Example indices of optimizer step ``step``: positions step * rows ... of an endless
+    stream of seeded per-epoch permutations of range(n)."""
+    out, pos = [], step * rows
+    perms: dict[int, np.ndarray] = {}
+    for p in range(pos, pos + rows):
+        epoch = p // n
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        out.append(int(perms[epoch][p % n]))
+    return out
+
+
+@dataclass
+class SftData:
+    data: InstructionData
+    train: EncodedSet
+    val: EncodedSet
+    split_seed: int
+    files_sha256: str
+
+    def describe(self) -> str:
+        d = self.data
+        fmts = ", ".join(f"{v} {k}" for k, v in sorted(d.formats.items()))
+        text = (f"{len(d.examples):,} conversations ({fmts}): {len(self.train):,} train, {len(self.val):,} "
+                f"validation; {self.train.learned_tokens:,} assistant tokens to learn")
+        if self.train.truncated + self.val.truncated:
+            text += f"; {self.train.truncated + self.val.truncated} truncated"
+        if self.train.dropped + self.val.dropped:
+            text += f"; {self.train.dropped + self.val.dropped} dropped (no reply left after truncation)"
+        if d.skipped:
+            text += f"; {d.skipped} malformed records skipped (first: {d.problems[0]})"
+        return text
+
+
+def prepare_sft_data(dc: SftDataConfig, tokenizer: Tokenizer, seq_len: int, split_seed: int) -> SftData:
+    from lightseek.adapters.store import files_sha256
+    from lightseek.data.corpus import RECORD_SUFFIXES, expand_paths
+
+    if not dc.files:
+        raise ConfigError("no instruction data given (pass --data FILE or set data.files)")
+    files = list(expand_paths(dc.files, suffixes=RECORD_SUFFIXES))
+    data = load_instructions(files, skip_bad=dc.skip_bad)
+    train, val = split_examples(data.examples, dc.val_fraction, split_seed)
+    if not train or not val:
+        raise DataError(f"{len(data.examples)} examples give {len(train)} for training and {len(val)} for "
+                        f"validation: both must be non-empty (adjust data.val_fraction)")
+    if dc.max_examples:
+        train = train[:dc.max_examples]
+    enc_train, enc_val = encode_examples(train, tokenizer, seq_len + 1), encode_examples(val, tokenizer, seq_len + 1)
+    if not len(enc_train) or not len(enc_val):
+        raise DataError("no example has an assistant reply within train.seq_len tokens")
+    return SftData(data, enc_train, enc_val, split_seed, files_sha256(files))
+
+
+# --- the command -------------------------------------------------------------------------------
+def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progress: bool = True,
+             console=None) -> dict:
+    """Train a LoRA adapter (mode "lora") or the whole model ("full") on instruction data."""
+    from lightseek.adapters import store
+    from lightseek.train.loop import Job, fit
+    from lightseek.train.optim import build_optimizer
+    from lightseek.train.parallel import autocast_dtype, init_distributed, resolve_device, shutdown
+
+    say = (lambda text: console.print(text, soft_wrap=True, highlight=False)) if console is not None else (lambda text: None)
+    if not cfg.base:
+        raise ConfigError("no base checkpoint given (pass --base CKPT)")
+    if not cfg.name:
+        raise ConfigError("no name given (pass --name NAME)")
+    if mode == "lora":
+        from lightseek.adapters.lora import check_name
+
+        check_name(cfg.name)
+    tc = cfg.train
+    out = Path(cfg.out_dir or (Path("runs") / ("adapters" if mode == "lora" else "sft") / cfg.name))
+    cfg.out_dir = str(out)
+    save_dir = out / ("adapter" if mode == "lora" else "checkpoint")
+    if resume and not save_dir.exists():
+        raise ConfigError(f"--resume: nothing to resume in {save_dir}")
+    if not resume and save_dir.exists():
+        raise ConfigError(f"run folder {out} already holds a result; pass --resume to continue it, or "
+                          f"choose another --out_dir")
+
+    base_dir = resolve_checkpoint(cfg.base)
+    base_run = read_checkpoint_config(base_dir).get("run", {})
+    split_seed = cfg.data.split_seed if cfg.data.split_seed >= 0 else int(base_run.get("train", {}).get("seed", tc.seed))
+    base_val = base_run.get("data", {}).get("val_fraction")
+    if isinstance(base_val, float) and cfg.data.val_fraction > base_val:
+        say(f"[yellow]note:[/] data.val_fraction {cfg.data.val_fraction} exceeds the base run's {base_val}: "
+            f"some validation conversations may have been seen in pretraining")
+    tokenizer = Tokenizer.load(base_dir / TOKENIZER)
+    d = init_distributed(tc.device)
+    try:
+        device = resolve_device(tc.device, d)
+        amp = autocast_dtype(tc.dtype, device)
+        model = load_model(base_dir, device)
+        if tc.seq_len > model.cfg.max_seq_len:
+            raise ConfigError(f"train.seq_len ({tc.seq_len}) exceeds the base model's max_seq_len "
+                              f"({model.cfg.max_seq_len})")
+        model.set_dispatch(tc.dispatch)
+        sft = prepare_sft_data(cfg.data, tokenizer, tc.seq_len, split_seed)
+        say(f"data: {sft.describe()}")
+        fingerprint = store.base_fingerprint(base_dir)
+        fingerprint["model"] = model.cfg.to_dict()
+        total = base_parameters(model)
+        torch.manual_seed(tc.seed)
+        report = []
+        if mode == "lora":
+            report = apply_lora(model, cfg.lora, cfg.name)
+            say(format_report(report, total))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        opt = build_optimizer(model, tc)
+        start, tokens_seen = 0, 0
+        if resume:
+            if mode == "lora":
+                from safetensors.torch import load_file
+
+                from lightseek.adapters.lora import load_adapter_state
+
+                state = store.load_train_state(save_dir)
+                load_adapter_state(model, cfg.name, load_file(str(save_dir / store.PEFT_WEIGHTS), device=str(device)),
+                                   str(save_dir))
+            else:
+                from lightseek.model.checkpoint import load_train_state, load_weights
+
+                state = load_train_state(save_dir)
+                load_weights(model, save_dir)
+            opt.load_state_dict(state["optimizer"])
+            start, tokens_seen = state["step"], state["tokens_seen"]
+            if start >= tc.steps:
+                raise ConfigError(f"{save_dir} is at step {start}: nothing left of train.steps={tc.steps}")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+        rows = tc.batch_size * tc.grad_accum
+
+        def train_rows(step: int):
+            idx = epoch_indices(len(sft.train), rows * d.world, tc.seed, step)
+            return sft.train.batch(idx[d.rank * rows:(d.rank + 1) * rows], tokenizer.pad_id)
+
+        def val_batches():
+            n = len(sft.val)
+            limit = tc.eval_batches * tc.batch_size if tc.eval_batches else n
+            for i in range(0, min(n, limit), tc.batch_size):
+                yield sft.val.batch(list(range(i, min(i + tc.batch_size, n))), tokenizer.pad_id)
+
+        meta = {"domain": cfg.data.domain, "base": fingerprint,
+                "data": {"files": [str(f) for f in cfg.data.files], "sha256": sft.files_sha256,
+                         "train_examples": len(sft.train), "val_examples": len(sft.val),
+                         "val_fraction": cfg.data.val_fraction, "split_seed": split_seed},
+                "trainable_parameters": trainable, "model_parameters": total}
+
+        def save(step: int, tokens: int, optimizer) -> None:
+            state = {"step": step, "tokens_seen": tokens, "optimizer": optimizer.state_dict()}
+            if mode == "lora":
+                store.save_adapter(save_dir, model, cfg.name, cfg.lora, {**meta, "step": step}, train_state=state)
+            else:
+                save_checkpoint(save_dir, model, tokenizer_file=base_dir / TOKENIZER,
+                                run_config=base_run, train_state=state,
+                                extra={"step": step, "finetune": {**meta, "config": to_dict(cfg)}})
+
+        job = Job(model, opt, train_rows, val_batches, save, start, tokens_seen)
+        with use_adapters(model, cfg.name) if mode == "lora" else _nullcontext():
+            summary = fit(job, tc, out, d, device, amp, show_progress, resumed=resume)
+        summary.update({"mode": mode, "trainable_parameters": trainable, "model_parameters": total,
+                        "adapted_modules": len(report), "saved": str(save_dir)})
+        if mode == "lora" and d.is_main and summary["finished"]:  # record the final metrics with the adapter
+            final = {k: summary[k] for k in ("val_loss", "val_ppl", "steps", "tokens_seen") if k in summary}
+            state = store.load_train_state(save_dir)
+            store.save_adapter(save_dir, model, cfg.name, cfg.lora, {**meta, "step": summary["steps"],
+                                                                     "metrics": final}, train_state=state)
+        return summary
+    finally:
+        shutdown(d)
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()

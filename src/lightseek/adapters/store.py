@@ -1,0 +1,174 @@
+"""Adapter folders on disk, in the PEFT layout plus lightseek's own metadata::
+
+    adapter_config.json         PEFT LoraConfig fields (peft_type, r, lora_alpha, target_modules, ...)
+    adapter_model.safetensors   the factors, keys ``base_model.model.<module>.lora_A.weight`` etc.
+    lightseek_adapter.json      name, domain, base checkpoint (path, sha256 of its weights, model
+                                config), training data (files, sha256, example counts, split),
+                                the lightseek LoRA config, and metrics
+    train_state.pt              optimizer state and step (training runs only; for --resume)
+
+A training run keeps its adapter in ``<run dir>/adapter``; every function here accepts either.
+Folders are written atomically. Loading checks that the adapter was made for the base model it
+is put on and says exactly what differs when it was not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lightseek.adapters.lora import LoraConfig, adapter_state, apply_lora, check_name, load_adapter_state
+from lightseek.config import from_dict, to_dict
+from lightseek.errors import CheckpointError, LightseekError
+from lightseek.model.checkpoint import WEIGHTS, file_sha256, resolve_checkpoint, write_dir_atomic, write_json_atomic
+from lightseek.model.transformer import Transformer
+
+PEFT_CONFIG, PEFT_WEIGHTS, META, TRAIN_STATE = (
+    "adapter_config.json", "adapter_model.safetensors", "lightseek_adapter.json", "train_state.pt")
+# lightseek target -> module names, for PEFT's target_modules field
+TARGET_MODULES = {"attn": ["wq", "wk", "wv", "wo"], "experts": ["w1_EDH", "w3_EDH", "w2_EHD"],
+                  "shared": ["shared.w1", "shared.w3", "shared.w2"], "dense": ["w1", "w3", "w2"],
+                  "router": ["router"]}
+
+
+def base_fingerprint(base: str | Path) -> dict:
+    """What identifies a base checkpoint: its folder and the sha256 of its weights file."""
+    path = resolve_checkpoint(base)
+    return {"path": str(path.resolve()), "sha256": file_sha256(path / WEIGHTS)}
+
+
+def files_sha256(files: list[str | Path]) -> str:
+    """One sha256 over the given files' paths and contents, in order."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def save_adapter(path: str | Path, model: Transformer, name: str, cfg: LoraConfig, meta: dict,
+                 train_state: dict | None = None) -> Path:
+    """Write adapter ``name`` of ``model`` (its factors and routing state) as a folder."""
+    tensors = adapter_state(model, name)
+    modules = sorted({m for t in cfg.targets for m in TARGET_MODULES[t]})
+    peft = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.rank, "lora_alpha": cfg.alpha,
+            "lora_dropout": cfg.dropout, "target_modules": modules, "bias": "none", "fan_in_fan_out": False,
+            "base_model_name_or_path": meta.get("base", {}).get("path", ""), "inference_mode": True,
+            "rank_pattern": {m: cfg.rank_for("experts") for m in TARGET_MODULES["experts"]}
+            if "experts" in cfg.targets else {}}
+    full_meta = {"format": "lightseek-lora", "name": name, "lora": to_dict(cfg),
+                 "trainable_parameters": sum(t.numel() for k, t in tensors.items() if ".lora_" in k), **meta}
+
+    def fill(tmp: Path) -> None:
+        write_json_atomic(tmp / PEFT_CONFIG, peft)
+        save_file(tensors, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
+        write_json_atomic(tmp / META, full_meta)
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+
+    return write_dir_atomic(path, fill)
+
+
+def resolve_adapter(path: str | Path) -> Path:
+    """An adapter folder, or a run folder holding one in ``adapter/``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"adapter not found: {path}")
+    if not (path / PEFT_CONFIG).exists() and (path / "adapter" / PEFT_CONFIG).exists():
+        path = path / "adapter"
+    for f in (PEFT_CONFIG, PEFT_WEIGHTS, META):
+        if not (path / f).is_file():
+            raise CheckpointError(f"adapter {path}: missing {f} (not a lightseek adapter folder)")
+    return path
+
+
+def read_adapter_meta(path: str | Path) -> dict:
+    path = resolve_adapter(path)
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"adapter {path}: {META} is corrupt ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "lightseek-lora" or "lora" not in meta:
+        raise CheckpointError(f"adapter {path}: {META} is not a lightseek adapter description")
+    return meta
+
+
+@dataclass
+class AdapterInfo:
+    path: Path
+    name: str
+    meta: dict
+
+
+def load_adapter(model: Transformer, path: str | Path, base_sha256: str | None, name: str | None = None,
+                 allow_other_base: bool = False) -> AdapterInfo:
+    """Attach the adapter in ``path`` to ``model`` under ``name`` (default: its own name).
+
+    ``base_sha256`` is the sha256 of the weights ``model`` was loaded from: an adapter trained on
+    other weights is refused (unless ``allow_other_base``), and one made for another model shape
+    always is, with a message saying which base it needs."""
+    path = resolve_adapter(path)
+    meta = read_adapter_meta(path)
+    name = check_name(name or meta["name"])
+    base = meta.get("base", {})
+    if base.get("model") and base["model"] != model.cfg.to_dict():
+        differ = sorted(k for k in set(base["model"]) | set(model.cfg.to_dict())
+                        if base["model"].get(k) != model.cfg.to_dict().get(k))
+        raise CheckpointError(f"adapter {path} was trained on a different model ({base.get('path', '?')}); "
+                              f"this base differs in {', '.join(differ)}")
+    if base_sha256 is not None and base.get("sha256") != base_sha256 and not allow_other_base:
+        raise CheckpointError(f"adapter {path} was trained on base weights sha256 {str(base.get('sha256'))[:12]}… "
+                              f"({base.get('path', '?')}), but these are {base_sha256[:12]}…; load it on its "
+                              f"own base (or pass allow_other_base to force it)")
+    try:
+        cfg = from_dict(LoraConfig, meta["lora"], prefix="lora.")
+    except LightseekError as e:
+        raise CheckpointError(f"adapter {path}: {META}: {e}") from None
+    try:
+        tensors = load_file(str(path / PEFT_WEIGHTS), device=str(next(model.parameters()).device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"adapter {path}: {PEFT_WEIGHTS} is truncated or corrupt ({e})") from None
+    apply_lora(model, cfg, name)
+    try:
+        load_adapter_state(model, name, tensors, str(path))
+    except CheckpointError:
+        from lightseek.adapters.lora import remove_adapter
+
+        remove_adapter(model, name)
+        raise
+    for p in model.parameters():
+        p.requires_grad = False
+    return AdapterInfo(path, name, meta)
+
+
+def load_train_state(path: str | Path) -> dict:
+    f = resolve_adapter(path) / TRAIN_STATE
+    if not f.is_file():
+        raise CheckpointError(f"adapter {f.parent}: missing {TRAIN_STATE} (not a resumable training run)")
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged pickle/zip
+        raise CheckpointError(f"adapter {f.parent}: {TRAIN_STATE} is truncated or corrupt ({e})") from None
+
+
+def list_adapters(root: str | Path) -> list[AdapterInfo]:
+    """Every adapter folder under ``root`` (recursively), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: no such folder")
+    found = []
+    for cfg_file in sorted(root.rglob(PEFT_CONFIG)):
+        try:
+            meta = read_adapter_meta(cfg_file.parent)
+        except CheckpointError:
+            continue  # a PEFT folder of another tool, or a damaged one: not listed
+        found.append(AdapterInfo(cfg_file.parent, meta.get("name", cfg_file.parent.name), meta))
+    return found

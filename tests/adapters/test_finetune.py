@@ -1,0 +1,115 @@
+"""LoRA and full fine-tuning through the shared loop; the `lightseek lora` commands end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightseek.adapters.finetune import epoch_indices, finetune, load_finetune_config
+from lightseek.adapters.lora import use_adapters
+from lightseek.adapters.store import base_fingerprint, load_adapter
+from lightseek.cli import main
+from lightseek.errors import ConfigError
+from lightseek.model.checkpoint import load_model
+from lightseek.train.metrics import read_metrics
+
+
+def config(base: Path, data: Path, out: Path, *extra: str):
+    return load_finetune_config(None, [f"--base={base}", f"--data.files=[\"{data}\"]", "--name=t", f"--out_dir={out}",
+                                       "--train.steps=12", "--train.batch_size=8", "--train.seq_len=64",
+                                       "--train.eval_every=12", "--train.ckpt_every=4", "--train.plots=false",
+                                       "--train.lr=1e-2", "--train.warmup_steps=2", "--lora.rank=4",
+                                       "--lora.targets=[attn,experts,shared,dense,router]", *extra])
+
+
+def train_losses(out: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def test_epoch_indices_cover_each_epoch_once() -> None:
+    seen = [i for s in range(5) for i in epoch_indices(10, 4, 0, s)]  # 20 positions = 2 epochs
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+    assert epoch_indices(10, 4, 0, 3) == epoch_indices(10, 4, 0, 3) != epoch_indices(10, 4, 1, 3)
+
+
+def test_lora_training_touches_only_the_adapter(debug_checkpoint, instruction_file, tmp_path) -> None:
+    summary = finetune(config(debug_checkpoint, instruction_file, tmp_path / "run", "--train.log_every=1"),
+                       "lora", show_progress=False)
+    assert summary["finished"] and summary["trainable_parameters"] < summary["model_parameters"]
+    base = load_model(debug_checkpoint)
+    model = load_model(debug_checkpoint)
+    info = load_adapter(model, tmp_path / "run", base_fingerprint(debug_checkpoint)["sha256"])
+    # the base weights and routing state are untouched; the adapter's own routing state moved
+    base_state = {k: v for k, v in model.state_dict().items() if "lora_" not in k and "adapter_states" not in k}
+    plain = {k.replace(".base.", "."): v for k, v in base_state.items()}
+    for k, v in base.state_dict().items():
+        assert torch.equal(plain[k], v), k
+    router = model.moe_layers()[0].router
+    assert not torch.equal(router.adapter_states["t"].bias_E, router.bias_E)
+    meta = info.meta
+    assert meta["metrics"]["val_ppl"] == pytest.approx(summary["val_ppl"])
+    assert meta["data"]["val_examples"] > 0 and meta["base"]["sha256"] == base_fingerprint(debug_checkpoint)["sha256"]
+    # it learned: validation loss below the base model's on the same conversations
+    from lightseek.adapters.evaluate import evaluate_adapters
+
+    rows = evaluate_adapters(debug_checkpoint, [tmp_path / "run"], seq_len=64)["rows"]
+    assert rows[1]["domain:t"] < rows[0]["domain:t"]
+    losses = train_losses(tmp_path / "run")
+    assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_lora_resume_is_exact(debug_checkpoint, instruction_file, tmp_path) -> None:
+    finetune(config(debug_checkpoint, instruction_file, tmp_path / "a"), "lora", show_progress=False)
+    finetune(config(debug_checkpoint, instruction_file, tmp_path / "b", "--train.stop_after=4"), "lora",
+             show_progress=False)
+    with pytest.raises(ConfigError, match="already holds a result"):
+        finetune(config(debug_checkpoint, instruction_file, tmp_path / "b"), "lora", show_progress=False)
+    finetune(config(debug_checkpoint, instruction_file, tmp_path / "b"), "lora", resume=True, show_progress=False)
+    assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")
+
+
+def test_full_finetuning_writes_a_plain_checkpoint(debug_checkpoint, instruction_file, tmp_path) -> None:
+    summary = finetune(config(debug_checkpoint, instruction_file, tmp_path / "sft", "--train.lr=3e-3"), "full",
+                       show_progress=False)
+    assert summary["trainable_parameters"] == summary["model_parameters"]
+    model = load_model(tmp_path / "sft")
+    base = load_model(debug_checkpoint)
+    assert not torch.equal(model.layers[0].attn.wq.weight, base.layers[0].attn.wq.weight)
+
+
+def test_lora_commands_end_to_end(debug_checkpoint, instruction_file, tmp_path, capsys) -> None:
+    run = tmp_path / "adapters" / "shakes"
+    common = ["--train.steps=6", "--train.batch_size=4", "--train.seq_len=64", "--train.eval_every=6",
+              "--train.plots=false", "--quiet"]
+    assert main(["lora", "train", "--base", str(debug_checkpoint), "--data", str(instruction_file), "--name",
+                 "shakes", f"--out_dir={run}", "--data.domain=drama", *common]) == 0
+    out = capsys.readouterr().out
+    assert "layers.1.ffn.experts" in out and "trainable parameters" in out
+    assert main(["lora", "list", str(tmp_path / "adapters")]) == 0
+    listing = capsys.readouterr().out
+    assert "shakes" in listing and "drama" in listing
+    assert main(["lora", "merge", str(run), "--out", str(tmp_path / "merged")]) == 0
+    capsys.readouterr()
+    merged = load_model(tmp_path / "merged")
+    model = load_model(debug_checkpoint)
+    load_adapter(model, run, base_fingerprint(debug_checkpoint)["sha256"])
+    x = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+    with use_adapters(model, "shakes"):
+        assert (merged(x).logits - model(x).logits).abs().max() < 1e-4
+    text = tmp_path / "general.txt"
+    text.write_text(instruction_file.read_text()[:20000], encoding="utf-8")
+    assert main(["lora", "eval", str(run), "--text", f"general={text}", "--seq-len", "64"]) == 0
+    table = capsys.readouterr().out
+    assert "domain:shakes" in table and "general:general" in table and "shakes vs base" in table
+    # errors are one line, exit code 2
+    assert main(["lora", "train", "--base", str(debug_checkpoint), "--data", str(instruction_file),
+                 "--name", "bad.name", f"--out_dir={tmp_path / 'x'}", *common]) == 2
+    assert "adapter name" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n{oops\n", encoding="utf-8")
+    assert main(["lora", "train", "--base", str(debug_checkpoint), "--data", str(bad), "--name", "b",
+                 f"--out_dir={tmp_path / 'y'}", *common]) == 2
+    assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
