@@ -187,10 +187,23 @@ def cmd_lora_merge(args, overrides) -> int:
     from lightseek.adapters.store import base_fingerprint, load_adapter, read_adapter_meta
     from lightseek.model.checkpoint import TOKENIZER, load_model, read_checkpoint_config, save_checkpoint
 
+    from pathlib import Path
+
+    from lightseek.adapters.store import resolve_adapter
+
     meta = read_adapter_meta(args.adapter)
     base = args.base or meta.get("base", {}).get("path")
     if not base:
         raise LightseekError(f"adapter {args.adapter} records no base checkpoint; pass --base")
+    out = Path(args.out).resolve()
+    for keep in (Path(base).resolve(), resolve_adapter(args.adapter).resolve()):
+        if out == keep or out in keep.parents or keep in out.parents:
+            raise LightseekError(f"--out {args.out} overlaps {keep}: choose a new folder")
+    if out.exists() and not (args.overwrite and (out / "config.json").is_file()):
+        raise LightseekError(f"--out {args.out} exists" + ("" if (out / "config.json").is_file() else
+                             " and is not a checkpoint") + "; choose a new folder"
+                             + (" (or pass --overwrite to replace that checkpoint)" if (out / "config.json").is_file()
+                                else ""))
     model = load_model(base)
     info = load_adapter(model, args.adapter, base_fingerprint(base)["sha256"])
     merge_lora(model, info.name)
@@ -315,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     _finetune_args(p)
     p = add("merge", cmd_lora_merge, "Fold an adapter into a new, plain checkpoint.", lora)
     p.add_argument("adapter", help="adapter folder (or its training run folder)")
-    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--out", required=True, help="output checkpoint folder (new)")
     p.add_argument("--base", help="base checkpoint (default: the one the adapter records)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     p = add("list", cmd_lora_list, "List the adapters under a folder.", lora)
     p.add_argument("dir", nargs="?", default="runs/adapters", help="folder to search (default runs/adapters)")
     p = add("eval", cmd_lora_eval, "Domain and general perplexity with and without adapters.", lora)

@@ -65,7 +65,7 @@ def test_lora_resume_is_exact(debug_checkpoint, instruction_file, tmp_path) -> N
     finetune(config(debug_checkpoint, instruction_file, tmp_path / "a"), "lora", show_progress=False)
     finetune(config(debug_checkpoint, instruction_file, tmp_path / "b", "--train.stop_after=4"), "lora",
              show_progress=False)
-    with pytest.raises(ConfigError, match="already holds a result"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         finetune(config(debug_checkpoint, instruction_file, tmp_path / "b"), "lora", show_progress=False)
     finetune(config(debug_checkpoint, instruction_file, tmp_path / "b"), "lora", resume=True, show_progress=False)
     assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")
@@ -113,3 +113,60 @@ def test_lora_commands_end_to_end(debug_checkpoint, instruction_file, tmp_path, 
     assert main(["lora", "train", "--base", str(debug_checkpoint), "--data", str(bad), "--name", "b",
                  f"--out_dir={tmp_path / 'y'}", *common]) == 2
     assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_runs_and_merges_never_overwrite_other_folders(debug_checkpoint, instruction_file, tmp_path, capsys) -> None:
+    run = tmp_path / "a"
+    finetune(config(debug_checkpoint, instruction_file, run, "--train.steps=2"), "lora", show_progress=False)
+    # a run folder that holds anything else is refused without --resume
+    other = tmp_path / "pretrain_run"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        finetune(config(debug_checkpoint, instruction_file, other), "lora", show_progress=False)
+    assert (other / "metrics.jsonl").read_text() == "{}\n"
+    # resume refuses a changed config, naming the keys
+    with pytest.raises(ConfigError, match="train.lr"):
+        finetune(config(debug_checkpoint, instruction_file, run, "--train.steps=2", "--train.lr=0.5"), "lora",
+                 resume=True, show_progress=False)
+    # merge never writes over the base, the adapter, or an existing folder
+    for out in (debug_checkpoint, run / "adapter", tmp_path, other):
+        assert main(["lora", "merge", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "choose a new folder" in err, err
+    assert (debug_checkpoint / "model.safetensors").exists() and (run / "adapter" / "adapter_config.json").exists()
+
+
+def test_mixed_choice_must_match_the_batch(debug_checkpoint) -> None:
+    from lightseek.adapters.lora import LoraConfig, apply_lora
+
+    model = load_model(debug_checkpoint)
+    apply_lora(model, LoraConfig(rank=2), "a")
+    with use_adapters(model, ["a", None]), pytest.raises(ConfigError, match="2 adapter choices for a batch of 3"):
+        model(torch.zeros(3, 8, dtype=torch.long))
+
+
+def test_replay_mixes_pretraining_windows_into_every_step(debug_checkpoint, instruction_file, tmp_path) -> None:
+    plain = finetune(config(debug_checkpoint, instruction_file, tmp_path / "plain", "--train.steps=4"), "lora",
+                     show_progress=False)
+    mixed = finetune(config(debug_checkpoint, instruction_file, tmp_path / "mixed", "--train.steps=4",
+                            "--data.replay_fraction=0.5"), "lora", show_progress=False)
+    # half of the 8 rows are 64-token pretraining windows, every token of which is learned
+    # (a conversation row learns only its reply: ~20 tokens here)
+    assert mixed["tokens_seen"] > 4 * 4 * 64 > plain["tokens_seen"]
+    meta = json.loads((tmp_path / "mixed" / "adapter" / "lightseek_adapter.json").read_text())
+    assert meta["data"]["replay_fraction"] == 0.5 and meta["data"]["replay"]
+    with pytest.raises(ConfigError, match="no prepared token shards"):
+        finetune(config(debug_checkpoint, instruction_file, tmp_path / "x", "--data.replay_fraction=0.5",
+                        f"--data.replay={tmp_path}"), "lora", show_progress=False)
+
+
+def test_full_finetuning_can_freeze_parts(debug_checkpoint, instruction_file, tmp_path) -> None:
+    finetune(config(debug_checkpoint, instruction_file, tmp_path / "f", "--train.steps=3", "--freeze=[embed]"),
+             "full", show_progress=False)
+    tuned, base = load_model(tmp_path / "f"), load_model(debug_checkpoint)
+    assert torch.equal(tuned.embed.weight, base.embed.weight)
+    assert not torch.equal(tuned.layers[0].attn.wq.weight, base.layers[0].attn.wq.weight)
+    with pytest.raises(ConfigError, match="no parameter starts with 'embd'"):
+        finetune(config(debug_checkpoint, instruction_file, tmp_path / "g", "--freeze=[embd]"), "full",
+                 show_progress=False)

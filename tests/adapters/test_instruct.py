@@ -85,12 +85,22 @@ def test_pretraining_text_and_finetuning_share_one_split(tmp_path: Path) -> None
     """A QA record read as pretraining text is its rendered conversation, so the shard split
     (by document hash) and the fine-tuning split agree record by record."""
     rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(200)]
+    # records that also carry a text field: pretraining reads that field, so it is their split key
+    rows += [{"instruction": f"i{i}", "output": f"o{i}", "text": f"### i{i} -> o{i}"} for i in range(200)]
     f = write_lines(tmp_path / "qa.jsonl", rows)
     docs = list(iter_documents([f]))
     examples = load_instructions([f]).examples
-    assert [d.text for d in docs] == [render(e.messages) for e in examples]
+    assert [d.text for d in docs[:200]] == [render(e.messages) for e in examples[:200]]
+    assert docs[200].text == "### i0 -> o0"
     import hashlib
 
     shard_split = [split_of(hashlib.sha256(d.text.encode()).digest(), 0.1, 0) for d in docs]
-    assert shard_split == [split_of(e.digest, 0.1, 0) for e in examples]
-    assert 5 < shard_split.count("val") < 40
+    assert shard_split == [split_of(e.split_key(), 0.1, 0) for e in examples]
+    assert 10 < shard_split.count("val") < 80
+
+
+def test_csv_fields_keep_unusual_line_characters(tmp_path: Path) -> None:
+    c = tmp_path / "u.csv"
+    c.write_text("question,answer\nfirst\u2028part,form\x0cfeed\n", encoding="utf-8")
+    [ex] = load_instructions([c]).examples
+    assert ex.messages[0]["content"] == "first\u2028part" and ex.messages[1]["content"] == "form\x0cfeed"

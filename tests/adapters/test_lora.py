@@ -39,7 +39,7 @@ def model_for(mode: str) -> Transformer:
 def randomise(model: Transformer, name: str, std: float = 0.1) -> None:
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if "lora_B" in n and name in n.split("."):
+            if ("lora_B" in n or "lora_embedding_A" in n) and name in n.split("."):
                 p.normal_(0, std)
 
 
@@ -101,13 +101,14 @@ def test_mixed_batch_equals_each_sequence_alone() -> None:
     for i, name in enumerate(choice):
         with use_adapters(m, name):
             alone = m(x[i:i + 1]).logits
-        assert (mixed[i] - alone[0]).abs().max() < 1e-5, (i, name)
+        # equal up to float rounding (a GEMM over other rows may round differently)
+        torch.testing.assert_close(mixed[i], alone[0], rtol=1e-5, atol=1e-5, msg=f"row {i} ({name})")
     # ... and token by token through the KV cache
     cache = KVCache.for_model(m, batch_size=4, max_len=32)
     with use_adapters(m, choice):
         m(x[:, :20], cache=cache)
         step = m(x[:, 20:21], cache=cache).logits
-    assert (step[:, 0] - mixed[:, 20]).abs().max() < 1e-4
+    torch.testing.assert_close(step[:, 0], mixed[:, 20], rtol=1e-5, atol=1e-4)
 
 
 def test_unknown_adapter_and_bad_names() -> None:

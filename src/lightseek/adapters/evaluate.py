@@ -13,7 +13,7 @@ import numpy as np
 
 from lightseek.adapters.finetune import encode_examples, split_examples
 from lightseek.adapters.lora import use_adapters
-from lightseek.adapters.store import base_fingerprint, load_adapter
+from lightseek.adapters.store import base_fingerprint, load_adapter, read_adapter_meta
 from lightseek.data.corpus import RECORD_SUFFIXES, expand_paths, iter_documents
 from lightseek.data.instruct import load_instructions
 from lightseek.data.tokenizer import Tokenizer
@@ -24,10 +24,10 @@ from lightseek.model.checkpoint import TOKENIZER, load_model, resolve_checkpoint
 
 
 def instruction_batches(files, tokenizer: Tokenizer, seq_len: int, batch_size: int, val_fraction: float,
-                        seed: int, split: str = "val"):
+                        seed: int, split: str = "val", text_field: str = "text"):
     """A function giving (inputs, targets) batches over one split of instruction files."""
     data = load_instructions(list(expand_paths(files, suffixes=RECORD_SUFFIXES)))
-    train, val = split_examples(data.examples, val_fraction, seed)
+    train, val = split_examples(data.examples, val_fraction, seed, text_field)
     chosen = {"val": val, "train": train, "all": data.examples}[split]
     if not chosen:
         raise ConfigError(f"no {split} examples in {', '.join(map(str, files))}")
@@ -60,9 +60,10 @@ def evaluate_adapters(base: str | Path, adapters: list[str | Path], domain: list
     model = load_model(base_dir, device)
     seq_len = seq_len or model.cfg.max_seq_len
     sha = base_fingerprint(base_dir)["sha256"]
-    infos = [load_adapter(model, a, sha) for a in adapters]
-    if len({i.name for i in infos}) != len(infos):
-        raise ConfigError("two adapters have the same name; rename one (lora train --name)")
+    infos = []
+    for i, a in enumerate(adapters):  # two adapters may share a name: the later ones get a suffix
+        own = read_adapter_meta(a)["name"]
+        infos.append(load_adapter(model, a, sha, name=own if all(x.name != own for x in infos) else f"{own}-{i}"))
     corpora = {}
     for name, path in parse_corpora(general or []).items():
         corpora[name] = text_batches([path], tokenizer, seq_len, batch_size, text_field)
@@ -75,12 +76,13 @@ def evaluate_adapters(base: str | Path, adapters: list[str | Path], domain: list
         if not files:
             raise ConfigError(f"adapter {info.path} records no training files; pass --data")
         domain_sets[info.name] = instruction_batches(files, tokenizer, seq_len, batch_size,
-                                                     d.get("val_fraction", 0.1), d.get("split_seed", 0), split)
+                                                     d.get("val_fraction", 0.1), d.get("split_seed", 0), split,
+                                                     d.get("split_text_field", "text"))
     for variant in variants:
         row = {"model": variant or "base"}
         with use_adapters(model, variant):
             for dname, (batches, n) in domain_sets.items():
-                row[f"domain:{dname}"] = evaluate(model, batches(), device)["ppl"]
+                row[f"domain:{dname}"] = evaluate(model, batches(), device, pad_id=tokenizer.pad_id)["ppl"]
             for cname, (batches, n) in corpora.items():
                 row[f"general:{cname}"] = evaluate(model, batches(), device)["ppl"]
         result["rows"].append(row)

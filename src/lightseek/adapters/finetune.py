@@ -34,6 +34,10 @@ from lightseek.model.checkpoint import (
 from lightseek.train.config import TrainConfig
 
 Mode = Literal["lora", "full"]
+# What a resumed fine-tuning run must share with the run it continues.
+RESUME_KEYS = ("base", "lora", "data.files", "data.val_fraction", "data.split_seed", "data.skip_bad",
+               "data.max_examples", "data.replay", "data.replay_fraction", "train.seed", "train.batch_size", "train.seq_len", "train.grad_accum",
+               "train.steps", "train.lr", "train.warmup_steps", "train.min_lr_ratio")
 
 
 @dataclass
@@ -46,10 +50,15 @@ class SftDataConfig:
     skip_bad: bool = field(False, help="Skip malformed records (and count them) instead of stopping.")
     domain: str = field("", help="Domain label recorded with the adapter (medical, finance, ...).")
     max_examples: int = field(0, help="Use at most this many training examples (0 = all).")
+    replay: str = field("base", help=(
+        "Token shards replayed against forgetting: 'base' (the base run's training data) or a prepared folder."))
+    replay_fraction: float = field(0.0, help="Share of each batch's rows drawn from `replay` (0 = off).")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise ConfigError(f"data.replay_fraction must be in [0, 1), got {self.replay_fraction}")
 
 
 def _finetune_train_defaults() -> TrainConfig:
@@ -65,6 +74,8 @@ class FinetuneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig, help="Adapter shape (LoRA mode).")
     data: SftDataConfig = field(default_factory=SftDataConfig, help="Instruction data.")
     train: TrainConfig = field(default_factory=_finetune_train_defaults, help="Optimisation and schedule.")
+    freeze: list[str] = field(default_factory=list, help=(
+        "Full fine-tuning: parameter-name prefixes kept frozen, e.g. [embed] (see `lightseek info`)."))
 
 
 def load_finetune_config(config_path: str | Path | None = None, overrides: list[str] | None = None,
@@ -96,10 +107,10 @@ class EncodedSet:
     def learned_tokens(self) -> int:
         return int(sum(m[1:].sum() for m in self.masks))
 
-    def batch(self, indices, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) for the examples at ``indices``; targets are -100 where nothing is
-        learned (prompt, template, padding)."""
-        width = max(len(self.ids[i]) for i in indices) - 1
+    def batch(self, indices, pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) for the examples at ``indices``, padded to the longest (or to
+        ``width``); targets are -100 where nothing is learned (prompt, template, padding)."""
+        width = width or max(len(self.ids[i]) for i in indices) - 1
         x = torch.full((len(indices), width), pad_id, dtype=torch.long)
         y = torch.full((len(indices), width), -100, dtype=torch.long)
         for row, i in enumerate(indices):
@@ -125,11 +136,13 @@ def encode_examples(examples: list[Example], tokenizer: Tokenizer, max_len: int)
     return EncodedSet(ids_out, masks_out, truncated, dropped)
 
 
-def split_examples(examples: list[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Train and validation examples by the project's split rule (`data.shards.split_of`)."""
+def split_examples(examples: list[Example], val_fraction: float, seed: int,
+                   text_field: str = "text") -> tuple[list[Example], list[Example]]:
+    """Train and validation examples by the project's split rule (`data.shards.split_of`),
+    keyed by the text pretraining reads from each record with ``text_field``."""
     train, val = [], []
     for ex in examples:
-        (val if split_of(ex.digest, val_fraction, seed) == "val" else train).append(ex)
+        (val if split_of(ex.split_key(text_field), val_fraction, seed) == "val" else train).append(ex)
     return train, val
 
 
@@ -168,7 +181,8 @@ class SftData:
         return text
 
 
-def prepare_sft_data(dc: SftDataConfig, tokenizer: Tokenizer, seq_len: int, split_seed: int) -> SftData:
+def prepare_sft_data(dc: SftDataConfig, tokenizer: Tokenizer, seq_len: int, split_seed: int,
+                     text_field: str = "text") -> SftData:
     from lightseek.adapters.store import files_sha256
     from lightseek.data.corpus import RECORD_SUFFIXES, expand_paths
 
@@ -176,7 +190,7 @@ def prepare_sft_data(dc: SftDataConfig, tokenizer: Tokenizer, seq_len: int, spli
         raise ConfigError("no instruction data given (pass --data FILE or set data.files)")
     files = list(expand_paths(dc.files, suffixes=RECORD_SUFFIXES))
     data = load_instructions(files, skip_bad=dc.skip_bad)
-    train, val = split_examples(data.examples, dc.val_fraction, split_seed)
+    train, val = split_examples(data.examples, dc.val_fraction, split_seed, text_field)
     if not train or not val:
         raise DataError(f"{len(data.examples)} examples give {len(train)} for training and {len(val)} for "
                         f"validation: both must be non-empty (adjust data.val_fraction)")
@@ -212,9 +226,14 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
     save_dir = out / ("adapter" if mode == "lora" else "checkpoint")
     if resume and not save_dir.exists():
         raise ConfigError(f"--resume: nothing to resume in {save_dir}")
-    if not resume and save_dir.exists():
-        raise ConfigError(f"run folder {out} already holds a result; pass --resume to continue it, or "
-                          f"choose another --out_dir")
+    if resume:
+        from lightseek.train.loop import check_resume_config
+
+        check_resume_config(load_yaml(out / "config.yaml") if (out / "config.yaml").exists() else {}, cfg, out,
+                            RESUME_KEYS)
+    elif out.exists() and any((out / f).exists() for f in ("config.yaml", "metrics.jsonl", "checkpoint", "adapter")):
+        raise ConfigError(f"run folder {out} already holds a run; pass --resume to continue it, or choose "
+                          f"another --out_dir")
 
     base_dir = resolve_checkpoint(cfg.base)
     base_run = read_checkpoint_config(base_dir).get("run", {})
@@ -233,7 +252,8 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
             raise ConfigError(f"train.seq_len ({tc.seq_len}) exceeds the base model's max_seq_len "
                               f"({model.cfg.max_seq_len})")
         model.set_dispatch(tc.dispatch)
-        sft = prepare_sft_data(cfg.data, tokenizer, tc.seq_len, split_seed)
+        text_field = str(base_run.get("data", {}).get("text_field", "text"))
+        sft = prepare_sft_data(cfg.data, tokenizer, tc.seq_len, split_seed, text_field)
         say(f"data: {sft.describe()}")
         fingerprint = store.base_fingerprint(base_dir)
         fingerprint["model"] = model.cfg.to_dict()
@@ -243,6 +263,13 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
         if mode == "lora":
             report = apply_lora(model, cfg.lora, cfg.name)
             say(format_report(report, total))
+        elif cfg.freeze:
+            names = [n for n, _ in model.named_parameters()]
+            for prefix in cfg.freeze:
+                if not any(n.startswith(prefix) for n in names):
+                    raise ConfigError(f"freeze: no parameter starts with {prefix!r} (e.g. {names[0]}, {names[-1]})")
+            for n, p in model.named_parameters():
+                p.requires_grad = not any(n.startswith(prefix) for prefix in cfg.freeze)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         opt = build_optimizer(model, tc)
         start, tokens_seen = 0, 0
@@ -267,10 +294,20 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
         rows = tc.batch_size * tc.grad_accum
+        replay = _replay_shards(cfg.data, base_run, tokenizer, say)
+        n_replay = round(rows * d.world * cfg.data.replay_fraction) if replay is not None else 0
 
         def train_rows(step: int):
-            idx = epoch_indices(len(sft.train), rows * d.world, tc.seed, step)
-            return sft.train.batch(idx[d.rank * rows:(d.rank + 1) * rows], tokenizer.pad_id)
+            idx = epoch_indices(len(sft.train), rows * d.world - n_replay, tc.seed, step)
+            if not n_replay:
+                return sft.train.batch(idx[d.rank * rows:(d.rank + 1) * rows], tokenizer.pad_id)
+            # replayed pretraining windows, spread over the rows so every micro-batch has some
+            x, y = sft.train.batch(idx, tokenizer.pad_id, width=tc.seq_len)
+            w = replay.sample_batch(n_replay, tc.seq_len, tc.seed + 1, step)
+            x, y = torch.cat([x, w[:, :-1]]), torch.cat([y, w[:, 1:]])
+            order = torch.from_numpy(np.random.default_rng([tc.seed, step]).permutation(len(x)))
+            mine = order[d.rank * rows:(d.rank + 1) * rows]
+            return x[mine], y[mine]
 
         def val_batches():
             n = len(sft.val)
@@ -281,11 +318,15 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
         meta = {"domain": cfg.data.domain, "base": fingerprint,
                 "data": {"files": [str(f) for f in cfg.data.files], "sha256": sft.files_sha256,
                          "train_examples": len(sft.train), "val_examples": len(sft.val),
-                         "val_fraction": cfg.data.val_fraction, "split_seed": split_seed},
+                         "val_fraction": cfg.data.val_fraction, "split_seed": split_seed,
+                         "split_text_field": text_field,
+                         "replay": str(replay.directory) if replay is not None else "",
+                         "replay_fraction": cfg.data.replay_fraction if replay is not None else 0.0},
                 "trainable_parameters": trainable, "model_parameters": total}
 
         def save(step: int, tokens: int, optimizer) -> None:
-            state = {"step": step, "tokens_seen": tokens, "optimizer": optimizer.state_dict()}
+            state = {"step": step, "tokens_seen": tokens, "optimizer": optimizer.state_dict(),
+                     "rng": torch.get_rng_state()}
             if mode == "lora":
                 store.save_adapter(save_dir, model, cfg.name, cfg.lora, {**meta, "step": step}, train_state=state)
             else:
@@ -293,7 +334,7 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
                                 run_config=base_run, train_state=state,
                                 extra={"step": step, "finetune": {**meta, "config": to_dict(cfg)}})
 
-        job = Job(model, opt, train_rows, val_batches, save, start, tokens_seen)
+        job = Job(model, opt, train_rows, val_batches, save, start, tokens_seen, pad_id=tokenizer.pad_id)
         with use_adapters(model, cfg.name) if mode == "lora" else _nullcontext():
             summary = fit(job, tc, out, d, device, amp, show_progress, resumed=resume)
         summary.update({"mode": mode, "trainable_parameters": trainable, "model_parameters": total,
@@ -306,6 +347,23 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
         return summary
     finally:
         shutdown(d)
+
+
+def _replay_shards(dc: SftDataConfig, base_run: dict, tokenizer: Tokenizer, say):
+    """The training split of the replay shards (made with the base model's tokenizer), or None."""
+    if dc.replay_fraction <= 0:
+        return None
+    from lightseek.data.shards import TokenShards
+
+    folder = base_run.get("data", {}).get("prepared", "") if dc.replay == "base" else dc.replay
+    if not folder or not (Path(folder) / "manifest.json").exists():
+        raise ConfigError(f"data.replay: no prepared token shards at {folder or '(the base run records none)'}; "
+                          f"pass --data.replay=DIR (a `lightseek data prepare` folder) or --data.replay_fraction=0")
+    shards = TokenShards(folder, "train")
+    if shards.manifest["tokenizer"]["sha256"] != tokenizer.sha256:
+        raise ConfigError(f"data.replay: {folder} was tokenized with another tokenizer than the base model's")
+    say(f"replay: {dc.replay_fraction:.0%} of each batch from {folder}")
+    return shards
 
 
 def _nullcontext():

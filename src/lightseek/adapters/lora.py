@@ -7,6 +7,8 @@ A low-rank update ``W + (alpha / r) * B A`` is attached to every targeted weight
     dense    the FFNs of dense layers                              (nn.Linear, unmerged path)
     experts  every routed expert's w1, w3, w2: per-expert factors   (E, in, r) and (E, r, out)
     router   the router's gate weight                              (unmerged path)
+    embed    the token embedding (and the output head tied to it): ``E + s (B A)^T``, factors
+             (r, V) and (D, r) as PEFT stores embedding adapters   (unmerged path)
 
 On nn.Linear targets the update runs beside the frozen weight (``y = W x + s B A drop(x)``), so
 no gradient of W is ever formed. Routed experts are stored stacked and run by a dispatch kernel
@@ -40,7 +42,7 @@ from lightseek.errors import ConfigError
 from lightseek.model.moe import MoE, Router, SwiGLU
 from lightseek.model.transformer import Transformer
 
-TARGETS = ("attn", "experts", "shared", "dense", "router")
+TARGETS = ("attn", "experts", "shared", "dense", "router", "embed")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -52,11 +54,12 @@ class LoraConfig:
     targets: list[str] = field(default_factory=lambda: ["attn", "experts", "shared", "dense"], help=(
         f"What gets adapters: any of {', '.join(TARGETS)}."))
     expert_rank: int = field(0, help="Rank of the routed experts' updates (0 = same as rank).")
+    embed_rank: int = field(0, help="Rank of the embedding's update (0 = same as rank).")
 
     def __post_init__(self) -> None:
-        if self.rank <= 0 or self.expert_rank < 0:
-            raise ConfigError(f"lora.rank must be positive and lora.expert_rank >= 0, got {self.rank}, "
-                              f"{self.expert_rank}")
+        if self.rank <= 0 or self.expert_rank < 0 or self.embed_rank < 0:
+            raise ConfigError(f"lora.rank must be positive and lora.expert_rank, lora.embed_rank >= 0, got "
+                              f"{self.rank}, {self.expert_rank}, {self.embed_rank}")
         if self.alpha <= 0:
             raise ConfigError(f"lora.alpha must be positive, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
@@ -71,7 +74,8 @@ class LoraConfig:
         return self.alpha / self.rank
 
     def rank_for(self, target: str) -> int:
-        return self.expert_rank or self.rank if target == "experts" else self.rank
+        special = {"experts": self.expert_rank, "embed": self.embed_rank}.get(target, 0)
+        return special or self.rank
 
 
 def check_name(name: str) -> str:
@@ -88,6 +92,11 @@ class Selection:
 
     def __init__(self) -> None:
         self.groups: list[tuple[str | None, torch.Tensor | None]] = [(None, None)]
+        self.rows: int | None = None  # batch size a per-sequence choice was made for
+
+    def check(self, batch_size: int) -> None:
+        if self.rows is not None and self.rows != batch_size:
+            raise ConfigError(f"use_adapters: {self.rows} adapter choices for a batch of {batch_size} sequences")
 
     @property
     def single(self) -> str | None:
@@ -129,11 +138,12 @@ def use_adapters(model: Transformer, choice: str | None | Sequence[str | None]) 
         groups = [(n, torch.tensor([i for i, m in enumerate(names) if m == n], device=device)) for n in order]
         if len(groups) == 1:
             groups = [(groups[0][0], None)]
-    previous, sel.groups = sel.groups, groups
+    previous = sel.groups, sel.rows
+    sel.groups, sel.rows = groups, (None if choice is None or isinstance(choice, str) else len(names))
     try:
         yield
     finally:
-        sel.groups = previous
+        sel.groups, sel.rows = previous
 
 
 def token_rows(rows: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -206,6 +216,7 @@ class ExpertLora(nn.Module):
         self.lora_A = nn.ModuleDict()  # name -> ParameterDict {w1, w3, w2}
         self.lora_B = nn.ModuleDict()
         self.scale: dict[str, float] = {}
+        self._folded: dict[str, tuple[tuple, list[torch.Tensor]]] = {}  # inference cache
 
     def add(self, name: str, moe: MoE, cfg: LoraConfig) -> int:
         r = cfg.rank_for("experts")
@@ -224,7 +235,15 @@ class ExpertLora(nn.Module):
         if name is None or name not in self.lora_A:
             return base
         a, b, s = self.lora_A[name], self.lora_B[name], self.scale[name]
-        return [w + torch.bmm(a[k[:2]], b[k[:2]]).to(w.dtype) * s for w, k in zip(base, self.WEIGHTS)]
+        if torch.is_grad_enabled():
+            return [w + torch.bmm(a[k[:2]], b[k[:2]]).to(w.dtype) * s for w, k in zip(base, self.WEIGHTS)]
+        # inference (decoding calls this every token): fold once, refold when any weight changes
+        key = tuple((t.data_ptr(), t._version) for t in (*base, *a.values(), *b.values()))
+        cached = self._folded.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, [w + torch.bmm(a[k[:2]], b[k[:2]]).to(w.dtype) * s for w, k in zip(base, self.WEIGHTS)])
+            self._folded[name] = cached
+        return cached[1]
 
 
 class RouterLora(nn.Module):
@@ -253,6 +272,72 @@ class RoutingState(nn.Module):
         super().__init__()
         self.register_buffer("bias_E", router.bias_E.detach().clone())
         self.register_buffer("threshold", router.threshold.detach().clone())
+
+
+class LoraEmbedding(nn.Module):
+    """An nn.Embedding with per-adapter low-rank updates; when the output head is tied to it,
+    `LoraTiedHead` applies the same update there, so tying survives adaptation and merging."""
+
+    def __init__(self, base: nn.Embedding, selection: Selection):
+        super().__init__()
+        self.base = base
+        self.selection = selection
+        self.lora_embedding_A = nn.ParameterDict()  # (r, V), zeros: the update starts at 0
+        self.lora_embedding_B = nn.ParameterDict()  # (D, r)
+        self.scale: dict[str, float] = {}
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def add(self, name: str, cfg: LoraConfig) -> int:
+        V, D = self.base.weight.shape
+        r = cfg.rank_for("embed")
+        dev = self.base.weight.device
+        self.lora_embedding_A[name] = nn.Parameter(torch.zeros(r, V, device=dev))
+        self.lora_embedding_B[name] = nn.Parameter(torch.randn(D, r, device=dev) / math.sqrt(r))
+        self.scale[name] = cfg.alpha / r
+        return (V + D) * r
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        y = self.base(idx)
+        for name, rows in self.selection.groups:
+            if name is None or name not in self.lora_embedding_A:
+                continue
+            a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]
+            sub = idx if rows is None else idx.index_select(0, rows)
+            delta = F.embedding(sub, a.t()) @ b.t() * self.scale[name]
+            y = y + delta if rows is None else y.index_add(0, rows, delta.to(y.dtype))
+        return y
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """The (V, D) update of adapter ``name``."""
+        return (self.lora_embedding_B[name] @ self.lora_embedding_A[name]).t() * self.scale[name]
+
+
+class LoraTiedHead(nn.Module):
+    """The output head tied to a `LoraEmbedding`: logits use the adapted embedding too."""
+
+    def __init__(self, base: nn.Linear, embedding: LoraEmbedding):
+        super().__init__()
+        self.base = base
+        self.embedding = [embedding]  # a plain list: not a second registration of its parameters
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        emb = self.embedding[0]
+        y = self.base(x)
+        for name, rows in emb.selection.groups:
+            if name is None or name not in emb.lora_embedding_A:
+                continue
+            a, b = emb.lora_embedding_A[name], emb.lora_embedding_B[name]
+            sub = x if rows is None else x.index_select(0, rows)
+            delta = F.linear(F.linear(sub, b.t()), a.t()) * emb.scale[name]  # x (B^T)^T ... = x B A
+            y = y + delta if rows is None else y.index_add(0, rows, delta.to(y.dtype))
+        return y
 
 
 # --- attaching, merging, reporting ----------------------------------------------------------
@@ -325,6 +410,16 @@ def apply_lora(model: Transformer, cfg: LoraConfig, name: str = "default") -> li
             report.append(AdaptedModule(f"layers.{i}.ffn.router", "router", f"{D}->{E}", cfg.rank, n))
         moe.router.adapter_states[name] = RoutingState(moe.router)
         moe.router.selection = moe.lora_selection = sel
+    if "embed" in cfg.targets:
+        if not isinstance(model.embed, LoraEmbedding):
+            model.embed = LoraEmbedding(model.embed, sel)
+            if model.cfg.tie_embeddings:
+                model.head = LoraTiedHead(model.head, model.embed)
+        n = model.embed.add(name, cfg)
+        V, D = model.embed.weight.shape
+        report.append(AdaptedModule("embed", "embed", f"{V} tokens x {D}"
+                                    + (" (and the tied output head)" if model.cfg.tie_embeddings else ""),
+                                    cfg.rank_for("embed"), n))
     registry[name] = cfg
     model.lora_adapters = registry
     for pname, p in model.named_parameters():
@@ -338,16 +433,24 @@ def remove_adapter(model: Transformer, name: str) -> None:
         if isinstance(module, (LoraLinear, ExpertLora, RouterLora)) and name in module.lora_A:
             del module.lora_A[name], module.lora_B[name]
             module.scale.pop(name, None)
+            if isinstance(module, ExpertLora):
+                module._folded.pop(name, None)
             if isinstance(module, LoraLinear):
                 del module.drop[name]
+        elif isinstance(module, LoraEmbedding) and name in module.lora_embedding_A:
+            del module.lora_embedding_A[name], module.lora_embedding_B[name]
+            module.scale.pop(name, None)
         elif isinstance(module, Router) and name in module.adapter_states:
             del module.adapter_states[name]
     getattr(model, "lora_adapters", {}).pop(name, None)
 
 
 def _is_factor_of(param_name: str, adapter: str) -> bool:
+    """Whether a parameter is one of adapter ``adapter``'s factors: its path has the adapter's
+    name right after ``lora_A`` / ``lora_B`` (``...wq.lora_A.<name>``, ``...lora.lora_A.<name>.w1``)."""
     parts = param_name.split(".")
-    return any(p in ("lora_A", "lora_B") for p in parts) and adapter in parts
+    return any(p in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B") and parts[i + 1:i + 2] == [adapter]
+               for i, p in enumerate(parts))
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -385,6 +488,14 @@ def merge_lora(model: Transformer, name: str) -> Transformer:
                 module.base.weight.copy_(module.merged_weight(name))
             parent, attr = _parent(model, path)
             setattr(parent, attr, module.base)
+    if isinstance(model.embed, LoraEmbedding):
+        emb = model.embed
+        if name in emb.lora_embedding_A:
+            emb.base.weight.add_(emb.delta_weight(name).to(emb.base.weight.dtype))
+        model.embed = emb.base
+        if isinstance(model.head, LoraTiedHead):
+            model.head = model.head.base
+            model.head.weight = model.embed.weight
     for moe in model.moe_layers():
         if moe.lora is not None:
             for w, merged in zip(ExpertLora.WEIGHTS, moe.lora.weights(moe, name)):
@@ -418,6 +529,9 @@ def _live_tensors(model: Transformer, name: str) -> dict[str, torch.Tensor]:
         if isinstance(module, LoraLinear) and name in module.lora_A:
             out[f"{key}.lora_A.weight"] = module.lora_A[name]
             out[f"{key}.lora_B.weight"] = module.lora_B[name]
+        elif isinstance(module, LoraEmbedding) and name in module.lora_embedding_A:
+            out[f"{key}.lora_embedding_A"] = module.lora_embedding_A[name]
+            out[f"{key}.lora_embedding_B"] = module.lora_embedding_B[name]
         elif isinstance(module, MoE):
             if module.lora is not None and name in module.lora.lora_A:
                 for k in ("w1", "w3", "w2"):

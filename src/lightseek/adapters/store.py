@@ -34,7 +34,7 @@ PEFT_CONFIG, PEFT_WEIGHTS, META, TRAIN_STATE = (
 # lightseek target -> module names, for PEFT's target_modules field
 TARGET_MODULES = {"attn": ["wq", "wk", "wv", "wo"], "experts": ["w1_EDH", "w3_EDH", "w2_EHD"],
                   "shared": ["shared.w1", "shared.w3", "shared.w2"], "dense": ["w1", "w3", "w2"],
-                  "router": ["router"]}
+                  "router": ["router"], "embed": ["embed"]}
 
 
 def base_fingerprint(base: str | Path) -> dict:
@@ -62,8 +62,8 @@ def save_adapter(path: str | Path, model: Transformer, name: str, cfg: LoraConfi
     peft = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.rank, "lora_alpha": cfg.alpha,
             "lora_dropout": cfg.dropout, "target_modules": modules, "bias": "none", "fan_in_fan_out": False,
             "base_model_name_or_path": meta.get("base", {}).get("path", ""), "inference_mode": True,
-            "rank_pattern": {m: cfg.rank_for("experts") for m in TARGET_MODULES["experts"]}
-            if "experts" in cfg.targets else {}}
+            "rank_pattern": {m: cfg.rank_for(t) for t in ("experts", "embed") if t in cfg.targets
+                             for m in TARGET_MODULES[t]}}
     full_meta = {"format": "lightseek-lora", "name": name, "lora": to_dict(cfg),
                  "trainable_parameters": sum(t.numel() for k, t in tensors.items() if ".lora_" in k), **meta}
 
@@ -132,10 +132,7 @@ def load_adapter(model: Transformer, path: str | Path, base_sha256: str | None, 
         cfg = from_dict(LoraConfig, meta["lora"], prefix="lora.")
     except LightseekError as e:
         raise CheckpointError(f"adapter {path}: {META}: {e}") from None
-    try:
-        tensors = load_file(str(path / PEFT_WEIGHTS), device=str(next(model.parameters()).device))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"adapter {path}: {PEFT_WEIGHTS} is truncated or corrupt ({e})") from None
+    tensors = _read_tensors(path, model)
     apply_lora(model, cfg, name)
     try:
         load_adapter_state(model, name, tensors, str(path))
@@ -147,6 +144,19 @@ def load_adapter(model: Transformer, path: str | Path, base_sha256: str | None, 
     for p in model.parameters():
         p.requires_grad = False
     return AdapterInfo(path, name, meta)
+
+
+def _read_tensors(path: Path, model: Transformer) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path / PEFT_WEIGHTS), device=str(next(model.parameters()).device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"adapter {path}: {PEFT_WEIGHTS} is truncated or corrupt ({e})") from None
+
+
+def load_adapter_state_file(model: Transformer, name: str, path: str | Path) -> None:
+    """Load the tensors of adapter folder ``path`` into adapter ``name``, already attached."""
+    path = resolve_adapter(path)
+    load_adapter_state(model, name, _read_tensors(path, model), str(path))
 
 
 def load_train_state(path: str | Path) -> dict:

@@ -238,9 +238,10 @@ def _read_json(path: Path) -> Iterator[tuple[str, int, str, dict]]:
 def _read_csv(path: Path) -> Iterator[tuple[str, int, str, dict]]:
     """One record per row, keyed by the header row."""
     import csv
+    import io
 
     text = _decode(_read_bytes(path), path, offset=0).removeprefix(_BOM)
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     if not reader.fieldnames:
         raise DataError(f"{path}: empty CSV file (a header row is required)")
     try:

@@ -113,16 +113,25 @@ class Example:
     messages: list[dict[str, str]]
     source: str
     index: int
+    record: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def text(self) -> str:
-        """The conversation rendered with the chat template: what pretraining would read."""
+        """The conversation rendered with the chat template."""
         return render(self.messages)
 
-    @property
-    def digest(self) -> bytes:
-        """sha256 of `text`: the key of the train/validation split (see `data.shards.split_of`)."""
-        return hashlib.sha256(self.text.encode("utf-8")).digest()
+    def split_key(self, text_field: str = "text") -> bytes:
+        """sha256 of the text pretraining reads from this record with ``text_field`` (its text
+        field if it has one, else `text`): the key of the train/validation split (see
+        `data.shards.split_of`), so fine-tuning holds out what pretraining held out."""
+        from lightseek.data.corpus import record_text
+
+        fields = [f.strip() for f in text_field.split(",") if f.strip()]
+        try:
+            text = record_text(self.record, fields, self.source) if self.record else self.text
+        except DataError:
+            text = self.text
+        return hashlib.sha256(text.encode("utf-8")).digest()
 
 
 @dataclass
@@ -153,7 +162,7 @@ def load_instructions(paths: Iterable[str | Path] | str | Path, skip_bad: bool =
             continue
         fmt = detect_format(record) or "?"
         data.formats[fmt] = data.formats.get(fmt, 0) + 1
-        data.examples.append(Example(messages, source, index))
+        data.examples.append(Example(messages, source, index, record))
     if not data.examples:
         raise DataError("no usable instruction records in the given files"
                         + (f" ({data.skipped} skipped as malformed)" if data.skipped else ""))

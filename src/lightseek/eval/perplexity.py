@@ -13,10 +13,11 @@ from lightseek.model.transformer import Transformer
 
 @torch.no_grad()
 def evaluate(model: Transformer, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu",
-             autocast: torch.dtype | None = None, reduce=None) -> dict:
+             autocast: torch.dtype | None = None, reduce=None, pad_id: int | None = None) -> dict:
     """Token-weighted mean loss over ``batches`` ((b, T+1) windows, or (inputs, targets) pairs
     whose targets of -100 are not scored), perplexity, and the routing report of the same
-    tokens. ``reduce`` (a sum all-reduce) combines ranks when distributed."""
+    tokens. ``reduce`` (a sum all-reduce) combines ranks when distributed; ``pad_id`` marks
+    padding, which the routing statistics leave out."""
     was_training = model.training
     model.eval()
     model.reset_routing_stats()
@@ -28,7 +29,7 @@ def evaluate(model: Transformer, batches: Iterable[torch.Tensor], device: torch.
         x, y = (batch[:, :-1], batch[:, 1:]) if isinstance(batch, torch.Tensor) else batch
         x, y = x.to(device), y.to(device)
         with ctx:
-            out = model(x, y)
+            out = model(x, y, token_mask_BT=(x != pad_id) if pad_id is not None else None)
         n = int((y != -100).sum())
         if n == 0:
             continue

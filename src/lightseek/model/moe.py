@@ -49,6 +49,7 @@ class Router(nn.Module):
         self.lora = None
         self.adapter_states = nn.ModuleDict()
         self.selection = None
+        self.token_mask_T: torch.Tensor | None = None  # real tokens of this forward (padding is False)
 
     def reset_stats(self) -> None:
         self.load_E.zero_()
@@ -135,6 +136,8 @@ class Router(nn.Module):
 
     @torch.no_grad()
     def _accumulate(self, scores_TE: torch.Tensor, expert_ids_TK: torch.Tensor) -> None:
+        if self.token_mask_T is not None:  # padding does not count toward load, k or entropy
+            scores_TE, expert_ids_TK = scores_TE[self.token_mask_T], expert_ids_TK[self.token_mask_T]
         counts = torch.bincount(expert_ids_TK.reshape(-1), minlength=self.n_experts + 1)
         self.load_E += counts[: self.n_experts]
         probs_TE = scores_TE / scores_TE.sum(-1, keepdim=True)

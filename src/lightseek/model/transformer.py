@@ -108,8 +108,13 @@ class Transformer(nn.Module):
         return [b.ffn for b in self.layers if isinstance(b.ffn, MoE)]
 
     def forward(self, idx_BT: torch.Tensor, targets_BT: torch.Tensor | None = None,
-                cache: KVCache | None = None, start_pos: int | None = None, last_only: bool = False) -> ModelOutput:
+                cache: KVCache | None = None, start_pos: int | None = None, last_only: bool = False,
+                token_mask_BT: torch.Tensor | None = None) -> ModelOutput:
+        """Logits (and losses when ``targets_BT`` is given; targets of -100 are not scored).
+        ``token_mask_BT`` marks real tokens: padding (False) is left out of routing statistics."""
         B, T = idx_BT.shape
+        if getattr(self, "lora_selection", None) is not None:
+            self.lora_selection.check(B)
         if start_pos is None:
             start_pos = cache.length if cache is not None else 0
         if start_pos + T > self.cfg.max_seq_len:
@@ -117,8 +122,15 @@ class Transformer(nn.Module):
         cos = self.rope_cos[start_pos:start_pos + T]
         sin = self.rope_sin[start_pos:start_pos + T]
         x = self.embed(idx_BT)                                                # (B, T, D)
-        for block in self.layers:
-            x = block(x, cos, sin, cache, start_pos)
+        routers = [m.router for m in self.moe_layers()] if token_mask_BT is not None else []
+        for r in routers:
+            r.token_mask_T = token_mask_BT.reshape(-1)
+        try:
+            for block in self.layers:
+                x = block(x, cos, sin, cache, start_pos)
+        finally:
+            for r in routers:
+                r.token_mask_T = None
         if cache is not None:
             cache.advance(T)
         x = self.norm(x)

@@ -41,7 +41,7 @@ RESUME_KEYS = ("model", "data.prepared", "train.seed", "train.batch_size", "trai
                "train.grad_accum", "train.steps", "train.lr", "train.warmup_steps", "train.min_lr_ratio")
 
 
-def check_resume_config(saved: dict, cfg: RunConfig, ckpt_dir: Path) -> None:
+def check_resume_config(saved: dict, cfg, ckpt_dir: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
     """A ConfigError naming every key whose value differs from the checkpoint's run."""
     current = to_dict(cfg)
 
@@ -51,7 +51,7 @@ def check_resume_config(saved: dict, cfg: RunConfig, ckpt_dir: Path) -> None:
         return tree
 
     differ = []
-    for key in RESUME_KEYS:
+    for key in keys:
         old, new = get(saved, key), get(current, key)
         if isinstance(old, dict) and isinstance(new, dict):
             differ += [f"{key}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
@@ -79,6 +79,7 @@ class Job:
     save: Callable[[int, int, torch.optim.Optimizer], None]
     start: int = 0
     tokens_seen: int = 0
+    pad_id: int | None = None  # padding in the inputs: not routed into the balance statistics
 
 
 def fit(job: Job, tc: TrainConfig, out: Path, d: Dist, device: torch.device, amp: torch.dtype | None,
@@ -109,19 +110,27 @@ def fit(job: Job, tc: TrainConfig, out: Path, d: Dist, device: torch.device, amp
             group["lr"] = lr_at(step, tc)
         inputs, targets = job.train_rows(step)
         model.reset_routing_stats()
+        # every target token weighs the same, across micro-batches and ranks (fine-tuning
+        # batches hold different numbers of learned tokens): scale each micro-batch's mean loss
+        # by its share of the step's tokens (DDP then averages over ranks)
+        step_tokens = int(all_reduce_sum(torch.tensor(float((targets != -100).sum()), dtype=torch.float64), d).item())
         loss_sum = torch.zeros((), dtype=torch.float64)
         for micro in range(tc.grad_accum):
             rows = slice(micro * tc.batch_size, (micro + 1) * tc.batch_size)
             x, y = inputs[rows].to(device), targets[rows].to(device)
+            n_micro = int((y != -100).sum())
+            mask = (x != job.pad_id) if job.pad_id is not None else None
             last = micro == tc.grad_accum - 1
             # gradients are all-reduced only on the last micro-batch (one no_sync context
             # around both forward and backward: it cannot be entered twice)
             with ddp.no_sync() if d.enabled and not last else contextlib.nullcontext():
                 with autocast():
-                    result = ddp(x, y)
-                    loss = result.loss if result.aux_loss is None else result.loss + result.aux_loss
-                (loss / tc.grad_accum).backward()
-            loss_sum += result.loss.detach().double().cpu()
+                    result = ddp(x, y, token_mask_BT=mask)
+                    ce = result.loss * (n_micro * d.world / step_tokens) if n_micro else result.logits.sum() * 0.0
+                    loss = ce if result.aux_loss is None else ce + result.aux_loss / tc.grad_accum
+                loss.backward()
+            if n_micro:
+                loss_sum += result.loss.detach().double().cpu() * n_micro
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -132,9 +141,8 @@ def fit(job: Job, tc: TrainConfig, out: Path, d: Dist, device: torch.device, amp
         model.update_routing(sums)
 
         done = step + 1
-        step_tokens = int(all_reduce_sum(torch.tensor(float((targets != -100).sum()), dtype=torch.float64), d).item())
         tokens_seen += step_tokens
-        loss_mean = (all_reduce_sum(loss_sum, d) / (tc.grad_accum * d.world)).item()
+        loss_mean = (all_reduce_sum(loss_sum, d) / step_tokens).item()
         rec = {"kind": "train", "step": done, "loss": loss_mean, "lr": opt.param_groups[0]["lr"],
                "grad_norm": float(grad_norm), "tokens": tokens_seen,
                "tokens_per_s": step_tokens / max(time.time() - t0, 1e-9), "step_s": time.time() - t0}
@@ -144,7 +152,7 @@ def fit(job: Job, tc: TrainConfig, out: Path, d: Dist, device: torch.device, amp
         bar.update(done, rec)
 
         if done % tc.eval_every == 0 or done == tc.steps:
-            last_eval = evaluate(model, job.val_batches(), device, amp)
+            last_eval = evaluate(model, job.val_batches(), device, amp, pad_id=job.pad_id)
             model.train()
             ev = {"kind": "eval", "step": done, "val_loss": last_eval["loss"], "val_ppl": last_eval["ppl"],
                   **{k: last_eval[k] for k in ("avg_k", "max_vio", "dead_experts") if k in last_eval}}
