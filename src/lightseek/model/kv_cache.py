@@ -37,3 +37,66 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.length += n
+
+
+class SlotCache:
+    """Keys and values for continuous batching: ``n_slots`` independent sequences, each in its
+    own slot at its own length. A server assigns a slot per request and frees it when done.
+
+    Before a forward pass, `bind` names the slots of the batch rows (all rows advance by the same
+    number of tokens T, each from its own slot's length). The model then reads per-row
+    ``positions`` (for RoPE) and ``attn_mask`` (row b's query t sees keys 0 .. length_b + t),
+    and `advance` moves the bound slots on.
+    """
+
+    def __init__(self, n_layers: int, n_slots: int, n_kv_heads: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        shape = (n_slots, n_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.n_slots, self.max_len, self.device = n_slots, max_len, torch.device(device)
+        self.lengths = [0] * n_slots
+        self._slots: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+        self.attn_mask: torch.Tensor | None = None
+
+    @classmethod
+    def for_model(cls, model, n_slots: int, max_len: int | None = None, dtype=None) -> "SlotCache":
+        cfg = model.cfg
+        p = next(model.parameters())
+        return cls(cfg.n_layers, n_slots, cfg.n_kv_heads, cfg.head_dim, max_len or cfg.max_seq_len,
+                   dtype or p.dtype, p.device)
+
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+
+    def reset(self, slot: int) -> None:
+        """Free a slot: its old keys are never read again (they are masked by its length)."""
+        self.lengths[slot] = 0
+
+    def bind(self, slots: list[int], n_tokens: int) -> None:
+        """The next forward pass runs ``n_tokens`` new tokens for each of ``slots`` (batch rows)."""
+        starts = [self.lengths[s] for s in slots]
+        if max(starts) + n_tokens > self.max_len:
+            raise ValueError(f"slot cache holds {self.max_len} tokens; {max(starts) + n_tokens} requested")
+        self._slots = torch.tensor(slots, device=self.device)
+        start_B = torch.tensor(starts, device=self.device)
+        self.positions = start_B[:, None] + torch.arange(n_tokens, device=self.device)   # (B, T)
+        span = max(starts) + n_tokens
+        keys = torch.arange(span, device=self.device)
+        self.attn_mask = (keys[None, None, :] <= self.positions[:, :, None])[:, None]    # (B, 1, T, S)
+        self._span, self._bound = span, (slots, n_tokens)
+
+    def update(self, layer: int, k_BHTd: torch.Tensor, v_BHTd: torch.Tensor, start_pos: int = 0):
+        rows = self._slots[:, None]
+        pos = self.positions
+        # write row b's T new keys at its own positions, then read each row's slot prefix
+        self.k[layer][rows, :, pos] = k_BHTd.transpose(1, 2)                              # (B, T, H, d)
+        self.v[layer][rows, :, pos] = v_BHTd.transpose(1, 2)
+        return self.k[layer][self._slots, :, :self._span], self.v[layer][self._slots, :, :self._span]
+
+    def advance(self, n: int) -> None:
+        slots, _ = self._bound
+        for s in slots:
+            self.lengths[s] += n
+        self._slots = self.positions = self.attn_mask = None

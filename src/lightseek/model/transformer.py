@@ -45,7 +45,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_id, k, v, start_pos)                           # (B, Hkv, S, d)
         S = k.shape[2]
-        if T == S:
+        if getattr(cache, "attn_mask", None) is not None:  # per-row lengths (continuous batching)
+            mask, causal = cache.attn_mask, False
+        elif T == S:
             mask, causal = None, True
         elif T == 1:
             mask, causal = None, False
@@ -115,12 +117,19 @@ class Transformer(nn.Module):
         B, T = idx_BT.shape
         if getattr(self, "lora_selection", None) is not None:
             self.lora_selection.check(B)
-        if start_pos is None:
-            start_pos = cache.length if cache is not None else 0
-        if start_pos + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start_pos + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-        cos = self.rope_cos[start_pos:start_pos + T]
-        sin = self.rope_sin[start_pos:start_pos + T]
+        if getattr(cache, "positions", None) is not None:  # a SlotCache: every row at its own position
+            pos_BT = cache.positions
+            if int(pos_BT.max()) >= self.cfg.max_seq_len:
+                raise ValueError(f"position {int(pos_BT.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
+            cos, sin = self.rope_cos[pos_BT][:, None], self.rope_sin[pos_BT][:, None]     # (B, 1, T, d/2)
+            start_pos = 0
+        else:
+            if start_pos is None:
+                start_pos = cache.length if cache is not None else 0
+            if start_pos + T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {start_pos + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+            cos = self.rope_cos[start_pos:start_pos + T]
+            sin = self.rope_sin[start_pos:start_pos + T]
         x = self.embed(idx_BT)                                                # (B, T, D)
         routers = [m.router for m in self.moe_layers()] if token_mask_BT is not None else []
         for r in routers:

@@ -1,0 +1,273 @@
+"""The serving engine: continuous batching over a slot KV cache, token ids in and out.
+
+Each `step`:
+
+1. admits waiting requests into free slots (the queue is bounded: `submit` refuses work it
+   cannot hold, with `QueueFull`);
+2. runs one prefill chunk (at most ``prefill_chunk`` prompt tokens of the oldest request still
+   prefilling), so a long prompt is spread over many steps and never stalls running streams
+   for more than one chunk;
+3. runs one batched decode forward for every request that has finished its prefill, each row
+   at its own position, with its own adapter (`adapters.lora.use_adapters`);
+4. samples each row with the request's own parameters and seeded generator, and reports what
+   happened as `Event`s.
+
+A request ends at ``max_tokens``, at the end-of-text token, at a stop string (the text is cut
+before it), when the context is full, or when cancelled; its slot is freed at once.
+Requests are independent: a request's tokens do not depend on what else is in the batch (up to
+float rounding in the batched matrix products).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from lightseek.adapters.lora import adapter_names, use_adapters
+from lightseek.data.tokenizer import Tokenizer
+from lightseek.errors import ConfigError, LightseekError
+from lightseek.model.generate import sample_next
+from lightseek.model.kv_cache import SlotCache
+from lightseek.model.sampling import SamplingParams
+from lightseek.model.transformer import Transformer
+
+
+class QueueFull(LightseekError):
+    """The engine's waiting queue is full: try again later."""
+
+
+@dataclass
+class GenParams:
+    """Per-request sampling (the OpenAI request fields the engine acts on)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: int | None = None  # also return this many top alternatives per token (0 = chosen only)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0 or self.temperature > 2:
+            raise ConfigError(f"temperature must be in [0, 2], got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ConfigError("stop strings must be non-empty strings")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ConfigError(f"logprobs must be in [0, 20], got {self.logprobs}")
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p, seed=self.seed)
+
+
+@dataclass
+class Request:
+    id: int
+    prompt_ids: list[int]
+    params: GenParams
+    adapter: str | None = None
+    slot: int | None = None
+    prefilled: int = 0
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of `text` already reported in events
+    finish_reason: str | None = None  # "length" | "stop" | "cancelled"
+    generator: torch.Generator | None = None
+    _last_logits: torch.Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class Event:
+    """One request's progress in a step: new text (and ids), and the finish reason when done."""
+
+    request: Request
+    token_ids: list[int]
+    text: str
+    finished: bool
+
+
+class Engine:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, max_slots: int = 16, max_waiting: int = 64,
+                 prefill_chunk: int = 64, max_len: int | None = None):
+        if max_slots < 1 or max_waiting < 0 or prefill_chunk < 1:
+            raise ConfigError("max_slots and prefill_chunk must be >= 1 and max_waiting >= 0")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        self.cache = SlotCache.for_model(model, max_slots, self.max_len)
+        self.max_waiting, self.prefill_chunk = max_waiting, prefill_chunk
+        self.waiting: deque[Request] = deque()
+        self.running: dict[int, Request] = {}          # by request id, in admission order
+        self.free_slots = list(range(max_slots))
+        self._ids = itertools.count(1)
+        self.device = next(model.parameters()).device
+
+    # --- requests ------------------------------------------------------------------------------
+    def submit(self, prompt_ids: Sequence[int], params: GenParams | None = None, adapter: str | None = None) -> Request:
+        """Queue a request; raises ConfigError for bad input and QueueFull when it cannot wait."""
+        params = params or GenParams()
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ConfigError("the prompt is empty")
+        if any(not 0 <= t < self.model.cfg.vocab_size for t in prompt):
+            raise ConfigError(f"prompt token ids must be in [0, {self.model.cfg.vocab_size})")
+        if len(prompt) >= self.max_len:
+            raise ConfigError(f"the prompt has {len(prompt)} tokens; the context holds {self.max_len} "
+                              f"(prompt plus at least one generated token)")
+        if adapter is not None and adapter not in adapter_names(self.model):
+            raise ConfigError(f"unknown adapter {adapter!r}")
+        if len(self.waiting) >= self.max_waiting:
+            raise QueueFull(f"{len(self.waiting)} requests are waiting already")
+        req = Request(next(self._ids), prompt, params, adapter)
+        if params.seed is not None:
+            req.generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        self.waiting.append(req)
+        return req
+
+    def cancel(self, req: Request) -> None:
+        """Stop a request now and free its slot (a no-op for a finished one)."""
+        if req.done:
+            return
+        req.finish_reason = "cancelled"
+        if req in self.waiting:
+            self.waiting.remove(req)
+        self._release(req)
+
+    def _release(self, req: Request) -> None:
+        if req.id in self.running:
+            del self.running[req.id]
+        if req.slot is not None:
+            self.cache.reset(req.slot)
+            self.free_slots.append(req.slot)
+            req.slot = None
+
+    # --- scheduling ----------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.running
+
+    def stats(self) -> dict:
+        used = sum(self.cache.lengths)
+        return {"running": len(self.running), "waiting": len(self.waiting), "free_slots": len(self.free_slots),
+                "kv_tokens_used": used, "kv_tokens_total": self.cache.n_slots * self.max_len,
+                "kv_usage": used / (self.cache.n_slots * self.max_len)}
+
+    @torch.no_grad()
+    def step(self) -> list[Event]:
+        while self.waiting and self.free_slots:
+            req = self.waiting.popleft()
+            req.slot = self.free_slots.pop(0)
+            self.running[req.id] = req
+        events: list[Event] = []
+        prefilling = [r for r in self.running.values() if r.prefilled < len(r.prompt_ids)]
+        if prefilling:
+            self._prefill_chunk(prefilling[0])
+        ready = [r for r in self.running.values() if r.prefilled == len(r.prompt_ids)]
+        first = [r for r in ready if r._last_logits is not None]  # prefill just finished: sample from it
+        decode = [r for r in ready if r._last_logits is None]
+        if decode:
+            self._decode(decode)
+        for r in first + decode:
+            events.append(self._sample(r))
+        return events
+
+    def _prefill_chunk(self, req: Request) -> None:
+        start = req.prefilled
+        chunk = req.prompt_ids[start:start + self.prefill_chunk]
+        self.cache.bind([req.slot], len(chunk))
+        ids = torch.tensor([chunk], device=self.device)
+        with use_adapters(self.model, req.adapter):
+            out = self.model(ids, cache=self.cache, last_only=True)
+        req.prefilled += len(chunk)
+        if req.prefilled == len(req.prompt_ids):
+            req._last_logits = out.logits[0, -1]
+
+    def _decode(self, reqs: list[Request]) -> None:
+        self.cache.bind([r.slot for r in reqs], 1)
+        ids = torch.tensor([[r.output_ids[-1]] for r in reqs], device=self.device)
+        with use_adapters(self.model, [r.adapter for r in reqs]):
+            out = self.model(ids, cache=self.cache)
+        for i, r in enumerate(reqs):
+            r._last_logits = out.logits[i, -1]
+
+    def _sample(self, req: Request) -> Event:
+        logits = req._last_logits
+        req._last_logits = None
+        tok = int(sample_next(logits[None], req.params.sampling(), req.generator)[0])
+        if req.params.logprobs is not None:
+            logp = torch.log_softmax(logits.float(), -1)
+            entry = {"token": tok, "logprob": float(logp[tok])}
+            if req.params.logprobs:
+                top = logp.topk(req.params.logprobs)
+                entry["top"] = [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
+            req.logprobs.append(entry)
+        new_ids: list[int] = []
+        if tok == self.tokenizer.eot_id:
+            req.finish_reason = "stop"
+        else:
+            req.output_ids.append(tok)
+            new_ids = [tok]
+            req.text = self.tokenizer.decode(req.output_ids)
+            cut = _first_stop(req.text, req.params.stop)
+            if cut is not None:
+                req.text = req.text[:cut]
+                req.finish_reason = "stop"
+            elif len(req.output_ids) >= req.params.max_tokens:
+                req.finish_reason = "length"
+            elif len(req.prompt_ids) + len(req.output_ids) >= self.max_len:
+                req.finish_reason = "length"
+        if req.done:
+            self._release(req)
+            safe = len(req.text)
+        else:  # hold back a possible stop-string start and an unfinished UTF-8 character
+            safe = min(_safe_prefix(req.text, req.params.stop), len(req.text.rstrip("\ufffd")))
+        text = req.text[req.emitted:safe] if safe > req.emitted else ""
+        req.emitted = max(req.emitted, safe)
+        return Event(req, new_ids, text, req.done)
+
+    def run(self, max_steps: int | None = None) -> None:
+        """Step until every request is finished (or ``max_steps``)."""
+        for _ in itertools.count() if max_steps is None else range(max_steps):
+            if self.idle:
+                return
+            self.step()
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: GenParams | None = None,
+                 adapters: Sequence[str | None] | None = None) -> list[Request]:
+        """Submit several requests, run them together, return them finished."""
+        reqs = [self.submit(p, params, adapters[i] if adapters else None) for i, p in enumerate(prompts)]
+        while not all(r.done for r in reqs):
+            self.step()
+        return reqs
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _safe_prefix(text: str, stops: list[str]) -> int:
+    """Length of the prefix of ``text`` that cannot be part of a stop string still to come."""
+    keep = len(text)
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                keep = min(keep, len(text) - n)
+                break
+    return keep
