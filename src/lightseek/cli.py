@@ -183,13 +183,11 @@ def cmd_sft(args, overrides) -> int:
 
 
 def cmd_lora_merge(args, overrides) -> int:
-    from lightseek.adapters.lora import merge_lora
-    from lightseek.adapters.store import base_fingerprint, load_adapter, read_adapter_meta
-    from lightseek.model.checkpoint import TOKENIZER, load_model, read_checkpoint_config, save_checkpoint
-
     from pathlib import Path
 
-    from lightseek.adapters.store import resolve_adapter
+    from lightseek.adapters.lora import merge_lora
+    from lightseek.adapters.store import base_fingerprint, load_adapter, read_adapter_meta, resolve_adapter
+    from lightseek.model.checkpoint import TOKENIZER, load_model, read_checkpoint_config, save_checkpoint
 
     meta = read_adapter_meta(args.adapter)
     base = args.base or meta.get("base", {}).get("path")
@@ -245,6 +243,38 @@ def cmd_lora_eval(args, overrides) -> int:
     result = evaluate_adapters(base, args.adapters, domain=args.data, general=args.text,
                                seq_len=args.seq_len, batch_size=args.batch_size, split=args.split)
     print(result["text"])
+    return 0
+
+
+def cmd_serve(args, overrides) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise LightseekError("the server needs FastAPI and uvicorn: pip install 'lightseek[serve]'") from None
+    from lightseek.adapters.store import base_fingerprint, list_adapters, load_adapter
+    from lightseek.data.tokenizer import Tokenizer
+    from lightseek.model.checkpoint import load_model, resolve_checkpoint
+    from lightseek.serve.app import EngineHost, build_app
+    from lightseek.serve.engine import Engine
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model = load_model(ckpt)
+    names = []
+    if args.adapters:
+        sha = base_fingerprint(ckpt)["sha256"]
+        for info in list_adapters(args.adapters):
+            names.append(load_adapter(model, info.path, sha, name=info.name).name)
+    tokenizer = Tokenizer.load(ckpt / "tokenizer.json")
+    host = EngineHost(Engine(model, tokenizer, max_slots=args.max_slots, max_waiting=args.max_waiting,
+                             prefill_chunk=args.prefill_chunk))
+    model_id = args.name or (ckpt.parent.name if ckpt.name == "checkpoint" else ckpt.name)
+    app = build_app(host, model_id, names)
+    print(f"serving {model_id}" + (f" with adapters {', '.join(names)}" if names else "")
+          + f" on http://{args.host}:{args.port}/v1")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        host.close()
     return 0
 
 
@@ -362,6 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, dest=f"gen_{key}", type=typ, help=f"same as --generate.{key}")
     p.add_argument("--stop", dest="gen_stop", action="append",
                    help="stop string (repeatable; \\n and \\t mean newline and tab)")
+
+    p = add("serve", cmd_serve, "Serve a checkpoint (and adapters) over an OpenAI-compatible HTTP API.")
+    p.add_argument("checkpoint", help="checkpoint folder (or run folder)")
+    p.add_argument("--adapters", help="a folder of adapters made for this checkpoint (model names BASE:ADAPTER)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="the base model's id (default: the run folder's name)")
+    p.add_argument("--max-slots", type=int, default=16, help="sequences decoded together")
+    p.add_argument("--max-waiting", type=int, default=64, help="queued requests before 429")
+    p.add_argument("--prefill-chunk", type=int, default=64, help="prompt tokens per prefill step")
 
     p = add("info", cmd_info, "Parameters (total, active per token), FLOPs per token, routing config.")
     p.add_argument("checkpoint", nargs="?", help="checkpoint folder; default: the configured model")

@@ -228,9 +228,7 @@ class Engine:
             if cut is not None:
                 req.text = req.text[:cut]
                 req.finish_reason = "stop"
-            elif len(req.output_ids) >= req.params.max_tokens:
-                req.finish_reason = "length"
-            elif len(req.prompt_ids) + len(req.output_ids) >= self.max_len:
+            elif len(req.output_ids) >= req.params.max_tokens or len(req.prompt_ids) + len(req.output_ids) >= self.max_len:
                 req.finish_reason = "length"
         if req.done:
             self._release(req)

@@ -1,0 +1,385 @@
+"""The OpenAI-compatible HTTP API over the engine (FastAPI).
+
+The engine runs in one background thread (`EngineHost`); handlers submit requests to it and
+receive its events through asyncio queues. Errors have OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``: 400 for bad JSON or parameters, 404 for
+an unknown model, 429 (with Retry-After) when the queue is full; bad input never yields a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from lightseek.data.chat import encode_chat, validate_messages
+from lightseek.errors import LightseekError
+from lightseek.serve.engine import Engine, Event, GenParams, QueueFull, Request
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}},
+                        status_code=e.status, headers=e.headers)
+
+
+# --- the engine thread -------------------------------------------------------------------------
+class EngineHost:
+    """Runs `Engine.step` in a thread while there is work; thread-safe submit and cancel."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.lock = threading.Lock()
+        self.work = threading.Condition(self.lock)
+        self.listeners: dict[int, Any] = {}
+        self.metrics = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "ttft_sum": 0.0,
+                        "ttft_count": 0, "itl_sum": 0.0, "itl_count": 0, "batch_sum": 0, "steps": 0}
+        self._last_token: dict[int, float] = {}
+        self._started: dict[int, float] = {}
+        self._stop = False
+        self.thread = threading.Thread(target=self._loop, name="lightseek-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, prompt_ids, params: GenParams, adapter: str | None, on_event) -> Request:
+        with self.lock:
+            req = self.engine.submit(prompt_ids, params, adapter)
+            self.listeners[req.id] = on_event
+            self._started[req.id] = time.perf_counter()
+            self.metrics["requests"] += 1
+            self.metrics["prompt_tokens"] += len(req.prompt_ids)
+            self.work.notify()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        with self.lock:
+            self.engine.cancel(req)
+            self._forget(req)
+
+    def _forget(self, req: Request) -> None:
+        self.listeners.pop(req.id, None)
+        self._last_token.pop(req.id, None)
+        self._started.pop(req.id, None)
+
+    def close(self) -> None:
+        with self.lock:
+            self._stop = True
+            self.work.notify()
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                while self.engine.idle and not self._stop:
+                    self.work.wait()
+                if self._stop:
+                    return
+                batch = len(self.engine.running)
+                events = self.engine.step()
+                now = time.perf_counter()
+                self.metrics["steps"] += 1
+                self.metrics["batch_sum"] += batch
+                for e in events:
+                    rid = e.request.id
+                    if e.token_ids:
+                        self.metrics["generation_tokens"] += len(e.token_ids)
+                        if rid in self._last_token:
+                            self.metrics["itl_sum"] += now - self._last_token[rid]
+                            self.metrics["itl_count"] += 1
+                        elif rid in self._started:
+                            self.metrics["ttft_sum"] += now - self._started[rid]
+                            self.metrics["ttft_count"] += 1
+                        self._last_token[rid] = now
+                    listener = self.listeners.get(rid)
+                    if listener is not None:
+                        listener(e)
+                    if e.finished:
+                        self._forget(e.request)
+
+
+# --- request bodies ----------------------------------------------------------------------------
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CommonParams(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class CompletionBody(CommonParams):
+    prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | None = None
+
+
+class ChatBody(CommonParams):
+    messages: list[ChatMessage]
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class TokenizeBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    model: str | None = None
+
+
+class DetokenizeBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tokens: list[int]
+    model: str | None = None
+
+
+# --- the app -----------------------------------------------------------------------------------
+def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None) -> FastAPI:
+    app = FastAPI(title="lightseek", version="1", description="OpenAI-compatible API for lightseek models.")
+    engine, tokenizer = host.engine, host.engine.tokenizer
+    adapters = adapters or []
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_, e: ApiError):
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        loc = [str(x) for x in first.get("loc", []) if x != "body"]
+        if first.get("type") == "json_invalid":
+            return error_response(ApiError(400, "the request body is not valid JSON", code="invalid_json"))
+        msg = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid value')}"
+        return error_response(ApiError(400, msg, param=".".join(loc) or None, code="invalid_value"))
+
+    def resolve_model(name: str) -> str | None:
+        if name == model_id:
+            return None
+        if name.startswith(model_id + ":") and name.split(":", 1)[1] in adapters:
+            return name.split(":", 1)[1]
+        raise ApiError(404, f"the model {name!r} does not exist (see GET /v1/models)", param="model",
+                       code="model_not_found")
+
+    def gen_params(body: CommonParams, logprobs: int | None, index: int) -> GenParams:
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        seed = body.seed + index if body.seed is not None else None
+        try:
+            return GenParams(max_tokens=body.max_completion_tokens or body.max_tokens or 16,
+                             temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=stop,
+                             seed=seed, logprobs=logprobs)
+        except LightseekError as e:
+            raise ApiError(400, str(e), code="invalid_value") from None
+
+    async def run(prompt_ids: list[int], body: CommonParams, adapter, logprobs) -> tuple[list[Request], asyncio.Queue]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        reqs: list[Request] = []
+        try:
+            for i in range(body.n):
+                reqs.append(host.submit(prompt_ids, gen_params(body, logprobs, i), adapter,
+                                        lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev)))
+        except QueueFull as e:
+            for r in reqs:
+                host.cancel(r)
+            raise ApiError(429, f"the server is busy ({e}); retry shortly", kind="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": "1"}) from None
+        except LightseekError as e:
+            for r in reqs:
+                host.cancel(r)
+            raise ApiError(400, str(e), param="prompt", code="invalid_value") from None
+        return reqs, queue
+
+    def usage(reqs: list[Request]) -> dict:
+        p = len(reqs[0].prompt_ids)
+        c = sum(len(r.output_ids) for r in reqs)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def finish(r: Request) -> str:
+        return "stop" if r.finish_reason in ("stop", "cancelled") else "length"
+
+    async def collect(reqs, queue) -> None:
+        while not all(r.done for r in reqs):
+            await queue.get()
+
+    def stream(reqs, queue, chunk, final_usage: bool):
+        async def gen():
+            try:
+                while not all(r.done for r in reqs) or not queue.empty():
+                    ev: Event = await queue.get()
+                    idx = reqs.index(ev.request)
+                    if ev.text or ev.finished:
+                        yield f"data: {json.dumps(chunk(idx, ev), ensure_ascii=False)}\n\n"
+                if final_usage:
+                    yield f"data: {json.dumps(chunk(None, None) | {'choices': [], 'usage': usage(reqs)})}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:  # a client that went away: free its slots now
+                for r in reqs:
+                    if not r.done:
+                        host.cancel(r)
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        now = int(time.time())
+        data = [{"id": model_id, "object": "model", "created": now, "owned_by": "lightseek"}]
+        data += [{"id": f"{model_id}:{a}", "object": "model", "created": now, "owned_by": "lightseek",
+                  "parent": model_id} for a in adapters]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody):
+        adapter = resolve_model(body.model)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise ApiError(400, "prompt: give one prompt per request", param="prompt", code="invalid_value")
+        ids = tokenizer.encode(prompts[0])
+        if not ids:
+            raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
+        reqs, queue = await run(ids, body, adapter, body.logprobs)
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(i, ev):
+            base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
+            if ev is None:
+                return base
+            return base | {"choices": [{"index": i, "text": ev.text, "logprobs": None,
+                                        "finish_reason": finish(ev.request) if ev.finished else None}]}
+
+        if body.stream:
+            return stream(reqs, queue, chunk, bool(body.stream_options and body.stream_options.include_usage))
+        await collect(reqs, queue)
+        choices = [{"index": i, "text": (prompts[0] if body.echo else "") + r.text, "finish_reason": finish(r),
+                    "logprobs": _completion_logprobs(r, tokenizer) if body.logprobs is not None else None}
+                   for i, r in enumerate(reqs)]
+        return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
+                "choices": choices, "usage": usage(reqs)}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatBody):
+        adapter = resolve_model(body.model)
+        if not body.messages:
+            raise ApiError(400, "messages: give at least one message", param="messages", code="invalid_value")
+        try:
+            msgs = validate_messages([{"role": m.role, "content": m.content or ""} for m in body.messages])
+        except LightseekError as e:
+            raise ApiError(400, f"messages: {e}", param="messages", code="invalid_value") from None
+        ids, _ = encode_chat(tokenizer, msgs, add_generation_prompt=True)
+        reqs, queue = await run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        started: set[int] = set()
+
+        def chunk(i, ev):
+            base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model}
+            if ev is None:
+                return base
+            delta = {"content": ev.text} if ev.text else {}
+            if i not in started:  # the first chunk of a choice names the role
+                started.add(i)
+                delta = {"role": "assistant", **delta}
+            return base | {"choices": [{"index": i, "delta": delta, "logprobs": None,
+                                        "finish_reason": finish(ev.request) if ev.finished else None}]}
+
+        if body.stream:
+            return stream(reqs, queue, chunk, bool(body.stream_options and body.stream_options.include_usage))
+        await collect(reqs, queue)
+        choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": finish(r),
+                    "logprobs": None} for i, r in enumerate(reqs)]
+        return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
+                "choices": choices, "usage": usage(reqs)}
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeBody):
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "give exactly one of prompt and messages", param="prompt", code="invalid_value")
+        if body.prompt is not None:
+            ids = tokenizer.encode(body.prompt)
+        else:
+            try:
+                msgs = validate_messages([{"role": m.role, "content": m.content or ""} for m in body.messages])
+            except LightseekError as e:
+                raise ApiError(400, f"messages: {e}", param="messages", code="invalid_value") from None
+            ids, _ = encode_chat(tokenizer, msgs, add_generation_prompt=True)
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_len}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeBody):
+        bad = [t for t in body.tokens if not 0 <= t < tokenizer.vocab_size]
+        if bad:
+            raise ApiError(400, f"tokens: ids out of range [0, {tokenizer.vocab_size}): {bad[:3]}", param="tokens",
+                           code="invalid_value")
+        return {"prompt": tokenizer.decode(body.tokens)}
+
+    @app.get("/metrics")
+    async def metrics():
+        with host.lock:
+            m = dict(host.metrics)
+            st = engine.stats()
+            sums = engine.model.routing_sums()
+        lines = [
+            "# TYPE lightseek_requests_total counter", f"lightseek_requests_total {m['requests']}",
+            "# TYPE lightseek_prompt_tokens_total counter", f"lightseek_prompt_tokens_total {m['prompt_tokens']}",
+            "# TYPE lightseek_generation_tokens_total counter",
+            f"lightseek_generation_tokens_total {m['generation_tokens']}",
+            "# TYPE lightseek_time_to_first_token_seconds summary",
+            f"lightseek_time_to_first_token_seconds_sum {m['ttft_sum']:.6f}",
+            f"lightseek_time_to_first_token_seconds_count {m['ttft_count']}",
+            "# TYPE lightseek_inter_token_latency_seconds summary",
+            f"lightseek_inter_token_latency_seconds_sum {m['itl_sum']:.6f}",
+            f"lightseek_inter_token_latency_seconds_count {m['itl_count']}",
+            "# TYPE lightseek_requests_running gauge", f"lightseek_requests_running {st['running']}",
+            "# TYPE lightseek_requests_waiting gauge", f"lightseek_requests_waiting {st['waiting']}",
+            "# TYPE lightseek_batch_size_mean gauge",
+            f"lightseek_batch_size_mean {m['batch_sum'] / max(m['steps'], 1):.4f}",
+            "# TYPE lightseek_kv_cache_usage gauge", f"lightseek_kv_cache_usage {st['kv_usage']:.6f}",
+            "# TYPE lightseek_expert_tokens_total counter",
+        ]
+        if sums is not None:
+            for i, row in enumerate(sums[0].tolist()):
+                layer = engine.model.cfg.n_dense_layers + i
+                lines += [f'lightseek_expert_tokens_total{{layer="{layer}",expert="{e}"}} {int(v)}'
+                          for e, v in enumerate(row)]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _completion_logprobs(r: Request, tokenizer) -> dict:
+    return {"tokens": [tokenizer.decode([e["token"]]) for e in r.logprobs],
+            "token_logprobs": [e["logprob"] for e in r.logprobs],
+            "top_logprobs": [{tokenizer.decode([i]): v for i, v in e.get("top", [])} for e in r.logprobs],
+            "text_offset": []}

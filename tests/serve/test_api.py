@@ -1,0 +1,118 @@
+"""The HTTP API, driven by the official `openai` client against a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+openai = pytest.importorskip("openai", reason="the API tests need the `openai` client (pip install -e .[test])")
+uvicorn = pytest.importorskip("uvicorn", reason="the server needs uvicorn (pip install -e .[serve])")
+
+from lightseek.adapters.lora import LoraConfig, apply_lora
+from lightseek.data.chat import encode_chat
+from lightseek.data.tokenizer import Tokenizer
+from lightseek.model.checkpoint import load_model
+from lightseek.serve.app import EngineHost, build_app
+from lightseek.serve.engine import Engine
+
+
+def http(url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    """(status, body) of a GET, or a JSON POST when ``data`` is given, without raising on 4xx."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture(scope="module")
+def server(debug_checkpoint):
+    model = load_model(debug_checkpoint)
+    tok = Tokenizer.load(debug_checkpoint / "tokenizer.json")
+    apply_lora(model, LoraConfig(rank=4, targets=["attn", "experts"]), "shakes")
+    g = torch.Generator().manual_seed(0)  # a strong adapter, the same whatever ran before
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    host = EngineHost(Engine(model, tok, max_slots=4, max_waiting=4, prefill_chunk=16))
+    app = build_app(host, "debug", ["shakes"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    yield client, tok, f"http://127.0.0.1:{port}", host
+    srv.should_exit = True
+    thread.join(timeout=5)
+    host.close()
+
+
+def test_models_and_completion_usage(server) -> None:
+    client, tok, _, _ = server
+    assert [m.id for m in client.models.list().data] == ["debug", "debug:shakes"]
+    r = client.completions.create(model="debug", prompt="To be, or not", max_tokens=8, temperature=0)
+    assert r.choices[0].finish_reason in ("length", "stop")
+    assert r.usage.prompt_tokens == len(tok.encode("To be, or not"))
+    assert r.usage.completion_tokens <= 8 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_chat_streaming_with_usage_n_and_seed(server) -> None:
+    client, tok, _, _ = server
+    msgs = [{"role": "user", "content": "Speak, my lord."}]
+    full = client.chat.completions.create(model="debug", messages=msgs, max_tokens=10, temperature=0)
+    chunks = list(client.chat.completions.create(model="debug", messages=msgs, max_tokens=10, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == len(encode_chat(tok, msgs, add_generation_prompt=True)[0])
+    a = client.chat.completions.create(model="debug", messages=msgs, max_tokens=12, temperature=1.0, seed=7, n=2)
+    b = client.chat.completions.create(model="debug", messages=msgs, max_tokens=12, temperature=1.0, seed=7, n=2)
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert len(a.choices) == 2
+
+
+def test_adapter_by_model_name(server) -> None:
+    client, _, _, _ = server
+    base = client.completions.create(model="debug", prompt="My lord", max_tokens=8, temperature=0)
+    adapted = client.completions.create(model="debug:shakes", prompt="My lord", max_tokens=8, temperature=0)
+    assert base.choices[0].text != adapted.choices[0].text
+
+
+def test_errors_have_openai_shape_and_4xx(server) -> None:
+    client, _, url, host = server
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.completions.create(model="debug", prompt="x", max_tokens=2, temperature=5)
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model="debug", messages=[], max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.completions.create(model="debug", prompt="word " * 400, max_tokens=2)
+    status, body = http(f"{url}/v1/completions", b"{not json")
+    assert status == 400 and set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
+    status, body = http(f"{url}/tokenize", json.dumps({"prompt": "To be"}).encode())
+    toks = json.loads(body)
+    assert status == 200 and toks["count"] == len(toks["tokens"])
+    status, body = http(f"{url}/detokenize", json.dumps({"tokens": toks["tokens"]}).encode())
+    assert json.loads(body)["prompt"] == "To be"
+    assert http(f"{url}/health")[0] == 200
+    metrics = http(f"{url}/metrics")[1].decode()
+    assert "lightseek_requests_total" in metrics and 'lightseek_expert_tokens_total{layer="1"' in metrics
+    assert host.engine.stats()["free_slots"] == 4  # nothing leaked
