@@ -130,3 +130,14 @@ def test_autocast_routes_in_fp32_and_every_path_computes_experts_alike():
         assert y.dtype == torch.float32
         torch.testing.assert_close(y, outs["reference"], atol=2e-2, rtol=2e-2)
         assert (y - outs["reference"]).abs().max() < (outs["reference"]).abs().max()
+
+
+def test_grouped_mm_probe_is_not_fooled_by_no_grad() -> None:
+    """The first probe may come from inference: its answer must not depend on no_grad."""
+    from lightseek.kernels.dispatch import grouped_mm_works
+
+    grouped_mm_works.cache_clear()
+    with torch.no_grad():
+        under_no_grad = grouped_mm_works("cpu", torch.float32)
+    grouped_mm_works.cache_clear()
+    assert under_no_grad == grouped_mm_works("cpu", torch.float32)

@@ -109,6 +109,13 @@ def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
     gmm = _grouped_mm_fn()
     if gmm is None:
         return False
+    # the probe needs autograd even when the first call comes from inference under no_grad
+    # (the answer is cached for the process)
+    with torch.enable_grad():
+        return _probe_grouped_mm(gmm, device_type, dtype)
+
+
+def _probe_grouped_mm(gmm, device_type: str, dtype: torch.dtype) -> bool:
     try:
         x = torch.randn(6, 16, device=device_type, dtype=dtype, requires_grad=True)
         w = torch.randn(3, 16, 16, device=device_type, dtype=dtype, requires_grad=True)

@@ -30,6 +30,42 @@ def sample_next(logits_BV: torch.Tensor, p: SamplingParams, generator: torch.Gen
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def sample_rows(logits_BV: torch.Tensor, params: list[SamplingParams],
+                generators: list[torch.Generator | None]) -> list[int]:
+    """`sample_next` for rows with their own parameters and generators, filtering all rows in
+    one batched pass (per-row temperature, top-k and top-p) and drawing each row with its own
+    generator, so a row's draw does not depend on the others."""
+    B, V = logits_BV.shape
+    logits = logits_BV.float()
+    greedy = [p.temperature == 0 for p in params]
+    temp = torch.tensor([p.temperature or 1.0 for p in params], device=logits.device)[:, None]
+    logits = logits / temp
+    ks = [p.top_k for p in params]
+    if any(ks):
+        kmax = min(max(ks), V)
+        top = logits.topk(kmax, dim=-1).values                                    # (B, kmax)
+        kth = top.gather(1, torch.tensor([[min(k, kmax) - 1 if k else kmax - 1] for k in ks],
+                                         device=logits.device))
+        kth = torch.where(torch.tensor([[k > 0] for k in ks], device=logits.device), kth,
+                          torch.full_like(kth, float("-inf")))
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    top_p = torch.tensor([p.top_p for p in params], device=logits.device)[:, None]
+    if bool((top_p < 1.0).any()):
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs_sorted = sorted_logits.softmax(-1)
+        drop = (probs_sorted.cumsum(-1) - probs_sorted >= top_p) & (top_p < 1.0)
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    out = []
+    for i in range(B):
+        if greedy[i]:
+            out.append(int(logits_BV[i].argmax()))
+        else:
+            out.append(int(torch.multinomial(probs[i], 1, generator=generators[i])))
+    return out
+
+
 @torch.no_grad()
 def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParams,
                  stop_ids: Sequence[int] = (), use_cache: bool = True) -> Iterator[int]:

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 from fastapi import FastAPI
@@ -40,12 +41,14 @@ def error_response(e: ApiError) -> JSONResponse:
 
 # --- the engine thread -------------------------------------------------------------------------
 class EngineHost:
-    """Runs `Engine.step` in a thread while there is work; thread-safe submit and cancel."""
+    """Runs the engine in one thread. Other threads never wait for a step: `submit` checks a
+    request and hands it over through a queue, `cancel` likewise; the engine thread takes both
+    in before each step and calls each request's listener with its events."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.lock = threading.Lock()
-        self.work = threading.Condition(self.lock)
+        self._inbox: deque = deque()      # ("submit", request, listener) | ("cancel", request, None)
+        self._wake = threading.Event()
         self.listeners: dict[int, Any] = {}
         self.metrics = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "ttft_sum": 0.0,
                         "ttft_count": 0, "itl_sum": 0.0, "itl_count": 0, "batch_sum": 0, "steps": 0}
@@ -56,59 +59,73 @@ class EngineHost:
         self.thread.start()
 
     def submit(self, prompt_ids, params: GenParams, adapter: str | None, on_event) -> Request:
-        with self.lock:
-            req = self.engine.submit(prompt_ids, params, adapter)
-            self.listeners[req.id] = on_event
-            self._started[req.id] = time.perf_counter()
-            self.metrics["requests"] += 1
-            self.metrics["prompt_tokens"] += len(req.prompt_ids)
-            self.work.notify()
+        req = self.engine.make_request(prompt_ids, params, adapter)  # ConfigError for bad input
+        queued = len(self.engine.waiting) + sum(1 for kind, *_ in list(self._inbox) if kind == "submit")
+        if queued >= self.engine.max_waiting:
+            raise QueueFull(f"{queued} requests are waiting already")
+        self._started[req.id] = time.perf_counter()
+        self._inbox.append(("submit", req, on_event))
+        self._wake.set()
         return req
 
     def cancel(self, req: Request) -> None:
-        with self.lock:
-            self.engine.cancel(req)
-            self._forget(req)
+        self._inbox.append(("cancel", req, None))
+        self._wake.set()
+
+    def snapshot(self) -> tuple[dict, dict, Any]:
+        """Metrics, engine stats and routing sums (read without stopping the engine)."""
+        return dict(self.metrics), self.engine.stats(), self.engine.model.routing_sums()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self.thread.join(timeout=5)
 
     def _forget(self, req: Request) -> None:
         self.listeners.pop(req.id, None)
         self._last_token.pop(req.id, None)
         self._started.pop(req.id, None)
 
-    def close(self) -> None:
-        with self.lock:
-            self._stop = True
-            self.work.notify()
-        self.thread.join(timeout=5)
+    def _take_inbox(self) -> None:
+        while self._inbox:
+            kind, req, listener = self._inbox.popleft()
+            if kind == "submit":
+                self.listeners[req.id] = listener
+                self.metrics["requests"] += 1
+                self.metrics["prompt_tokens"] += len(req.prompt_ids)
+                self.engine.enqueue(req)
+            else:
+                self.engine.cancel(req)
+                self._forget(req)
 
     def _loop(self) -> None:
-        while True:
-            with self.lock:
-                while self.engine.idle and not self._stop:
-                    self.work.wait()
-                if self._stop:
-                    return
-                batch = len(self.engine.running)
-                events = self.engine.step()
-                now = time.perf_counter()
-                self.metrics["steps"] += 1
-                self.metrics["batch_sum"] += batch
-                for e in events:
-                    rid = e.request.id
-                    if e.token_ids:
-                        self.metrics["generation_tokens"] += len(e.token_ids)
-                        if rid in self._last_token:
-                            self.metrics["itl_sum"] += now - self._last_token[rid]
-                            self.metrics["itl_count"] += 1
-                        elif rid in self._started:
-                            self.metrics["ttft_sum"] += now - self._started[rid]
-                            self.metrics["ttft_count"] += 1
-                        self._last_token[rid] = now
-                    listener = self.listeners.get(rid)
-                    if listener is not None:
-                        listener(e)
-                    if e.finished:
-                        self._forget(e.request)
+        while not self._stop:
+            self._take_inbox()
+            if self.engine.idle:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            batch = len(self.engine.running)
+            events = self.engine.step()
+            now = time.perf_counter()
+            self.metrics["steps"] += 1
+            self.metrics["batch_sum"] += batch
+            for e in events:
+                rid = e.request.id
+                if e.token_ids:
+                    self.metrics["generation_tokens"] += len(e.token_ids)
+                    if rid in self._last_token:
+                        self.metrics["itl_sum"] += now - self._last_token[rid]
+                        self.metrics["itl_count"] += 1
+                    elif rid in self._started:
+                        self.metrics["ttft_sum"] += now - self._started[rid]
+                        self.metrics["ttft_count"] += 1
+                    self._last_token[rid] = now
+                listener = self.listeners.get(rid)
+                if listener is not None:
+                    listener(e)
+                if e.finished:
+                    self._forget(e.request)
 
 
 # --- request bodies ----------------------------------------------------------------------------
@@ -130,6 +147,7 @@ class CommonParams(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    ignore_eos: bool = False  # an extension (as in vLLM): generate max_tokens whatever the model says
 
 
 class CompletionBody(CommonParams):
@@ -196,7 +214,7 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
         try:
             return GenParams(max_tokens=body.max_completion_tokens or body.max_tokens or 16,
                              temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=stop,
-                             seed=seed, logprobs=logprobs)
+                             seed=seed, logprobs=logprobs, ignore_eos=body.ignore_eos)
         except LightseekError as e:
             raise ApiError(400, str(e), code="invalid_value") from None
 
@@ -346,10 +364,7 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
 
     @app.get("/metrics")
     async def metrics():
-        with host.lock:
-            m = dict(host.metrics)
-            st = engine.stats()
-            sums = engine.model.routing_sums()
+        m, st, sums = host.snapshot()
         lines = [
             "# TYPE lightseek_requests_total counter", f"lightseek_requests_total {m['requests']}",
             "# TYPE lightseek_prompt_tokens_total counter", f"lightseek_prompt_tokens_total {m['prompt_tokens']}",
@@ -363,6 +378,7 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
             f"lightseek_inter_token_latency_seconds_count {m['itl_count']}",
             "# TYPE lightseek_requests_running gauge", f"lightseek_requests_running {st['running']}",
             "# TYPE lightseek_requests_waiting gauge", f"lightseek_requests_waiting {st['waiting']}",
+            "# TYPE lightseek_slots_free gauge", f"lightseek_slots_free {st['free_slots']}",
             "# TYPE lightseek_batch_size_mean gauge",
             f"lightseek_batch_size_mean {m['batch_sum'] / max(m['steps'], 1):.4f}",
             "# TYPE lightseek_kv_cache_usage gauge", f"lightseek_kv_cache_usage {st['kv_usage']:.6f}",

@@ -30,7 +30,7 @@ import torch
 from lightseek.adapters.lora import adapter_names, use_adapters
 from lightseek.data.tokenizer import Tokenizer
 from lightseek.errors import ConfigError, LightseekError
-from lightseek.model.generate import sample_next
+from lightseek.model.generate import sample_rows
 from lightseek.model.kv_cache import SlotCache
 from lightseek.model.sampling import SamplingParams
 from lightseek.model.transformer import Transformer
@@ -51,6 +51,7 @@ class GenParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     logprobs: int | None = None  # also return this many top alternatives per token (0 = chosen only)
+    ignore_eos: bool = False     # keep going past the end-of-text token (benchmarks; as in vLLM)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -121,6 +122,16 @@ class Engine:
     # --- requests ------------------------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: GenParams | None = None, adapter: str | None = None) -> Request:
         """Queue a request; raises ConfigError for bad input and QueueFull when it cannot wait."""
+        req = self.make_request(prompt_ids, params, adapter)
+        if len(self.waiting) >= self.max_waiting:
+            raise QueueFull(f"{len(self.waiting)} requests are waiting already")
+        self.waiting.append(req)
+        return req
+
+    def make_request(self, prompt_ids: Sequence[int], params: GenParams | None = None,
+                     adapter: str | None = None) -> Request:
+        """A checked request, not yet queued (`enqueue` queues it). Reads no mutable engine
+        state, so another thread may call it while the engine steps."""
         params = params or GenParams()
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
@@ -132,13 +143,13 @@ class Engine:
                               f"(prompt plus at least one generated token)")
         if adapter is not None and adapter not in adapter_names(self.model):
             raise ConfigError(f"unknown adapter {adapter!r}")
-        if len(self.waiting) >= self.max_waiting:
-            raise QueueFull(f"{len(self.waiting)} requests are waiting already")
         req = Request(next(self._ids), prompt, params, adapter)
         if params.seed is not None:
             req.generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        self.waiting.append(req)
         return req
+
+    def enqueue(self, req: Request) -> None:
+        self.waiting.append(req)
 
     def cancel(self, req: Request) -> None:
         """Stop a request now and free its slot (a no-op for a finished one)."""
@@ -183,8 +194,12 @@ class Engine:
         decode = [r for r in ready if r._last_logits is None]
         if decode:
             self._decode(decode)
-        for r in first + decode:
-            events.append(self._sample(r))
+        todo = first + decode
+        if todo:
+            logits = torch.stack([r._last_logits for r in todo])
+            tokens = sample_rows(logits, [r.params.sampling() for r in todo], [r.generator for r in todo])
+            for r, tok, row in zip(todo, tokens, logits):
+                events.append(self._accept(r, tok, row))
         return events
 
     def _prefill_chunk(self, req: Request) -> None:
@@ -206,10 +221,8 @@ class Engine:
         for i, r in enumerate(reqs):
             r._last_logits = out.logits[i, -1]
 
-    def _sample(self, req: Request) -> Event:
-        logits = req._last_logits
+    def _accept(self, req: Request, tok: int, logits: torch.Tensor) -> Event:
         req._last_logits = None
-        tok = int(sample_next(logits[None], req.params.sampling(), req.generator)[0])
         if req.params.logprobs is not None:
             logp = torch.log_softmax(logits.float(), -1)
             entry = {"token": tok, "logprob": float(logp[tok])}
@@ -218,7 +231,7 @@ class Engine:
                 entry["top"] = [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
             req.logprobs.append(entry)
         new_ids: list[int] = []
-        if tok == self.tokenizer.eot_id:
+        if tok == self.tokenizer.eot_id and not req.params.ignore_eos:
             req.finish_reason = "stop"
         else:
             req.output_ids.append(tok)
