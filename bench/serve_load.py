@@ -44,13 +44,14 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def start_server(checkpoint: str, max_slots: int, max_waiting: int):
+def start_server(checkpoint: str, max_slots: int, max_waiting: int, threads: int = 0):
     """`lightseek serve` in its own process (clients run in this one); returns (process, port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "lightseek", "serve", checkpoint, "--name", "base",
-                             "--port", str(port), "--max-slots", str(max_slots), "--max-waiting", str(max_waiting)],
+                             "--port", str(port), "--max-slots", str(max_slots), "--max-waiting", str(max_waiting),
+                             "--threads", str(threads)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(600):
         if proc.poll() is not None:
@@ -167,12 +168,14 @@ def main() -> None:
     ap.add_argument("--disconnect-share", type=float, default=0.1, help="last level: requests dropped mid-stream")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-slots", type=int, default=64)
+    ap.add_argument("--server-threads", type=int, default=0,
+                    help="the server's PyTorch threads (0 = lightseek serve's default: one core fewer than the machine)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
     from lora_vs_full import ensure_base
 
     ensure_base(Path(args.checkpoint))
-    server, port = start_server(args.checkpoint, args.max_slots, 4 * args.max_slots)
+    server, port = start_server(args.checkpoint, args.max_slots, 4 * args.max_slots, args.server_threads)
     levels = []
     for i, n in enumerate(args.levels):
         last = i == len(args.levels) - 1

@@ -257,6 +257,11 @@ def cmd_serve(args, overrides) -> int:
     from lightseek.serve.app import EngineHost, build_app
     from lightseek.serve.engine import Engine
 
+    import torch
+
+    # the engine shares the machine with the HTTP side (and, on loopback, with the clients):
+    # PyTorch's spinning worker threads on every core would fight them for it
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
     ckpt = resolve_checkpoint(args.checkpoint)
     model = load_model(ckpt)
     names = []
@@ -402,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slots", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-waiting", type=int, default=64, help="queued requests before 429")
     p.add_argument("--prefill-chunk", type=int, default=64, help="prompt tokens per prefill step")
+    p.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (default: one core fewer than the machine has)")
 
     p = add("info", cmd_info, "Parameters (total, active per token), FLOPs per token, routing config.")
     p.add_argument("checkpoint", nargs="?", help="checkpoint folder; default: the configured model")

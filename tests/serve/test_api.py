@@ -34,6 +34,21 @@ def http(url: str, data: bytes | None = None) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def start(app):
+    """A uvicorn server for ``app`` on a free loopback port, in a thread; returns (server, url)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    return srv, thread, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="module")
 def server(debug_checkpoint):
     model = load_model(debug_checkpoint)
@@ -45,19 +60,9 @@ def server(debug_checkpoint):
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     host = EngineHost(Engine(model, tok, max_slots=4, max_waiting=4, prefill_chunk=16))
-    app = build_app(host, "debug", ["shakes"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-    yield client, tok, f"http://127.0.0.1:{port}", host
+    srv, thread, url = start(build_app(host, "debug", ["shakes"]))
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+    yield client, tok, url, host
     srv.should_exit = True
     thread.join(timeout=5)
     host.close()
@@ -116,3 +121,23 @@ def test_errors_have_openai_shape_and_4xx(server) -> None:
     metrics = http(f"{url}/metrics")[1].decode()
     assert "lightseek_requests_total" in metrics and 'lightseek_expert_tokens_total{layer="1"' in metrics
     assert host.engine.stats()["free_slots"] == 4  # nothing leaked
+
+
+def test_a_full_queue_answers_429_with_retry_after(debug_checkpoint) -> None:
+    model = load_model(debug_checkpoint)
+    tok = Tokenizer.load(debug_checkpoint / "tokenizer.json")
+    host = EngineHost(Engine(model, tok, max_slots=1, max_waiting=2))
+    host.close()  # a stalled engine: submitted requests stay queued
+    srv, thread, url = start(build_app(host, "debug"))
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=2)
+        for _ in range(2):  # these wait (and time out on the client side)
+            with pytest.raises(openai.APITimeoutError):
+                client.completions.create(model="debug", prompt="x", max_tokens=2)
+        with pytest.raises(openai.RateLimitError) as err:
+            client.completions.create(model="debug", prompt="x", max_tokens=2)
+        assert err.value.response.headers["retry-after"] == "1"
+        assert err.value.body["code"] == "queue_full"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=5)
