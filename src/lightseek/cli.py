@@ -251,35 +251,50 @@ def cmd_serve(args, overrides) -> int:
         import uvicorn
     except ImportError:
         raise LightseekError("the server needs FastAPI and uvicorn: pip install 'lightseek[serve]'") from None
+    import threading
+
+    import torch
+
     from lightseek.adapters.store import base_fingerprint, list_adapters, load_adapter
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.model.checkpoint import load_model, resolve_checkpoint
-    from lightseek.serve.app import EngineHost, build_app
+    from lightseek.serve.app import EngineHost, PendingHost, build_app
     from lightseek.serve.engine import Engine
-
-    import torch
 
     # the engine shares the machine with the HTTP side (and, on loopback, with the clients):
     # PyTorch's spinning worker threads on every core would fight them for it
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model = load_model(ckpt)
-    names = []
-    if args.adapters:
-        sha = base_fingerprint(ckpt)["sha256"]
-        for info in list_adapters(args.adapters):
-            names.append(load_adapter(model, info.path, sha, name=info.name).name)
-    tokenizer = Tokenizer.load(ckpt / "tokenizer.json")
-    host = EngineHost(Engine(model, tokenizer, max_slots=args.max_slots, max_waiting=args.max_waiting,
-                             prefill_chunk=args.prefill_chunk))
+    ckpt = resolve_checkpoint(args.checkpoint)  # fail fast on a wrong path, before listening
     model_id = args.name or (ckpt.parent.name if ckpt.name == "checkpoint" else ckpt.name)
-    app = build_app(host, model_id, names)
-    print(f"serving {model_id}" + (f" with adapters {', '.join(names)}" if names else "")
-          + f" on http://{args.host}:{args.port}/v1")
+    pending, names = PendingHost(), []
+    app = build_app(pending, model_id, names)  # answers 503 until the model is loaded
+    failed: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            model = load_model(ckpt)
+            if args.adapters:
+                sha = base_fingerprint(ckpt)["sha256"]
+                for info in list_adapters(args.adapters):
+                    names.append(load_adapter(model, info.path, sha, name=info.name).name)
+            engine = Engine(model, Tokenizer.load(ckpt / "tokenizer.json"), max_slots=args.max_slots,
+                            max_waiting=args.max_waiting, prefill_chunk=args.prefill_chunk)
+            pending.set(EngineHost(engine))
+            print(f"serving {model_id}" + (f" with adapters {', '.join(names)}" if names else "")
+                  + f" on http://{args.host}:{args.port}/v1", flush=True)
+        except BaseException as e:  # reported, and the server stops
+            failed.append(e)
+            server.should_exit = True
+
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    threading.Thread(target=load, name="lightseek-load", daemon=True).start()
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        server.run()
     finally:
-        host.close()
+        if pending.target is not None:
+            pending.target.close()
+    if failed:
+        raise failed[0]
     return 0
 
 

@@ -57,8 +57,6 @@ def test_lora_training_touches_only_the_adapter(debug_checkpoint, instruction_fi
 
     rows = evaluate_adapters(debug_checkpoint, [tmp_path / "run"], seq_len=64)["rows"]
     assert rows[1]["domain:t"] < rows[0]["domain:t"]
-    losses = train_losses(tmp_path / "run")
-    assert sum(losses[-3:]) < sum(losses[:3])
 
 
 def test_lora_resume_is_exact(debug_checkpoint, instruction_file, tmp_path) -> None:

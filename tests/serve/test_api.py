@@ -100,6 +100,20 @@ def test_adapter_by_model_name(server) -> None:
     assert base.choices[0].text != adapted.choices[0].text
 
 
+def test_embeddings(server) -> None:
+    client, tok, _, _ = server
+    r = client.embeddings.create(model="debug", input=["To be, or not to be", "My lord"])
+    a, b = (torch.tensor(d.embedding) for d in r.data)
+    assert len(r.data) == 2 and a.shape == (64,) and abs(float(a.norm()) - 1) < 1e-4
+    assert r.usage.prompt_tokens == len(tok.encode("To be, or not to be")) + len(tok.encode("My lord"))
+    again = client.embeddings.create(model="debug", input="To be, or not to be")
+    assert torch.allclose(torch.tensor(again.data[0].embedding), a, atol=1e-5)
+    adapted = client.embeddings.create(model="debug:shakes", input="To be, or not to be")
+    assert not torch.allclose(torch.tensor(adapted.data[0].embedding), a, atol=1e-3)
+    with pytest.raises(openai.BadRequestError, match="dimensions"):
+        client.embeddings.create(model="debug", input="x", dimensions=3)
+
+
 def test_errors_have_openai_shape_and_4xx(server) -> None:
     client, _, url, host = server
     with pytest.raises(openai.NotFoundError):
@@ -141,3 +155,26 @@ def test_a_full_queue_answers_429_with_retry_after(debug_checkpoint) -> None:
     finally:
         srv.should_exit = True
         thread.join(timeout=5)
+
+
+def test_health_is_503_until_the_model_is_loaded(debug_checkpoint) -> None:
+    from lightseek.serve.app import PendingHost
+
+    pending = PendingHost()
+    srv, thread, url = start(build_app(pending, "debug"))
+    try:
+        status, body = http(f"{url}/health")
+        assert status == 503 and json.loads(body)["error"]["code"] == "model_loading"
+        status, _ = http(f"{url}/v1/completions", json.dumps({"model": "debug", "prompt": "x"}).encode())
+        assert status == 503
+        model = load_model(debug_checkpoint)
+        pending.set(EngineHost(Engine(model, Tokenizer.load(debug_checkpoint / "tokenizer.json"), max_slots=1)))
+        assert http(f"{url}/health")[0] == 200
+        status, body = http(f"{url}/v1/completions", json.dumps({"model": "debug", "prompt": "x",
+                                                                 "max_tokens": 2}).encode())
+        assert status == 200 and json.loads(body)["usage"]["completion_tokens"] <= 2
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=5)
+        if pending.target is not None:
+            pending.target.close()

@@ -77,6 +77,7 @@ class ModelOutput:
     logits: torch.Tensor               # (B, T, V) fp32
     loss: torch.Tensor | None = None   # next-token cross-entropy (mean over targets != -100)
     aux_loss: torch.Tensor | None = None  # router losses summed over layers, when enabled
+    hidden: torch.Tensor | None = None    # (B, T, D) final normed hidden states, when asked for
 
 
 class Transformer(nn.Module):
@@ -111,7 +112,7 @@ class Transformer(nn.Module):
 
     def forward(self, idx_BT: torch.Tensor, targets_BT: torch.Tensor | None = None,
                 cache: KVCache | None = None, start_pos: int | None = None, last_only: bool = False,
-                token_mask_BT: torch.Tensor | None = None) -> ModelOutput:
+                token_mask_BT: torch.Tensor | None = None, return_hidden: bool = False) -> ModelOutput:
         """Logits (and losses when ``targets_BT`` is given; targets of -100 are not scored).
         ``token_mask_BT`` marks real tokens: padding (False) is left out of routing statistics."""
         B, T = idx_BT.shape
@@ -143,6 +144,7 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(T)
         x = self.norm(x)
+        hidden = x if return_hidden else None
         if last_only:
             x = x[:, -1:]
         logits = self.head(x).float()                                         # (B, T, V)
@@ -152,7 +154,7 @@ class Transformer(nn.Module):
                                    ignore_index=-100)
             aux_terms = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
             aux = torch.stack(aux_terms).sum() if aux_terms else None
-        return ModelOutput(logits, loss, aux)
+        return ModelOutput(logits, loss, aux, hidden)
 
     # --- routing state -------------------------------------------------------------------
     def reset_routing_stats(self) -> None:

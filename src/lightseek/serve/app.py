@@ -72,6 +72,28 @@ class EngineHost:
         self._inbox.append(("cancel", req, None))
         self._wake.set()
 
+    async def call(self, fn):
+        """Run ``fn(engine)`` on the engine thread between steps (the model is not re-entrant:
+        adapter choice and routing statistics live on it); returns its result."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(result, error):
+            if not fut.done():
+                fut.set_exception(error) if error is not None else fut.set_result(result)
+
+        def run(engine):
+            try:
+                result = fn(engine)
+            except Exception as e:  # handed back to the caller's coroutine
+                loop.call_soon_threadsafe(done, None, e)
+            else:
+                loop.call_soon_threadsafe(done, result, None)
+
+        self._inbox.append(("call", run, None))
+        self._wake.set()
+        return await fut
+
     def snapshot(self) -> tuple[dict, dict, Any]:
         """Metrics, engine stats and routing sums (read without stopping the engine)."""
         return dict(self.metrics), self.engine.stats(), self.engine.model.routing_sums()
@@ -94,6 +116,8 @@ class EngineHost:
                 self.metrics["requests"] += 1
                 self.metrics["prompt_tokens"] += len(req.prompt_ids)
                 self.engine.enqueue(req)
+            elif kind == "call":
+                req(self.engine)  # a function, see `call`
             else:
                 self.engine.cancel(req)
                 self._forget(req)
@@ -126,6 +150,34 @@ class EngineHost:
                     listener(e)
                 if e.finished:
                     self._forget(e.request)
+
+
+class PendingHost:
+    """Stands in for the `EngineHost` while the model loads (`lightseek serve` answers at once):
+    /health and every other endpoint answer 503 with Retry-After until `target` is set."""
+
+    def __init__(self) -> None:
+        self.target: EngineHost | None = None
+        self.ready = False
+
+    def set(self, target: EngineHost) -> None:
+        self.target = target
+        self.ready = True
+
+    def __getattr__(self, name: str):
+        target = self.__dict__.get("target")
+        if target is None:
+            raise ApiError(503, "the model is still loading; retry shortly", kind="server_error",
+                           code="model_loading", headers={"Retry-After": "5"})
+        return getattr(target, name)
+
+
+class _Lazy:
+    def __init__(self, get) -> None:
+        self._get = get
+
+    def __getattr__(self, name: str):
+        return getattr(self._get(), name)
 
 
 # --- request bodies ----------------------------------------------------------------------------
@@ -175,6 +227,15 @@ class TokenizeBody(BaseModel):
     model: str | None = None
 
 
+class EmbeddingBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    input: str | list[str]
+    encoding_format: str = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
 class DetokenizeBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     tokens: list[int]
@@ -184,8 +245,9 @@ class DetokenizeBody(BaseModel):
 # --- the app -----------------------------------------------------------------------------------
 def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None) -> FastAPI:
     app = FastAPI(title="lightseek", version="1", description="OpenAI-compatible API for lightseek models.")
-    engine, tokenizer = host.engine, host.engine.tokenizer
-    adapters = adapters or []
+    # looked up at each use: ``host`` may be a `PendingHost` that is filled in once the model loads
+    engine, tokenizer = _Lazy(lambda: host.engine), _Lazy(lambda: host.engine.tokenizer)
+    adapters = adapters if adapters is not None else []
 
     @app.exception_handler(ApiError)
     async def _api_error(_, e: ApiError):
@@ -269,6 +331,9 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
 
     @app.get("/health")
     async def health():
+        if not getattr(host, "ready", True):
+            return error_response(ApiError(503, "the model is still loading", kind="server_error",
+                                           code="model_loading", headers={"Retry-After": "5"}))
         return {"status": "ok"}
 
     @app.get("/v1/models")
@@ -340,6 +405,41 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
         return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
                 "choices": choices, "usage": usage(reqs)}
 
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingBody):
+        adapter = resolve_model(body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or any(not t for t in texts):
+            raise ApiError(400, "input: give non-empty strings", param="input", code="invalid_value")
+        if len(texts) > 256:
+            raise ApiError(400, "input: at most 256 strings per request", param="input", code="invalid_value")
+        dim = engine.model.cfg.dim
+        if body.dimensions is not None and body.dimensions != dim:
+            raise ApiError(400, f"dimensions: this model's embeddings have {dim}", param="dimensions",
+                           code="invalid_value")
+        if body.encoding_format not in ("float", "base64"):
+            raise ApiError(400, "encoding_format: 'float' or 'base64'", param="encoding_format", code="invalid_value")
+        ids = [tokenizer.encode(t) for t in texts]
+        too_long = [i for i, x in enumerate(ids) if len(x) > engine.max_len]
+        if too_long:
+            raise ApiError(400, f"input[{too_long[0]}]: {len(ids[too_long[0]])} tokens; the context holds "
+                           f"{engine.max_len}", param="input", code="context_length_exceeded")
+        vectors = await host.call(lambda eng: _embed(eng.model, ids, adapter))
+        data = []
+        for i, v in enumerate(vectors):
+            if body.encoding_format == "base64":
+                import base64
+
+                import numpy as np
+
+                emb: Any = base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode()
+            else:
+                emb = v
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        n = sum(len(x) for x in ids)
+        return {"object": "list", "data": data, "model": body.model,
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
+
     @app.post("/tokenize")
     async def tokenize(body: TokenizeBody):
         if (body.prompt is None) == (body.messages is None):
@@ -392,6 +492,21 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _embed(model, ids: list[list[int]], adapter: str | None) -> list[list[float]]:
+    """Mean of the final hidden states over each text's tokens, L2-normalised."""
+    import torch
+
+    from lightseek.adapters.lora import use_adapters
+
+    out = []
+    with torch.no_grad(), use_adapters(model, adapter):
+        for x in ids:  # one at a time: no padding to reason about
+            h = model(torch.tensor([x]), return_hidden=True, last_only=True).hidden[0]
+            v = h.float().mean(0)
+            out.append((v / v.norm().clamp_min(1e-12)).tolist())
+    return out
 
 
 def _completion_logprobs(r: Request, tokenizer) -> dict:
