@@ -93,6 +93,17 @@ def test_chat_streaming_with_usage_n_and_seed(server) -> None:
     assert len(a.choices) == 2
 
 
+def test_logprobs(server) -> None:
+    client, _, _, _ = server
+    r = client.chat.completions.create(model="debug", messages=[{"role": "user", "content": "Speak."}],
+                                       max_tokens=5, temperature=0, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens and len(content[0].top_logprobs) == 3
+    assert content[0].logprob <= 0 and content[0].logprob == pytest.approx(content[0].top_logprobs[0].logprob)
+    c = client.completions.create(model="debug", prompt="My lord", max_tokens=4, temperature=0, logprobs=2)
+    assert len(c.choices[0].logprobs.token_logprobs) == c.usage.completion_tokens
+
+
 def test_adapter_by_model_name(server) -> None:
     client, _, _, _ = server
     base = client.completions.create(model="debug", prompt="My lord", max_tokens=8, temperature=0)

@@ -401,7 +401,8 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
             return stream(reqs, queue, chunk, bool(body.stream_options and body.stream_options.include_usage))
         await collect(reqs, queue)
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": finish(r),
-                    "logprobs": None} for i, r in enumerate(reqs)]
+                    "logprobs": _chat_logprobs(r, tokenizer) if body.logprobs else None}
+                   for i, r in enumerate(reqs)]
         return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
                 "choices": choices, "usage": usage(reqs)}
 
@@ -509,8 +510,19 @@ def _embed(model, ids: list[list[int]], adapter: str | None) -> list[list[float]
     return out
 
 
+def _chat_logprobs(r: Request, tokenizer) -> dict:
+    def entry(token: int, logprob: float) -> dict:
+        text = tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [entry(e["token"], e["logprob"]) | {"top_logprobs": [entry(i, v) for i, v in e.get("top", [])]}
+                        for e in r.logprobs[:len(r.output_ids)]]}
+
+
 def _completion_logprobs(r: Request, tokenizer) -> dict:
-    return {"tokens": [tokenizer.decode([e["token"]]) for e in r.logprobs],
-            "token_logprobs": [e["logprob"] for e in r.logprobs],
-            "top_logprobs": [{tokenizer.decode([i]): v for i, v in e.get("top", [])} for e in r.logprobs],
-            "text_offset": []}
+    entries = r.logprobs[:len(r.output_ids)]  # not the end-of-text token that finished it
+    tokens = [tokenizer.decode([e["token"]]) for e in entries]
+    offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{tokenizer.decode([i]): v for i, v in e.get("top", [])} for e in entries],
+            "text_offset": offsets}
