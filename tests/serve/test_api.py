@@ -115,7 +115,8 @@ def test_embeddings(server) -> None:
     client, tok, _, _ = server
     r = client.embeddings.create(model="debug", input=["To be, or not to be", "My lord"])
     a, b = (torch.tensor(d.embedding) for d in r.data)
-    assert len(r.data) == 2 and a.shape == (64,) and abs(float(a.norm()) - 1) < 1e-4
+    assert len(r.data) == 2 and a.shape == b.shape == (64,) and abs(float(a.norm()) - 1) < 1e-4
+    assert not torch.allclose(a, b)
     assert r.usage.prompt_tokens == len(tok.encode("To be, or not to be")) + len(tok.encode("My lord"))
     again = client.embeddings.create(model="debug", input="To be, or not to be")
     assert torch.allclose(torch.tensor(again.data[0].embedding), a, atol=1e-5)
