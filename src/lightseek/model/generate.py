@@ -33,8 +33,8 @@ def sample_next(logits_BV: torch.Tensor, p: SamplingParams, generator: torch.Gen
 def sample_rows(logits_BV: torch.Tensor, params: list[SamplingParams],
                 generators: list[torch.Generator | None]) -> list[int]:
     """`sample_next` for rows with their own parameters and generators, filtering all rows in
-    one batched pass (per-row temperature, top-k and top-p) and drawing each row with its own
-    generator, so a row's draw does not depend on the others."""
+    one batched pass (per-row temperature, top-k and top-p) and drawing each row with one
+    uniform number from its own generator, so a row's draw does not depend on the others."""
     B, V = logits_BV.shape
     logits = logits_BV.float()
     greedy = [p.temperature == 0 for p in params]
@@ -56,14 +56,13 @@ def sample_rows(logits_BV: torch.Tensor, params: list[SamplingParams],
         drop = (probs_sorted.cumsum(-1) - probs_sorted >= top_p) & (top_p < 1.0)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    out = []
-    for i in range(B):
-        if greedy[i]:
-            out.append(int(logits_BV[i].argmax()))
-        else:
-            out.append(int(torch.multinomial(probs[i], 1, generator=generators[i])))
-    return out
+    # inverse-CDF draw: one uniform number per row from the row's own generator, then one
+    # batched search (torch.multinomial per row cost ~0.2 ms each at an 8k vocabulary)
+    cdf = logits.softmax(-1).cumsum(-1)                                            # (B, V)
+    u = torch.stack([torch.rand((), generator=g, device=logits.device) for g in generators])
+    picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_max(V - 1)
+    greedy_ids = logits_BV.argmax(-1)
+    return [int(greedy_ids[i]) if greedy[i] else int(picks[i]) for i in range(B)]
 
 
 @torch.no_grad()
