@@ -279,7 +279,7 @@ def cmd_serve(args, overrides) -> int:
                     names.append(load_adapter(model, info.path, sha, name=info.name).name)
             engine = Engine(model, Tokenizer.load(ckpt / "tokenizer.json"), max_slots=args.max_slots,
                             max_waiting=args.max_waiting, prefill_chunk=args.prefill_chunk)
-            pending.set(EngineHost(engine))
+            pending.set(EngineHost(engine, usage_log=args.usage_log))
             print(f"serving {model_id}" + (f" with adapters {', '.join(names)}" if names else "")
                   + f" on http://{args.host}:{args.port}/v1", flush=True)
         except BaseException as e:  # reported, and the server stops
@@ -423,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-waiting", type=int, default=64, help="queued requests before 429")
     p.add_argument("--prefill-chunk", type=int, default=64, help="prompt tokens per prefill step")
     p.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (default: one core fewer than the machine has)")
+    p.add_argument("--usage-log", help="append one JSON line per ended request (token counts, finish reason)")
 
     p = add("info", cmd_info, "Parameters (total, active per token), FLOPs per token, routing config.")
     p.add_argument("checkpoint", nargs="?", help="checkpoint folder; default: the configured model")

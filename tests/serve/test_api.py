@@ -190,3 +190,36 @@ def test_health_is_503_until_the_model_is_loaded(debug_checkpoint) -> None:
         thread.join(timeout=5)
         if pending.target is not None:
             pending.target.close()
+
+
+def test_usage_log_counts_every_request_including_abandoned_streams(debug_checkpoint, tmp_path) -> None:
+    model = load_model(debug_checkpoint)
+    tok = Tokenizer.load(debug_checkpoint / "tokenizer.json")
+    log = tmp_path / "usage.jsonl"
+    host = EngineHost(Engine(model, tok, max_slots=2), usage_log=log)
+    srv, thread, url = start(build_app(host, "debug"))
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        done = client.completions.create(model="debug", prompt="My lord", max_tokens=6, temperature=0, user="ann")
+        stream = client.completions.create(model="debug", prompt="To be", max_tokens=100, stream=True,
+                                           extra_body={"ignore_eos": True})
+        for i, _ in enumerate(stream):
+            if i == 2:
+                break
+        stream.close()  # the client goes away mid-stream
+        records = []
+        for _ in range(100):
+            records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+            if len(records) == 2:
+                break
+            time.sleep(0.05)
+        first, dropped = records
+        assert first["id"] == done.id and first["user"] == "ann" and first["model"] == "debug"
+        assert first["completion_tokens"] == done.usage.completion_tokens
+        assert first["prompt_tokens"] == done.usage.prompt_tokens
+        assert dropped["finish_reason"] == "cancelled" and 3 <= dropped["completion_tokens"] < 100
+        assert host.engine.stats()["free_slots"] == 2
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=5)
+        host.close()

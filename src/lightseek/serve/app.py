@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -45,8 +46,11 @@ class EngineHost:
     request and hands it over through a queue, `cancel` likewise; the engine thread takes both
     in before each step and calls each request's listener with its events."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, usage_log: str | Path | None = None):
         self.engine = engine
+        # one JSON line per ended request (finished, stopped or cancelled): the exact token
+        # counts billing needs, including requests whose client went away mid-stream
+        self.usage_log = open(usage_log, "a", encoding="utf-8") if usage_log else None  # noqa: SIM115
         self._inbox: deque = deque()      # ("submit", request, listener) | ("cancel", request, None)
         self._wake = threading.Event()
         self.listeners: dict[int, Any] = {}
@@ -58,8 +62,9 @@ class EngineHost:
         self.thread = threading.Thread(target=self._loop, name="lightseek-engine", daemon=True)
         self.thread.start()
 
-    def submit(self, prompt_ids, params: GenParams, adapter: str | None, on_event) -> Request:
+    def submit(self, prompt_ids, params: GenParams, adapter: str | None, on_event, meta: dict | None = None) -> Request:
         req = self.engine.make_request(prompt_ids, params, adapter)  # ConfigError for bad input
+        req.meta = dict(meta or {})
         queued = len(self.engine.waiting) + sum(1 for kind, *_ in list(self._inbox) if kind == "submit")
         if queued >= self.engine.max_waiting:
             raise QueueFull(f"{queued} requests are waiting already")
@@ -102,6 +107,17 @@ class EngineHost:
         self._stop = True
         self._wake.set()
         self.thread.join(timeout=5)
+        if self.usage_log is not None:
+            self.usage_log.close()
+
+    def _record_usage(self, req: Request) -> None:
+        if self.usage_log is None:
+            return
+        rec = {"time": time.time(), **req.meta, "request": req.id, "adapter": req.adapter,
+               "prompt_tokens": len(req.prompt_ids), "completion_tokens": len(req.output_ids),
+               "finish_reason": req.finish_reason}
+        self.usage_log.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.usage_log.flush()
 
     def _forget(self, req: Request) -> None:
         self.listeners.pop(req.id, None)
@@ -119,7 +135,9 @@ class EngineHost:
             elif kind == "call":
                 req(self.engine)  # a function, see `call`
             else:
-                self.engine.cancel(req)
+                if not req.done:
+                    self.engine.cancel(req)
+                    self._record_usage(req)
                 self._forget(req)
 
     def _loop(self) -> None:
@@ -149,6 +167,7 @@ class EngineHost:
                 if listener is not None:
                     listener(e)
                 if e.finished:
+                    self._record_usage(e.request)
                     self._forget(e.request)
 
 
@@ -280,14 +299,16 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
         except LightseekError as e:
             raise ApiError(400, str(e), code="invalid_value") from None
 
-    async def run(prompt_ids: list[int], body: CommonParams, adapter, logprobs) -> tuple[list[Request], asyncio.Queue]:
+    async def run(prompt_ids: list[int], body: CommonParams, adapter, logprobs,
+                  api_id: str) -> tuple[list[Request], asyncio.Queue]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         reqs: list[Request] = []
         try:
             for i in range(body.n):
                 reqs.append(host.submit(prompt_ids, gen_params(body, logprobs, i), adapter,
-                                        lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev)))
+                                        lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
+                                        {"id": api_id, "choice": i, "model": body.model, "user": body.user}))
         except QueueFull as e:
             for r in reqs:
                 host.cancel(r)
@@ -353,8 +374,8 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
         ids = tokenizer.encode(prompts[0])
         if not ids:
             raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
-        reqs, queue = await run(ids, body, adapter, body.logprobs)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        reqs, queue = await run(ids, body, adapter, body.logprobs, rid)
 
         def chunk(i, ev):
             base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
@@ -382,8 +403,8 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
         except LightseekError as e:
             raise ApiError(400, f"messages: {e}", param="messages", code="invalid_value") from None
         ids, _ = encode_chat(tokenizer, msgs, add_generation_prompt=True)
-        reqs, queue = await run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        reqs, queue = await run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid)
         started: set[int] = set()
 
         def chunk(i, ev):

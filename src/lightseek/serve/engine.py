@@ -86,6 +86,7 @@ class Request:
     emitted: int = 0  # characters of `text` already reported in events
     finish_reason: str | None = None  # "length" | "stop" | "cancelled"
     generator: torch.Generator | None = None
+    meta: dict = field(default_factory=dict)  # the caller's own labels (API request id, model, user)
     _last_logits: torch.Tensor | None = None
 
     @property
