@@ -151,6 +151,21 @@ def token_rows(rows: torch.Tensor, seq_len: int) -> torch.Tensor:
     return (rows[:, None] * seq_len + torch.arange(seq_len, device=rows.device)).reshape(-1)
 
 
+def add_updates(y: torch.Tensor, x: torch.Tensor, groups, has, delta, seq_len: int | None = None) -> torch.Tensor:
+    """``y`` plus ``delta(name, x_rows)`` for every adapter group of the selection that ``has``
+    an update here: on all rows, or on the group's rows only (token rows of a flattened
+    (B * T, ...) input when ``seq_len`` is given). The base-model group adds nothing."""
+    for name, rows in groups:
+        if name is None or not has(name):
+            continue
+        if rows is None:
+            y = y + delta(name, x)
+        else:
+            idx = rows if seq_len is None else token_rows(rows, seq_len)
+            y = y.index_add(0, idx, delta(name, x.index_select(0, idx)).to(y.dtype))
+    return y
+
+
 # --- adapted modules ---------------------------------------------------------------------------
 def _new_factors(n_in: int, n_out: int, r: int, stack: int | None, like: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
     """A with PEFT's default init (Kaiming-uniform, a=sqrt(5)), B zeros: the update starts at 0."""
@@ -190,15 +205,7 @@ class LoraLinear(nn.Module):
         return F.linear(F.linear(self.drop[name](x), self.lora_A[name]), self.lora_B[name]) * self.scale[name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        for name, rows in self.selection.groups:
-            if name is None or name not in self.lora_A:
-                continue
-            if rows is None:
-                y = y + self.delta(name, x)
-            else:
-                y = y.index_add(0, rows, self.delta(name, x.index_select(0, rows)).to(y.dtype))
-        return y
+        return add_updates(self.base(x), x, self.selection.groups, self.lora_A.__contains__, self.delta)
 
     def merged_weight(self, name: str) -> torch.Tensor:
         w = self.base.weight
@@ -300,15 +307,11 @@ class LoraEmbedding(nn.Module):
         return (V + D) * r
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        y = self.base(idx)
-        for name, rows in self.selection.groups:
-            if name is None or name not in self.lora_embedding_A:
-                continue
+        def delta(name: str, sub: torch.Tensor) -> torch.Tensor:
             a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]
-            sub = idx if rows is None else idx.index_select(0, rows)
-            delta = F.embedding(sub, a.t()) @ b.t() * self.scale[name]
-            y = y + delta if rows is None else y.index_add(0, rows, delta.to(y.dtype))
-        return y
+            return F.embedding(sub, a.t()) @ b.t() * self.scale[name]
+
+        return add_updates(self.base(idx), idx, self.selection.groups, self.lora_embedding_A.__contains__, delta)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The (V, D) update of adapter ``name``."""
@@ -329,15 +332,12 @@ class LoraTiedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emb = self.embedding[0]
-        y = self.base(x)
-        for name, rows in emb.selection.groups:
-            if name is None or name not in emb.lora_embedding_A:
-                continue
+
+        def delta(name: str, sub: torch.Tensor) -> torch.Tensor:  # x B A: logits of the adapted embedding
             a, b = emb.lora_embedding_A[name], emb.lora_embedding_B[name]
-            sub = x if rows is None else x.index_select(0, rows)
-            delta = F.linear(F.linear(sub, b.t()), a.t()) * emb.scale[name]  # x (B^T)^T ... = x B A
-            y = y + delta if rows is None else y.index_add(0, rows, delta.to(y.dtype))
-        return y
+            return F.linear(F.linear(sub, b.t()), a.t()) * emb.scale[name]
+
+        return add_updates(self.base(x), x, emb.selection.groups, emb.lora_embedding_A.__contains__, delta)
 
 
 # --- attaching, merging, reporting ----------------------------------------------------------

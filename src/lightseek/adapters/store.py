@@ -20,17 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lightseek.adapters.lora import LoraConfig, adapter_state, apply_lora, check_name, load_adapter_state
 from lightseek.config import from_dict, to_dict
 from lightseek.errors import CheckpointError, LightseekError
-from lightseek.model.checkpoint import WEIGHTS, file_sha256, resolve_checkpoint, write_dir_atomic, write_json_atomic
+from lightseek.model.checkpoint import (
+    TRAIN_STATE,
+    WEIGHTS,
+    file_sha256,
+    read_tensors,
+    read_train_state,
+    resolve_checkpoint,
+    resolve_folder,
+    write_dir_atomic,
+    write_json_atomic,
+)
 from lightseek.model.transformer import Transformer
 
-PEFT_CONFIG, PEFT_WEIGHTS, META, TRAIN_STATE = (
-    "adapter_config.json", "adapter_model.safetensors", "lightseek_adapter.json", "train_state.pt")
+PEFT_CONFIG, PEFT_WEIGHTS, META = "adapter_config.json", "adapter_model.safetensors", "lightseek_adapter.json"
 # lightseek target -> module names, for PEFT's target_modules field
 TARGET_MODULES = {"attn": ["wq", "wk", "wv", "wo"], "experts": ["w1_EDH", "w3_EDH", "w2_EHD"],
                   "shared": ["shared.w1", "shared.w3", "shared.w2"], "dense": ["w1", "w3", "w2"],
@@ -79,15 +87,8 @@ def save_adapter(path: str | Path, model: Transformer, name: str, cfg: LoraConfi
 
 def resolve_adapter(path: str | Path) -> Path:
     """An adapter folder, or a run folder holding one in ``adapter/``."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"adapter not found: {path}")
-    if not (path / PEFT_CONFIG).exists() and (path / "adapter" / PEFT_CONFIG).exists():
-        path = path / "adapter"
-    for f in (PEFT_CONFIG, PEFT_WEIGHTS, META):
-        if not (path / f).is_file():
-            raise CheckpointError(f"adapter {path}: missing {f} (not a lightseek adapter folder)")
-    return path
+    return resolve_folder(path, "adapter", "adapter", (PEFT_CONFIG, PEFT_WEIGHTS, META),
+                          " (not a lightseek adapter folder)")
 
 
 def read_adapter_meta(path: str | Path) -> dict:
@@ -147,10 +148,7 @@ def load_adapter(model: Transformer, path: str | Path, base_sha256: str | None, 
 
 
 def _read_tensors(path: Path, model: Transformer) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path / PEFT_WEIGHTS), device=str(next(model.parameters()).device))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"adapter {path}: {PEFT_WEIGHTS} is truncated or corrupt ({e})") from None
+    return read_tensors(path / PEFT_WEIGHTS, f"adapter {path}", next(model.parameters()).device)
 
 
 def load_adapter_state_file(model: Transformer, name: str, path: str | Path) -> None:
@@ -160,13 +158,8 @@ def load_adapter_state_file(model: Transformer, name: str, path: str | Path) -> 
 
 
 def load_train_state(path: str | Path) -> dict:
-    f = resolve_adapter(path) / TRAIN_STATE
-    if not f.is_file():
-        raise CheckpointError(f"adapter {f.parent}: missing {TRAIN_STATE} (not a resumable training run)")
-    try:
-        return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a damaged pickle/zip
-        raise CheckpointError(f"adapter {f.parent}: {TRAIN_STATE} is truncated or corrupt ({e})") from None
+    path = resolve_adapter(path)
+    return read_train_state(path, f"adapter {path}", "training run")
 
 
 def list_adapters(root: str | Path) -> list[AdapterInfo]:

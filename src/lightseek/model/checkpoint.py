@@ -111,15 +111,40 @@ def file_sha256(path: str | Path) -> str:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder that holds one in ``checkpoint/``."""
+    return resolve_folder(path, "checkpoint", "checkpoint", (CONFIG, WEIGHTS))
+
+
+def resolve_folder(path: str | Path, kind: str, sub: str, required: tuple[str, ...], hint: str = "") -> Path:
+    """Folder ``path`` holding ``required`` files, or its ``sub/`` folder when that is where they
+    are (a run folder). A CheckpointError names the kind and the first file missing."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if not (path / CONFIG).exists() and (path / "checkpoint" / CONFIG).exists():
-        path = path / "checkpoint"
-    for name in (CONFIG, WEIGHTS):
+        raise CheckpointError(f"{kind} not found: {path}")
+    if not (path / required[0]).exists() and (path / sub / required[0]).exists():
+        path = path / sub
+    for name in required:
         if not (path / name).is_file():
-            raise CheckpointError(f"checkpoint {path}: missing {name}")
+            raise CheckpointError(f"{kind} {path}: missing {name}{hint}")
     return path
+
+
+def read_tensors(file: Path, label: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file; a damaged one is a CheckpointError naming ``label`` and the file."""
+    try:
+        return load_file(str(file), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{label}: {file.name} is truncated or corrupt ({e})") from None
+
+
+def read_train_state(folder: Path, label: str, what: str) -> dict:
+    """``train_state.pt`` of ``folder`` (optimizer state, step, RNG), loaded safely."""
+    f = folder / TRAIN_STATE
+    if not f.is_file():
+        raise CheckpointError(f"{label}: missing {TRAIN_STATE} (not a resumable {what})")
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged pickle/zip
+        raise CheckpointError(f"{label}: {TRAIN_STATE} is truncated or corrupt ({e})") from None
 
 
 def read_checkpoint_config(path: str | Path) -> dict:
@@ -151,11 +176,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transfor
 def load_weights(model: Transformer, path: str | Path) -> None:
     """Load ``model.safetensors`` of checkpoint ``path`` into ``model`` (shapes must match)."""
     path = resolve_checkpoint(path)
-    device = next(model.parameters()).device
-    try:
-        state = load_file(str(path / WEIGHTS), device=str(device))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} is truncated or corrupt ({e})") from None
+    state = read_tensors(path / WEIGHTS, f"checkpoint {path}", next(model.parameters()).device)
     missing, unexpected = _load_state(model, state)
     if missing or unexpected:
         raise CheckpointError(
@@ -186,10 +207,4 @@ def _load_state(model: Transformer, state: dict) -> tuple[list[str], list[str]]:
 
 def load_train_state(path: str | Path) -> dict:
     path = resolve_checkpoint(path)
-    f = path / TRAIN_STATE
-    if not f.is_file():
-        raise CheckpointError(f"checkpoint {path}: missing {TRAIN_STATE} (not a resumable training checkpoint)")
-    try:
-        return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a damaged pickle/zip
-        raise CheckpointError(f"checkpoint {path}: {TRAIN_STATE} is truncated or corrupt ({e})") from None
+    return read_train_state(path, f"checkpoint {path}", "training checkpoint")

@@ -12,57 +12,52 @@ from lightseek.model.sampling import SamplingParams
 from lightseek.model.transformer import Transformer
 
 
+def filtered_logits(logits_BV: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """fp32 logits of each row after its own temperature, top-k and top-p (tokens filtered out
+    are -inf); rows at temperature 0 are left at temperature 1 (they are taken greedily)."""
+    V = logits_BV.shape[-1]
+    device = logits_BV.device
+    temp = torch.tensor([p.temperature or 1.0 for p in params], device=device)[:, None]
+    logits = logits_BV.float() / temp
+    ks = [p.top_k for p in params]
+    if any(ks):
+        kmax = min(max(ks), V)
+        top = logits.topk(kmax, dim=-1).values                                    # (B, kmax)
+        kth = top.gather(1, torch.tensor([[min(k, kmax) - 1 if k else kmax - 1] for k in ks], device=device))
+        kth = torch.where(torch.tensor([[k > 0] for k in ks], device=device), kth,
+                          torch.full_like(kth, float("-inf")))
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    top_p = torch.tensor([p.top_p for p in params], device=device)[:, None]
+    if bool((top_p < 1.0).any()):  # keep the smallest set of tokens reaching top_p
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs_sorted = sorted_logits.softmax(-1)
+        drop = (probs_sorted.cumsum(-1) - probs_sorted >= top_p) & (top_p < 1.0)
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
 def sample_next(logits_BV: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
     """Pick the next token of each row: argmax at temperature 0, else filtered sampling."""
     if p.temperature == 0:
         return logits_BV.argmax(-1)
-    logits = logits_BV.float() / p.temperature
-    if p.top_k:
-        kth = logits.topk(min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if p.top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= p.top_p   # keep the smallest set reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
+    probs = filtered_logits(logits_BV, [p] * logits_BV.shape[0]).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def sample_rows(logits_BV: torch.Tensor, params: list[SamplingParams],
                 generators: list[torch.Generator | None]) -> list[int]:
     """`sample_next` for rows with their own parameters and generators, filtering all rows in
-    one batched pass (per-row temperature, top-k and top-p) and drawing each row with one
-    uniform number from its own generator, so a row's draw does not depend on the others."""
-    B, V = logits_BV.shape
-    logits = logits_BV.float()
-    greedy = [p.temperature == 0 for p in params]
-    temp = torch.tensor([p.temperature or 1.0 for p in params], device=logits.device)[:, None]
-    logits = logits / temp
-    ks = [p.top_k for p in params]
-    if any(ks):
-        kmax = min(max(ks), V)
-        top = logits.topk(kmax, dim=-1).values                                    # (B, kmax)
-        kth = top.gather(1, torch.tensor([[min(k, kmax) - 1 if k else kmax - 1] for k in ks],
-                                         device=logits.device))
-        kth = torch.where(torch.tensor([[k > 0] for k in ks], device=logits.device), kth,
-                          torch.full_like(kth, float("-inf")))
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    top_p = torch.tensor([p.top_p for p in params], device=logits.device)[:, None]
-    if bool((top_p < 1.0).any()):
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs_sorted = sorted_logits.softmax(-1)
-        drop = (probs_sorted.cumsum(-1) - probs_sorted >= top_p) & (top_p < 1.0)
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    one batched pass and drawing each row with one uniform number from its own generator, so a
+    row's draw does not depend on the others."""
+    V = logits_BV.shape[-1]
     # inverse-CDF draw: one uniform number per row from the row's own generator, then one
     # batched search (torch.multinomial per row cost ~0.2 ms each at an 8k vocabulary)
-    cdf = logits.softmax(-1).cumsum(-1)                                            # (B, V)
-    u = torch.stack([torch.rand((), generator=g, device=logits.device) for g in generators])
+    cdf = filtered_logits(logits_BV, params).softmax(-1).cumsum(-1)               # (B, V)
+    u = torch.stack([torch.rand((), generator=g, device=logits_BV.device) for g in generators])
     picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_max(V - 1)
     greedy_ids = logits_BV.argmax(-1)
-    return [int(greedy_ids[i]) if greedy[i] else int(picks[i]) for i in range(B)]
+    return [int(greedy_ids[i]) if p.temperature == 0 else int(picks[i]) for i, p in enumerate(params)]
 
 
 @torch.no_grad()

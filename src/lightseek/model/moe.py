@@ -98,17 +98,9 @@ class Router(nn.Module):
         return RouterOutput(expert_ids_TK, weights_TK, aux)
 
     def _adapter_logits(self, logits_TE, x_TD, groups, T: int) -> torch.Tensor:
-        from lightseek.adapters.lora import token_rows
+        from lightseek.adapters.lora import add_updates
 
-        for name, rows in groups:
-            if name is None or name not in self.lora.lora_A:
-                continue
-            if rows is None:
-                logits_TE = logits_TE + self.lora.delta(name, x_TD)
-            else:
-                tok = token_rows(rows, T)
-                logits_TE = logits_TE.index_add(0, tok, self.lora.delta(name, x_TD.index_select(0, tok)))
-        return logits_TE
+        return add_updates(logits_TE, x_TD, groups, self.lora.lora_A.__contains__, self.lora.delta, seq_len=T)
 
     def _state(self, name: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(selection bias, threshold) of adapter ``name``, or the base model's (None)."""
