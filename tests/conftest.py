@@ -79,3 +79,22 @@ def instruction_file(tmp_path_factory) -> Path:
                 rec = {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return out
+
+
+@pytest.fixture(scope="session")
+def strong_adapter():
+    """Attach adapter ``name`` to ``model`` with large, seeded B factors (the same whatever ran
+    before), so the adapter visibly changes what the model generates."""
+    import torch
+
+    from lightseek.adapters.lora import LoraConfig, apply_lora
+
+    def attach(model, name: str) -> None:
+        apply_lora(model, LoraConfig(rank=4, targets=["attn", "experts"]), name)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    return attach

@@ -187,7 +187,13 @@ def cmd_lora_merge(args, overrides) -> int:
 
     from lightseek.adapters.lora import merge_lora
     from lightseek.adapters.store import base_fingerprint, load_adapter, read_adapter_meta, resolve_adapter
-    from lightseek.model.checkpoint import TOKENIZER, load_model, read_checkpoint_config, save_checkpoint
+    from lightseek.model.checkpoint import (
+        TOKENIZER,
+        load_model,
+        read_checkpoint_config,
+        resolve_checkpoint,
+        save_checkpoint,
+    )
 
     meta = read_adapter_meta(args.adapter)
     base = args.base or meta.get("base", {}).get("path")
@@ -197,17 +203,14 @@ def cmd_lora_merge(args, overrides) -> int:
     for keep in (Path(base).resolve(), resolve_adapter(args.adapter).resolve()):
         if out == keep or out in keep.parents or keep in out.parents:
             raise LightseekError(f"--out {args.out} overlaps {keep}: choose a new folder")
-    if out.exists() and not (args.overwrite and (out / "config.json").is_file()):
-        raise LightseekError(f"--out {args.out} exists" + ("" if (out / "config.json").is_file() else
-                             " and is not a checkpoint") + "; choose a new folder"
-                             + (" (or pass --overwrite to replace that checkpoint)" if (out / "config.json").is_file()
-                                else ""))
-    model = load_model(base)
-    info = load_adapter(model, args.adapter, base_fingerprint(base)["sha256"])
-    merge_lora(model, info.name)
-    from lightseek.model.checkpoint import resolve_checkpoint
-
+    is_checkpoint = (out / "config.json").is_file()
+    if out.exists() and not (args.overwrite and is_checkpoint):
+        raise LightseekError(f"--out {args.out} exists{'' if is_checkpoint else ' and is not a checkpoint'}; choose a "
+                             f"new folder{' (or pass --overwrite to replace that checkpoint)' if is_checkpoint else ''}")
     base_dir = resolve_checkpoint(base)
+    model = load_model(base_dir)
+    info = load_adapter(model, args.adapter, base_fingerprint(base_dir)["sha256"])
+    merge_lora(model, info.name)
     save_checkpoint(args.out, model, tokenizer_file=base_dir / TOKENIZER,
                     run_config=read_checkpoint_config(base_dir).get("run"),
                     extra={"merged_adapter": {"name": info.name, "path": str(info.path.resolve()),

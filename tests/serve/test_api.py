@@ -13,7 +13,6 @@ import torch
 openai = pytest.importorskip("openai", reason="the API tests need the `openai` client (pip install -e .[test])")
 uvicorn = pytest.importorskip("uvicorn", reason="the server needs uvicorn (pip install -e .[serve])")
 
-from lightseek.adapters.lora import LoraConfig, apply_lora
 from lightseek.data.chat import encode_chat
 from lightseek.data.tokenizer import Tokenizer
 from lightseek.model.checkpoint import load_model
@@ -50,15 +49,10 @@ def start(app):
 
 
 @pytest.fixture(scope="module")
-def server(debug_checkpoint):
+def server(debug_checkpoint, strong_adapter):
     model = load_model(debug_checkpoint)
     tok = Tokenizer.load(debug_checkpoint / "tokenizer.json")
-    apply_lora(model, LoraConfig(rank=4, targets=["attn", "experts"]), "shakes")
-    g = torch.Generator().manual_seed(0)  # a strong adapter, the same whatever ran before
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    strong_adapter(model, "shakes")
     host = EngineHost(Engine(model, tok, max_slots=4, max_waiting=4, prefill_chunk=16))
     srv, thread, url = start(build_app(host, "debug", ["shakes"]))
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)

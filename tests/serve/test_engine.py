@@ -4,9 +4,8 @@ the bounded queue, per-request sampling, stop strings and per-request adapters."
 from __future__ import annotations
 
 import pytest
-import torch
 
-from lightseek.adapters.lora import LoraConfig, apply_lora, use_adapters
+from lightseek.adapters.lora import use_adapters
 from lightseek.data.tokenizer import Tokenizer
 from lightseek.errors import ConfigError
 from lightseek.model.checkpoint import load_model
@@ -115,15 +114,10 @@ def test_stop_strings_and_streamed_text(served) -> None:
     assert len(req.logprobs) == len(req.output_ids) and len(req.logprobs[0]["top"]) == 2
 
 
-def test_each_request_gets_its_own_adapter(debug_checkpoint) -> None:
+def test_each_request_gets_its_own_adapter(debug_checkpoint, strong_adapter) -> None:
     model = load_model(debug_checkpoint)
     tok = Tokenizer.load(debug_checkpoint / "tokenizer.json")
-    apply_lora(model, LoraConfig(rank=4, targets=["attn", "experts"]), "a")
-    g = torch.Generator().manual_seed(0)  # a strong adapter, the same whatever ran before
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    strong_adapter(model, "a")
     prompts = [tok.encode(t) for t in TEXTS[:3]]
     choice = ["a", None, "a"]
     reqs = Engine(model, tok, max_slots=3).generate(prompts, GenParams(max_tokens=8, temperature=0), choice)

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from lightseek.adapters.finetune import encode_examples, split_examples
 from lightseek.adapters.lora import use_adapters
 from lightseek.adapters.store import base_fingerprint, load_adapter, read_adapter_meta
-from lightseek.data.corpus import RECORD_SUFFIXES, expand_paths, iter_documents
+from lightseek.data.corpus import RECORD_SUFFIXES, expand_paths
 from lightseek.data.instruct import load_instructions
 from lightseek.data.tokenizer import Tokenizer
 from lightseek.errors import ConfigError
 from lightseek.eval.perplexity import evaluate
-from lightseek.eval.run import parse_corpora, token_windows
+from lightseek.eval.run import parse_corpora, text_tokens, token_windows
 from lightseek.model.checkpoint import TOKENIZER, load_model, resolve_checkpoint
 
 
@@ -41,10 +39,7 @@ def instruction_batches(files, tokenizer: Tokenizer, seq_len: int, batch_size: i
 
 
 def text_batches(paths, tokenizer: Tokenizer, seq_len: int, batch_size: int, text_field: str = "text"):
-    ids: list[int] = []
-    for doc in iter_documents(paths, text_field=text_field):
-        ids += tokenizer.encode(doc.text) + [tokenizer.eot_id]
-    tokens = np.asarray(ids, dtype=np.int64)
+    tokens = text_tokens(paths, tokenizer, text_field)
     return lambda: token_windows(tokens, batch_size, seq_len), len(tokens)
 
 

@@ -9,6 +9,7 @@ of epochs, each epoch a seeded permutation of the training examples, so resume i
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -324,26 +325,26 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
                          "replay_fraction": cfg.data.replay_fraction if replay is not None else 0.0},
                 "trainable_parameters": trainable, "model_parameters": total}
 
-        def save(step: int, tokens: int, optimizer) -> None:
+        def save(step: int, tokens: int, optimizer, last_eval: dict) -> None:
             state = {"step": step, "tokens_seen": tokens, "optimizer": optimizer.state_dict(),
                      "rng": torch.get_rng_state()}
             if mode == "lora":
-                store.save_adapter(save_dir, model, cfg.name, cfg.lora, {**meta, "step": step}, train_state=state)
+                final = {}  # the last step is evaluated before it is saved: record it with the adapter
+                if step == tc.steps and last_eval:
+                    final = {"metrics": {"val_loss": last_eval["loss"], "val_ppl": last_eval["ppl"], "steps": step,
+                                         "tokens_seen": tokens}}
+                store.save_adapter(save_dir, model, cfg.name, cfg.lora, {**meta, "step": step, **final},
+                                   train_state=state)
             else:
                 save_checkpoint(save_dir, model, tokenizer_file=base_dir / TOKENIZER,
                                 run_config=base_run, train_state=state,
                                 extra={"step": step, "finetune": {**meta, "config": to_dict(cfg)}})
 
         job = Job(model, opt, train_rows, val_batches, save, start, tokens_seen, pad_id=tokenizer.pad_id)
-        with use_adapters(model, cfg.name) if mode == "lora" else _nullcontext():
+        with use_adapters(model, cfg.name) if mode == "lora" else contextlib.nullcontext():
             summary = fit(job, tc, out, d, device, amp, show_progress, resumed=resume)
         summary.update({"mode": mode, "trainable_parameters": trainable, "model_parameters": total,
                         "adapted_modules": len(report), "saved": str(save_dir)})
-        if mode == "lora" and d.is_main and summary["finished"]:  # record the final metrics with the adapter
-            final = {k: summary[k] for k in ("val_loss", "val_ppl", "steps", "tokens_seen") if k in summary}
-            state = store.load_train_state(save_dir)
-            store.save_adapter(save_dir, model, cfg.name, cfg.lora, {**meta, "step": summary["steps"],
-                                                                     "metrics": final}, train_state=state)
         return summary
     finally:
         shutdown(d)
@@ -364,9 +365,3 @@ def _replay_shards(dc: SftDataConfig, base_run: dict, tokenizer: Tokenizer, say)
         raise ConfigError(f"data.replay: {folder} was tokenized with another tokenizer than the base model's")
     say(f"replay: {dc.replay_fraction:.0%} of each batch from {folder}")
     return shards
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()

@@ -29,7 +29,6 @@ def token_windows(tokens: np.ndarray, batch_size: int, seq_len: int,
 
 def eval_batches(checkpoint: Path, tokenizer, cfg: RunConfig, data, split: str,
                  seq_len: int) -> Iterator[torch.Tensor]:
-    from lightseek.data.corpus import iter_documents
     from lightseek.data.shards import TokenShards
 
     limit = cfg.train.eval_batches or None
@@ -47,12 +46,19 @@ def eval_batches(checkpoint: Path, tokenizer, cfg: RunConfig, data, split: str,
             raise DataError(f"{data[0]} was tokenized with another tokenizer than checkpoint {checkpoint}'s "
                             f"tokenizer.json; prepare it again with --tokenizer {checkpoint / 'tokenizer.json'}")
         return shards.iter_sequential(cfg.train.batch_size, seq_len, limit)
+    return token_windows(text_tokens(data, tokenizer, cfg.data.text_field), cfg.train.batch_size, seq_len, limit)
+
+
+def text_tokens(paths, tokenizer, text_field: str = "text") -> np.ndarray:
+    """The documents of ``paths`` as one token stream, each followed by end-of-text."""
+    from lightseek.data.corpus import iter_documents
+
     ids: list[int] = []
-    for doc in iter_documents(data, text_field=cfg.data.text_field):
+    for doc in iter_documents(paths, text_field=text_field):
         ids += tokenizer.encode(doc.text) + [tokenizer.eot_id]
     if not ids:
-        raise DataError(f"corpus is empty: {', '.join(data)}")
-    return token_windows(np.asarray(ids, dtype=np.int64), cfg.train.batch_size, seq_len, limit)
+        raise DataError(f"corpus is empty: {', '.join(map(str, paths))}")
+    return np.asarray(ids, dtype=np.int64)
 
 
 def parse_corpora(data: list[str]) -> dict[str, str]:

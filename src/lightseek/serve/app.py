@@ -350,6 +350,34 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
 
         return StreamingResponse(gen(), media_type="text/event-stream")
 
+    async def respond(body: CommonParams, reqs, queue, rid: str, kind: str, chunk_kind: str, delta, choice):
+        """The OpenAI response for ``reqs``: streamed chunks (``delta(i, event)`` per choice) or,
+        once all are done, the whole choices (``choice(request)``), with usage."""
+        created = int(time.time())
+
+        def head(obj: str) -> dict:
+            return {"id": rid, "object": obj, "created": created, "model": body.model}
+
+        def chunk(i, ev):
+            if ev is None:
+                return head(chunk_kind)
+            return head(chunk_kind) | {"choices": [{"index": i, **delta(i, ev), "logprobs": None,
+                                                    "finish_reason": finish(ev.request) if ev.finished else None}]}
+
+        if body.stream:
+            return stream(reqs, queue, chunk, bool(body.stream_options and body.stream_options.include_usage))
+        await collect(reqs, queue)
+        return head(kind) | {"choices": [{"index": i, **choice(r), "finish_reason": finish(r)} for i, r in enumerate(reqs)],
+                             "usage": usage(reqs)}
+
+    def chat_ids(messages: list[ChatMessage]) -> list[int]:
+        """The conversation's token ids with the generation prompt; a 400 naming a bad message."""
+        try:
+            msgs = validate_messages([{"role": m.role, "content": m.content or ""} for m in messages])
+        except LightseekError as e:
+            raise ApiError(400, f"messages: {e}", param="messages", code="invalid_value") from None
+        return encode_chat(tokenizer, msgs, add_generation_prompt=True)[0]
+
     @app.get("/health")
     async def health():
         if not getattr(host, "ready", True):
@@ -374,58 +402,34 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
         ids = tokenizer.encode(prompts[0])
         if not ids:
             raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        rid = f"cmpl-{uuid.uuid4().hex}"
         reqs, queue = await run(ids, body, adapter, body.logprobs, rid)
-
-        def chunk(i, ev):
-            base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
-            if ev is None:
-                return base
-            return base | {"choices": [{"index": i, "text": ev.text, "logprobs": None,
-                                        "finish_reason": finish(ev.request) if ev.finished else None}]}
-
-        if body.stream:
-            return stream(reqs, queue, chunk, bool(body.stream_options and body.stream_options.include_usage))
-        await collect(reqs, queue)
-        choices = [{"index": i, "text": (prompts[0] if body.echo else "") + r.text, "finish_reason": finish(r),
-                    "logprobs": _completion_logprobs(r, tokenizer) if body.logprobs is not None else None}
-                   for i, r in enumerate(reqs)]
-        return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
-                "choices": choices, "usage": usage(reqs)}
+        return await respond(
+            body, reqs, queue, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
+            lambda r: {"text": (prompts[0] if body.echo else "") + r.text,
+                       "logprobs": _completion_logprobs(r, tokenizer) if body.logprobs is not None else None})
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody):
         adapter = resolve_model(body.model)
         if not body.messages:
             raise ApiError(400, "messages: give at least one message", param="messages", code="invalid_value")
-        try:
-            msgs = validate_messages([{"role": m.role, "content": m.content or ""} for m in body.messages])
-        except LightseekError as e:
-            raise ApiError(400, f"messages: {e}", param="messages", code="invalid_value") from None
-        ids, _ = encode_chat(tokenizer, msgs, add_generation_prompt=True)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        ids = chat_ids(body.messages)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
         reqs, queue = await run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid)
         started: set[int] = set()
 
-        def chunk(i, ev):
-            base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model}
-            if ev is None:
-                return base
-            delta = {"content": ev.text} if ev.text else {}
+        def delta(i, ev) -> dict:
+            d = {"content": ev.text} if ev.text else {}
             if i not in started:  # the first chunk of a choice names the role
                 started.add(i)
-                delta = {"role": "assistant", **delta}
-            return base | {"choices": [{"index": i, "delta": delta, "logprobs": None,
-                                        "finish_reason": finish(ev.request) if ev.finished else None}]}
+                d = {"role": "assistant", **d}
+            return {"delta": d}
 
-        if body.stream:
-            return stream(reqs, queue, chunk, bool(body.stream_options and body.stream_options.include_usage))
-        await collect(reqs, queue)
-        choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": finish(r),
-                    "logprobs": _chat_logprobs(r, tokenizer) if body.logprobs else None}
-                   for i, r in enumerate(reqs)]
-        return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
-                "choices": choices, "usage": usage(reqs)}
+        return await respond(
+            body, reqs, queue, rid, "chat.completion", "chat.completion.chunk", delta,
+            lambda r: {"message": {"role": "assistant", "content": r.text},
+                       "logprobs": _chat_logprobs(r, tokenizer) if body.logprobs else None})
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingBody):
@@ -466,14 +470,7 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
     async def tokenize(body: TokenizeBody):
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "give exactly one of prompt and messages", param="prompt", code="invalid_value")
-        if body.prompt is not None:
-            ids = tokenizer.encode(body.prompt)
-        else:
-            try:
-                msgs = validate_messages([{"role": m.role, "content": m.content or ""} for m in body.messages])
-            except LightseekError as e:
-                raise ApiError(400, f"messages: {e}", param="messages", code="invalid_value") from None
-            ids, _ = encode_chat(tokenizer, msgs, add_generation_prompt=True)
+        ids = tokenizer.encode(body.prompt) if body.prompt is not None else chat_ids(body.messages)
         return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_len}
 
     @app.post("/detokenize")

@@ -69,14 +69,15 @@ class Job:
 
     ``train_rows(step)`` gives this rank's (inputs, targets) for one optimizer step, with
     batch_size * grad_accum rows (targets of -100 are not learned); ``val_batches()`` yields
-    (inputs, targets) for evaluation; ``save(step, tokens_seen, optimizer)`` writes a checkpoint.
+    (inputs, targets) for evaluation; ``save(step, tokens_seen, optimizer, last_eval)`` writes a
+    checkpoint (``last_eval``: the latest evaluation's figures, {} before the first).
     """
 
     model: Transformer
     optimizer: torch.optim.Optimizer
     train_rows: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
     val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
-    save: Callable[[int, int, torch.optim.Optimizer], None]
+    save: Callable[[int, int, torch.optim.Optimizer, dict], None]
     start: int = 0
     tokens_seen: int = 0
     pad_id: int | None = None  # padding in the inputs: not routed into the balance statistics
@@ -95,7 +96,7 @@ def fit(job: Job, tc: TrainConfig, out: Path, d: Dist, device: torch.device, amp
 
     def save(step: int) -> None:
         if d.is_main:
-            job.save(step, tokens_seen, opt)
+            job.save(step, tokens_seen, opt, last_eval)
         if d.enabled:
             torch.distributed.barrier()
 
@@ -214,7 +215,7 @@ def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Pat
             for b in val_data.iter_sequential(tc.batch_size, tc.seq_len, tc.eval_batches or None):
                 yield b[:, :-1], b[:, 1:]
 
-        def save(step: int, tokens: int, optimizer) -> None:
+        def save(step: int, tokens: int, optimizer, last_eval: dict) -> None:
             save_checkpoint(ckpt_dir, model, tokenizer_file=tokenizer_file, run_config=to_dict(cfg),
                             train_state={"step": step, "tokens_seen": tokens, "optimizer": optimizer.state_dict()},
                             extra={"step": step})
