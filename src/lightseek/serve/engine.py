@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lightseek.adapters.lora import adapter_names, use_adapters
-from lightseek.data.tokenizer import Tokenizer
+from lightseek.data.tokenizer import StreamDecoder, Tokenizer
 from lightseek.errors import ConfigError, LightseekError
 from lightseek.model.generate import sample_rows
 from lightseek.model.kv_cache import SlotCache
@@ -87,6 +87,7 @@ class Request:
     finish_reason: str | None = None  # "length" | "stop" | "cancelled"
     generator: torch.Generator | None = None
     meta: dict = field(default_factory=dict)  # the caller's own labels (API request id, model, user)
+    decoder: StreamDecoder | None = None      # output text, token by token
     _last_logits: torch.Tensor | None = None
 
     @property
@@ -144,7 +145,7 @@ class Engine:
                               f"(prompt plus at least one generated token)")
         if adapter is not None and adapter not in adapter_names(self.model):
             raise ConfigError(f"unknown adapter {adapter!r}")
-        req = Request(next(self._ids), prompt, params, adapter)
+        req = Request(next(self._ids), prompt, params, adapter, decoder=StreamDecoder(self.tokenizer))
         if params.seed is not None:
             req.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         return req
@@ -234,21 +235,23 @@ class Engine:
         new_ids: list[int] = []
         if tok == self.tokenizer.eot_id and not req.params.ignore_eos:
             req.finish_reason = "stop"
+            req.text += req.decoder.flush()
         else:
             req.output_ids.append(tok)
             new_ids = [tok]
-            req.text = self.tokenizer.decode(req.output_ids)
+            req.text += req.decoder.push(tok)  # holds back an unfinished UTF-8 character
             cut = _first_stop(req.text, req.params.stop)
             if cut is not None:
                 req.text = req.text[:cut]
                 req.finish_reason = "stop"
             elif len(req.output_ids) >= req.params.max_tokens or len(req.prompt_ids) + len(req.output_ids) >= self.max_len:
                 req.finish_reason = "length"
+                req.text += req.decoder.flush()
         if req.done:
             self._release(req)
             safe = len(req.text)
-        else:  # hold back a possible stop-string start and an unfinished UTF-8 character
-            safe = min(_safe_prefix(req.text, req.params.stop), len(req.text.rstrip("\ufffd")))
+        else:  # hold back what could be the start of a stop string
+            safe = _safe_prefix(req.text, req.params.stop)
         text = req.text[req.emitted:safe] if safe > req.emitted else ""
         req.emitted = max(req.emitted, safe)
         return Event(req, new_ids, text, req.done)
