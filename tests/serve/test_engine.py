@@ -24,7 +24,8 @@ def served(debug_checkpoint):
 
 def alone(model, tok, prompt, n, **kw):
     with use_adapters(model, kw.pop("adapter", None)):
-        return list(generate_ids(model, prompt, SamplingParams(max_new_tokens=n, **kw), stop_ids=[tok.eot_id]))
+        return list(generate_ids(model, prompt, SamplingParams(max_new_tokens=n, **kw),
+                                 stop_ids=[tok.eot_id, tok.token_id("<|end|>")]))
 
 
 def test_batched_greedy_equals_each_request_alone(served) -> None:
@@ -124,3 +125,24 @@ def test_each_request_gets_its_own_adapter(debug_checkpoint, strong_adapter) -> 
     for p, r, c in zip(prompts, reqs, choice):
         assert r.output_ids == alone(model, tok, p, 8, temperature=0, adapter=c)
     assert reqs[0].output_ids != alone(model, tok, prompts[0], 8, temperature=0)  # the adapter matters
+
+
+def test_a_chat_reply_ends_at_the_end_of_turn_token(served) -> None:
+    """The engine stops a sequence at <|end|> (a chat turn's end), not only at end-of-text: a
+    model that closes its reply must not run on into a made-up next turn."""
+    model, tok = served
+    end = tok.token_id("<|end|>")
+    prompt = tok.encode("To be, or not")
+    free = Engine(model, tok, max_slots=1).generate([prompt], GenParams(max_tokens=6, temperature=0))[0]
+    assert len(free.output_ids) == 6
+
+    def prefer_end(module, inputs, logits):  # the model now wants to close its turn at once
+        logits[..., end] += 1e4
+        return logits
+
+    hook = model.head.register_forward_hook(prefer_end)
+    try:
+        r = Engine(model, tok, max_slots=1).generate([prompt], GenParams(max_tokens=6, temperature=0))[0]
+    finally:
+        hook.remove()
+    assert r.finish_reason == "stop" and r.output_ids == [] and r.text == ""

@@ -111,7 +111,11 @@ def generate_text(model: Transformer, tokenizer, prompt: str, p: SamplingParams,
             if on_text:
                 on_text(text)
 
-    for tok in generate_ids(model, tokenizer.encode(prompt), p, stop_ids=[tokenizer.eot_id]):
+    from lightseek.data.chat import END_TOKEN
+
+    # end of text, or the end of a chat turn
+    stop_ids = [tokenizer.eot_id, tokenizer.token_id(END_TOKEN)]
+    for tok in generate_ids(model, tokenizer.encode(prompt), p, stop_ids=stop_ids):
         pending += decoder.push(tok)
         cut = min((pending.find(s) for s in p.stop if s in pending), default=-1)
         if cut >= 0:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lightseek.adapters.lora import adapter_names, use_adapters
+from lightseek.data.chat import END_TOKEN
 from lightseek.data.tokenizer import StreamDecoder, Tokenizer
 from lightseek.errors import ConfigError, LightseekError
 from lightseek.model.generate import sample_rows
@@ -120,6 +121,8 @@ class Engine:
         self.free_slots = list(range(max_slots))
         self._ids = itertools.count(1)
         self.device = next(model.parameters()).device
+        # a sequence ends at end-of-text, and a chat reply at the template's end of turn
+        self.end_ids = {tokenizer.eot_id, tokenizer.token_id(END_TOKEN)}
 
     # --- requests ------------------------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: GenParams | None = None, adapter: str | None = None) -> Request:
@@ -233,7 +236,7 @@ class Engine:
                 entry["top"] = [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
             req.logprobs.append(entry)
         new_ids: list[int] = []
-        if tok == self.tokenizer.eot_id and not req.params.ignore_eos:
+        if tok in self.end_ids and not req.params.ignore_eos:
             req.finish_reason = "stop"
             req.text += req.decoder.flush()
         else:

@@ -21,7 +21,7 @@ from lightseek.data.shards import TokenShards
 from lightseek.errors import CheckpointError, ConfigError
 from lightseek.eval.perplexity import evaluate, summarize_routing
 from lightseek.model.checkpoint import load_train_state, load_weights, read_checkpoint_config, save_checkpoint
-from lightseek.model.transformer import Transformer
+from lightseek.model.transformer import ModelOutput, Transformer
 from lightseek.train.config import RunConfig, TrainConfig
 from lightseek.train.metrics import MetricsLog, TrainProgress, read_metrics
 from lightseek.train.optim import build_optimizer, lr_at
@@ -81,6 +81,10 @@ class Job:
     start: int = 0
     tokens_seen: int = 0
     pad_id: int | None = None  # padding in the inputs: not routed into the balance statistics
+    # the training objective of one micro-batch (default: the model's next-token loss): given the
+    # model's output, the inputs, the targets and the micro-batch's rows of the step (a slice of
+    # ``train_rows(step)``), a loss averaged over its learned tokens, like ``ModelOutput.loss``
+    objective: Callable[[ModelOutput, torch.Tensor, torch.Tensor, slice], torch.Tensor] | None = None
 
 
 def fit(job: Job, tc: TrainConfig, out: Path, d: Dist, device: torch.device, amp: torch.dtype | None,
@@ -127,8 +131,9 @@ def fit(job: Job, tc: TrainConfig, out: Path, d: Dist, device: torch.device, amp
             with ddp.no_sync() if d.enabled and not last else contextlib.nullcontext():
                 with autocast():
                     result = ddp(x, y, token_mask_BT=mask)
-                    ce = result.loss * (n_micro * d.world / step_tokens) if n_micro else result.logits.sum() * 0.0
-                    loss = ce if result.aux_loss is None else ce + result.aux_loss / tc.grad_accum
+                    objective = job.objective(result, x, y, rows) if job.objective else result.loss
+                    share = objective * (n_micro * d.world / step_tokens) if n_micro else result.logits.sum() * 0.0
+                    loss = share if result.aux_loss is None else share + result.aux_loss / tc.grad_accum
                 loss.backward()
             if n_micro:
                 loss_sum += result.loss.detach().double().cpu() * n_micro

@@ -1,0 +1,118 @@
+"""Knowledge-distillation losses and the teachers that supply their targets.
+
+``kd_loss`` compares the student's next-token distribution with a teacher's at every learned
+position: forward KL (KL(teacher || student): the student covers everything the teacher
+deems likely), reverse KL (KL(student || teacher): the student commits to the teacher's main
+modes) or a mix. Both distributions are softened by a temperature, and the loss is scaled by
+T² so its gradients keep their size as T changes (Hinton et al., 2015).
+
+``TeacherSet`` holds one teacher per domain: each row of a batch is taught by its own domain's
+teacher (rows of a domain without a teacher learn from the data alone). The same mechanism
+runs distillation in the other direction: a domain expert trained from the base keeps a KL tie
+to the base on general text by naming the base as the teacher of the ``general`` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from lightseek.config import field
+from lightseek.errors import ConfigError
+from lightseek.model.transformer import Transformer
+
+Divergence = Literal["forward", "reverse", "mix"]
+
+
+@dataclass
+class KdConfig:
+    divergence: Divergence = field("forward", help=(
+        "forward = KL(teacher || student), reverse = KL(student || teacher), mix = a blend of both."))
+    forward_weight: float = field(0.5, help="With divergence=mix: the forward KL's weight (the reverse gets the rest).")
+    temperature: float = field(1.0, help="Softmax temperature of both distributions (the loss is scaled by T^2).")
+    ce_weight: float = field(0.5, help=(
+        "Weight of the ordinary next-token loss; the KD term gets 1 - ce_weight (rows without a teacher: "
+        "next-token loss only)."))
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"kd.temperature must be positive, got {self.temperature}")
+        for name in ("forward_weight", "ce_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"kd.{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+def token_kl(student_logits_NV: torch.Tensor, teacher_logits_NV: torch.Tensor, cfg: KdConfig) -> torch.Tensor:
+    """Per-position divergence (N,) between softened distributions, times T²."""
+    t = cfg.temperature
+    log_s = F.log_softmax(student_logits_NV.float() / t, dim=-1)
+    log_t = F.log_softmax(teacher_logits_NV.float() / t, dim=-1)
+    forward = (log_t.exp() * (log_t - log_s)).sum(-1) if cfg.divergence != "reverse" else None
+    reverse = (log_s.exp() * (log_s - log_t)).sum(-1) if cfg.divergence != "forward" else None
+    if cfg.divergence == "forward":
+        kl = forward
+    elif cfg.divergence == "reverse":
+        kl = reverse
+    else:
+        kl = cfg.forward_weight * forward + (1.0 - cfg.forward_weight) * reverse
+    return kl * (t * t)
+
+
+def kd_loss(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, targets_BT: torch.Tensor,
+            cfg: KdConfig, taught_B: torch.Tensor | None = None) -> torch.Tensor:
+    """The distillation objective averaged over learned tokens (targets != -100):
+    ce_weight * next-token loss + (1 - ce_weight) * divergence on rows with a teacher
+    (``taught_B``, default all); rows without one count their next-token loss in full."""
+    B, T, V = student_logits_BTV.shape
+    if teacher_logits_BTV.shape != student_logits_BTV.shape:
+        raise ConfigError(f"teacher logits {tuple(teacher_logits_BTV.shape)} do not match the student's "
+                          f"{tuple(student_logits_BTV.shape)}: teacher and student must share one tokenizer")
+    learned_BT = targets_BT != -100
+    n = learned_BT.sum()
+    if n == 0:
+        return student_logits_BTV.sum() * 0.0
+    ce_BT = F.cross_entropy(student_logits_BTV.float().reshape(-1, V), targets_BT.reshape(-1),
+                            ignore_index=-100, reduction="none").view(B, T)
+    taught_BT = learned_BT if taught_B is None else learned_BT & taught_B.view(B, 1)
+    kl_BT = torch.zeros_like(ce_BT)
+    if taught_BT.any():
+        kl_BT[taught_BT] = token_kl(student_logits_BTV[taught_BT], teacher_logits_BTV[taught_BT], cfg)
+    w = cfg.ce_weight
+    per_token = torch.where(taught_BT, w * ce_BT + (1.0 - w) * kl_BT, ce_BT)
+    return per_token[learned_BT].sum() / n
+
+
+class TeacherSet:
+    """One frozen teacher per domain; ``logits`` runs each teacher on its own rows only."""
+
+    def __init__(self, teachers: dict[str, Transformer]):
+        self.teachers = teachers
+        for t in teachers.values():
+            t.eval()
+            t.requires_grad_(False)
+
+    def __contains__(self, domain: str) -> bool:
+        return domain in self.teachers
+
+    @torch.no_grad()
+    def logits(self, idx_BT: torch.Tensor, domains: list[str]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(teacher logits (B, T, V) with zeros on untaught rows, or None when no row has a
+        teacher; taught_B: which rows have one)."""
+        if len(domains) != idx_BT.shape[0]:
+            raise ConfigError(f"{len(domains)} row domains for a batch of {idx_BT.shape[0]} rows")
+        taught_B = torch.tensor([d in self.teachers for d in domains], device=idx_BT.device)
+        if not taught_B.any():
+            return None, taught_B
+        out_BTV = None
+        for domain, teacher in self.teachers.items():
+            rows = [i for i, d in enumerate(domains) if d == domain]
+            if not rows:
+                continue
+            logits = teacher(idx_BT[rows]).logits  # (b, T, V)
+            if out_BTV is None:
+                out_BTV = logits.new_zeros(idx_BT.shape[0], idx_BT.shape[1], logits.shape[-1])
+            out_BTV[rows] = logits
+        return out_BTV, taught_B
