@@ -1,0 +1,168 @@
+"""The DataDistiller: provenance, same seed -> same bytes, resume after a kill with nothing lost
+or duplicated, rejections recorded, routing by domain, and the OpenAI-endpoint expert."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import pytest
+from conftest import corpus_text
+
+from lightseek.config import build
+from lightseek.distill.distiller import DistillerConfig, distill_data
+from lightseek.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    lines = [ln.strip() for ln in corpus_text().splitlines() if len(ln.strip()) > 25][:10]
+    f = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    f.write_text("".join(json.dumps({"prompt": ln}) + "\n" for ln in lines), encoding="utf-8")
+    return f
+
+
+def _cfg(out, inputs, expert, *extra: str) -> DistillerConfig:
+    return build(DistillerConfig, None, [f"--out={out}", f"--inputs=[{inputs}]", f"--experts.*={expert}",
+                                         "--generate.max_tokens=6", "--chunk=4", "--seed=3", *extra])
+
+
+def _files(out):
+    return {name: (out / name).read_bytes() for name in ("data.jsonl", "rejected.jsonl", "manifest.json")}
+
+
+def test_records_carry_provenance_and_same_seed_gives_same_bytes(tmp_path, prompts, debug_checkpoint):
+    a = distill_data(_cfg(tmp_path / "a", prompts, debug_checkpoint, f"--refiner={debug_checkpoint}"),
+                     show_progress=False)
+    distill_data(_cfg(tmp_path / "b", prompts, debug_checkpoint, f"--refiner={debug_checkpoint}"),
+                     show_progress=False)
+    assert a["inputs"] == 10 and a["kept"] + a["rejected"] == 10 and a["kept"] > 0
+    fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert fa["data.jsonl"] == fb["data.jsonl"] and fa["rejected.jsonl"] == fb["rejected.jsonl"]
+    rec = json.loads(fa["data.jsonl"].splitlines()[0])
+    assert [m["role"] for m in rec["messages"]] == ["user", "assistant"]
+    assert rec["source"]["file"] == str(prompts) and len(rec["source"]["sha256"]) == 64
+    assert rec["domain"] == "general" and rec["confidence"] == 1.0
+    assert rec["expert"]["sha256"] and rec["refiner"]["mode"] == "refine" and "expert_answer" in rec
+    assert rec["prompts"]["expert"] == "{text}" and "{answer}" in rec["prompts"]["refiner"]
+    # another run seed gives other samples
+    c = distill_data(_cfg(tmp_path / "c", prompts, debug_checkpoint, "--seed=4"), show_progress=False)
+    assert c["inputs"] == 10 and _files(tmp_path / "c")["data.jsonl"] != fa["data.jsonl"]
+
+
+def test_the_output_feeds_lora_and_sft_readers(tmp_path, prompts, debug_checkpoint):
+    from lightseek.data.instruct import load_instructions
+
+    distill_data(_cfg(tmp_path, prompts, debug_checkpoint), show_progress=False)
+    data = load_instructions([tmp_path / "data.jsonl"])
+    assert len(data.examples) == len((tmp_path / "data.jsonl").read_text().splitlines()) > 0
+
+
+def test_a_killed_run_resumes_with_nothing_lost_or_duplicated(tmp_path, prompts, debug_checkpoint, monkeypatch):
+    from lightseek.distill import generators
+
+    whole = tmp_path / "whole"
+    distill_data(_cfg(whole, prompts, debug_checkpoint, f"--refiner={debug_checkpoint}"), show_progress=False)
+
+    calls = {"n": 0}
+    real = generators.LocalGenerator.generate
+
+    def dies_on_third_batch(self, ps, seeds):
+        calls["n"] += 1
+        if calls["n"] == 3:  # expert chunk 1, refiner chunk 1, then the kill
+            raise KeyboardInterrupt
+        return real(self, ps, seeds)
+
+    killed = tmp_path / "killed"
+    monkeypatch.setattr(generators.LocalGenerator, "generate", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        distill_data(_cfg(killed, prompts, debug_checkpoint, f"--refiner={debug_checkpoint}"), show_progress=False)
+    assert not (killed / "data.jsonl").exists()
+    monkeypatch.setattr(generators.LocalGenerator, "generate", real)
+    # a kill mid-write leaves half a line at the end of a cache file: it is ignored and redone
+    cache = next((killed / "cache").glob("expert-*.jsonl"))
+    with cache.open("a") as f:
+        f.write('{"key": "half a li')
+    resumed = distill_data(_cfg(killed, prompts, debug_checkpoint, f"--refiner={debug_checkpoint}"),
+                           show_progress=False)
+    assert _files(killed)["data.jsonl"] == _files(whole)["data.jsonl"]
+    assert _files(killed)["rejected.jsonl"] == _files(whole)["rejected.jsonl"]
+    # only the 6 inputs after the first chunk were generated again (expert + refiner each)
+    assert resumed["generated_now"] <= 12
+    keys = [json.loads(ln)["key"] for ln in cache.read_text().splitlines() if ln.startswith('{"key": "') and ln.endswith("}")]
+    assert len(keys) == len(set(keys)) == 10
+
+
+def test_judge_rejections_and_unrouted_domains_are_recorded(tmp_path, prompts, debug_checkpoint):
+    r = distill_data(_cfg(tmp_path / "j", prompts, debug_checkpoint, f"--refiner={debug_checkpoint}", "--mode=judge",
+                          "--prompts.accept=^never-accepted$"), show_progress=False)
+    assert r["kept"] == 0 and r["rejected"] == 10
+    rows = [json.loads(ln) for ln in (tmp_path / "j" / "rejected.jsonl").read_text().splitlines()]
+    assert {row["stage"] for row in rows} <= {"judge", "expert"} and any(row["stage"] == "judge" for row in rows)
+    assert all("reason" in row and row["source"]["sha256"] for row in rows)
+
+    cfg = build(DistillerConfig, None, [f"--out={tmp_path / 'r'}", f"--inputs=[{prompts}]", "--domain=legal",
+                                        f"--experts.medical={debug_checkpoint}"])
+    r = distill_data(cfg, show_progress=False)
+    assert r["rejected_by_stage"] == {"route": 10}
+
+
+def test_bad_configs_are_clear_errors(tmp_path, prompts, debug_checkpoint):
+    with pytest.raises(ConfigError, match="experts"):
+        build(DistillerConfig, None, [f"--inputs=[{prompts}]"])
+    with pytest.raises(ConfigError, match="prompt template"):
+        distill_data(_cfg(tmp_path, prompts, debug_checkpoint, "--prompts.prompt=Answer {question}"),
+                     show_progress=False)
+    with pytest.raises(DataError, match="matches no"):
+        distill_data(_cfg(tmp_path, tmp_path / "missing-dir-*.jsonl", debug_checkpoint), show_progress=False)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"prompt": "   "}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no inputs with text"):
+        distill_data(_cfg(tmp_path, empty, debug_checkpoint), show_progress=False)
+
+
+class _Fake(BaseHTTPRequestHandler):
+    seen: ClassVar[list] = []
+    fail = False
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Fake.seen.append((self.path, body))
+        if _Fake.fail:
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b'{"error": {"message": "loading"}}')
+            return
+        answer = {"choices": [{"message": {"role": "assistant", "content": f" seed {body['seed']} "},
+                               "finish_reason": "stop"}], "usage": {"completion_tokens": 3}}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_openai_compatible_endpoint_can_be_the_expert(tmp_path, prompts):
+    server = HTTPServer(("127.0.0.1", 0), _Fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1#med-expert"
+        r = distill_data(_cfg(tmp_path / "e", prompts, url), show_progress=False)
+        assert r["kept"] == 10
+        path, body = _Fake.seen[0]
+        assert path == "/v1/chat/completions" and body["model"] == "med-expert"
+        assert body["messages"][0]["role"] == "user" and body["max_tokens"] == 6
+        rec = json.loads((tmp_path / "e" / "data.jsonl").read_text().splitlines()[0])
+        assert rec["messages"][1]["content"] == f"seed {rec['seed']}" and rec["expert"]["kind"] == "endpoint"
+        _Fake.fail = True
+        with pytest.raises(DataError, match="answered 503"):
+            distill_data(_cfg(tmp_path / "f", prompts, url), show_progress=False)
+    finally:
+        _Fake.fail = False
+        server.shutdown()
