@@ -200,7 +200,7 @@ class Models:
 
 def distill_data(dc: DistillerConfig, show_progress: bool = True, console=None) -> dict:
     """Run the DataDistiller; returns the manifest (counts, models, files written)."""
-    from lightseek.data.domains.progress import progress
+    from lightseek.progress import progress
 
     out = Path(dc.out)
     items = read_inputs(dc)

@@ -1,0 +1,112 @@
+"""Domain classifier: build the labelled data from ../shared/data, train, evaluate.
+
+Runs the CLI end to end and times each step:
+
+    lightseek domains build --out runs/domains/data
+    lightseek domains train --data runs/domains/data --out runs/domains/model
+    lightseek domains eval runs/domains/model --data runs/domains/data/heldout.jsonl --plot ...
+    lightseek domains eval runs/domains/model --data runs/domains/data/questions.jsonl --plot ...
+    (and both again with --threshold 0: the plain argmax, no `general` fallback)
+
+    python bench/domains.py [--out runs/domains] [--encoder PATH]
+
+Prints a markdown table (per-domain P/R/F1 and macro-F1 on the held-out passages and on the
+second, differently written set) and writes bench/results/domains.json and the confusion
+matrices docs/results/domains_heldout.png and docs/results/domains_questions.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SETS = {"heldout": "held-out passages", "questions": "second set (questions, titles, headlines)"}
+
+
+def run(args: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "lightseek", *args], check=True, capture_output=True, text=True)
+    return time.perf_counter() - start, done.stdout
+
+
+def table(results: dict) -> str:
+    domains = sorted({d for r in results.values() for d, m in r["per_domain"].items() if m["support"]})
+    head = "| set | threshold | " + " | ".join(f"{d} P / R / F1" for d in domains) + " | macro-F1 | accuracy | n |"
+    lines = [head, "|---|---:|" + "---|" * len(domains) + "---:|---:|---:|"]
+    for (name, r) in results.items():
+        cells = []
+        for d in domains:
+            m = r["per_domain"].get(d, {"precision": 0, "recall": 0, "f1": 0})
+            cells.append(f"{m['precision']:.3f} / {m['recall']:.3f} / {m['f1']:.3f}")
+        lines.append(f"| {SETS[name.split('@')[0]]} | {r['threshold']} | " + " | ".join(cells)
+                     + f" | **{r['macro_f1']:.3f}** | {r['accuracy']:.3f} | {r['n']} |")
+    return "\n".join(lines)
+
+
+def by_source(model: Path, questions: Path, out: Path, commands: dict, timings: dict) -> dict:
+    """Accuracy (threshold applied) of `domains classify` on the second set, per source corpus."""
+    cmd = ["domains", "classify", str(model), str(questions), "--out", str(out)]
+    timings["classify questions"], _ = run(cmd)
+    commands["classify questions"] = "lightseek " + " ".join(cmd)
+    truth = [json.loads(line) for line in questions.read_text(encoding="utf-8").splitlines()]
+    got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    stats: dict = {}
+    for t, g in zip(truth, got, strict=True):
+        n, right = stats.get(t["source"], (0, 0))
+        stats[t["source"]] = (n + 1, right + (g["domain"] == t["domain"]))
+    domain = {t["source"]: t["domain"] for t in truth}
+    return {s: (domain[s], n, right / n) for s, (n, right) in stats.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "domains"))
+    ap.add_argument("--encoder", help="a local Hugging Face encoder folder (default: TF-IDF)")
+    args = ap.parse_args()
+    if not SHARED.exists():
+        sys.exit(f"{SHARED} is not here: this benchmark needs the shared corpora")
+    out = Path(args.out)
+    data, model = out / "data", out / "model"
+    timings, commands, results = {}, {}, {}
+    steps = {"build": ["domains", "build", "--out", str(data), "--shared", str(SHARED)],
+             "train": ["domains", "train", "--data", str(data), "--out", str(model)]
+             + (["--encoder", args.encoder] if args.encoder else [])}
+    for name, cmd in steps.items():
+        timings[name], stdout = run(cmd)
+        commands[name] = "lightseek " + " ".join(cmd)
+        print(f"{name}: {timings[name]:.1f} s", flush=True)
+    for name in SETS:
+        for threshold in (None, 0.0):
+            key = name if threshold is None else f"{name}@argmax"
+            js = out / f"eval_{key.replace('@', '_')}.json"
+            cmd = ["domains", "eval", str(model), "--data", str(data / f"{name}.jsonl"), "--json", str(js)]
+            if threshold is None:
+                cmd += ["--plot", str(ROOT / "docs" / "results" / f"domains_{name}.png")]
+            else:
+                cmd += ["--threshold", str(threshold)]
+            timings[f"eval {key}"], stdout = run(cmd)
+            commands[f"eval {key}"] = "lightseek " + " ".join(cmd)
+            results[key] = json.loads(js.read_text(encoding="utf-8"))
+            print(stdout)
+    per_source = by_source(model, data / "questions.jsonl", out / "questions_classified.jsonl", commands, timings)
+    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
+    print(table(results))
+    print("\n| second-set source | domain | texts | accuracy |\n|---|---|---:|---:|")
+    for source, (domain, n, acc) in per_source.items():
+        print(f"| {source} | {domain} | {n} | {acc:.3f} |")
+    print(f"\nbuild {timings['build']:.0f} s, train {timings['train']:.0f} s, total {sum(timings.values()):.0f} s")
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "results" / "domains.json").write_text(json.dumps(
+        {"commands": commands, "timings_s": timings, "counts": manifest["counts"], "results": results,
+         "questions_accuracy_by_source": per_source,
+         "table": table(results)}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
