@@ -3,9 +3,6 @@ language identification, quality filters, the phrase filter and domain tagging."
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 from _pipeline_corpus import en_text, zh_text
 
@@ -138,23 +135,19 @@ def test_domain_keep_list_removes_other_domains():
     assert rec.meta["domain"] == "general" and reason.startswith("domain general")
 
 
-def test_domain_classifier_is_imported_lazily(monkeypatch):
-    calls = {}
+def test_domain_step_uses_a_trained_classifier(tmp_path):
+    """With domain.classifier the step tags records with `lightseek domains`' model."""
+    from lightseek.data.domains import DomainClassifier, DomainConfig
 
-    class FakeClassifier:
-        @classmethod
-        def load(cls, path):
-            calls["path"] = path
-            return cls()
-
-        def predict(self, texts):
-            calls["n"] = len(texts)
-            return [("legal", 0.93) for _ in texts]
-
-    monkeypatch.setitem(sys.modules, "lightseek.data.domains", types.SimpleNamespace(DomainClassifier=FakeClassifier))
-    reason, rec = run_step("domain", EN_PROSE, domain={"classifier": "/models/dom"})
-    assert reason is None and rec.meta["domain"] == "legal" and rec.meta["domain_confidence"] == 0.93
-    assert calls == {"path": "/models/dom", "n": 1}
+    legal = ["the court held that the contract was void and the defendant must pay damages",
+             "the plaintiff filed a lawsuit alleging breach of the agreement under state law"]
+    other = ["the garden was full of roses and the children played in the afternoon sun",
+             "she walked along the river and watched the boats drift slowly towards the sea"]
+    DomainClassifier.fit(legal * 5 + other * 5, ["legal"] * 10 + ["general"] * 10,
+                         DomainConfig(min_df=1, threshold=0.0)).save(tmp_path / "clf")
+    reason, rec = run_step("domain", "The court ruled the contract void; the defendant owes damages under the law.",
+                           domain={"classifier": str(tmp_path / "clf")})
+    assert reason is None and rec.meta["domain"] == "legal" and 0.5 < rec.meta["domain_confidence"] <= 1.0
 
 
 def test_config_errors_name_the_key():

@@ -166,3 +166,35 @@ def test_an_openai_compatible_endpoint_can_be_the_expert(tmp_path, prompts):
     finally:
         _Fake.fail = False
         server.shutdown()
+
+
+def test_a_domain_classifier_routes_each_input_to_its_experts(tmp_path, debug_checkpoint):
+    """classify -> expert: inputs the classifier calls medical go to the medical expert, the rest
+    to the fallback; every record keeps the domain and the classifier's confidence."""
+    from lightseek.data.domains import DomainClassifier, DomainConfig
+
+    med = ["the patient has a fever and the doctor prescribed antibiotics for the infection",
+           "symptoms of diabetes include thirst; the clinic measures blood sugar and insulin",
+           "the nurse checked the patient's blood pressure before surgery in the hospital"]
+    fin = ["the bank raised interest rates and the stock market fell as investors sold shares",
+           "quarterly earnings beat forecasts and the company paid a dividend to shareholders",
+           "bond yields rose while the currency weakened against the dollar on inflation data"]
+    clf = DomainClassifier.fit(med * 6 + fin * 6, ["medical"] * 18 + ["finance"] * 18,
+                               DomainConfig(min_df=1, threshold=0.0))
+    clf.save(tmp_path / "clf")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                              ["what antibiotics treat an infection in a hospital patient?",
+                               "how do interest rates move the stock market and bond yields?"]), encoding="utf-8")
+    cfg = build(DistillerConfig, None, [f"--out={tmp_path / 'o'}", f"--inputs=[{inputs}]",
+                                        f"--classifier={tmp_path / 'clf'}", f"--experts.medical={debug_checkpoint}",
+                                        "--generate.max_tokens=4"])
+    r = distill_data(cfg, show_progress=False)
+    assert r["by_domain"]["medical"]["kept"] + r["by_domain"]["medical"]["rejected"] == 1
+    rows = [json.loads(ln) for f in ("data.jsonl", "rejected.jsonl")
+            for ln in (tmp_path / "o" / f).read_text().splitlines()]
+    by_domain = {row["domain"]: row for row in rows}
+    assert set(by_domain) == {"medical", "finance"}
+    assert by_domain["finance"]["stage"] == "route"  # no finance expert and no '*' fallback
+    assert 0.5 < by_domain["medical"]["confidence"] <= 1.0
+    assert r["classifier"]["sha256"]
