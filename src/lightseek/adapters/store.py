@@ -125,7 +125,15 @@ def load_adapter(model: Transformer, path: str | Path, base_sha256: str | None, 
                         if base["model"].get(k) != model.cfg.to_dict().get(k))
         raise CheckpointError(f"adapter {path} was trained on a different model ({base.get('path', '?')}); "
                               f"this base differs in {', '.join(differ)}")
-    if base_sha256 is not None and base.get("sha256") != base_sha256 and not allow_other_base:
+    # a quantized checkpoint records the weights it was made from: adapters trained on those apply
+    source = getattr(model, "quant_source", None) or {}
+    accepted = [sha for sha in (base_sha256, source.get("sha256")) if sha]
+    if base_sha256 is not None and base.get("sha256") not in accepted and not allow_other_base:
+        if source.get("sha256"):
+            raise CheckpointError(f"adapter {path} was trained on base weights sha256 {str(base.get('sha256'))[:12]}… "
+                                  f"({base.get('path', '?')}), but this quantized checkpoint was made from "
+                                  f"{source['sha256'][:12]}… ({source.get('path', '?')}); quantize the adapter's "
+                                  f"own base (or pass allow_other_base to force it)")
         raise CheckpointError(f"adapter {path} was trained on base weights sha256 {str(base.get('sha256'))[:12]}… "
                               f"({base.get('path', '?')}), but these are {base_sha256[:12]}…; load it on its "
                               f"own base (or pass allow_other_base to force it)")

@@ -75,10 +75,11 @@ def parse_corpora(data: list[str]) -> dict[str, str]:
 
 
 def run_eval(checkpoint: str, cfg: RunConfig, data: list[str] | None = None, split: str = "val",
-             routing: bool = False, plot: str | None = None) -> dict:
+             routing: bool = False, plot: str | None = None, kl_ref: str | None = None) -> dict:
     """One corpus: loss, perplexity, routing (no ``data``: the run's own validation split, found
     through ``cfg.data.prepared`` or beside the checkpoint). Several: each on its own, plus expert
-    specialisation across them (table, score, and a heatmap when ``plot`` is given)."""
+    specialisation across them (table, score, and a heatmap when ``plot`` is given). ``kl_ref``
+    (one corpus): also the per-token KL divergence from that checkpoint's predictions."""
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.model.checkpoint import load_model, resolve_checkpoint
 
@@ -86,6 +87,8 @@ def run_eval(checkpoint: str, cfg: RunConfig, data: list[str] | None = None, spl
     model = load_model(ckpt)
     tokenizer = Tokenizer.load(ckpt)
     seq_len = min(cfg.train.seq_len, model.cfg.max_seq_len)
+    if kl_ref and data and len(data) > 1:
+        raise DataError("--kl-ref compares the models on one corpus; give one --data")
     if data and len(data) > 1:
         corpora = parse_corpora(data)
         results = {name: evaluate(model, eval_batches(ckpt, tokenizer, cfg, [path], split, seq_len))
@@ -100,9 +103,16 @@ def run_eval(checkpoint: str, cfg: RunConfig, data: list[str] | None = None, spl
             written = plot_by_corpus(results, spec, layers, plot)
             text += f"\nheatmap: {written}" if written else ""
         return {"corpora": results, "specialisation": spec, "text": text}
-    result = evaluate(model, eval_batches(ckpt, tokenizer, cfg, parse_corpora(data).values() if data else None,
-                                          split, seq_len))
+    batches = eval_batches(ckpt, tokenizer, cfg, parse_corpora(data).values() if data else None, split, seq_len)
+    if kl_ref:
+        batches = list(batches)  # both models see the same windows
+    result = evaluate(model, batches)
     text = f"loss {result['loss']:.4f}  perplexity {result['ppl']:.2f}  tokens {result['tokens']:,}"
+    if kl_ref:
+        from lightseek.eval.kl import format_kl, kl_against
+
+        result["kl"] = kl_against(model, tokenizer, kl_ref, batches)
+        text += "\n" + format_kl(result["kl"])
     if "avg_k" in result:
         text += (f"\navg experts/token {result['avg_k']:.2f}  MaxVio {result['max_vio']:.3f}  "
                  f"dead experts {result['dead_experts']}  router entropy {result['entropy']:.3f}")

@@ -159,13 +159,18 @@ def read_checkpoint_config(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
-    """Build the model from config.json and load model.safetensors, strictly."""
+    """Build the model from config.json and load model.safetensors, strictly. A quantized
+    checkpoint (a ``quantization`` section in config.json) is rebuilt by `lightseek.quant`."""
     path = resolve_checkpoint(path)
     meta = read_checkpoint_config(path)
     try:
         cfg = ModelConfig.from_dict(meta["model"])
     except LightseekError as e:
         raise CheckpointError(f"checkpoint {path}: {CONFIG}: {e}") from None
+    if "quantization" in meta:
+        from lightseek.quant.checkpoint import load_quantized
+
+        return load_quantized(path, meta, cfg, device).eval()
     with torch.device("meta"):
         model = Transformer(cfg)
     model = model.to_empty(device=device)

@@ -202,7 +202,8 @@ class Transformer(nn.Module):
     def num_params(self) -> dict:
         """Total parameters and parameters active per token (routed experts at the mean k)."""
         cfg = self.cfg
-        total = sum(p.numel() for p in self.parameters())
+        # a quantized model keeps most weights as buffers; it records its parameter count
+        total = getattr(self, "quant_params", None) or sum(p.numel() for p in self.parameters())
         routed = sum(m.w1_EDH.numel() + m.w3_EDH.numel() + m.w2_EHD.numel() for m in self.moe_layers())
         per_expert = 3 * cfg.dim * cfg.moe_inter_dim
         active = total - routed + len(self.moe_layers()) * per_expert * self.mean_k()

@@ -1,0 +1,195 @@
+"""`quantize(model, cfg)`: replace a model's weight matrices by quantized ones, role by role.
+
+Each target is one weight matrix (or, for routed experts, a stack quantized per expert). The
+whole plan (roles, bits, group sizes against input dims) is checked before any weight changes,
+so a bad configuration stops with an error naming the layer and leaves the model as it was.
+After quantization ``model.quant_layers`` describes every quantized target (what
+`quant.checkpoint` records in config.json to rebuild the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lightseek.errors import ConfigError
+from lightseek.model.moe import MoE, SwiGLU
+from lightseek.model.transformer import Transformer
+from lightseek.quant.config import QuantConfig
+from lightseek.quant.gptq import Hessian, collect_hessians, gptq_quantize
+from lightseek.quant.modules import EXPERT_WEIGHTS, QuantEmbedding, QuantLinear, QuantMoE, tie_head
+from lightseek.quant.schemes import QTensor, padded_dim, quantize_rtn
+
+
+@dataclass
+class Target:
+    path: str   # module path: an nn.Linear, the embedding, a router, or a MoE layer (its experts)
+    role: str
+    kind: str   # linear | embed | router | experts
+
+
+def targets(model: Transformer) -> list[Target]:
+    """Every weight matrix a quantization role covers, in model order."""
+    out: list[Target] = []
+    for i, block in enumerate(model.layers):
+        out += [Target(f"layers.{i}.attn.{p}", "attn", "linear") for p in ("wq", "wk", "wv", "wo")]
+        ffn = block.ffn
+        if isinstance(ffn, MoE):
+            out.append(Target(f"layers.{i}.ffn.router", "router", "router"))
+            if ffn.shared is not None:
+                out += [Target(f"layers.{i}.ffn.shared.{p}", "shared", "linear") for p in ("w1", "w3", "w2")]
+            out.append(Target(f"layers.{i}.ffn", "experts", "experts"))
+        elif isinstance(ffn, SwiGLU):
+            out += [Target(f"layers.{i}.ffn.{p}", "dense", "linear") for p in ("w1", "w3", "w2")]
+    out.append(Target("embed", "embed", "embed"))
+    if not model.cfg.tie_embeddings:
+        out.append(Target("head", "head", "linear"))
+    return out
+
+
+def _matrices(model: Transformer, t: Target) -> dict[str, torch.Tensor]:
+    """The (out, in) weights of a target: {'': W} or, for experts, {'w1': (E, H, D), ...}."""
+    mod = model.get_submodule(t.path)
+    if t.kind == "experts":
+        return {k: getattr(mod, name).detach().transpose(1, 2) for k, name in EXPERT_WEIGHTS.items()}
+    if not isinstance(mod, (nn.Linear, nn.Embedding, MoE)) and t.kind != "router":
+        raise ConfigError(f"{t.path}: cannot quantize a {type(mod).__name__} (is the model already "
+                          f"quantized, or carrying adapters? quantize the plain model)")
+    return {"": mod.weight.detach()}
+
+
+def plan(model: Transformer, cfg: QuantConfig) -> list[tuple[Target, int]]:
+    """(target, bits) of every target to quantize; every group size is checked here."""
+    if getattr(model, "lora_adapters", None):
+        raise ConfigError("quantize: the model carries LoRA adapters; merge or remove them first "
+                          "(adapters can be applied on top of the quantized checkpoint)")
+    if getattr(model, "quant_layers", None):
+        raise ConfigError("quantize: the model is already quantized")
+    chosen = []
+    for t in targets(model):
+        bits = cfg.role_bits(t.role)
+        if bits is None:
+            continue
+        for name, w in _matrices(model, t).items():
+            if bits == 4:
+                padded_dim(w.shape[-1], cfg.group_size, cfg.pad_groups, _where(t, name, cfg))
+        chosen.append((t, bits))
+    return chosen
+
+
+def _where(t: Target, name: str, cfg: QuantConfig) -> str:
+    path = f"{t.path}.{EXPERT_WEIGHTS[name]}" if name else t.path
+    return f"layer {path} (role {t.role}, quant.group_size)"
+
+
+@torch.no_grad()
+def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor] | None = None,
+             on_layer: Callable[[str], None] | None = None) -> Transformer:
+    """Quantize ``model`` in place by ``cfg`` and return it. ``calib`` ((b, T) token windows) is
+    needed by the gptq method: Hessians of every layer's inputs come from it."""
+    chosen = plan(model, cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    hessians: dict[str, Hessian] = {}
+    if cfg.method == "gptq":
+        if calib is None:
+            raise ConfigError("quant.method gptq needs calibration text (quant.calib.files / --calib)")
+        hessians = _hessians(model, chosen, calib)
+    layers: dict[str, dict] = {}
+    for t, bits in chosen:
+        qts = {name: _quantize_matrix(w, t, name, bits, cfg, hessians)
+               for name, w in _matrices(model, t).items()}
+        _install(model, t, qts, cfg.kernel)
+        some = next(iter(qts.values()))
+        layers[t.path] = {"role": t.role, "kind": t.kind, "bits": bits, "group": some.group,
+                          "in": {k or "w": q.in_features for k, q in qts.items()},
+                          "out": {k or "w": q.out_features for k, q in qts.items()}}
+        if on_layer is not None:
+            on_layer(t.path)
+    if model.cfg.tie_embeddings and isinstance(model.embed, QuantEmbedding):
+        model.head = QuantLinear(model.embed.qtensor(), cfg.kernel)
+        tie_head(model.embed, model.head)
+    model.quant_layers = layers
+    model.quant_config = cfg
+    model.quant_params = n_params
+    return model.eval()
+
+
+def _hessians(model: Transformer, chosen, calib) -> dict[str, Hessian]:
+    linears, moes = {}, {}
+    for t, _ in chosen:
+        if t.kind == "experts":
+            moes[t.path] = model.get_submodule(t.path)
+        elif t.kind == "embed":
+            if model.cfg.tie_embeddings:  # the tied head's inputs weigh the shared matrix
+                linears["embed"] = model.head
+        else:
+            linears[t.path] = model.get_submodule(t.path)
+    return collect_hessians(model, calib, linears, moes)
+
+
+def _quantize_matrix(w: torch.Tensor, t: Target, name: str, bits: int, cfg: QuantConfig,
+                     hessians: dict[str, Hessian]) -> QTensor:
+    where = _where(t, name, cfg)
+    key = f"{t.path}.{'w2' if name == 'w2' else 'w1'}" if name else t.path
+    h = hessians.get(key)
+    if h is None:  # rtn, or a matrix without calibration inputs (an untied embedding)
+        return quantize_rtn(w, bits, cfg.group_size, cfg.pad_groups, where, cfg.clip)
+    stacked = w if w.dim() == 3 else w[None]
+    qt = gptq_quantize(stacked, h.h, bits, cfg.group_size, cfg.damp, cfg.block, cfg.pad_groups, where, cfg.clip)
+    if w.dim() == 2:
+        qt = QTensor(qt.bits, qt.group, qt.qweight[0], qt.scales[0], None if qt.zeros is None else qt.zeros[0],
+                     qt.in_features)
+    return qt
+
+
+def _install(model: Transformer, t: Target, qts: dict[str, QTensor], kernel: str) -> None:
+    parent_path, _, attr = t.path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    if t.kind == "experts":
+        setattr(parent, attr, QuantMoE(getattr(parent, attr), qts, kernel))
+    elif t.kind == "router":
+        install_router(getattr(parent, attr), qts[""])
+    elif t.kind == "embed":
+        setattr(parent, attr, QuantEmbedding(qts[""], kernel))
+    else:
+        setattr(parent, attr, QuantLinear(qts[""], kernel))
+
+
+def install_router(router: nn.Module, qt: QTensor) -> None:
+    """Routers are tiny and route in fp32: their weight holds the dequantized values, and the
+    codes are kept (``router.quantized``) for the checkpoint."""
+    from lightseek.quant.schemes import dequantize
+
+    router.weight.data.copy_(dequantize(qt).to(router.weight.dtype))
+    router.quantized = qt
+
+
+def bits_per_weight(model: Transformer) -> float:
+    """Storage of the weights (quantized codes, scales and offsets plus the full-precision
+    parameters) in bits per parameter of the original model (the tied head counted once)."""
+    n = getattr(model, "quant_params", None) or sum(p.numel() for p in model.parameters())
+    return weight_bits(model) / n
+
+
+def weight_bits(model: Transformer) -> int:
+    """Bits the model's weights take in storage."""
+    from lightseek.quant.modules import _QuantWeights
+
+    seen: set[int] = set()
+    bits = 0
+    for m in model.modules():
+        if isinstance(m, _QuantWeights):
+            for b in (m.qweight, m.scales, m.zeros):
+                if b is not None and b.data_ptr() not in seen:
+                    seen.add(b.data_ptr())
+                    bits += 8 * b.numel() * b.element_size()
+    for name, p in model.named_parameters():
+        router = name.endswith("router.weight") and hasattr(model.get_submodule(name[:-7]), "quantized")
+        if router:
+            bits += model.get_submodule(name[:-7]).quantized.storage_bits()
+        elif "lora_" not in name:
+            bits += 8 * p.numel() * p.element_size()
+    return bits

@@ -1,0 +1,96 @@
+"""QuantConfig: how `lightseek quant` compresses a checkpoint, and which role gets how many bits.
+
+Every weight matrix of the model has a *role*:
+
+    router   each MoE layer's gate (E, D)                 held dequantized at run time (tiny)
+    attn     the attention projections wq, wk, wv, wo
+    shared   the shared experts' w1, w3, w2
+    experts  the routed experts' stacked w1, w3, w2      quantized per expert (own scales)
+    dense    the FFNs of the dense layers
+    embed    the token embedding (and the output head when it is tied to it)
+    head     the output head (when it is not tied to the embedding)
+
+A role gets 8 bits (int8, one scale per output channel), 4 bits (int4 in groups of
+``group_size`` input columns, a scale and an offset per group) or none (kept in full precision).
+The ``uniform`` policy gives every role ``bits``; ``mixed`` gives the router, attention and
+shared experts 8 bits and the routed experts, dense FFNs, embedding and head 4 bits. ``roles``
+overrides either, role by role.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lightseek.config import field
+from lightseek.errors import ConfigError
+
+ROLES = ("router", "attn", "shared", "experts", "dense", "embed", "head")
+BITS = (4, 8)
+GROUP_SIZES = (32, 64, 128)
+MIXED = {"router": 8, "attn": 8, "shared": 8, "experts": 4, "dense": 4, "embed": 4, "head": 4}
+
+
+@dataclass
+class CalibConfig:
+    files: list[str] = field(default_factory=list, help=(
+        "Calibration text: files or folders (.txt, .md, .jsonl, ...) cut into token windows (gptq only)."))
+    samples: int = field(64, help="Number of calibration windows.")
+    seq_len: int = field(256, help="Tokens per calibration window (capped at the model's context).")
+    text_field: str = field("text", help="Record field(s) holding the text of .jsonl/.json/.csv files.")
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.seq_len < 2:
+            raise ConfigError(f"calib.samples must be >= 1 and calib.seq_len >= 2, got {self.samples}, {self.seq_len}")
+
+
+@dataclass
+class QuantConfig:
+    bits: int = field(8, help="Bits of every role under the uniform policy: 8 (per channel) or 4 (groupwise).")
+    group_size: int = field(64, help=f"Input columns per scale of 4-bit weights: one of {GROUP_SIZES}.")
+    method: Literal["rtn", "gptq"] = field("rtn", help=(
+        "rtn: round to nearest. gptq: round column by column, compensating each column's error in the "
+        "columns not yet rounded, weighted by a Hessian of calibration activations."))
+    policy: Literal["uniform", "mixed"] = field("uniform", help=(
+        "uniform: every role at `bits`. mixed: router, attention and shared experts at 8 bits; routed "
+        "experts, dense FFNs, embedding and head at 4."))
+    roles: dict[str, int | None] = field(default_factory=dict, help=(
+        f"Per-role bits overriding the policy (4, 8 or null = full precision); roles: {', '.join(ROLES)}."))
+    pad_groups: bool = field(False, help=(
+        "When group_size does not divide a layer's input dim: pad the last group with zero columns "
+        "(true) instead of stopping with an error (false)."))
+    clip: list[float] = field(default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8], help=(
+        "4-bit grids: factors shrinking each group's min..max that are tried; the one with the least "
+        "squared rounding error is kept ([1.0] = plain min..max)."))
+    kernel: Literal["auto", "packed", "dequant"] = field("auto", help=(
+        "Matmul of quantized weights: PyTorch's packed int8/int4 CPU kernels, dequantize-then-matmul, "
+        "or auto (the faster, see docs/results/quant.md)."))
+    damp: float = field(0.01, help="gptq: damping added to the Hessian's diagonal, as a share of its mean.")
+    block: int = field(128, help="gptq: columns rounded per block before the lazy update of the rest.")
+    calib: CalibConfig = field(default_factory=CalibConfig, help="Calibration data (gptq).")
+
+    def __post_init__(self) -> None:
+        if self.bits not in BITS:
+            raise ConfigError(f"quant.bits: {self.bits} is not supported (choose 4 or 8)")
+        if self.group_size not in GROUP_SIZES:
+            raise ConfigError(f"quant.group_size: {self.group_size} is not supported (choose one of "
+                              f"{', '.join(map(str, GROUP_SIZES))})")
+        for role, bits in self.roles.items():
+            if role not in ROLES:
+                raise ConfigError(f"quant.roles: unknown role '{role}' (roles: {', '.join(ROLES)})")
+            if bits is not None and (isinstance(bits, bool) or bits not in BITS):
+                raise ConfigError(f"quant.roles.{role}: bits {bits!r} not in {{4, 8}} (or null for full precision)")
+        if not self.clip or not all(0.5 <= a <= 1.0 for a in self.clip):
+            raise ConfigError(f"quant.clip: {self.clip} must be a non-empty list of factors in [0.5, 1]")
+        if not 0.0 <= self.damp < 1.0:
+            raise ConfigError(f"quant.damp must be in [0, 1), got {self.damp}")
+        if self.block < 1 or self.block % self.group_size:
+            raise ConfigError(f"quant.block: {self.block} must be a positive multiple of group_size {self.group_size}")
+
+    def role_bits(self, role: str) -> int | None:
+        """Bits of ``role`` (None: kept in full precision)."""
+        if role not in ROLES:
+            raise ConfigError(f"unknown quantization role '{role}' (roles: {', '.join(ROLES)})")
+        if role in self.roles:
+            return self.roles[role]
+        return MIXED[role] if self.policy == "mixed" else self.bits

@@ -1,0 +1,143 @@
+"""GPTQ: calibrated rounding that compensates each column's error in the columns not yet rounded.
+
+For a layer ``y = x W^T`` the output error of a rounded weight is ``(W - Q) H (W - Q)^T`` with
+``H = sum x x^T`` over calibration inputs. Columns are rounded one at a time; the error of each
+is spread over the remaining columns through the inverse Hessian (its upper Cholesky factor),
+so inputs that move together correct each other (Frantar et al., 2022). The grid of a 4-bit
+group is fixed when the first column of the group is reached, from the weights as updated so far.
+
+Hessians come from one pass of calibration windows through the full-precision model: a
+forward pre-hook on every nn.Linear (and router), and for the routed experts the dispatch is
+wrapped so that each expert's Hessians use only the tokens routed to it (w1/w3: its inputs; w2:
+its hidden activations). All solves are batched over a leading dim (the experts of a layer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightseek.model.moe import MoE
+from lightseek.quant.schemes import (
+    SCALE_DTYPE,
+    QTensor,
+    int4_codes,
+    int4_grid,
+    int8_codes,
+    int8_scale,
+    pack_codes,
+    pad_columns,
+    padded_dim,
+)
+
+
+class Hessian:
+    """Running ``sum x x^T`` (B, K, K) in float64 and the number of rows seen per matrix (B,)."""
+
+    def __init__(self, k: int, batch: int = 1):
+        self.h = torch.zeros(batch, k, k, dtype=torch.float64)
+        self.rows = torch.zeros(batch, dtype=torch.long)
+
+    def add(self, x: torch.Tensor, index: int = 0) -> None:
+        x = x.reshape(-1, x.shape[-1]).detach().to(torch.float64).cpu()  # (rows, K)
+        self.h[index] += x.T @ x
+        self.rows[index] += x.shape[0]
+
+
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: float, block: int,
+                  pad: bool = False, where: str = "weight", clip: Sequence[float] = (1.0,)) -> QTensor:
+    """GPTQ of ``w`` (B, N, K) against Hessians ``h`` (B, K, K); a matrix whose Hessian is all
+    zero (an expert no calibration token reached) gets the identity, i.e. plain rounding."""
+    B, N, K = w.shape
+    kp = K if bits == 8 else padded_dim(K, group, pad, where)
+    W = pad_columns(w.to(torch.float64), kp)                                   # (B, N, Kp)
+    H = torch.zeros(B, kp, kp, dtype=torch.float64)
+    H[:, :K, :K] = h
+    diag = H.diagonal(dim1=-2, dim2=-1)
+    diag[diag <= 0] = 1.0  # inputs always zero (and padding): nothing to compensate against
+    diag += damp * diag.mean(-1, keepdim=True)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # (B, Kp, Kp)
+
+    codes = torch.zeros(B, N, kp, dtype=torch.float64)
+    if bits == 8:
+        scale = int8_scale(W).double()                                        # (B, N)
+    else:
+        scale = torch.zeros(B, N, kp // group, dtype=torch.float64)
+        zero = torch.zeros_like(scale)
+    for i1 in range(0, kp, block):
+        i2 = min(i1 + block, kp)
+        W1, err1, U1 = W[..., i1:i2].clone(), torch.zeros(B, N, i2 - i1, dtype=torch.float64), U[:, i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if bits == 8:
+                q = int8_codes(W1[..., i, None], scale).double()[..., 0]
+                deq = q * scale
+            else:
+                if col % group == 0:
+                    s, z = int4_grid(W1[..., i:i + group], clip)             # (B, N)
+                    scale[..., col // group], zero[..., col // group] = s, z
+                s, z = scale[..., col // group], zero[..., col // group]
+                q = int4_codes(W1[..., i], s, z).double()
+                deq = (q - 8.0) * s + z
+            codes[..., col] = q
+            err = (W1[..., i] - deq) / U1[:, i, i][:, None]                   # (B, N)
+            W1[..., i:] -= err[..., None] * U1[:, i, i:][:, None, :]
+            err1[..., i] = err
+        W[..., i2:] -= err1 @ U[:, i1:i2, i2:]
+    if bits == 8:
+        return QTensor(8, 0, codes[..., :K].to(torch.int8), scale.to(SCALE_DTYPE), None, K)
+    return QTensor(4, group, pack_codes(codes, K), scale.to(SCALE_DTYPE), zero.to(SCALE_DTYPE), K)
+
+
+@contextlib.contextmanager
+def _expert_capture(moe: MoE, sinks: dict[str, Hessian]) -> Iterator[None]:
+    """Wrap ``moe``'s dispatch: each expert's Hessians from its own routed tokens."""
+    original = moe._dispatch
+
+    def capture(x_TD, expert_ids_TK, weights_TK, w1, w3, w2):
+        for e in range(w1.shape[0]):
+            tok = (expert_ids_TK == e).any(-1)
+            if tok.any():
+                x = x_TD[tok]                                                 # (n_e, D)
+                sinks["w1"].add(x, e)
+                sinks["w2"].add(F.silu(x @ w1[e]) * (x @ w3[e]), e)           # (n_e, H)
+        return original(x_TD, expert_ids_TK, weights_TK, w1, w3, w2)
+
+    moe._dispatch = capture
+    try:
+        yield
+    finally:
+        moe._dispatch = original
+
+
+@torch.no_grad()
+def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor], linears: dict[str, nn.Module],
+                     moes: dict[str, MoE]) -> dict[str, Hessian]:
+    """Run ``batches`` ((b, T) token ids) through ``model``; Hessians of the inputs of every
+    module in ``linears`` (by path) and of every routed expert of ``moes`` (``<path>.w1`` for
+    w1 and w3, which share their input, and ``<path>.w2``)."""
+    sinks: dict[str, Hessian] = {}
+    handles = []
+    for path, mod in linears.items():
+        k = mod.weight.shape[1]
+        sinks[path] = Hessian(k)
+        handles.append(mod.register_forward_pre_hook(lambda m, args, s=sinks[path]: s.add(args[0])))
+    with contextlib.ExitStack() as stack:
+        for path, moe in moes.items():
+            E, D, H = moe.w1_EDH.shape
+            own = {"w1": Hessian(D, E), "w2": Hessian(H, E)}
+            sinks[f"{path}.w1"], sinks[f"{path}.w2"] = own["w1"], own["w2"]
+            stack.enter_context(_expert_capture(moe, own))
+        try:
+            model.eval()
+            for batch in batches:
+                model(batch.to(next(model.parameters()).device))
+        finally:
+            for h in handles:
+                h.remove()
+    model.reset_routing_stats()
+    return sinks

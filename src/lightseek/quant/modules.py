@@ -1,0 +1,232 @@
+"""Quantized layers: QuantLinear, QuantEmbedding and QuantMoE (routed experts, per-expert scales).
+
+Each holds its codes, scales and offsets as buffers (what the checkpoint stores) and computes
+in one of two ways:
+
+    packed    PyTorch's CPU kernels on packed weights: ``torch._weight_int8pack_mm`` for int8
+              per channel, ``torch._weight_int4pack_mm_for_cpu`` (weights converted once by
+              ``torch._convert_weight_to_int4pack_for_cpu``) for int4 groups. Activations go
+              in as bf16: the kernels' fp32 path is a slow fallback (10-50x slower measured),
+              their bf16 path the vectorised one. Accumulation is fp32.
+    dequant   the reference: dequantize the weight (fp32), then an ordinary fp32 matmul
+
+``auto`` takes the faster (measured in docs/results/quant.md). The packed kernels run at
+inference only (they have no backward) and on CPU; a layer they cannot take (int4 with an
+output dim not a multiple of 16) and any forward that needs gradients use the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightseek.errors import ConfigError
+from lightseek.model.moe import MoE
+from lightseek.quant.schemes import SCALE_DTYPE, QTensor, dequantize, group_codes
+
+KERNELS = ("auto", "packed", "dequant")
+PACKED_DTYPE = torch.bfloat16  # activations and scales of the packed kernels (their fast path)
+
+
+def auto_kernel(bits: int, device: torch.device) -> str:
+    """The faster path for ``bits`` on ``device`` (bench/quant.py measures both; see
+    docs/results/quant.md): the packed kernels on CPU, the reference elsewhere."""
+    return "packed" if device.type == "cpu" else "dequant"
+
+
+def empty_qtensor(bits: int, group: int, n_out: int, n_in: int, lead: tuple[int, ...] = (),
+                  device: torch.device | str = "meta") -> QTensor:
+    """A QTensor of the right shapes and dtypes with uninitialised storage (to load into)."""
+    if bits == 8:
+        return QTensor(8, 0, torch.empty(*lead, n_out, n_in, dtype=torch.int8, device=device),
+                       torch.empty(*lead, n_out, dtype=SCALE_DTYPE, device=device), None, n_in)
+    n_groups = -(-n_in // group)
+    return QTensor(4, group, torch.empty(*lead, n_out, -(-n_in // 2), dtype=torch.uint8, device=device),
+                   torch.empty(*lead, n_out, n_groups, dtype=SCALE_DTYPE, device=device),
+                   torch.empty(*lead, n_out, n_groups, dtype=SCALE_DTYPE, device=device), n_in)
+
+
+class _QuantWeights(nn.Module):
+    """Buffers of one quantized weight (or a stack of them, one per expert) and its packed form."""
+
+    def __init__(self, qt: QTensor, kernel: str = "auto"):
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ConfigError(f"quant.kernel: unknown kernel '{kernel}' (known: {', '.join(KERNELS)})")
+        self.bits, self.group, self.in_features = qt.bits, qt.group, qt.in_features
+        self.out_features = qt.qweight.shape[-2]
+        self.register_buffer("qweight", qt.qweight)
+        self.register_buffer("scales", qt.scales)
+        self.register_buffer("zeros", qt.zeros)
+        self.kernel = kernel
+        self._packed: tuple | None = None  # (key, kernel-format tensors), built on first use
+
+    def qtensor(self) -> QTensor:
+        return QTensor(self.bits, self.group, self.qweight, self.scales, self.zeros, self.in_features)
+
+    def matrix(self, index: int) -> QTensor:
+        """Matrix ``index`` of a stack (the whole weight of a plain layer)."""
+        if self.qweight.dim() == 2:
+            return self.qtensor()
+        z = None if self.zeros is None else self.zeros[index]
+        return QTensor(self.bits, self.group, self.qweight[index], self.scales[index], z, self.in_features)
+
+    def dequantized(self) -> torch.Tensor:
+        """The full-precision weight, (..., N, K) fp32."""
+        return dequantize(self.qtensor())
+
+    def use_packed(self, x: torch.Tensor) -> bool:
+        kernel = self.kernel if self.kernel != "auto" else auto_kernel(self.bits, x.device)
+        if kernel != "packed" or x.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() and x.requires_grad:
+            return False  # the packed kernels have no backward
+        return self.bits == 8 or self.out_features % 16 == 0
+
+    def packed(self) -> list[tuple[torch.Tensor, ...]]:
+        """Per matrix (one, or one per expert): the kernel's weight and scale tensors."""
+        key = tuple((t.data_ptr(), t._version) for t in (self.qweight, self.scales, self.zeros) if t is not None)
+        if self._packed is None or self._packed[0] != key:
+            n = self.qweight.shape[0] if self.qweight.dim() == 3 else 1
+            mats = []
+            for i in range(n):
+                qt = self.matrix(i)
+                if self.bits == 8:
+                    mats.append((qt.qweight.contiguous(), qt.scales.to(PACKED_DTYPE).contiguous()))
+                    continue
+                codes = group_codes(qt).to(torch.int32)                          # (N, Kp)
+                w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+                sz = torch.stack([qt.scales, qt.zeros], -1).to(PACKED_DTYPE).transpose(0, 1).contiguous()  # (Kp/G, N, 2)
+                mats.append((w, sz))
+            self._packed = (key, mats)
+        return self._packed[1]
+
+    def matmul(self, x: torch.Tensor, index: int = 0) -> torch.Tensor:
+        """``x @ W_index^T`` for x (..., K): matrix ``index`` of the stack (0 for a plain layer)."""
+        if not self.use_packed(x):
+            return F.linear(x, dequantize(self.matrix(index)).to(x.dtype))
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1]).to(PACKED_DTYPE).contiguous()        # (M, K)
+        w, s = self.packed()[index]
+        if self.bits == 8:
+            y = torch._weight_int8pack_mm(x2, w, s)
+        else:
+            kp = s.shape[0] * self.group
+            if kp != x2.shape[1]:
+                x2 = F.pad(x2, (0, kp - x2.shape[1]))
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w, self.group, s)
+        return y.reshape(*lead, -1).to(x.dtype)
+
+
+class QuantLinear(_QuantWeights):
+    """A bias-free nn.Linear with quantized weights."""
+
+    @property
+    def weight(self) -> torch.Tensor:  # the dequantized (N, K) weight, for code that inspects a layer
+        return self.dequantized()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matmul(x)
+
+    def extra_repr(self) -> str:
+        g = f", group={self.group}" if self.bits == 4 else ""
+        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}{g}, kernel={self.kernel}"
+
+
+class QuantEmbedding(_QuantWeights):
+    """An nn.Embedding with quantized rows (the output head may share its buffers)."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.dequantized()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = QTensor(self.bits, self.group, self.qweight[idx], self.scales[idx],
+                       None if self.zeros is None else self.zeros[idx], self.in_features)
+        return dequantize(rows)                                               # (..., D)
+
+
+def tie_head(embed: QuantEmbedding, head: QuantLinear) -> None:
+    """Make the head compute with the embedding's own buffers (one copy in memory and on disk)."""
+    head.qweight, head.scales, head.zeros = embed.qweight, embed.scales, embed.zeros
+
+
+EXPERT_WEIGHTS = {"w1": "w1_EDH", "w3": "w3_EDH", "w2": "w2_EHD"}
+
+
+class QuantMoE(MoE):
+    """A MoE layer whose routed experts are quantized, each expert with its own scales.
+
+    The stacked weights are held as ``qexperts.{w1,w3,w2}`` of shape (E, out, in). Without an
+    adapter on the experts, each expert runs on its sorted token segment through the quantized
+    matmul; with one, the adapter's update is added to the dequantized stacked weights (the
+    ``w1_EDH`` ... properties, dequantized once and cached) and the model's dispatch runs."""
+
+    def __init__(self, moe: MoE, stacks: dict[str, QTensor], kernel: str = "auto"):
+        with torch.device("meta"):
+            super().__init__(moe.cfg, moe.dispatch_name)
+        for name in EXPERT_WEIGHTS.values():
+            del self._parameters[name]
+        self.router, self.shared = moe.router, moe.shared
+        self.lora, self.lora_selection = moe.lora, moe.lora_selection
+        self.qexperts = nn.ModuleDict({k: _QuantWeights(stacks[k], kernel) for k in EXPERT_WEIGHTS})
+        self._dense_cache: dict[str, tuple] = {}
+
+    def _stacked(self, k: str) -> torch.Tensor:
+        qw = self.qexperts[k]
+        key = (qw.qweight.data_ptr(), qw.qweight._version, qw.scales._version)
+        cached = self._dense_cache.get(k)
+        if cached is None or cached[0] != key:
+            cached = (key, qw.dequantized().transpose(1, 2).contiguous())  # (E, in, out)
+            self._dense_cache[k] = cached
+        return cached[1]
+
+    @property
+    def w1_EDH(self) -> torch.Tensor:
+        return self._stacked("w1")
+
+    @property
+    def w3_EDH(self) -> torch.Tensor:
+        return self._stacked("w3")
+
+    @property
+    def w2_EHD(self) -> torch.Tensor:
+        return self._stacked("w2")
+
+    def _experts(self, x_TD, expert_ids_TK, weights_TK, adapter: str | None) -> torch.Tensor:
+        if self.lora is not None and adapter is not None and adapter in self.lora.lora_A:
+            return super()._experts(x_TD, expert_ids_TK, weights_TK, adapter)
+        return quant_segments(x_TD, expert_ids_TK, weights_TK, self.qexperts)
+
+
+def quant_segments(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor,
+                   qexperts: nn.ModuleDict) -> torch.Tensor:
+    """The sorted-segment dispatch (`kernels.dispatch.moe_sorted_segments`) with each expert's
+    three projections through its quantized weights."""
+    from lightseek.kernels.dispatch import _combine, _sort_by_expert
+
+    w1, w3, w2 = qexperts["w1"], qexperts["w3"], qexperts["w2"]
+    order, counts_E = _sort_by_expert(expert_ids_TK, w1.qweight.shape[0])
+    counts = counts_E.tolist()                                            # the one host sync
+    order = order[:sum(counts)]
+    if not order.numel():
+        return torch.zeros_like(x_TD)
+    token_idx = order // expert_ids_TK.shape[1]                           # (N,) token of each pair
+    x_ND = x_TD.index_select(0, token_idx)
+    outputs, start = [], 0
+    for e, n in enumerate(counts):
+        if n:
+            x = x_ND[start:start + n]
+            outputs.append(w2.matmul(F.silu(w1.matmul(x, e)) * w3.matmul(x, e), e))
+            start += n
+    return _combine(x_TD, token_idx, torch.cat(outputs), weights_TK.reshape(-1)[order])
+
+
+def set_kernel(model: nn.Module, kernel: str) -> None:
+    """Choose the matmul path of every quantized layer: auto, packed or dequant."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"quant.kernel: unknown kernel '{kernel}' (known: {', '.join(KERNELS)})")
+    for m in model.modules():
+        if isinstance(m, _QuantWeights):
+            m.kernel = kernel

@@ -1,0 +1,120 @@
+"""Quantize-dequantize error bounds of each scheme, nibble packing, packed kernels vs reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightseek.kernels.dispatch import moe_reference
+from lightseek.quant.modules import QuantLinear, _QuantWeights, quant_segments
+from lightseek.quant.schemes import dequantize, pack_nibbles, quantize_rtn, unpack_nibbles
+
+
+def weight(n: int = 96, k: int = 128, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    w[:, 3] *= 8  # an outlier column: groups and channels see different ranges
+    return w
+
+
+def test_int8_per_channel_error_is_at_most_half_a_step() -> None:
+    w = weight()
+    qt = quantize_rtn(w, 8, 0)
+    assert qt.qweight.dtype == torch.int8 and qt.scales.shape == (96,)
+    err = (dequantize(qt) - w).abs()
+    step = qt.scales.float()[:, None]
+    assert (err <= 0.5 * step * 1.01 + 1e-7).all()
+    assert (err / w.abs().amax(1, keepdim=True)).max() < 1 / 250   # half of max / 127, per row
+    assert err.max() > 0  # it does round
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_group_error_is_at_most_half_a_step(group: int) -> None:
+    w = weight()
+    qt = quantize_rtn(w, 4, group)
+    assert qt.qweight.shape == (96, 64) and qt.scales.shape == (96, 128 // group)
+    step = qt.scales.float().repeat_interleave(group, 1)
+    zero = qt.zeros.float().abs().repeat_interleave(group, 1)
+    err = (dequantize(qt) - w).abs()
+    assert (err <= 0.5 * step + zero * 2**-8 + 1e-6).all()
+    codes = unpack_nibbles(qt.qweight)
+    assert codes.max() <= 15 and codes.min() == 0  # the grid spans each group's min..max
+
+
+def test_smaller_groups_round_more_finely() -> None:
+    w = weight()
+    errs = [(dequantize(quantize_rtn(w, 4, g)) - w).norm().item() for g in (32, 64, 128)]
+    assert errs[0] < errs[1] < errs[2]
+    assert (dequantize(quantize_rtn(w, 8, 0)) - w).norm().item() < errs[0] / 4
+
+
+def test_nibbles_round_trip_and_stacked_experts_have_own_scales() -> None:
+    codes = torch.randint(0, 16, (3, 5, 64), dtype=torch.uint8)
+    assert torch.equal(unpack_nibbles(pack_nibbles(codes)), codes)
+    stack = torch.stack([weight(seed=0), 10 * weight(seed=1)])             # (E=2, N, K), very different ranges
+    qt = quantize_rtn(stack, 4, 32)
+    assert qt.scales.shape == (2, 96, 4)
+    assert qt.scales[1].float().mean() > 5 * qt.scales[0].float().mean()
+    assert torch.allclose(dequantize(qt)[1], dequantize(quantize_rtn(stack[1], 4, 32)))
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 64), (4, 128)])
+@pytest.mark.parametrize("rows", [1, 8])
+def test_packed_kernel_equals_the_dequantized_reference(bits: int, group: int, rows: int) -> None:
+    w = weight(n=96, k=256)
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(1))
+    layer = QuantLinear(quantize_rtn(w, bits, group or 32), kernel="packed")
+    with torch.no_grad():
+        packed = layer(x)
+        assert layer._packed is not None  # the packed kernel ran
+        layer.kernel = "dequant"
+        ref = layer(x)
+    assert torch.allclose(ref, x @ dequantize(layer.qtensor()).T, atol=1e-5)
+    rel = (packed - ref).norm() / ref.norm()
+    assert rel < 1e-2  # bf16 activations into the kernel, fp32 accumulation
+
+
+def test_packed_experts_equal_the_reference_dispatch() -> None:
+    g = torch.Generator().manual_seed(0)
+    E, D, H, T = 4, 64, 32, 20
+    w1, w3, w2 = (torch.randn(E, a, b, generator=g) * 0.1 for a, b in ((D, H), (D, H), (H, D)))
+    stacks = {"w1": quantize_rtn(w1.transpose(1, 2), 4, 32), "w3": quantize_rtn(w3.transpose(1, 2), 4, 32),
+              "w2": quantize_rtn(w2.transpose(1, 2), 8, 0)}
+    q = torch.nn.ModuleDict({k: _QuantWeights(v, "packed") for k, v in stacks.items()})
+    x = torch.randn(T, D, generator=g)
+    ids = torch.randint(0, E, (T, 2), generator=g)
+    ids[0, 1] = E  # an unused slot (sentinel)
+    wts = torch.rand(T, 2, generator=g)
+    deq = [dequantize(stacks[k]).transpose(1, 2) for k in ("w1", "w3", "w2")]
+    ref = moe_reference(x, ids, wts, *deq)
+    with torch.no_grad():
+        out = quant_segments(x, ids, wts, q)
+    assert (out - ref).norm() / ref.norm() < 1e-2
+    for m in q.values():
+        m.kernel = "dequant"
+    assert torch.allclose(quant_segments(x, ids, wts, q), ref, atol=1e-5)
+
+
+def test_a_short_last_group_is_stored_unpadded_and_computed_alike() -> None:
+    w = weight(n=32, k=96)  # 96 input columns in groups of 64: one full group, one of 32
+    qt = quantize_rtn(w, 4, 64, pad=True)
+    assert qt.qweight.shape == (32, 48) and qt.scales.shape == (32, 2)  # no padded codes on disk
+    err = (dequantize(qt) - w).abs()
+    step = qt.scales.float().repeat_interleave(64, 1)[:, :96]
+    assert (err <= 0.5 * step * 1.01 + 1e-6).all()
+    x = torch.randn(5, 96)
+    layer = QuantLinear(qt, kernel="packed")
+    with torch.no_grad():
+        packed = layer(x)
+    assert layer._packed is not None
+    ref = x @ dequantize(qt).T
+    assert (packed - ref).norm() / ref.norm() < 1e-2
+
+
+def test_clip_search_lowers_the_rounding_error_of_gaussian_groups() -> None:
+    w = torch.randn(96, 128, generator=torch.Generator().manual_seed(0)) * 0.05  # tails, no single outlier
+    clip = (1.0, 0.95, 0.9, 0.85, 0.8)
+    for group in (32, 64, 128):
+        plain = (dequantize(quantize_rtn(w, 4, group)) - w).square().sum()
+        searched = (dequantize(quantize_rtn(w, 4, group, clip=clip)) - w).square().sum()
+        assert searched < 0.97 * plain
