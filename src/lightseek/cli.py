@@ -70,6 +70,13 @@ def cmd_data_prepare(args, overrides) -> int:
     return 0
 
 
+def cmd_data_pipeline(args, overrides) -> int:
+    from lightseek.data.pipeline.command import pipeline_command
+
+    pipeline_command(args.config, overrides, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
+    return 0
+
+
 def cmd_train(args, overrides) -> int:
     from lightseek.train.pretrain import pretrain
 
@@ -100,8 +107,24 @@ def cmd_eval(args, overrides) -> int:
     # the run's own settings (sequence length, batch, text field) unless overridden
     cfg = _run_config(args, overrides, base=read_checkpoint_config(args.checkpoint).get("run"))
     result = run_eval(args.checkpoint, cfg, data=args.data, split=args.split, routing=args.routing,
-                      plot=args.plot)
+                      plot=args.plot, kl_ref=args.kl_ref)
     print(result["text"])
+    return 0
+
+
+def cmd_quant(args, overrides) -> int:
+    from lightseek.quant.run import load_quant_config, quantize_checkpoint
+
+    flags = [f"--quant.{key}={value}" for key, value in (("bits", args.bits), ("group_size", args.group),
+             ("method", args.method), ("policy", args.policy), ("kernel", args.kernel)) if value is not None]
+    if args.calib:
+        import json
+
+        flags.append(f"--quant.calib.files={json.dumps(args.calib, ensure_ascii=False)}")
+    cfg = load_quant_config(args.config, overrides + flags)
+    r = quantize_checkpoint(args.checkpoint, cfg, args.out, overwrite=args.overwrite, show_progress=not args.quiet)
+    print(f"{r['layers']} layers quantized ({cfg.policy}, {cfg.method}); {r['bits_per_weight']:.2f} bits/weight; "
+          f"{r['size_bytes'] / 2**20:.2f} MiB ({r['source_bytes'] / r['size_bytes']:.1f}x smaller) -> {r['out']}")
     return 0
 
 
@@ -208,6 +231,9 @@ def cmd_lora_merge(args, overrides) -> int:
         raise LightseekError(f"--out {args.out} exists{'' if is_checkpoint else ' and is not a checkpoint'}; choose a "
                              f"new folder{' (or pass --overwrite to replace that checkpoint)' if is_checkpoint else ''}")
     base_dir = resolve_checkpoint(base)
+    if "quantization" in read_checkpoint_config(base_dir):
+        raise LightseekError(f"--base {base} is quantized: merge the adapter into its full-precision base, then "
+                             f"quantize the merged checkpoint (`lightseek quant`)")
     model = load_model(base_dir)
     info = load_adapter(model, args.adapter, base_fingerprint(base_dir)["sha256"])
     merge_lora(model, info.name)
@@ -301,6 +327,35 @@ def cmd_serve(args, overrides) -> int:
     return 0
 
 
+def cmd_distill_train(args, overrides) -> int:
+    from rich.console import Console
+
+    from lightseek.distill.train import distill_train, load_distill_config
+
+    flags = [f"--student={args.student}"] if args.student else []
+    cfg = load_distill_config(args.config, overrides + flags)
+    summary = distill_train(cfg, resume=args.resume, show_progress=not args.quiet, console=Console(stderr=True))
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_summary(summary)
+        for domain, ppl in summary["domains"].items():
+            print(f"  {domain:<12} val ppl {ppl:.2f}")
+    return 0
+
+
+def cmd_distill_data(args, overrides) -> int:
+    from lightseek.config import build
+    from lightseek.distill.distiller import DistillerConfig, distill_data
+
+    flags = [f"--out={args.out}"] if args.out else []
+    if args.inputs:
+        flags.append("--inputs=[" + ",".join(args.inputs) + "]")
+    r = distill_data(build(DistillerConfig, args.config, overrides + flags), show_progress=not args.quiet)
+    stages = ", ".join(f"{k} {v}" for k, v in r["rejected_by_stage"].items()) or "none"
+    print(f"{r['inputs']} inputs: {r['kept']} records written to {r['files']['data']}, {r['rejected']} rejected "
+          f"({stages}) in {r['files']['rejected']}; {r['generated_now']} generations this run")
+    return 0
+
+
 def cmd_info(args, overrides) -> int:
     from lightseek.model.info import describe_model
 
@@ -335,6 +390,13 @@ def cmd_config(args, overrides) -> int:
     return 0
 
 
+def cmd_domains(args, overrides) -> int:
+    from lightseek.data.domains import commands
+
+    getattr(commands, f"run_{args.sub}")(args, overrides)
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", help="an existing tokenizer.json (default: train one)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p = add("pipeline", cmd_data_pipeline, "Clean a corpus: normalise, language, quality, dedup, PII, domain "
+            "tags (resumable; see recipes/pipeline_*.yaml).", data)
+    p.add_argument("--out", help="output folder (default: out_dir of the recipe)")
+    p.add_argument("--overwrite", action="store_true", help="start again in a folder made with another config")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("train", cmd_train, "Pretrain a model (single process or under torchrun).")
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
@@ -404,6 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="with several --data corpora: write the expert-share heatmap")
     p.add_argument("--split", default="val", help="split of a shard folder (default: val)")
     p.add_argument("--routing", action="store_true", help="print the per-layer routing table")
+    p.add_argument("--kl-ref", metavar="REF_CKPT", help="also the per-token KL divergence of the next-token "
+                   "distributions from this (e.g. full-precision) checkpoint's: mean and p99")
+
+    p = add("quant", cmd_quant, "Quantize a checkpoint (int8 / int4 weights, rtn or gptq) into a new checkpoint.")
+    p.add_argument("checkpoint", help="full-precision checkpoint folder (or run folder)")
+    p.add_argument("--out", required=True, help="output checkpoint folder (new)")
+    p.add_argument("--bits", type=int, help="same as --quant.bits (4 or 8; the uniform policy)")
+    p.add_argument("--group", type=int, help="same as --quant.group_size (32, 64 or 128; 4-bit weights)")
+    p.add_argument("--method", help="same as --quant.method (rtn or gptq)")
+    p.add_argument("--policy", help="same as --quant.policy (uniform, or mixed: 8-bit router/attention/shared, "
+                   "4-bit routed experts, dense FFNs, embedding)")
+    p.add_argument("--kernel", help="same as --quant.kernel (auto, packed or dequant)")
+    p.add_argument("--calib", nargs="+", metavar="PATH", help="calibration text for gptq (same as --quant.calib.files)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("generate", cmd_generate, "Generate text from a checkpoint (streams to the terminal).")
     p.add_argument("checkpoint", help="checkpoint folder (or run folder)")
@@ -428,13 +510,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (default: one core fewer than the machine has)")
     p.add_argument("--usage-log", help="append one JSON line per ended request (token counts, finish reason)")
 
+    dist = sub.add_parser("distill", help="Distillation: the DataDistiller and knowledge distillation.").add_subparsers(
+        dest="sub", metavar="SUB")
+    p = add("data", cmd_distill_data, "Inputs -> domain -> the domain's expert writes -> the base refines or judges "
+            "-> an instruction dataset (resumable, seeded).", dist)
+    p.add_argument("inputs", nargs="*", help="input files or folders (else `inputs` of the config)")
+    p.add_argument("--out", help="output folder (same as --out=DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = add("train", cmd_distill_train, "Train a student from per-domain teachers (forward/reverse KL, temperature, "
+            "next-token ratio).", dist)
+    p.add_argument("--student", help="student checkpoint to start from (same as --student=CKPT)")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = add("info", cmd_info, "Parameters (total, active per token), FLOPs per token, routing config.")
     p.add_argument("checkpoint", nargs="?", help="checkpoint folder; default: the configured model")
+
+    _domains_parser(sub, add)
 
     p = add("config", cmd_config, "List every config key with its default and help (or --show the resolved config).")
     p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
     p.add_argument("--finetune", action="store_true", help="the config of `lora train` and `sft` instead")
     return parser
+
+
+def _domains_parser(sub, add: Callable) -> None:
+    """`lightseek domains build|train|eval|classify`: the domain classifier."""
+    dom = sub.add_parser("domains", help="Domain classifier: build data, train, eval, classify.").add_subparsers(
+        dest="sub", metavar="SUB")
+    p = add("build", cmd_domains, "Build labelled domain data (train, held-out, questions) from ../shared/data.", dom)
+    p.add_argument("--out", required=True, help="output folder (replaced whole)")
+    p.add_argument("--shared", help="folder of the shared corpora (default ../shared/data)")
+    p = add("train", cmd_domains, "Train a domain classifier on labelled JSONL ({text, domain}).", dom)
+    p.add_argument("--data", required=True, help="a folder made by `domains build`, or labelled files/folder")
+    p.add_argument("--out", required=True, help="classifier folder to write (replaced whole)")
+    p.add_argument("--eval", nargs="*", help="labelled files to report on (default: the build folder's held-out sets)")
+    p.add_argument("--encoder", help="local Hugging Face encoder folder: embeddings instead of TF-IDF")
+    train = p
+    p = add("eval", cmd_domains, "Per-domain P/R/F1, macro-F1, confusion matrix.", dom)
+    p.add_argument("model", help="classifier folder")
+    p.add_argument("--data", required=True, help="labelled file (.jsonl, .json, .csv) or folder")
+    p.add_argument("--plot", metavar="PNG", help="write the confusion matrix as a PNG")
+    p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
+    c = add("classify", cmd_domains, "Add domain and confidence to JSONL records or text lines.", dom)
+    c.add_argument("model", help="classifier folder")
+    c.add_argument("input", help="a .jsonl file, a text file (one text per line), or - for stdin")
+    c.add_argument("--out", help="output JSONL (default: stdout)")
+    for q in (train, p, c):
+        q.add_argument("--threshold", type=float, help="below this confidence a text is `general`")
+        q.add_argument("--text-field", help="record field of the text (default: the classifier's)")
+    for q in (train, p):
+        q.add_argument("--label-field", help="record field of the domain label (default: the classifier's)")
+    c.add_argument("--format", default="auto", choices=("auto", "jsonl", "text"), help="input format")
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
