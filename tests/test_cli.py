@@ -383,6 +383,21 @@ def test_config_lists_and_shows_keys(tmp_path):
     assert cfg["train"]["lr"] == 3e-4 and cfg["preset"] == "debug" and cfg["model"]["dim"] == 64
 
 
+@pytest.mark.parametrize("kind, key", [("distill", r"kd\.temperature"), ("distiller", r"refiner"),
+                                       ("pipeline", r"dedup\.threshold"), ("quant", r"quant\.group_size"),
+                                       ("finetune", r"lora\.rank")])
+def test_config_lists_every_commands_keys(tmp_path, kind, key):
+    listing = run_cli(tmp_path, "config", "--for", kind)
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(rf"^{key}\s", listing.stdout, re.M), listing.stdout
+
+
+def test_config_shows_a_distill_config_with_overrides(tmp_path):
+    shown = run_cli(tmp_path, "config", "--for", "distill", "--show", "--kd.temperature=2", "--teachers.medical=M")
+    cfg = yaml.safe_load(shown.stdout)
+    assert cfg["kd"]["temperature"] == 2.0 and cfg["teachers"] == {"medical": "M"}
+
+
 def test_tokenizer_train_writes_tokenizer_json(tmp_path, corpus):
     from lightseek.data.tokenizer import Tokenizer
 

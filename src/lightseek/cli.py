@@ -364,28 +364,35 @@ def cmd_info(args, overrides) -> int:
     return 0
 
 
+def _config_kinds() -> dict[str, tuple[str, str]]:
+    """`lightseek config --for KIND`: the config class of each command and its loader."""
+    return {"train": ("lightseek.train.config:RunConfig", "lightseek.train.config:load_run_config"),
+            "finetune": ("lightseek.adapters.finetune:FinetuneConfig", "lightseek.adapters.finetune:load_finetune_config"),
+            "distill": ("lightseek.distill.train:DistillConfig", "lightseek.distill.train:load_distill_config"),
+            "distiller": ("lightseek.distill.distiller:DistillerConfig", ""),
+            "pipeline": ("lightseek.data.pipeline.config:PipelineConfig", "lightseek.data.pipeline.config:load_pipeline_config"),
+            "quant": ("lightseek.quant.run:QuantRunConfig", "")}
+
+
 def cmd_config(args, overrides) -> int:
-    from lightseek.config import describe, to_dict
-    from lightseek.train.config import RunConfig
+    import importlib
 
-    if args.finetune:
-        from lightseek.adapters.finetune import FinetuneConfig, load_finetune_config
+    from lightseek.config import build, describe, to_dict
 
-        if args.show:
-            import yaml
+    def obj(ref: str):
+        module, _, name = ref.partition(":")
+        return getattr(importlib.import_module(module), name)
 
-            print(yaml.safe_dump(to_dict(load_finetune_config(args.config, overrides)), sort_keys=False,
-                                 allow_unicode=True), end="")
-            return 0
-        for key, default, help_text in describe(FinetuneConfig):
-            print(f"{key:32s} {default:>14s}  {help_text}")
-        return 0
+    kind = "finetune" if args.finetune else args.kind
+    cls_ref, loader_ref = _config_kinds()[kind]
+    cls = obj(cls_ref)
     if args.show:
         import yaml
 
-        print(yaml.safe_dump(to_dict(_run_config(args, overrides)), sort_keys=False), end="")
+        cfg = obj(loader_ref)(args.config, overrides) if loader_ref else build(cls, args.config, overrides)
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
         return 0
-    for key, default, help_text in describe(RunConfig):
+    for key, default, help_text in describe(cls):
         print(f"{key:32s} {default:>14s}  {help_text}")
     return 0
 
@@ -530,7 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("config", cmd_config, "List every config key with its default and help (or --show the resolved config).")
     p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
-    p.add_argument("--finetune", action="store_true", help="the config of `lora train` and `sft` instead")
+    p.add_argument("--for", dest="kind", default="train", choices=list(_config_kinds()),
+                   help="whose config: train (default), finetune (lora train / sft), distill (distill train), "
+                        "distiller (distill data), pipeline (data pipeline), quant")
+    p.add_argument("--finetune", action="store_true", help="same as --for finetune")
     return parser
 
 
