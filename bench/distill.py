@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,16 +61,18 @@ def common(args, out: Path, steps: int, lr: float) -> list[str]:
 
 def run(overrides: list[str], label: str) -> dict:
     from lightseek.distill.train import distill_train, load_distill_config
+    from lightseek.train.metrics import read_metrics
 
-    out = Path([o for o in overrides if o.startswith("--out_dir=")][0].split("=", 1)[1])
+    out = Path(next(o for o in overrides if o.startswith("--out_dir=")).split("=", 1)[1])
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
     summary = distill_train(load_distill_config(None, overrides), show_progress=False)
     wall = time.time() - t0
     steps = summary["steps"]
-    print(f"  {label}: {steps} steps in {wall / 60:.1f} min ({summary['wall_s'] / steps:.2f} s/step); " +
+    step_s = statistics.median(r["step_s"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train")
+    print(f"  {label}: {steps} steps in {wall / 60:.1f} min ({step_s:.2f} s/step); " +
           ", ".join(f"{d} {p:.2f}" for d, p in summary["domains"].items()), flush=True)
-    return {"label": label, "wall_s": wall, "s_per_step": summary["wall_s"] / steps, "domains": summary["domains"],
+    return {"label": label, "wall_s": wall, "s_per_step": step_s, "domains": summary["domains"],
             "checkpoint": summary["checkpoint"]}
 
 
@@ -140,10 +143,10 @@ def main() -> None:
 
     experts = {}
     for d in args.domains:  # base -> expert, with a KL tie to the base on general text
+        mix = ",".join([f"{d}={p}" for p in DOMAINS[d]] + [f"general={p}" for p in GENERAL])
         experts[d] = run(common(args, out / "experts" / d, args.expert_steps, args.expert_lr) + [
-            f"--student={base}", f"--data.sources=[{','.join(f'{d}={p}' for p in DOMAINS[d])},"
-                                 f"{','.join(f'general={p}' for p in GENERAL)}]",
-            f"--data.weights.{d}=0.75", "--data.weights.general=0.25", f"--teachers.general={base}"], f"expert {d}")
+            f"--student={base}", f"--data.sources=[{mix}]", f"--data.weights.{d}=0.75", "--data.weights.general=0.25",
+            f"--teachers.general={base}"], f"expert {d}")
 
     student_cfg = preset("tiny", vocab_size=8192, **STUDENT)
     ratio = active(student_cfg) / active(base)

@@ -202,3 +202,15 @@ def test_distill_config_errors(tmp_path, debug_checkpoint, domain_files):
     with pytest.raises(ConfigError, match="data.weights names"):
         distill_train(_cfg(tmp_path, debug_checkpoint, domain_files, **{"data.weights.legal": 1}),
                       show_progress=False)
+
+
+def test_a_dense_student_learns_from_a_moe_teacher(tmp_path, debug_checkpoint, domain_files):
+    """Distillation needs only a shared tokenizer: a dense student of another shape works."""
+    from lightseek.distill.train import distill_train
+    from lightseek.model.checkpoint import load_model
+
+    summary = distill_train(_cfg(tmp_path, debug_checkpoint, domain_files, **{"model.router_mode": "dense"}),
+                            show_progress=False)
+    student = load_model(summary["checkpoint"])
+    assert not student.cfg.is_moe and load_model(debug_checkpoint).cfg.is_moe
+    assert all(math.isfinite(p) for p in summary["domains"].values())
