@@ -198,3 +198,15 @@ def test_a_domain_classifier_routes_each_input_to_its_experts(tmp_path, debug_ch
     assert by_domain["finance"]["stage"] == "route"  # no finance expert and no '*' fallback
     assert 0.5 < by_domain["medical"]["confidence"] <= 1.0
     assert r["classifier"]["sha256"]
+
+
+def test_max_per_source_takes_the_first_inputs_of_each_file(tmp_path, prompts, debug_checkpoint):
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"prompt": f"question number {i}"}) + "\n" for i in range(5)), encoding="utf-8")
+    cfg = build(DistillerConfig, None, [f"--out={tmp_path / 'o'}", f"--inputs=[{prompts},{other}]",
+                                        f"--experts.*={debug_checkpoint}", "--generate.max_tokens=2",
+                                        "--max_per_source=2"])
+    distill_data(cfg, show_progress=False)
+    rows = [json.loads(ln) for f in ("data.jsonl", "rejected.jsonl") for ln in (tmp_path / "o" / f).read_text().splitlines()]
+    assert sorted((r["source"]["file"], r["source"]["index"]) for r in rows) == [
+        (str(prompts), 0), (str(prompts), 1), (str(other), 0), (str(other), 1)]

@@ -65,6 +65,7 @@ class DistillerConfig:
     generate: GenerationConfig = field(default_factory=GenerationConfig, help="Generation settings (all models).")
     min_chars: int = field(1, help="Answers shorter than this many characters are rejected.")
     max_inputs: int = field(0, help="Process at most this many inputs (0 = all).")
+    max_per_source: int = field(0, help="Take at most this many inputs from each file (0 = all).")
     seed: int = field(0, help="Run seed: each record's seed derives from it and the input's hash.")
     out: str = field("runs/distilled", help="Output folder: data.jsonl, rejected.jsonl, manifest.json, cache/.")
     chunk: int = field(64, help="Inputs per unit of work (the cache is written after each).")
@@ -72,8 +73,8 @@ class DistillerConfig:
     def __post_init__(self) -> None:
         if not self.experts:
             raise ConfigError("experts: map at least one domain (or '*') to an expert model")
-        if self.chunk < 1 or self.min_chars < 0 or self.max_inputs < 0:
-            raise ConfigError("chunk must be >= 1, min_chars and max_inputs >= 0")
+        if self.chunk < 1 or self.min_chars < 0 or self.max_inputs < 0 or self.max_per_source < 0:
+            raise ConfigError("chunk must be >= 1, min_chars, max_inputs and max_per_source >= 0")
         try:
             re.compile(self.prompts.accept)
         except re.error as e:
@@ -96,8 +97,11 @@ class Item:
 def read_inputs(dc: DistillerConfig) -> list[Item]:
     from lightseek.data.corpus import iter_documents
 
-    items = []
+    items, per_source = [], {}
     for doc in iter_documents(dc.inputs, text_field=dc.text_field):
+        if dc.max_per_source and per_source.get(doc.source, 0) >= dc.max_per_source:
+            continue
+        per_source[doc.source] = per_source.get(doc.source, 0) + 1
         text = doc.text.strip()
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
         seed = int.from_bytes(hashlib.sha256(f"{dc.seed}:{sha}".encode()).digest()[:4], "little")
