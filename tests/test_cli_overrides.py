@@ -19,3 +19,12 @@ def test_generate_flags_become_the_generate_section_with_escapes_read():
     cfg = load_run_config(None, _flag_overrides(args))
     assert cfg.generate.stop == ["\n\n", "END"]
     assert cfg.generate.temperature == 0.0 and cfg.generate.seed == 3
+
+
+def test_a_commands_own_top_level_keys_are_overrides_only_for_it():
+    own, overrides = split_overrides(["distill", "data", "in.jsonl", "--mode=judge", "--seed", "3", "--kd"])
+    assert own == ["distill", "data", "in.jsonl", "--kd"] and overrides == ["--mode=judge", "--seed", "3"]
+    own, overrides = split_overrides(["distill", "train", "--student=S", "--kd.temperature=2", "--resume"])
+    assert own == ["distill", "train", "--resume"] and overrides == ["--student=S", "--kd.temperature=2"]
+    own, overrides = split_overrides(["generate", "ckpt", "--prompt", "x", "--seed", "3"])
+    assert own == ["generate", "ckpt", "--prompt", "x", "--seed", "3"] and overrides == []

@@ -596,6 +596,23 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 TOP_LEVEL_KEYS = {"preset", "out_dir"}
+# commands whose config has more top-level keys than a training run's (``--mode=judge``)
+COMMAND_CONFIGS = {("distill", "train"): "distill", ("distill", "data"): "distiller"}
+
+
+def _top_level_keys(argv: list[str]) -> set[str]:
+    """The undotted keys that are config overrides for the command in ``argv``: a training run's
+    (preset, out_dir), or every field of the command's own config that is not a section."""
+    import dataclasses
+    import importlib
+    import typing
+
+    kind = COMMAND_CONFIGS.get(tuple(a for a in argv[:2] if not a.startswith("-")))
+    if kind is None:
+        return TOP_LEVEL_KEYS
+    module, _, name = _config_kinds()[kind][0].partition(":")
+    hints = typing.get_type_hints(getattr(importlib.import_module(module), name))
+    return TOP_LEVEL_KEYS | {key for key, tp in hints.items() if not dataclasses.is_dataclass(tp)}
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -603,11 +620,12 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     from the subcommand's own arguments, so argparse never mistakes an override's value for a
     positional argument."""
     own, overrides = [], []
+    top = _top_level_keys(argv)
     i = 0
     while i < len(argv):
         arg = argv[i]
         key = arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else ""
-        if key and ("." in key or key in TOP_LEVEL_KEYS):
+        if key and ("." in key or key in top):
             overrides.append(arg)
             if "=" not in arg and i + 1 < len(argv):
                 overrides.append(argv[i + 1])
