@@ -47,31 +47,15 @@ def _jsonl(path: Path, field: str) -> Iterator[str]:
             yield json.loads(line)[field]
 
 
-def _poems(data) -> Iterator[str]:
-    """Texts from the poetry collections' JSON (lists of records with 'paragraphs' or 'content',
-    possibly nested); every string list becomes one text."""
-    if isinstance(data, dict):
-        for key in ("paragraphs", "content"):
-            if isinstance(data.get(key), list) and all(isinstance(x, str) for x in data[key]):
-                yield "\n".join(data[key])
-                return
-        for v in data.values():
-            if isinstance(v, (list, dict)):
-                yield from _poems(v)
-    elif isinstance(data, list):
-        for item in data:
-            if isinstance(item, (list, dict)):
-                yield from _poems(item)
-
-
 def corpora() -> dict[str, list[str]]:
     from lightseek.data.corpus import stdlib_documents
+    from lightseek.data.domains.sources import poem_texts
 
     out = {
         "english": [c for f in sorted((SHARED / "en_gutenberg").glob("*.txt"))
                     for c in _chunks(f.read_text(encoding="utf-8"))],
         "poetry_zh": [t for f in sorted((SHARED / "zh_classical_poetry").glob("*/*.json"))
-                      for t in _poems(json.loads(f.read_text(encoding="utf-8")))],
+                      for t in poem_texts(json.loads(f.read_text(encoding="utf-8")))],
         "medical": [f"{q}\n{a}" for f in sorted((SHARED / "medical_medquad_en").glob("*.jsonl"))
                     for q, a in zip(_jsonl(f, "question"), _jsonl(f, "answer")) if a],
         "finance": [t for f in sorted((SHARED / "finance_reuters21578_en").glob("*.jsonl")) for t in _jsonl(f, "text")],

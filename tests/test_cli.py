@@ -374,7 +374,7 @@ def test_info_of_a_checkpoint(on_checkpoint, run_dir):
 def test_config_lists_and_shows_keys(tmp_path):
     listing = run_cli(tmp_path, "config")
     assert listing.returncode == 0, listing.stderr
-    assert re.search(r"^train\.lr\s+0\.003\s+Peak learning rate", listing.stdout, re.M), \
+    assert re.search(r"^train\.lr\s+0\.003\s+Peak learning rate", listing.stdout, re.MULTILINE), \
         listing.stdout
     shown = run_cli(tmp_path, "config", "--show", "--preset", "debug", "--train.lr=3e-4",
                     "--train.seq_len", "64")
@@ -389,7 +389,7 @@ def test_config_lists_and_shows_keys(tmp_path):
 def test_config_lists_every_commands_keys(tmp_path, kind, key):
     listing = run_cli(tmp_path, "config", "--for", kind)
     assert listing.returncode == 0, listing.stderr
-    assert re.search(rf"^{key}\s", listing.stdout, re.M), listing.stdout
+    assert re.search(rf"^{key}\s", listing.stdout, re.MULTILINE), listing.stdout
 
 
 def test_config_shows_a_distill_config_with_overrides(tmp_path):

@@ -31,9 +31,9 @@ SAMPLE_PROMPT = "def read_config(path):\n    "
 def quickstart(cfg: RunConfig, fresh: bool = False) -> dict:
     from lightseek.data.corpus import stdlib_documents
     from lightseek.data.prepare import prepare_dataset
+    from lightseek.data.shards import TokenShards
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.eval.perplexity import evaluate
-    from lightseek.data.shards import TokenShards
     from lightseek.model.checkpoint import load_model, load_train_state
     from lightseek.model.generate import generate_text
     from lightseek.train.pretrain import pretrain

@@ -14,7 +14,7 @@ from lightseek.data.shards import TokenShards, manifest, prepare_shards
 from lightseek.data.tokenizer import Tokenizer
 from lightseek.errors import DataError
 
-WORDS = "alpha beta gamma delta 中文 🚀 def return\tx\n".split(" ")
+WORDS = ["alpha", "beta", "gamma", "delta", "中文", "🚀", "def", "return\tx\n"]
 
 
 def make_docs(n: int) -> list[Document]:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from lightseek.data.tokenizer import Tokenizer
+from lightseek.errors import DataError
 from lightseek.eval.routing import specialisation
 from lightseek.eval.run import parse_corpora, run_eval
-from lightseek.errors import DataError
 from lightseek.model.checkpoint import save_checkpoint
 from lightseek.model.config import preset
 from lightseek.model.transformer import Transformer

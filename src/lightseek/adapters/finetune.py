@@ -23,8 +23,9 @@ from lightseek.config import deep_merge, field, from_dict, load_yaml, parse_over
 from lightseek.data.chat import encode_chat
 from lightseek.data.instruct import Example, InstructionData, load_instructions
 from lightseek.data.shards import split_of
-from lightseek.data.tokenizer import Tokenizer, atomic_write_text
+from lightseek.data.tokenizer import Tokenizer
 from lightseek.errors import ConfigError, DataError
+from lightseek.fileio import atomic_write_text
 from lightseek.model.checkpoint import (
     TOKENIZER,
     load_model,
@@ -208,7 +209,7 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
              console=None) -> dict:
     """Train a LoRA adapter (mode "lora") or the whole model ("full") on instruction data."""
     from lightseek.adapters import store
-    from lightseek.train.loop import Job, fit
+    from lightseek.train.loop import Job, fit, restore
     from lightseek.train.optim import build_optimizer
     from lightseek.train.parallel import autocast_dtype, init_distributed, resolve_device, shutdown
 
@@ -284,14 +285,8 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
                 load_adapter_state(model, cfg.name, load_file(str(save_dir / store.PEFT_WEIGHTS), device=str(device)),
                                    str(save_dir))
             else:
-                from lightseek.model.checkpoint import load_train_state, load_weights
-
-                state = load_train_state(save_dir)
-                load_weights(model, save_dir)
-            opt.load_state_dict(state["optimizer"])
-            start, tokens_seen = state["step"], state["tokens_seen"]
-            if start >= tc.steps:
-                raise ConfigError(f"{save_dir} is at step {start}: nothing left of train.steps={tc.steps}")
+                state = None  # restore loads the whole checkpoint
+            start, tokens_seen = restore(model, opt, save_dir, tc.steps, state)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
         rows = tc.batch_size * tc.grad_accum

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from lightseek.adapters.lora import LoraConfig, adapter_state, apply_lora, check_name, load_adapter_state
 from lightseek.config import from_dict, to_dict
 from lightseek.errors import CheckpointError, LightseekError
+from lightseek.fileio import write_json_atomic
 from lightseek.model.checkpoint import (
     TRAIN_STATE,
     WEIGHTS,
@@ -34,7 +35,6 @@ from lightseek.model.checkpoint import (
     resolve_checkpoint,
     resolve_folder,
     write_dir_atomic,
-    write_json_atomic,
 )
 from lightseek.model.transformer import Transformer
 

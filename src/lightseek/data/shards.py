@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from lightseek.data.corpus import Document
-from lightseek.data.tokenizer import Tokenizer, atomic_write_text
+from lightseek.data.tokenizer import Tokenizer
 from lightseek.errors import ConfigError, DataError
+from lightseek.fileio import atomic_write_text
 
 MANIFEST = "manifest.json"
 FORMAT = "lightseek-token-shards"

@@ -12,7 +12,6 @@ import codecs
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +20,7 @@ from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lightseek.errors import CheckpointError, ConfigError, DataError
+from lightseek.fileio import atomic_write_text
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 TOKENIZER_FILE = "tokenizer.json"
@@ -220,21 +220,6 @@ class StreamDecoder:
         text = self._utf8.decode(b"", final=True)
         self._utf8.reset()
         return text
-
-
-def atomic_write_text(target: Path, text: str) -> None:
-    """Write `text` to `target` via a fsynced temp file in the same directory and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; this is a normal output file
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _raise_if_not_unicode(texts: list[str]) -> None:

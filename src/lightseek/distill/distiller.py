@@ -308,8 +308,7 @@ def assemble(items: list[Item], dc: DistillerConfig, expert_cache, models: Model
 
 def write_outputs(out: Path, dc: DistillerConfig, kept: list, rejected: list, info: dict) -> dict:
     """data.jsonl, rejected.jsonl and manifest.json, each written atomically."""
-    from lightseek.data.tokenizer import atomic_write_text
-    from lightseek.model.checkpoint import write_json_atomic
+    from lightseek.fileio import atomic_write_text, write_json_atomic
 
     def jsonl(rows: list) -> str:
         return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)

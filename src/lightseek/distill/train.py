@@ -121,10 +121,11 @@ def _check_run_folder(out: Path, resume: bool, cfg: DistillConfig) -> None:
 
 def distill_train(cfg: DistillConfig, resume: bool = False, show_progress: bool = True, console=None) -> dict:
     """Train the student; returns the loop's summary plus per-domain validation perplexity."""
-    from lightseek.data.tokenizer import Tokenizer, atomic_write_text
+    from lightseek.data.tokenizer import Tokenizer
     from lightseek.distill.models import check_same_tokenizer, load_local
-    from lightseek.model.checkpoint import load_train_state, load_weights, save_checkpoint
-    from lightseek.train.loop import Job, fit
+    from lightseek.fileio import atomic_write_text
+    from lightseek.model.checkpoint import save_checkpoint
+    from lightseek.train.loop import Job, fit, restore
     from lightseek.train.optim import build_optimizer
     from lightseek.train.parallel import autocast_dtype, init_distributed, resolve_device, shutdown
 
@@ -157,12 +158,7 @@ def distill_train(cfg: DistillConfig, resume: bool = False, show_progress: bool 
         start, tokens_seen = 0, 0
         ckpt_dir = out / "checkpoint"
         if resume:
-            state = load_train_state(ckpt_dir)
-            load_weights(model, ckpt_dir)
-            opt.load_state_dict(state["optimizer"])
-            start, tokens_seen = state["step"], state["tokens_seen"]
-            if start >= tc.steps:
-                raise ConfigError(f"{ckpt_dir} is at step {start}: nothing left of train.steps={tc.steps}")
+            start, tokens_seen = restore(model, opt, ckpt_dir, tc.steps)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
 

@@ -102,7 +102,7 @@ DISPATCH = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
     """Whether this PyTorch build has a grouped GEMM kernel for the device and dtype, forward
     and backward (probed once on a tiny problem)."""

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from lightseek import __version__
 from lightseek.errors import CheckpointError, LightseekError
+from lightseek.fileio import write_json_atomic
 from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer, rope_tables
 
@@ -28,22 +29,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write JSON to ``path`` via a temp file + fsync + rename: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_state(model: Transformer) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ class KVCache:
         self.length = 0  # tokens already cached
 
     @classmethod
-    def for_model(cls, model, batch_size: int, max_len: int | None = None, dtype=None) -> "KVCache":
+    def for_model(cls, model, batch_size: int, max_len: int | None = None, dtype=None) -> KVCache:
         cfg = model.cfg
         p = next(model.parameters())
         return cls(cfg.n_layers, batch_size, cfg.n_kv_heads, cfg.head_dim,
@@ -61,7 +61,7 @@ class SlotCache:
         self.attn_mask: torch.Tensor | None = None
 
     @classmethod
-    def for_model(cls, model, n_slots: int, max_len: int | None = None, dtype=None) -> "SlotCache":
+    def for_model(cls, model, n_slots: int, max_len: int | None = None, dtype=None) -> SlotCache:
         cfg = model.cfg
         p = next(model.parameters())
         return cls(cfg.n_layers, n_slots, cfg.n_kv_heads, cfg.head_dim, max_len or cfg.max_seq_len,

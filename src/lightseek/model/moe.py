@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from lightseek.kernels.dispatch import get_dispatch
 from lightseek.model.config import ModelConfig

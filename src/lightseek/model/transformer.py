@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from lightseek.model.config import ModelConfig
 from lightseek.model.kv_cache import KVCache

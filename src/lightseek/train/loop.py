@@ -62,6 +62,21 @@ def check_resume_config(saved: dict, cfg, ckpt_dir: Path, keys: tuple[str, ...] 
                           f"{', '.join(differ)}; resume with the run's own config (see its config.yaml)")
 
 
+def restore(model: Transformer, optimizer: torch.optim.Optimizer, ckpt_dir: Path, steps: int,
+            state: dict | None = None) -> tuple[int, int]:
+    """Continue a run from its checkpoint: the weights (unless ``state`` is given, in which case
+    the caller has loaded its own) and the optimizer state; returns (step, tokens seen). A run
+    already at ``steps`` is an error: there is nothing to resume."""
+    if state is None:
+        state = load_train_state(ckpt_dir)
+        load_weights(model, ckpt_dir)
+    optimizer.load_state_dict(state["optimizer"])
+    start, tokens_seen = state["step"], state["tokens_seen"]
+    if start >= steps:
+        raise CheckpointError(f"checkpoint {ckpt_dir} is at step {start}: nothing left of train.steps={steps}")
+    return start, tokens_seen
+
+
 @dataclass
 class Job:
     """What `fit` trains and how: the model (with only the weights to train requiring grad),
@@ -204,13 +219,7 @@ def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Pat
         start, tokens_seen = 0, 0
         if resume:
             check_resume_config(read_checkpoint_config(ckpt_dir).get("run", {}), cfg, ckpt_dir)
-            state = load_train_state(ckpt_dir)
-            load_weights(model, ckpt_dir)
-            opt.load_state_dict(state["optimizer"])
-            start, tokens_seen = state["step"], state["tokens_seen"]
-            if start >= tc.steps:
-                raise CheckpointError(f"checkpoint {ckpt_dir} is at step {start}: nothing left of "
-                                      f"train.steps={tc.steps}")
+            start, tokens_seen = restore(model, opt, ckpt_dir, tc.steps)
 
         def train_rows(step: int) -> tuple[torch.Tensor, torch.Tensor]:
             batch = _step_batch(train_data, cfg, step, d)

@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
-
 class MetricsLog:
     """Appends records to ``metrics.jsonl``. On resume, records after the checkpoint's step are
     dropped first, so a resumed run's file equals an uninterrupted run's."""

@@ -10,8 +10,9 @@ import yaml
 from lightseek.config import to_dict
 from lightseek.data.prepare import TOKENIZER_FILE, documents_from, prepare_dataset
 from lightseek.data.shards import manifest as read_manifest
-from lightseek.data.tokenizer import Tokenizer, atomic_write_text
+from lightseek.data.tokenizer import Tokenizer
 from lightseek.errors import ConfigError, DataError
+from lightseek.fileio import atomic_write_text
 from lightseek.train.config import RunConfig
 from lightseek.train.loop import run_training
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from lightseek.config import to_dict
 from lightseek.data.domains.config import BuildConfig
-from lightseek.progress import progress
 from lightseek.data.domains.sources import SOURCES, read_source
 from lightseek.errors import DataError
+from lightseek.progress import progress
 
 SPLITS = ("train", "heldout", "questions")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s*")

@@ -5,9 +5,7 @@ lightseek.cli; these take its parsed arguments). Config keys come from ``--confi
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +13,8 @@ from lightseek.config import from_dict, load_yaml, parse_overrides
 from lightseek.data.domains.classifier import DomainClassifier, read_labelled
 from lightseek.data.domains.config import BuildConfig, DomainConfig
 from lightseek.data.domains.metrics import evaluate, format_report, plot_confusion
-from lightseek.progress import progress
 from lightseek.errors import ConfigError, DataError
+from lightseek.progress import progress
 
 BATCH = 512  # texts classified per call: bounded memory on any input size
 
@@ -101,7 +99,7 @@ def run_eval(args, overrides: list[str]) -> dict:
         title = f"{Path(args.data).name}: macro-F1 {report['macro_f1']:.3f}"
         print(f"confusion matrix plot: {plot_confusion(report, args.plot, title=title)}")
     if args.json:
-        from lightseek.model.checkpoint import write_json_atomic
+        from lightseek.fileio import write_json_atomic
 
         write_json_atomic(args.json, {"model": str(args.model), "data": str(args.data),
                                       "threshold": clf.threshold, **report})
@@ -155,18 +153,11 @@ def run_classify(args, overrides: list[str]) -> int:
     text_field = args.text_field or clf.config.text_field
     if not args.out:
         return _classify_to(clf, _records(args.input, fmt, text_field), sys.stdout)
+    from lightseek.fileio import atomic_open
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            n = _classify_to(clf, _records(args.input, fmt, text_field), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out) as f:
+        n = _classify_to(clf, _records(args.input, fmt, text_field), f)
     print(f"{n:,} texts classified into {out}", file=sys.stderr)
     return n
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from lightseek.progress import progress
 from lightseek.errors import ConfigError
+from lightseek.progress import progress
 
 
 class EncoderFeatures(TransformerMixin, BaseEstimator):

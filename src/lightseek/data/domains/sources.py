@@ -139,7 +139,9 @@ def _books(pattern: str) -> Reader:
     return read
 
 
-def _poems(data) -> Iterator[str]:
+def poem_texts(data) -> Iterator[str]:
+    """Texts from the poetry collections' JSON (lists of records with 'paragraphs' or 'content',
+    possibly nested); every string list becomes one text."""
     if isinstance(data, dict):
         for key in ("paragraphs", "content"):
             if isinstance(data.get(key), list) and all(isinstance(x, str) for x in data[key]):
@@ -147,16 +149,16 @@ def _poems(data) -> Iterator[str]:
                 return
         for v in data.values():
             if isinstance(v, (list, dict)):
-                yield from _poems(v)
+                yield from poem_texts(v)
     elif isinstance(data, list):
         for item in data:
             if isinstance(item, (list, dict)):
-                yield from _poems(item)
+                yield from poem_texts(item)
 
 
 def _poetry(folder: Path, section_chars: int) -> Iterator[Doc]:
     for path in sorted(folder.glob("*/*.json")):
-        for i, poem in enumerate(_poems(json.loads(path.read_text(encoding="utf-8")))):
+        for i, poem in enumerate(poem_texts(json.loads(path.read_text(encoding="utf-8")))):
             yield Doc(f"{path.relative_to(folder)}#{i}", poem)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from lightseek.data.pipeline.store import write_bytes_atomic, write_json_atomic
+from lightseek.fileio import write_bytes_atomic, write_json_atomic
 
 
 def build_stats(manifest: dict, examples: int) -> dict:

@@ -26,9 +26,8 @@ from lightseek.data.pipeline.store import (
     open_out_dir,
     save_state,
     shard_name,
-    write_bytes_atomic,
-    write_json_atomic,
 )
+from lightseek.fileio import write_bytes_atomic, write_json_atomic
 
 
 def _sha(text: str) -> str:

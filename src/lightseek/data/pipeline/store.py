@@ -12,37 +12,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from lightseek.errors import ConfigError, DataError
+from lightseek.fileio import write_bytes_atomic
 
 MANIFEST = "manifest.json"
 OUR_NAMES = ("kept", "excluded", "state", MANIFEST, "stats.json", "stats.md")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file + fsync + rename: never a half-written file.
-    (The same recipe as `model.checkpoint.write_json_atomic`, which would import torch.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def jsonl_bytes(rows: list[dict]) -> bytes:
