@@ -112,6 +112,8 @@ def test_judge_rejections_and_unrouted_domains_are_recorded(tmp_path, prompts, d
 def test_bad_configs_are_clear_errors(tmp_path, prompts, debug_checkpoint):
     with pytest.raises(ConfigError, match="experts"):
         build(DistillerConfig, None, [f"--inputs=[{prompts}]"])
+    with pytest.raises(ConfigError, match=r"experts.medical: endpoint .* needs its model after '#'"):
+        build(DistillerConfig, None, [f"--inputs=[{prompts}]", "--experts.medical=http://127.0.0.1:8000/v1"])
     with pytest.raises(ConfigError, match="prompt template"):
         distill_data(_cfg(tmp_path, prompts, debug_checkpoint, "--prompts.prompt=Answer {question}"),
                      show_progress=False)

@@ -73,6 +73,11 @@ class DistillerConfig:
     def __post_init__(self) -> None:
         if not self.experts:
             raise ConfigError("experts: map at least one domain (or '*') to an expert model")
+        specs = [(f"experts.{d}", spec) for d, spec in self.experts.items()] + [("refiner", self.refiner)]
+        for key, spec in specs:
+            if spec.startswith(("http://", "https://")) and not spec.partition("#")[2]:
+                raise ConfigError(f"{key}: endpoint {spec!r} needs its model after '#', "
+                                  f"e.g. http://127.0.0.1:8000/v1#base")
         if self.chunk < 1 or self.min_chars < 0 or self.max_inputs < 0 or self.max_per_source < 0:
             raise ConfigError("chunk must be >= 1, min_chars, max_inputs and max_per_source >= 0")
         try:
