@@ -214,3 +214,14 @@ def test_a_dense_student_learns_from_a_moe_teacher(tmp_path, debug_checkpoint, d
     student = load_model(summary["checkpoint"])
     assert not student.cfg.is_moe and load_model(debug_checkpoint).cfg.is_moe
     assert all(math.isfinite(p) for p in summary["domains"].values())
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, debug_checkpoint, domain_files):
+    from lightseek.data.corpus import Document
+    from lightseek.data.prepare import train_tokenizer
+    from lightseek.distill.train import distill_train
+
+    docs = iter([Document("other", 0, "a different corpus entirely, with other words. " * 50)])
+    other = train_tokenizer(docs, 300, 10_000).save(tmp_path / "tok")
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        distill_train(_cfg(tmp_path, debug_checkpoint, domain_files, tokenizer=other), show_progress=False)
