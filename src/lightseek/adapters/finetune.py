@@ -209,7 +209,7 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
              console=None) -> dict:
     """Train a LoRA adapter (mode "lora") or the whole model ("full") on instruction data."""
     from lightseek.adapters import store
-    from lightseek.train.loop import Job, fit, restore
+    from lightseek.train.loop import Job, check_run_folder, fit, restore
     from lightseek.train.optim import build_optimizer
     from lightseek.train.parallel import autocast_dtype, init_distributed, resolve_device, shutdown
 
@@ -226,16 +226,7 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
     out = Path(cfg.out_dir or (Path("runs") / ("adapters" if mode == "lora" else "sft") / cfg.name))
     cfg.out_dir = str(out)
     save_dir = out / ("adapter" if mode == "lora" else "checkpoint")
-    if resume and not save_dir.exists():
-        raise ConfigError(f"--resume: nothing to resume in {save_dir}")
-    if resume:
-        from lightseek.train.loop import check_resume_config
-
-        check_resume_config(load_yaml(out / "config.yaml") if (out / "config.yaml").exists() else {}, cfg, out,
-                            RESUME_KEYS)
-    elif out.exists() and any((out / f).exists() for f in ("config.yaml", "metrics.jsonl", "checkpoint", "adapter")):
-        raise ConfigError(f"run folder {out} already holds a run; pass --resume to continue it, or choose "
-                          f"another --out_dir")
+    check_run_folder(out, save_dir, resume, cfg, RESUME_KEYS, ("config.yaml", "metrics.jsonl", "checkpoint", "adapter"))
 
     base_dir = resolve_checkpoint(cfg.base)
     base_run = read_checkpoint_config(base_dir).get("run", {})

@@ -148,14 +148,3 @@ def sample_rows(streams: dict[str, np.ndarray], probs: np.ndarray, n: int, seq_l
         rows.append(s[start:start + seq_len + 1])
         names.append(domains[i])
     return torch.from_numpy(np.stack(rows).astype(np.int64)), names
-
-
-def val_windows(stream: np.ndarray, seq_len: int, limit: int) -> torch.Tensor:
-    """Consecutive windows of seq_len + 1 tokens from the start (at most ``limit``; 0 = all)."""
-    n = (len(stream) - 1) // seq_len
-    if limit:
-        n = min(n, limit)
-    if n == 0:
-        raise DataError(f"a validation stream of {len(stream)} tokens is shorter than one window of {seq_len + 1}")
-    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    return torch.from_numpy(stream[idx].astype(np.int64))

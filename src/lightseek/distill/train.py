@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from lightseek.config import deep_merge, field, from_dict, load_yaml, parse_overrides, to_dict
-from lightseek.distill.data import DistillDataConfig, build_streams, domain_weights, sample_rows, val_windows
+from lightseek.distill.data import DistillDataConfig, build_streams, domain_weights, sample_rows
 from lightseek.distill.kd import KdConfig, TeacherSet, kd_loss
 from lightseek.errors import ConfigError
 from lightseek.model.config import PRESETS, ModelConfig
@@ -105,33 +105,19 @@ def _tokenizer_file(cfg: DistillConfig) -> Path:
     raise ConfigError("a new student needs a tokenizer: pass --tokenizer=PATH, a teacher or --student")
 
 
-def _check_run_folder(out: Path, resume: bool, cfg: DistillConfig) -> None:
-    from lightseek.train.loop import check_resume_config
-
-    ckpt = out / "checkpoint"
-    if resume:
-        if not ckpt.exists():
-            raise ConfigError(f"--resume: nothing to resume in {ckpt}")
-        check_resume_config(load_yaml(out / "config.yaml") if (out / "config.yaml").exists() else {}, cfg, out,
-                            RESUME_KEYS)
-    elif any((out / f).exists() for f in ("config.yaml", "metrics.jsonl", "checkpoint")):
-        raise ConfigError(f"run folder {out} already holds a run; pass --resume to continue it, or choose "
-                          f"another --out_dir")
-
-
 def distill_train(cfg: DistillConfig, resume: bool = False, show_progress: bool = True, console=None) -> dict:
     """Train the student; returns the loop's summary plus per-domain validation perplexity."""
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.distill.models import check_same_tokenizer, load_local
     from lightseek.fileio import atomic_write_text
     from lightseek.model.checkpoint import save_checkpoint
-    from lightseek.train.loop import Job, fit, restore
+    from lightseek.train.loop import Job, check_run_folder, fit, restore
     from lightseek.train.optim import build_optimizer
     from lightseek.train.parallel import autocast_dtype, init_distributed, resolve_device, shutdown
 
     say = (lambda text: console.print(text, soft_wrap=True, highlight=False)) if console is not None else (lambda t: None)
     tc, out = cfg.train, Path(cfg.out_dir)
-    _check_run_folder(out, resume, cfg)
+    check_run_folder(out, out / "checkpoint", resume, cfg, RESUME_KEYS, ("config.yaml", "metrics.jsonl", "checkpoint"))
     tok_file = _tokenizer_file(cfg)
     tokenizer = Tokenizer.load(tok_file)
     d = init_distributed(tc.device)
@@ -181,16 +167,14 @@ def distill_train(cfg: DistillConfig, resume: bool = False, show_progress: bool 
         def val_batches():
             limit = max(1, tc.eval_batches * tc.batch_size // len(streams.val)) if tc.eval_batches else 0
             for stream in streams.val.values():
-                w = val_windows(stream, tc.seq_len, limit)
-                for i in range(0, len(w), tc.batch_size):
-                    yield w[i:i + tc.batch_size, :-1], w[i:i + tc.batch_size, 1:]
+                yield from val_pairs(stream, tc.seq_len, tc.batch_size, limit)
 
         record = {"teachers": {k: m.version for k, m in loaded.items()}, "kd": to_dict(cfg.kd),
                   "data": {"sources": cfg.data.sources, "documents": streams.documents, "split_seed": split_seed}}
 
         def save(step: int, tokens: int, optimizer, last_eval: dict) -> None:
             state = {"step": step, "tokens_seen": tokens, "optimizer": optimizer.state_dict()}
-            run = {**student_run, "distill": to_dict(cfg)} if student_run else {"distill": to_dict(cfg)}
+            run = {**student_run, "distill": to_dict(cfg)}
             save_checkpoint(ckpt_dir, model, tokenizer_file=tok_file, run_config=run, train_state=state,
                             extra={"step": step, "distilled": record})
 
@@ -207,9 +191,15 @@ def domain_perplexity(model, val: dict, seq_len: int, batch_size: int, limit: in
     """{domain: validation perplexity} over (at most ``limit``) windows of each domain's stream."""
     from lightseek.eval.perplexity import evaluate
 
-    out = {}
-    for domain, stream in val.items():
-        w = val_windows(stream, seq_len, limit)
-        batches = ((w[i:i + batch_size, :-1], w[i:i + batch_size, 1:]) for i in range(0, len(w), batch_size))
-        out[domain] = evaluate(model, batches, device)["ppl"]
-    return out
+    return {domain: evaluate(model, val_pairs(stream, seq_len, batch_size, limit), device)["ppl"]
+            for domain, stream in val.items()}
+
+
+def val_pairs(stream, seq_len: int, batch_size: int, limit: int):
+    """(inputs, targets) batches of the first ``limit`` (0 = all) consecutive windows of a stream."""
+    from lightseek.eval.run import token_windows
+
+    if limit:
+        stream = stream[:limit * seq_len + 1]  # exactly ``limit`` windows
+    for b in token_windows(stream, batch_size, seq_len):
+        yield b[:, :-1], b[:, 1:]

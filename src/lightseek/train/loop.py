@@ -62,6 +62,23 @@ def check_resume_config(saved: dict, cfg, ckpt_dir: Path, keys: tuple[str, ...] 
                           f"{', '.join(differ)}; resume with the run's own config (see its config.yaml)")
 
 
+def check_run_folder(out: Path, save_dir: Path, resume: bool, cfg, keys: tuple[str, ...],
+                     markers: tuple[str, ...]) -> None:
+    """Before a run writes into ``out``: with ``resume``, something to resume in ``save_dir`` and a
+    config that agrees with the run's ``config.yaml`` on ``keys``; without, no earlier run there
+    (none of ``markers``), so nothing a user made is overwritten."""
+    from lightseek.config import load_yaml
+
+    if resume:
+        if not save_dir.exists():
+            raise ConfigError(f"--resume: nothing to resume in {save_dir}")
+        saved = load_yaml(out / "config.yaml") if (out / "config.yaml").exists() else {}
+        check_resume_config(saved, cfg, out, keys)
+    elif any((out / f).exists() for f in markers):
+        raise ConfigError(f"run folder {out} already holds a run; pass --resume to continue it, or choose "
+                          f"another --out_dir")
+
+
 def restore(model: Transformer, optimizer: torch.optim.Optimizer, ckpt_dir: Path, steps: int,
             state: dict | None = None) -> tuple[int, int]:
     """Continue a run from its checkpoint: the weights (unless ``state`` is given, in which case
