@@ -70,6 +70,14 @@ class DistillerConfig:
     out: str = field("runs/distilled", help="Output folder: data.jsonl, rejected.jsonl, manifest.json, cache/.")
     chunk: int = field(64, help="Inputs per unit of work (the cache is written after each).")
 
+    @property
+    def expert_template(self) -> str:
+        return self.prompts.prompt if self.kind == "prompt" else self.prompts.passage
+
+    @property
+    def refiner_template(self) -> str:
+        return self.prompts.refine if self.mode == "refine" else self.prompts.judge
+
     def __post_init__(self) -> None:
         if not self.experts:
             raise ConfigError("experts: map at least one domain (or '*') to an expert model")
@@ -181,7 +189,7 @@ def _fill(template: str, **values) -> str:
 
 
 def user_prompt(it: Item, dc: DistillerConfig) -> str:
-    return _fill(dc.prompts.prompt if dc.kind == "prompt" else dc.prompts.passage, text=it.text, domain=it.domain)
+    return _fill(dc.expert_template, text=it.text, domain=it.domain)
 
 
 def run_stage(items: list[Item], cache: StageCache, make_prompt: Callable[[Item], str], generator,
@@ -217,12 +225,11 @@ def distill_data(dc: DistillerConfig, show_progress: bool = True, console=None) 
     models = Models(dc.generate)
     routed = [it for it in items if expert_for(it.domain, dc)]
     refiner = models(dc.refiner) if dc.refiner else None
-    refine_tpl = dc.prompts.refine if dc.mode == "refine" else dc.prompts.judge
     expert_caches: dict[str, StageCache] = {}
     refine_cache = None
     if refiner is not None:
         refine_cache = StageCache(out / "cache" / "refine.jsonl", {
-            "refiner": refiner.version, "mode": dc.mode, "template": refine_tpl, "generate": to_dict(dc.generate),
+            "refiner": refiner.version, "mode": dc.mode, "template": dc.refiner_template, "generate": to_dict(dc.generate),
             "seed": dc.seed})
 
     def expert_cache(spec: str) -> StageCache:
@@ -233,9 +240,12 @@ def distill_data(dc: DistillerConfig, show_progress: bool = True, console=None) 
                 "generate": to_dict(dc.generate), "seed": dc.seed})
         return expert_caches[spec]
 
+    def expert_answer(it: Item) -> dict:
+        cache = expert_cache(expert_for(it.domain, dc))
+        return cache.done[cache.key(it)]
+
     def refine_prompt(it: Item) -> str:
-        answer = expert_cache(expert_for(it.domain, dc)).done[expert_cache(expert_for(it.domain, dc)).key(it)]
-        return _fill(refine_tpl, prompt=user_prompt(it, dc), answer=answer["text"], domain=it.domain)
+        return _fill(dc.refiner_template, prompt=user_prompt(it, dc), answer=expert_answer(it)["text"], domain=it.domain)
 
     generated = 0
     with progress(len(routed) if show_progress else 0, "distilling") as advance:
@@ -244,10 +254,8 @@ def distill_data(dc: DistillerConfig, show_progress: bool = True, console=None) 
             for spec in sorted({expert_for(it.domain, dc) for it in chunk}):
                 mine = [it for it in chunk if expert_for(it.domain, dc) == spec]
                 generated += run_stage(mine, expert_cache(spec), lambda it: user_prompt(it, dc), models(spec))
-            if refine_cache is not None:
-                for spec in sorted({expert_for(it.domain, dc) for it in chunk}):
-                    usable = [it for it in chunk if expert_for(it.domain, dc) == spec
-                              and _reject_answer(expert_cache(spec).done[expert_cache(spec).key(it)], dc) is None]
+                if refine_cache is not None:
+                    usable = [it for it in mine if _reject_answer(expert_answer(it), dc) is None]
                     generated += run_stage(usable, refine_cache, refine_prompt, refiner, after=expert_cache(spec).tag)
             advance(len(chunk))
     kept, rejected = assemble(items, dc, expert_cache, models, refine_cache)
@@ -283,7 +291,7 @@ def assemble(items: list[Item], dc: DistillerConfig, expert_cache, models: Model
         answer = cache.done[cache.key(it)]
         prompt = user_prompt(it, dc)
         trace = {**base, "expert": models(spec).version,
-                 "prompts": {"expert": dc.prompts.prompt if dc.kind == "prompt" else dc.prompts.passage}}
+                 "prompts": {"expert": dc.expert_template}}
         why = _reject_answer(answer, dc)
         if why:
             rejected.append({**trace, "stage": "expert", "reason": why, "prompt": prompt, "answer": answer["text"]})
@@ -293,7 +301,7 @@ def assemble(items: list[Item], dc: DistillerConfig, expert_cache, models: Model
             verdict = refine_cache.done[refine_cache.key(it, cache.tag)]["text"]
             trace.update(refiner={"mode": dc.mode, **models(dc.refiner).version},
                          expert_answer=answer["text"])
-            trace["prompts"]["refiner"] = dc.prompts.refine if dc.mode == "refine" else dc.prompts.judge
+            trace["prompts"]["refiner"] = dc.refiner_template
             if dc.mode == "judge":
                 trace["verdict"] = verdict
                 if not re.search(dc.prompts.accept, verdict, flags=re.IGNORECASE):
