@@ -332,8 +332,7 @@ def cmd_distill_train(args, overrides) -> int:
 
     from lightseek.distill.train import distill_train, load_distill_config
 
-    flags = [f"--student={args.student}"] if args.student else []
-    cfg = load_distill_config(args.config, overrides + flags)
+    cfg = load_distill_config(args.config, overrides)  # --student=CKPT is a config key like any other
     summary = distill_train(cfg, resume=args.resume, show_progress=not args.quiet, console=Console(stderr=True))
     if int(os.environ.get("RANK", "0")) == 0:
         _print_summary(summary)
@@ -346,9 +345,7 @@ def cmd_distill_data(args, overrides) -> int:
     from lightseek.config import build
     from lightseek.distill.distiller import DistillerConfig, distill_data
 
-    flags = [f"--out={args.out}"] if args.out else []
-    if args.inputs:
-        flags.append("--inputs=[" + ",".join(args.inputs) + "]")
+    flags = ["--inputs=[" + ",".join(args.inputs) + "]"] if args.inputs else []  # --out=DIR is a config key
     r = distill_data(build(DistillerConfig, args.config, overrides + flags), show_progress=not args.quiet)
     stages = ", ".join(f"{k} {v}" for k, v in r["rejected_by_stage"].items()) or "none"
     print(f"{r['inputs']} inputs: {r['kept']} records written to {r['files']['data']}, {r['rejected']} rejected "
@@ -520,13 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
     dist = sub.add_parser("distill", help="Distillation: the DataDistiller and knowledge distillation.").add_subparsers(
         dest="sub", metavar="SUB")
     p = add("data", cmd_distill_data, "Inputs -> domain -> the domain's expert writes -> the base refines or judges "
-            "-> an instruction dataset (resumable, seeded).", dist)
+            "-> an instruction dataset (resumable, seeded). Config keys are flags too: --out=DIR, --mode=judge, "
+            "--experts.medical=CKPT (`lightseek config --for distiller` lists them).", dist)
     p.add_argument("inputs", nargs="*", help="input files or folders (else `inputs` of the config)")
-    p.add_argument("--out", help="output folder (same as --out=DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = add("train", cmd_distill_train, "Train a student from per-domain teachers (forward/reverse KL, temperature, "
-            "next-token ratio).", dist)
-    p.add_argument("--student", help="student checkpoint to start from (same as --student=CKPT)")
+            "next-token ratio). Config keys are flags too: --student=CKPT, --teachers.medical=SPEC, "
+            "--data.sources=[medical=PATH] (`lightseek config --for distill` lists them).", dist)
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
