@@ -111,11 +111,9 @@ def generate_text(model: Transformer, tokenizer, prompt: str, p: SamplingParams,
             if on_text:
                 on_text(text)
 
-    from lightseek.data.chat import END_TOKEN
+    from lightseek.data.chat import end_ids
 
-    # end of text, or the end of a chat turn
-    stop_ids = [tokenizer.eot_id, tokenizer.token_id(END_TOKEN)]
-    for tok in generate_ids(model, tokenizer.encode(prompt), p, stop_ids=stop_ids):
+    for tok in generate_ids(model, tokenizer.encode(prompt), p, stop_ids=end_ids(tokenizer)):
         pending += decoder.push(tok)
         cut = min((pending.find(s) for s in p.stop if s in pending), default=-1)
         if cut >= 0:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lightseek.adapters.lora import adapter_names, use_adapters
-from lightseek.data.chat import END_TOKEN
+from lightseek.data.chat import end_ids
 from lightseek.data.tokenizer import StreamDecoder, Tokenizer
 from lightseek.errors import ConfigError, LightseekError
 from lightseek.model.generate import sample_rows
@@ -121,8 +121,7 @@ class Engine:
         self.free_slots = list(range(max_slots))
         self._ids = itertools.count(1)
         self.device = next(model.parameters()).device
-        # a sequence ends at end-of-text, and a chat reply at the template's end of turn
-        self.end_ids = {tokenizer.eot_id, tokenizer.token_id(END_TOKEN)}
+        self.end_ids = set(end_ids(tokenizer))
 
     # --- requests ------------------------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: GenParams | None = None, adapter: str | None = None) -> Request:
