@@ -83,13 +83,14 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def general_batches(tokenizer, seq_len: int, batch_size: int):
+def general_tokens(tokenizer, total: int):
+    """The held-out general text as one token stream: the first ``total / len(GENERAL)`` tokens
+    of each source in turn, documents ended by end-of-text."""
     import numpy as np
 
     from lightseek.data.corpus import iter_documents
-    from lightseek.eval.run import token_windows
 
-    per_source = GENERAL_TOKENS // len(GENERAL)
+    per_source = total // len(GENERAL)
     ids: list[int] = []
     for src in GENERAL:
         got: list[int] = []
@@ -98,7 +99,13 @@ def general_batches(tokenizer, seq_len: int, batch_size: int):
             if len(got) >= per_source:
                 break
         ids += got[:per_source]
-    tokens = np.asarray(ids, dtype=np.int64)
+    return np.asarray(ids, dtype=np.int64)
+
+
+def general_batches(tokenizer, seq_len: int, batch_size: int):
+    from lightseek.eval.run import token_windows
+
+    tokens = general_tokens(tokenizer, GENERAL_TOKENS)
     return lambda: token_windows(tokens, batch_size, seq_len)
 
 

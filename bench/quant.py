@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lora_vs_full import GENERAL, ROOT, ensure_base
+from lora_vs_full import GENERAL, ROOT, ensure_base, general_tokens
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "results" / "quant.md"
@@ -58,20 +58,9 @@ CALIB = [ROOT.parent / "shared" / "data" / "en_gutenberg" / "austen-emma.txt",
 
 def eval_windows(tokenizer, seq_len: int, tokens: int, batch: int) -> list[torch.Tensor]:
     """(b, seq_len + 1) windows of the held-out general text, ``tokens`` in all (split evenly)."""
-    import numpy as np
-
-    from lightseek.data.corpus import iter_documents
     from lightseek.eval.run import token_windows
 
-    ids: list[int] = []
-    for src in GENERAL:
-        got: list[int] = []
-        for doc in iter_documents([src], text_field="text,context_text"):
-            got += tokenizer.encode(doc.text) + [tokenizer.eot_id]
-            if len(got) >= tokens // len(GENERAL):
-                break
-        ids += got[:tokens // len(GENERAL)]
-    return list(token_windows(np.asarray(ids, dtype=np.int64), batch, seq_len))
+    return list(token_windows(general_tokens(tokenizer, tokens), batch, seq_len))
 
 
 @torch.no_grad()
