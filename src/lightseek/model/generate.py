@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from lightseek.model.kv_cache import KVCache
 from lightseek.model.sampling import SamplingParams
@@ -50,14 +51,41 @@ def sample_rows(logits_BV: torch.Tensor, params: list[SamplingParams],
     """`sample_next` for rows with their own parameters and generators, filtering all rows in
     one batched pass and drawing each row with one uniform number from its own generator, so a
     row's draw does not depend on the others."""
-    V = logits_BV.shape[-1]
-    # inverse-CDF draw: one uniform number per row from the row's own generator, then one
-    # batched search (torch.multinomial per row cost ~0.2 ms each at an 8k vocabulary)
-    cdf = filtered_logits(logits_BV, params).softmax(-1).cumsum(-1)               # (B, V)
-    u = torch.stack([torch.rand((), generator=g, device=logits_BV.device) for g in generators])
-    picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_max(V - 1)
-    greedy_ids = logits_BV.argmax(-1)
-    return [int(greedy_ids[i]) if p.temperature == 0 else int(picks[i]) for i, p in enumerate(params)]
+    greedy = [p.temperature == 0 for p in params]
+    picks = logits_BV.argmax(-1).tolist() if any(greedy) else [0] * len(params)
+    rows = [i for i, g in enumerate(greedy) if not g]
+    if rows:
+        sub = logits_BV if len(rows) == len(params) else logits_BV[rows]
+        probs = filtered_logits(sub, [params[i] for i in rows]).softmax(-1)
+        unseeded = torch.rand(len(rows), device=logits_BV.device)  # rows without a seed share one draw call
+        u = torch.stack([unseeded[j] if generators[i] is None
+                         else torch.rand((), generator=generators[i], device=logits_BV.device)
+                         for j, i in enumerate(rows)])
+        for i, tok in zip(rows, inverse_cdf(probs, u).tolist()):
+            picks[i] = tok
+    return picks
+
+
+def inverse_cdf(probs_BV: torch.Tensor, u_B: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """Token ``j`` of each row with ``cdf[j - 1] <= u * total < cdf[j]``, found in two levels:
+    first the block of ``block`` tokens, then the token inside it. A full-vocabulary cumulative
+    sum is a sequential pass over every row (about 0.13 ms for 16 x 8k here); block sums plus one
+    block's cumulative sum cost a tenth of that. Tokens of zero probability are never drawn."""
+    B, V = probs_BV.shape
+    n_blocks = -(-V // block)
+    if V % block:
+        probs_BV = F.pad(probs_BV, (0, n_blocks * block - V))
+    blocks = probs_BV.view(B, n_blocks, block)
+    mass_BN = blocks.sum(-1)
+    cdf_BN = mass_BN.cumsum(-1)
+    target = (u_B * cdf_BN[:, -1])[:, None]                                       # (B, 1)
+    b = torch.searchsorted(cdf_BN, target, right=True).clamp_max(n_blocks - 1)    # (B, 1)
+    rest = target - (cdf_BN.gather(1, b) - mass_BN.gather(1, b))
+    cdf_in = blocks[torch.arange(B, device=probs_BV.device), b[:, 0]].cumsum(-1)  # (B, block)
+    # rounding may put ``rest`` at or past the block's total: keep it inside the block's mass
+    rest = torch.minimum(rest.clamp_min(0), cdf_in[:, -1:] * (1 - 2 ** -20))
+    j = torch.searchsorted(cdf_in, rest, right=True).clamp_max(block - 1)
+    return (b * block + j)[:, 0]
 
 
 @torch.no_grad()
