@@ -105,3 +105,29 @@ def test_flops_and_params_counts():
     # one more routed expert per token costs exactly one expert's FLOPs in each MoE layer
     delta = moe.flops_per_token(256, k=3.5)["active"] - f["active"]
     assert delta == cfg.n_moe_layers * 2 * 3 * cfg.dim * cfg.moe_inter_dim
+
+
+@pytest.mark.parametrize("slots", [[2, 3, 4], [4, 0, 2]], ids=["consecutive", "scattered"])
+def test_slot_cache_rows_equal_separate_runs(slots):
+    """Rows of a SlotCache at different lengths decode exactly as each sequence does alone with
+    its own KVCache, whether the bound slots are consecutive (read through a view of the cache)
+    or scattered (read through a gathered copy)."""
+    from lightseek.model.kv_cache import SlotCache
+
+    model = _model("dynamic")
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 512, (1, n), generator=g) for n in (5, 11, 2)]
+    nxt = torch.randint(0, 512, (3, 1), generator=g)
+    cache = SlotCache.for_model(model, 6, 32)
+    with torch.no_grad():
+        for s, p in zip(slots, prompts):
+            cache.bind([s], p.shape[1])
+            model(p, cache=cache)
+        cache.bind(slots, 1)
+        batched = model(nxt, cache=cache).logits[:, -1]
+        for i, p in enumerate(prompts):
+            alone = KVCache.for_model(model, 1, 32)
+            model(p, cache=alone)
+            ref = model(nxt[i:i + 1], cache=alone).logits[0, -1]
+            torch.testing.assert_close(batched[i], ref, atol=1e-5, rtol=1e-5)
+    assert [cache.lengths[s] for s in slots] == [6, 12, 3]

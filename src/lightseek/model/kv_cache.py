@@ -59,6 +59,7 @@ class SlotCache:
         self._slots: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.attn_mask: torch.Tensor | None = None
+        self._first: int | None = None
 
     @classmethod
     def for_model(cls, model, n_slots: int, max_len: int | None = None, dtype=None) -> SlotCache:
@@ -80,6 +81,8 @@ class SlotCache:
         if max(starts) + n_tokens > self.max_len:
             raise ValueError(f"slot cache holds {self.max_len} tokens; {max(starts) + n_tokens} requested")
         self._slots = torch.tensor(slots, device=self.device)
+        # rows bound to consecutive slots read the cache through a view instead of a gathered copy
+        self._first = slots[0] if slots == list(range(slots[0], slots[0] + len(slots))) else None
         start_B = torch.tensor(starts, device=self.device)
         self.positions = start_B[:, None] + torch.arange(n_tokens, device=self.device)   # (B, T)
         span = max(starts) + n_tokens
@@ -93,6 +96,9 @@ class SlotCache:
         # write row b's T new keys at its own positions, then read each row's slot prefix
         self.k[layer][rows, :, pos] = k_BHTd.transpose(1, 2)                              # (B, T, H, d)
         self.v[layer][rows, :, pos] = v_BHTd.transpose(1, 2)
+        if self._first is not None:
+            rows = slice(self._first, self._first + len(self._bound[0]))
+            return self.k[layer][rows, :, :self._span], self.v[layer][rows, :, :self._span]
         return self.k[layer][self._slots, :, :self._span], self.v[layer][self._slots, :, :self._span]
 
     def advance(self, n: int) -> None:

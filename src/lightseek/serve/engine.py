@@ -20,6 +20,7 @@ float rounding in the batched matrix products).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import deque
 from collections.abc import Sequence
@@ -169,7 +170,7 @@ class Engine:
             del self.running[req.id]
         if req.slot is not None:
             self.cache.reset(req.slot)
-            self.free_slots.append(req.slot)
+            bisect.insort(self.free_slots, req.slot)
             req.slot = None
 
     # --- scheduling ----------------------------------------------------------------------------
@@ -187,7 +188,7 @@ class Engine:
     def step(self) -> list[Event]:
         while self.waiting and self.free_slots:
             req = self.waiting.popleft()
-            req.slot = self.free_slots.pop(0)
+            req.slot = self.free_slots.pop(0)  # the lowest free slot: running rows stay packed
             self.running[req.id] = req
         events: list[Event] = []
         prefilling = [r for r in self.running.values() if r.prefilled < len(r.prompt_ids)]
@@ -195,7 +196,7 @@ class Engine:
             self._prefill_chunk(prefilling[0])
         ready = [r for r in self.running.values() if r.prefilled == len(r.prompt_ids)]
         first = [r for r in ready if r._last_logits is not None]  # prefill just finished: sample from it
-        decode = [r for r in ready if r._last_logits is None]
+        decode = sorted((r for r in ready if r._last_logits is None), key=lambda r: r.slot)
         if decode:
             self._decode(decode)
         todo = first + decode
@@ -219,11 +220,11 @@ class Engine:
 
     def _decode(self, reqs: list[Request]) -> None:
         self.cache.bind([r.slot for r in reqs], 1)
-        ids = torch.tensor([[r.output_ids[-1]] for r in reqs], device=self.device)
+        ids = torch.tensor([r.output_ids[-1] for r in reqs], device=self.device)
         with use_adapters(self.model, [r.adapter for r in reqs]):
-            out = self.model(ids, cache=self.cache)
-        for i, r in enumerate(reqs):
-            r._last_logits = out.logits[i, -1]
+            logits = self.model(ids[:, None], cache=self.cache).logits[:, -1]
+        for r, row in zip(reqs, logits):
+            r._last_logits = row
 
     def _accept(self, req: Request, tok: int, logits: torch.Tensor) -> Event:
         req._last_logits = None
