@@ -146,3 +146,15 @@ def test_a_chat_reply_ends_at_the_end_of_turn_token(served) -> None:
     finally:
         hook.remove()
     assert r.finish_reason == "stop" and r.output_ids == [] and r.text == ""
+
+
+def test_events_of_a_lagging_stream_merge_in_order() -> None:
+    """A streamed response that fell behind sends each choice's backlog as one chunk: texts and
+    ids joined in order, finished once the last event is."""
+    from lightseek.serve.app import _merge
+    from lightseek.serve.engine import Event, GenParams, Request
+
+    a, b = Request(1, [1], GenParams()), Request(2, [1], GenParams())
+    merged = _merge([Event(a, [5], "He", False), Event(b, [7], "x", False), Event(a, [6], "llo", True)])
+    assert [(m.request.id, m.token_ids, m.text, m.finished) for m in merged] == [(1, [5, 6], "Hello", True),
+                                                                                   (2, [7], "x", False)]

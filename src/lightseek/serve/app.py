@@ -62,14 +62,18 @@ class EngineHost:
         self.thread = threading.Thread(target=self._loop, name="lightseek-engine", daemon=True)
         self.thread.start()
 
-    def submit(self, prompt_ids, params: GenParams, adapter: str | None, on_event, meta: dict | None = None) -> Request:
+    def submit(self, prompt_ids, params: GenParams, adapter: str | None, on_event, meta: dict | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> Request:
+        """Queue a request; ``on_event(event)`` is called with each of its events, in ``loop``'s
+        thread when a loop is given (one wake-up of the loop per step carries every event of
+        that step), else in the engine thread."""
         req = self.engine.make_request(prompt_ids, params, adapter)  # ConfigError for bad input
         req.meta = dict(meta or {})
         queued = len(self.engine.waiting) + sum(1 for kind, *_ in list(self._inbox) if kind == "submit")
         if queued >= self.engine.max_waiting:
             raise QueueFull(f"{queued} requests are waiting already")
         self._started[req.id] = time.perf_counter()
-        self._inbox.append(("submit", req, on_event))
+        self._inbox.append(("submit", req, (on_event, loop)))
         self._wake.set()
         return req
 
@@ -149,6 +153,7 @@ class EngineHost:
                 continue
             batch = len(self.engine.running)
             events = self.engine.step()
+            deliveries: dict[asyncio.AbstractEventLoop, list] = {}
             now = time.perf_counter()
             self.metrics["steps"] += 1
             self.metrics["batch_sum"] += batch
@@ -163,12 +168,21 @@ class EngineHost:
                         self.metrics["ttft_sum"] += now - self._started[rid]
                         self.metrics["ttft_count"] += 1
                     self._last_token[rid] = now
-                listener = self.listeners.get(rid)
-                if listener is not None:
-                    listener(e)
+                on_event, loop = self.listeners.get(rid, (None, None))
+                if loop is not None:
+                    deliveries.setdefault(loop, []).append((on_event, e))
+                elif on_event is not None:
+                    on_event(e)
                 if e.finished:
                     self._record_usage(e.request)
                     self._forget(e.request)
+            for loop, items in deliveries.items():
+                loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list) -> None:
+    for on_event, event in items:
+        on_event(event)
 
 
 class PendingHost:
@@ -306,9 +320,8 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
         reqs: list[Request] = []
         try:
             for i in range(body.n):
-                reqs.append(host.submit(prompt_ids, gen_params(body, logprobs, i), adapter,
-                                        lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
-                                        {"id": api_id, "choice": i, "model": body.model, "user": body.user}))
+                reqs.append(host.submit(prompt_ids, gen_params(body, logprobs, i), adapter, queue.put_nowait,
+                                        {"id": api_id, "choice": i, "model": body.model, "user": body.user}, loop))
         except QueueFull as e:
             for r in reqs:
                 host.cancel(r)
@@ -336,10 +349,13 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
         async def gen():
             try:
                 while not all(r.done for r in reqs) or not queue.empty():
-                    ev: Event = await queue.get()
-                    idx = reqs.index(ev.request)
-                    if ev.text or ev.finished:
-                        yield f"data: {json.dumps(chunk(idx, ev), ensure_ascii=False)}\n\n"
+                    events = [await queue.get()]
+                    while not queue.empty():  # a client that fell behind gets its backlog in one chunk per choice
+                        events.append(queue.get_nowait())
+                    out = [f"data: {json.dumps(chunk(reqs.index(ev.request), ev), ensure_ascii=False)}\n\n"
+                           for ev in _merge(events) if ev.text or ev.finished]
+                    if out:
+                        yield "".join(out)
                 if final_usage:
                     yield f"data: {json.dumps(chunk(None, None) | {'choices': [], 'usage': usage(reqs)})}\n\n"
                 yield "data: [DONE]\n\n"
@@ -511,6 +527,16 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _merge(events: list[Event]) -> list[Event]:
+    """Consecutive events of one request as one (text and ids joined), in first-seen order."""
+    merged: dict[int, Event] = {}
+    for ev in events:
+        m = merged.get(ev.request.id)
+        merged[ev.request.id] = ev if m is None else Event(ev.request, m.token_ids + ev.token_ids, m.text + ev.text,
+                                                            ev.finished)
+    return list(merged.values())
 
 
 def _embed(model, ids: list[list[int]], adapter: str | None) -> list[list[float]]:
