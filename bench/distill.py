@@ -1,26 +1,31 @@
-"""Knowledge distillation from domain experts into a small student, against the same student
-trained on the same data without distillation.
+"""Knowledge distillation from larger domain teachers into a student with at most a quarter of
+their active parameters, against the same student trained on the same data without distillation.
 
 On the shared base checkpoint (runs/base, built by recipes/base.yaml when missing) and the
-domain folders of ../shared/data (medical, finance, legal; English and Chinese):
+domain folders of ../shared/data (medical, finance, legal; English and Chinese). Two set-ups:
 
-1. experts: for each domain, the base model trains on that domain's text (75% of the rows)
-   while keeping a KL tie to itself on general text (25%): distillation base -> expert;
-2. students with at most a quarter of the experts' active parameters (embedding included) start
-   from scratch and train on all domains plus general text for the same steps and rows:
-     distilled    each row taught by its own domain's expert (general rows by the base)
-     data only    the same student, the same batches, next-token loss alone
-3. per-domain validation perplexity of the base, the expert, both students, and retention =
-   expert perplexity / student perplexity.
+--setup base-student (default): the student is the base model itself, as in the data layer's
+  design (experts -> base).
+  1. teacher: the base grown in depth (`lightseek.model.grow.expand_depth`: identity blocks
+     inserted, 4 -> 34 layers, so the student has under 25% of its active parameters) trains on
+     all three domains while keeping a KL tie to the base on general text. One teacher serves
+     the three domains.
+  2. students: two copies of the base train for the same steps on the same rows:
+       distilled    each domain row taught by the teacher, general rows by the base
+       data only    next-token loss alone
 
-Validation documents are held out by the project's one hash rule with the base run's seed and
-val_fraction, so the base never trained on them either.
+--setup small-student: the teachers are the base fine-tuned per domain (base -> expert, with
+  the KL tie), and the students are a new 48-wide, 2-layer model trained from scratch.
 
-    python bench/distill.py [--expert-steps 200] [--student-steps 800] [--domains medical finance legal]
+Reported: per-domain validation perplexity of the base, the teacher(s) and both students, and
+retention = teacher perplexity / student perplexity. Validation documents are held out by the
+project's one hash rule with the base run's seed and val_fraction, so no model trained on them.
+
+    python bench/distill.py [--setup base-student] [--teacher-steps 300] [--student-steps 300]
 
 Also reports, when their benchmarks have written results, the domain classifier's macro-F1
 (bench/domains.py) and the cleaning pipeline's throughput (bench/pipeline.py).
-Prints a markdown table and writes bench/results/distill.json.
+Prints a markdown table and writes bench/results/distill_<setup>.json.
 """
 
 from __future__ import annotations
@@ -113,12 +118,15 @@ def data_layer_figures() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setup", choices=["base-student", "small-student"], default="base-student")
     ap.add_argument("--base", default=str(ROOT / "runs" / "base"))
     ap.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=list(DOMAINS))
-    ap.add_argument("--expert-steps", type=int, default=200)
-    ap.add_argument("--student-steps", type=int, default=800)
+    ap.add_argument("--teacher-steps", type=int, default=None,
+                    help="teacher training steps (default: 300 for the grown teacher, 200 per domain expert)")
+    ap.add_argument("--teacher-copies", type=int, default=10, help="base-student: identity blocks after each MoE layer")
+    ap.add_argument("--student-steps", type=int, default=None, help="default: 300 (base-student), 800 (small-student)")
     ap.add_argument("--expert-lr", type=float, default=1e-3)
-    ap.add_argument("--student-lr", type=float, default=3e-3)
+    ap.add_argument("--student-lr", type=float, default=None, help="default: 1e-3 (base-student), 3e-3 (small-student)")
     ap.add_argument("--ce-weight", type=float, default=0.5, help="next-token share of the students' distillation loss")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -127,75 +135,99 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_distill"))
     args = ap.parse_args()
+    small = args.setup == "small-student"
+    args.teacher_steps = args.teacher_steps or (200 if small else 300)
+    args.student_steps = args.student_steps or (800 if small else 300)
+    args.student_lr = args.student_lr or (3e-3 if small else 1e-3)
     missing = [str(p) for d in args.domains for p in DOMAINS[d] if "*" not in str(p) and not Path(p).exists()]
     if missing or not SHARED.exists():
         sys.exit(f"skipped: the shared data is not here ({', '.join(missing) or SHARED})")
     sys.path.insert(0, str(ROOT / "bench"))
     from lora_vs_full import ensure_base
 
-    from lightseek.model.config import preset
-
     ensure_base(Path(args.base))
     base = str(Path(args.base) / "checkpoint")
-    out = Path(args.out)
+    out = Path(args.out) / args.setup
     print("base model per-domain perplexity ...", flush=True)
     base_domains = base_ppl(Path(base), args.domains, args)
+    teachers, student_flags, student_active = (small_student if small else base_student)(args, base, out)
+    teacher_active = active(teachers[args.domains[0]]["checkpoint"])
+    ratio = student_active / teacher_active
+    if ratio > 0.25:
+        sys.exit(f"the student has {ratio:.1%} of the teachers' active parameters; it must have at most 25%")
+    student_common = common(args, out / "x", args.student_steps, args.student_lr) + student_flags + [
+        f"--data.sources=[{','.join(sources(args.domains))}]"]
+    kd = [f"--teachers.{d}={teachers[d]['checkpoint']}" for d in args.domains] + [
+        f"--teachers.general={base}", f"--kd.ce_weight={args.ce_weight}", f"--kd.temperature={args.temperature}"]
+
+    def at(folder: str) -> list[str]:
+        return [o if not o.startswith("--out_dir=") else f"--out_dir={out / folder}" for o in student_common]
+
+    students = {"distilled": run(at("student_kd") + kd, "student distilled"),
+                "data only": run(at("student_ce"), "student data only")}
+    report(args, base_domains, teachers, students, ratio, teacher_active, student_active)
+
+
+def small_student(args, base: str, out: Path) -> tuple[dict, list[str], int]:
+    """Per-domain experts (base -> expert with the KL tie); a new small student."""
+    from lightseek.model.config import preset
 
     experts = {}
-    for d in args.domains:  # base -> expert, with a KL tie to the base on general text
+    for d in args.domains:
         mix = ",".join([f"{d}={p}" for p in DOMAINS[d]] + [f"general={p}" for p in GENERAL])
-        experts[d] = run(common(args, out / "experts" / d, args.expert_steps, args.expert_lr) + [
+        experts[d] = run(common(args, out / "experts" / d, args.teacher_steps, args.expert_lr) + [
             f"--student={base}", f"--data.sources=[{mix}]", f"--data.weights.{d}=0.75", "--data.weights.general=0.25",
             f"--teachers.general={base}"], f"expert {d}")
-
-    student_cfg = preset("tiny", vocab_size=8192, **STUDENT)
-    ratio = active(student_cfg) / active(base)
-    if ratio > 0.25:
-        sys.exit(f"the student has {ratio:.1%} of the experts' active parameters; it must have at most 25%")
-    model_flags = [f"--model.{k}={v}" for k, v in STUDENT.items()] + ["--preset=tiny", "--tokenizer=" + str(
-        Path(base) / "tokenizer.json")]
-    student_common = common(args, out / "x", args.student_steps, args.student_lr) + model_flags + [
-        f"--data.sources=[{','.join(sources(args.domains))}]"]
-    teachers = [f"--teachers.{d}={experts[d]['checkpoint']}" for d in args.domains] + [f"--teachers.general={base}"]
-    kd = [f"--kd.ce_weight={args.ce_weight}", f"--kd.temperature={args.temperature}"]
-    students = {
-        "distilled": run([o if not o.startswith("--out_dir=") else f"--out_dir={out / 'student_kd'}"
-                          for o in student_common] + teachers + kd, "student distilled"),
-        "data only": run([o if not o.startswith("--out_dir=") else f"--out_dir={out / 'student_ce'}"
-                          for o in student_common], "student data only"),
-    }
-    report(args, base_domains, experts, students, ratio, active(base), active(student_cfg))
+    flags = [f"--model.{k}={v}" for k, v in STUDENT.items()] + ["--preset=tiny", f"--tokenizer={Path(base) / 'tokenizer.json'}"]
+    return experts, flags, active(preset("tiny", vocab_size=8192, **STUDENT))
 
 
-def report(args, base_domains: dict, experts: dict, students: dict, ratio: float, teacher_active: int,
+def base_student(args, base: str, out: Path) -> tuple[dict, list[str], int]:
+    """One teacher, the base grown in depth, trained on every domain with the KL tie; the base
+    itself is the student."""
+    from lightseek.model.checkpoint import load_model, save_checkpoint
+    from lightseek.model.grow import expand_depth
+
+    init = out / "teacher_init"
+    grown = expand_depth(load_model(base), args.teacher_copies)
+    save_checkpoint(init, grown, tokenizer_file=Path(base) / "tokenizer.json")
+    print(f"teacher: the base grown to {grown.cfg.n_layers} layers, {grown.num_params()['active']:,} active "
+          f"parameters", flush=True)
+    teacher = run(common(args, out / "teacher", args.teacher_steps, args.expert_lr) + [
+        f"--student={init}", f"--data.sources=[{','.join(sources(args.domains))}]", f"--teachers.general={base}"],
+        "teacher")
+    return dict.fromkeys(args.domains, teacher), [f"--student={base}"], active(base)
+
+
+def report(args, base_domains: dict, teachers: dict, students: dict, ratio: float, teacher_active: int,
            student_active: int) -> None:
     rows = []
     for d in args.domains:
-        t = experts[d]["domains"][d]
+        t = teachers[d]["domains"][d]
         kd_ppl, ce_ppl = students["distilled"]["domains"][d], students["data only"]["domains"][d]
-        rows.append({"domain": d, "base_ppl": base_domains[d], "expert_ppl": t, "distilled_ppl": kd_ppl,
+        rows.append({"domain": d, "base_ppl": base_domains[d], "teacher_ppl": t, "distilled_ppl": kd_ppl,
                      "data_only_ppl": ce_ppl, "retention_distilled": t / kd_ppl, "retention_data_only": t / ce_ppl,
                      "distillation_wins": kd_ppl < ce_ppl})
     general = {"base": base_domains["general"], "distilled": students["distilled"]["domains"]["general"],
                "data only": students["data only"]["domains"]["general"],
-               **{f"expert {d}": experts[d]["domains"]["general"] for d in args.domains}}
-    print(f"\nstudent: {student_active:,} active parameters = {ratio:.1%} of the experts' {teacher_active:,}\n")
-    print("| domain | base ppl | expert ppl | student distilled | student data only | retention distilled | "
+               **{f"teacher {d}": teachers[d]["domains"]["general"] for d in args.domains}}
+    print(f"\nstudent: {student_active:,} active parameters = {ratio:.1%} of the teacher's {teacher_active:,}\n")
+    print("| domain | base ppl | teacher ppl | student distilled | student data only | retention distilled | "
           "retention data only | distillation wins |")
     print("|---|---:|---:|---:|---:|---:|---:|:---:|")
     for r in rows:
-        print(f"| {r['domain']} | {r['base_ppl']:.2f} | {r['expert_ppl']:.2f} | {r['distilled_ppl']:.2f} | "
+        print(f"| {r['domain']} | {r['base_ppl']:.2f} | {r['teacher_ppl']:.2f} | {r['distilled_ppl']:.2f} | "
               f"{r['data_only_ppl']:.2f} | {r['retention_distilled']:.3f} | {r['retention_data_only']:.3f} | "
               f"{'yes' if r['distillation_wins'] else 'no'} |")
     print("\ngeneral text ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in general.items()))
-    print("time: " + ", ".join(f"{r['label']} {r['s_per_step']:.2f} s/step" for r in
-                               [*experts.values(), *students.values()]))
+    runs = {r["label"]: r for r in [*teachers.values(), *students.values()]}.values()  # one teacher may serve all
+    print("time: " + ", ".join(f"{r['label']} {r['s_per_step']:.2f} s/step" for r in runs))
     data_layer = data_layer_figures()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "distill.json"
+    path = RESULTS / f"distill_{args.setup}.json"
     path.write_text(json.dumps({"rows": rows, "general_ppl": general, "student_active": student_active,
                                 "teacher_active": teacher_active, "active_ratio": ratio,
-                                "experts": experts, "students": students, "args": vars(args),
+                                "teachers": teachers, "students": students, "args": vars(args),
                                 "data_layer": data_layer}, indent=2))
     print(f"\nwritten {path}")
 
