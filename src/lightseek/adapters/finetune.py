@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from lightseek.adapters.lora import LoraConfig, apply_lora, base_parameters, format_report, use_adapters
-from lightseek.config import deep_merge, field, from_dict, load_yaml, parse_overrides, to_dict
+from lightseek.config import build, deep_merge, field, to_dict
 from lightseek.data.chat import encode_chat
 from lightseek.data.instruct import Example, InstructionData, load_instructions
 from lightseek.data.shards import split_of
@@ -82,14 +82,9 @@ class FinetuneConfig:
 
 def load_finetune_config(config_path: str | Path | None = None, overrides: list[str] | None = None,
                          base: dict | None = None) -> FinetuneConfig:
-    data = dict(base or {})
-    if config_path:
-        data = deep_merge(data, load_yaml(config_path))
-    if overrides:
-        data = deep_merge(data, parse_overrides(overrides))
-    defaults = to_dict(_finetune_train_defaults())
-    data["train"] = {**defaults, **(data.get("train") or {})}
-    return from_dict(FinetuneConfig, data)
+    """Fine-tuning's training defaults <- ``base`` <- YAML file <- dotted overrides."""
+    return build(FinetuneConfig, config_path, overrides,
+                 base=deep_merge({"train": to_dict(_finetune_train_defaults())}, base or {}))
 
 
 # --- data ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import yaml
 
-from lightseek.config import deep_merge, field, from_dict, load_yaml, parse_overrides, to_dict
+from lightseek.config import build, field, to_dict
 from lightseek.distill.data import DistillDataConfig, build_streams, domain_weights, sample_rows
 from lightseek.distill.kd import KdConfig, TeacherSet, kd_loss
 from lightseek.errors import ConfigError
@@ -62,13 +62,8 @@ class DistillConfig:
 
 
 def load_distill_config(config_path: str | Path | None = None, overrides: list[str] | None = None) -> DistillConfig:
-    data: dict = {}
-    if config_path:
-        data = deep_merge(data, load_yaml(config_path))
-    if overrides:
-        data = deep_merge(data, parse_overrides(overrides))
-    data["train"] = {**to_dict(_distill_train_defaults()), **(data.get("train") or {})}
-    return from_dict(DistillConfig, data)
+    """Distillation's training defaults <- YAML file <- dotted overrides."""
+    return build(DistillConfig, config_path, overrides, base={"train": to_dict(_distill_train_defaults())})
 
 
 def _student(cfg: DistillConfig, vocab_size: int, device) -> tuple[torch.nn.Module, dict]:
