@@ -6,10 +6,10 @@ domain folders of ../shared/data (medical, finance, legal; English and Chinese).
 
 --setup base-student (default): the student is the base model itself, as in the data layer's
   design (experts -> base).
-  1. teacher: the base grown in depth (`lightseek.model.grow.expand_depth`: identity blocks
-     inserted, 4 -> 34 layers, so the student has under 25% of its active parameters) trains on
-     all three domains while keeping a KL tie to the base on general text. One teacher serves
-     the three domains.
+  1. teachers: for each domain, the base grown in depth (`lightseek.model.grow.expand_depth`:
+     identity blocks inserted, 4 -> 34 layers, so the student has under 25% of its active
+     parameters) trains on that domain (75% of the rows) while keeping a KL tie to the base on
+     general text (25%). --shared-teacher trains one grown teacher on all domains instead.
   2. students: two copies of the base train for the same steps on the same rows:
        distilled    each domain row taught by the teacher, general rows by the base
        data only    next-token loss alone
@@ -25,7 +25,7 @@ project's one hash rule with the base run's seed and val_fraction, so no model t
 
 Also reports, when their benchmarks have written results, the domain classifier's macro-F1
 (bench/domains.py) and the cleaning pipeline's throughput (bench/pipeline.py).
-Prints a markdown table and writes bench/results/distill_<setup>.json.
+Prints a markdown table and writes bench/results/distill_<setup>[-shared].json.
 """
 
 from __future__ import annotations
@@ -122,7 +122,9 @@ def main() -> None:
     ap.add_argument("--base", default=str(ROOT / "runs" / "base"))
     ap.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=list(DOMAINS))
     ap.add_argument("--teacher-steps", type=int, default=None,
-                    help="teacher training steps (default: 300 for the grown teacher, 200 per domain expert)")
+                    help="teacher training steps (default: 200 per domain teacher, 300 for --shared-teacher)")
+    ap.add_argument("--shared-teacher", action="store_true",
+                    help="base-student: one grown teacher trained on every domain instead of one per domain")
     ap.add_argument("--teacher-copies", type=int, default=10, help="base-student: identity blocks after each MoE layer")
     ap.add_argument("--student-steps", type=int, default=None, help="default: 300 (base-student), 800 (small-student)")
     ap.add_argument("--expert-lr", type=float, default=1e-3)
@@ -136,7 +138,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_distill"))
     args = ap.parse_args()
     small = args.setup == "small-student"
-    args.teacher_steps = args.teacher_steps or (200 if small else 300)
+    args.teacher_steps = args.teacher_steps or (300 if args.shared_teacher and not small else 200)
     args.student_steps = args.student_steps or (800 if small else 300)
     args.student_lr = args.student_lr or (3e-3 if small else 1e-3)
     missing = [str(p) for d in args.domains for p in DOMAINS[d] if "*" not in str(p) and not Path(p).exists()]
@@ -147,7 +149,8 @@ def main() -> None:
 
     ensure_base(Path(args.base))
     base = str(Path(args.base) / "checkpoint")
-    out = Path(args.out) / args.setup
+    args.label = args.setup + ("-shared" if args.shared_teacher and not small else "")
+    out = Path(args.out) / args.label
     print("base model per-domain perplexity ...", flush=True)
     base_domains = base_ppl(Path(base), args.domains, args)
     teachers, student_flags, student_active = (small_student if small else base_student)(args, base, out)
@@ -172,19 +175,23 @@ def small_student(args, base: str, out: Path) -> tuple[dict, list[str], int]:
     """Per-domain experts (base -> expert with the KL tie); a new small student."""
     from lightseek.model.config import preset
 
-    experts = {}
-    for d in args.domains:
-        mix = ",".join([f"{d}={p}" for p in DOMAINS[d]] + [f"general={p}" for p in GENERAL])
-        experts[d] = run(common(args, out / "experts" / d, args.teacher_steps, args.expert_lr) + [
-            f"--student={base}", f"--data.sources=[{mix}]", f"--data.weights.{d}=0.75", "--data.weights.general=0.25",
-            f"--teachers.general={base}"], f"expert {d}")
+    experts = {d: run(common(args, out / "experts" / d, args.teacher_steps, args.expert_lr) + [f"--student={base}"]
+                      + domain_mix(d, base), f"expert {d}") for d in args.domains}
     flags = [f"--model.{k}={v}" for k, v in STUDENT.items()] + ["--preset=tiny", f"--tokenizer={Path(base) / 'tokenizer.json'}"]
     return experts, flags, active(preset("tiny", vocab_size=8192, **STUDENT))
 
 
+def domain_mix(d: str, base: str) -> list[str]:
+    """A domain teacher's rows: 75% its domain, 25% general text on which the base teaches
+    (the KL tie that keeps general text as the base had it)."""
+    mix = ",".join([f"{d}={p}" for p in DOMAINS[d]] + [f"general={p}" for p in GENERAL])
+    return [f"--data.sources=[{mix}]", f"--data.weights.{d}=0.75", "--data.weights.general=0.25",
+            f"--teachers.general={base}"]
+
+
 def base_student(args, base: str, out: Path) -> tuple[dict, list[str], int]:
-    """One teacher, the base grown in depth, trained on every domain with the KL tie; the base
-    itself is the student."""
+    """Teachers grown in depth from the base and trained with the KL tie, one per domain (or one
+    for all with --shared-teacher); the base itself is the student."""
     from lightseek.model.checkpoint import load_model, save_checkpoint
     from lightseek.model.grow import expand_depth
 
@@ -193,10 +200,14 @@ def base_student(args, base: str, out: Path) -> tuple[dict, list[str], int]:
     save_checkpoint(init, grown, tokenizer_file=Path(base) / "tokenizer.json")
     print(f"teacher: the base grown to {grown.cfg.n_layers} layers, {grown.num_params()['active']:,} active "
           f"parameters", flush=True)
-    teacher = run(common(args, out / "teacher", args.teacher_steps, args.expert_lr) + [
-        f"--student={init}", f"--data.sources=[{','.join(sources(args.domains))}]", f"--teachers.general={base}"],
-        "teacher")
-    return dict.fromkeys(args.domains, teacher), [f"--student={base}"], active(base)
+    if args.shared_teacher:
+        teacher = run(common(args, out / "teacher", args.teacher_steps, args.expert_lr) + [
+            f"--student={init}", f"--data.sources=[{','.join(sources(args.domains))}]", f"--teachers.general={base}"],
+            "teacher")
+        return dict.fromkeys(args.domains, teacher), [f"--student={base}"], active(base)
+    teachers = {d: run(common(args, out / "teachers" / d, args.teacher_steps, args.expert_lr) + [f"--student={init}"]
+                       + domain_mix(d, base), f"teacher {d}") for d in args.domains}
+    return teachers, [f"--student={base}"], active(base)
 
 
 def report(args, base_domains: dict, teachers: dict, students: dict, ratio: float, teacher_active: int,
@@ -224,7 +235,7 @@ def report(args, base_domains: dict, teachers: dict, students: dict, ratio: floa
     print("time: " + ", ".join(f"{r['label']} {r['s_per_step']:.2f} s/step" for r in runs))
     data_layer = data_layer_figures()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"distill_{args.setup}.json"
+    path = RESULTS / f"distill_{args.label}.json"
     path.write_text(json.dumps({"rows": rows, "general_ppl": general, "student_active": student_active,
                                 "teacher_active": teacher_active, "active_ratio": ratio,
                                 "teachers": teachers, "students": students, "args": vars(args),
