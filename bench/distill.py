@@ -153,32 +153,38 @@ def main() -> None:
     out = Path(args.out) / args.label
     print("base model per-domain perplexity ...", flush=True)
     base_domains = base_ppl(Path(base), args.domains, args)
-    teachers, student_flags, student_active = (small_student if small else base_student)(args, base, out)
-    teacher_active = active(teachers[args.domains[0]]["checkpoint"])
-    ratio = student_active / teacher_active
-    if ratio > 0.25:
-        sys.exit(f"the student has {ratio:.1%} of the teachers' active parameters; it must have at most 25%")
-    student_common = common(args, out / "x", args.student_steps, args.student_lr) + student_flags + [
-        f"--data.sources=[{','.join(sources(args.domains))}]"]
+    teachers, student_flags, student_active, teacher_active = (small_student if small else base_student)(args, base, out)
     kd = [f"--teachers.{d}={teachers[d]['checkpoint']}" for d in args.domains] + [
         f"--teachers.general={base}", f"--kd.ce_weight={args.ce_weight}", f"--kd.temperature={args.temperature}"]
 
-    def at(folder: str) -> list[str]:
-        return [o if not o.startswith("--out_dir=") else f"--out_dir={out / folder}" for o in student_common]
+    def student(folder: str, extra: list[str], label: str) -> dict:
+        return run(common(args, out / folder, args.student_steps, args.student_lr) + student_flags + [
+            f"--data.sources=[{','.join(sources(args.domains))}]"] + extra, label)
 
-    students = {"distilled": run(at("student_kd") + kd, "student distilled"),
-                "data only": run(at("student_ce"), "student data only")}
-    report(args, base_domains, teachers, students, ratio, teacher_active, student_active)
+    students = {"distilled": student("student_kd", kd, "student distilled"),
+                "data only": student("student_ce", [], "student data only")}
+    report(args, base_domains, teachers, students, student_active / teacher_active, teacher_active, student_active)
 
 
-def small_student(args, base: str, out: Path) -> tuple[dict, list[str], int]:
-    """Per-domain experts (base -> expert with the KL tie); a new small student."""
+def check_ratio(student_active: int, teacher_active: int) -> None:
+    """The issue's bound, checked before any training: at most a quarter of the teacher's active
+    parameters (embedding included). Training does not change either count."""
+    if student_active > 0.25 * teacher_active:
+        sys.exit(f"the student has {student_active / teacher_active:.1%} of the teachers' active parameters; "
+                 f"it must have at most 25%")
+
+
+def small_student(args, base: str, out: Path) -> tuple[dict, list[str], int, int]:
+    """Per-domain experts (base -> expert with the KL tie); a new small student. Returns the
+    teachers' runs, the student's flags and the student's and a teacher's active parameters."""
     from lightseek.model.config import preset
 
+    student_active, teacher_active = active(preset("tiny", vocab_size=8192, **STUDENT)), active(base)
+    check_ratio(student_active, teacher_active)
     experts = {d: run(common(args, out / "experts" / d, args.teacher_steps, args.expert_lr) + [f"--student={base}"]
                       + domain_mix(d, base), f"expert {d}") for d in args.domains}
     flags = [f"--model.{k}={v}" for k, v in STUDENT.items()] + ["--preset=tiny", f"--tokenizer={Path(base) / 'tokenizer.json'}"]
-    return experts, flags, active(preset("tiny", vocab_size=8192, **STUDENT))
+    return experts, flags, student_active, teacher_active
 
 
 def domain_mix(d: str, base: str) -> list[str]:
@@ -189,25 +195,27 @@ def domain_mix(d: str, base: str) -> list[str]:
             f"--teachers.general={base}"]
 
 
-def base_student(args, base: str, out: Path) -> tuple[dict, list[str], int]:
+def base_student(args, base: str, out: Path) -> tuple[dict, list[str], int, int]:
     """Teachers grown in depth from the base and trained with the KL tie, one per domain (or one
     for all with --shared-teacher); the base itself is the student."""
     from lightseek.model.checkpoint import load_model, save_checkpoint
     from lightseek.model.grow import expand_depth
 
     init = out / "teacher_init"
-    grown = expand_depth(load_model(base), args.teacher_copies)
+    model = load_model(base)
+    grown = expand_depth(model, args.teacher_copies)
+    student_active, teacher_active = model.num_params()["active"], grown.num_params()["active"]
+    check_ratio(student_active, teacher_active)
     save_checkpoint(init, grown, tokenizer_file=Path(base) / "tokenizer.json")
-    print(f"teacher: the base grown to {grown.cfg.n_layers} layers, {grown.num_params()['active']:,} active "
-          f"parameters", flush=True)
+    print(f"teacher: the base grown to {grown.cfg.n_layers} layers, {teacher_active:,} active parameters", flush=True)
     if args.shared_teacher:
         teacher = run(common(args, out / "teacher", args.teacher_steps, args.expert_lr) + [
             f"--student={init}", f"--data.sources=[{','.join(sources(args.domains))}]", f"--teachers.general={base}"],
             "teacher")
-        return dict.fromkeys(args.domains, teacher), [f"--student={base}"], active(base)
+        return dict.fromkeys(args.domains, teacher), [f"--student={base}"], student_active, teacher_active
     teachers = {d: run(common(args, out / "teachers" / d, args.teacher_steps, args.expert_lr) + [f"--student={init}"]
                        + domain_mix(d, base), f"teacher {d}") for d in args.domains}
-    return teachers, [f"--student={base}"], active(base)
+    return teachers, [f"--student={base}"], student_active, teacher_active
 
 
 def report(args, base_domains: dict, teachers: dict, students: dict, ratio: float, teacher_active: int,

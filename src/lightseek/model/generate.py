@@ -57,10 +57,10 @@ def sample_rows(logits_BV: torch.Tensor, params: list[SamplingParams],
     if rows:
         sub = logits_BV if len(rows) == len(params) else logits_BV[rows]
         probs = filtered_logits(sub, [params[i] for i in rows]).softmax(-1)
-        unseeded = torch.rand(len(rows), device=logits_BV.device)  # rows without a seed share one draw call
-        u = torch.stack([unseeded[j] if generators[i] is None
-                         else torch.rand((), generator=generators[i], device=logits_BV.device)
-                         for j, i in enumerate(rows)])
+        u = torch.rand(len(rows), device=logits_BV.device)  # rows without a seed share one draw call
+        for j, i in enumerate(rows):
+            if generators[i] is not None:
+                u[j] = torch.rand((), generator=generators[i], device=logits_BV.device)
         for i, tok in zip(rows, inverse_cdf(probs, u).tolist()):
             picks[i] = tok
     return picks

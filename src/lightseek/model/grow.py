@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lightseek.errors import ConfigError
-from lightseek.model.moe import MoE
+from lightseek.model.moe import MoE, SwiGLU
 from lightseek.model.transformer import Block, Transformer
 
 
@@ -31,7 +31,7 @@ def expand_depth(model: Transformer, copies: int, after: int | None = None) -> T
     if not 0 <= after < cfg.n_layers:
         raise ConfigError(f"after must be a layer index in [0, {cfg.n_layers}), got {after}")
     if any(type(p) is not nn.Parameter for p in model.parameters()) or any(
-            not isinstance(b, Block) or type(b.ffn).__name__ not in ("MoE", "SwiGLU") for b in model.layers):
+            type(b.ffn) not in (MoE, SwiGLU) for b in model.layers):
         raise ConfigError("depth expansion needs a plain floating-point model (no adapters, not quantized)")
     blocks: list[Block] = []
     for i, block in enumerate(model.layers):

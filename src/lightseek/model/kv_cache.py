@@ -59,7 +59,7 @@ class SlotCache:
         self._slots: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.attn_mask: torch.Tensor | None = None
-        self._first: int | None = None
+        self._read: slice | torch.Tensor | None = None  # how the bound rows read their slots
 
     @classmethod
     def for_model(cls, model, n_slots: int, max_len: int | None = None, dtype=None) -> SlotCache:
@@ -82,7 +82,8 @@ class SlotCache:
             raise ValueError(f"slot cache holds {self.max_len} tokens; {max(starts) + n_tokens} requested")
         self._slots = torch.tensor(slots, device=self.device)
         # rows bound to consecutive slots read the cache through a view instead of a gathered copy
-        self._first = slots[0] if slots == list(range(slots[0], slots[0] + len(slots))) else None
+        consecutive = slots == list(range(slots[0], slots[0] + len(slots)))
+        self._read = slice(slots[0], slots[0] + len(slots)) if consecutive else self._slots
         start_B = torch.tensor(starts, device=self.device)
         self.positions = start_B[:, None] + torch.arange(n_tokens, device=self.device)   # (B, T)
         span = max(starts) + n_tokens
@@ -96,13 +97,10 @@ class SlotCache:
         # write row b's T new keys at its own positions, then read each row's slot prefix
         self.k[layer][rows, :, pos] = k_BHTd.transpose(1, 2)                              # (B, T, H, d)
         self.v[layer][rows, :, pos] = v_BHTd.transpose(1, 2)
-        if self._first is not None:
-            rows = slice(self._first, self._first + len(self._bound[0]))
-            return self.k[layer][rows, :, :self._span], self.v[layer][rows, :, :self._span]
-        return self.k[layer][self._slots, :, :self._span], self.v[layer][self._slots, :, :self._span]
+        return self.k[layer][self._read, :, :self._span], self.v[layer][self._read, :, :self._span]
 
     def advance(self, n: int) -> None:
         slots, _ = self._bound
         for s in slots:
             self.lengths[s] += n
-        self._slots = self.positions = self.attn_mask = None
+        self._slots = self._read = self.positions = self.attn_mask = None

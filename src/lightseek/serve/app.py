@@ -62,11 +62,10 @@ class EngineHost:
         self.thread = threading.Thread(target=self._loop, name="lightseek-engine", daemon=True)
         self.thread.start()
 
-    def submit(self, prompt_ids, params: GenParams, adapter: str | None, on_event, meta: dict | None = None,
-               loop: asyncio.AbstractEventLoop | None = None) -> Request:
-        """Queue a request; ``on_event(event)`` is called with each of its events, in ``loop``'s
-        thread when a loop is given (one wake-up of the loop per step carries every event of
-        that step), else in the engine thread."""
+    def submit(self, prompt_ids, params: GenParams, adapter: str | None, on_event, meta: dict | None,
+               loop: asyncio.AbstractEventLoop) -> Request:
+        """Queue a request; ``on_event(event)`` is called with each of its events in ``loop``'s
+        thread (one wake-up of the loop per step carries every event of that step)."""
         req = self.engine.make_request(prompt_ids, params, adapter)  # ConfigError for bad input
         req.meta = dict(meta or {})
         queued = len(self.engine.waiting) + sum(1 for kind, *_ in list(self._inbox) if kind == "submit")
@@ -168,11 +167,9 @@ class EngineHost:
                         self.metrics["ttft_sum"] += now - self._started[rid]
                         self.metrics["ttft_count"] += 1
                     self._last_token[rid] = now
-                on_event, loop = self.listeners.get(rid, (None, None))
-                if loop is not None:
+                if rid in self.listeners:
+                    on_event, loop = self.listeners[rid]
                     deliveries.setdefault(loop, []).append((on_event, e))
-                elif on_event is not None:
-                    on_event(e)
                 if e.finished:
                     self._record_usage(e.request)
                     self._forget(e.request)
