@@ -20,8 +20,14 @@ domain folders of ../shared/data (medical, finance, legal; English and Chinese).
 Reported: per-domain validation perplexity of the base, the teacher(s) and both students, and
 retention = teacher perplexity / student perplexity. Validation documents are held out by the
 project's one hash rule with the base run's seed and val_fraction, so no model trained on them.
+Two sets of windows from them: the first --eval-windows of each domain, which the set-up and
+step counts were chosen on, and the --fresh-windows after those, which were looked at only to
+report (a check that the choices did not fit the first set).
 
-    python bench/distill.py [--setup base-student] [--teacher-steps 300] [--student-steps 300]
+    python bench/distill.py [--setup base-student] [--teacher-steps 200] [--student-steps 900] [--reuse]
+
+--reuse measures runs already finished in --out under the same config instead of training them
+again (for example the teachers, when only the students change).
 
 Also reports, when their benchmarks have written results, the domain classifier's macro-F1
 (bench/domains.py) and the cleaning pipeline's throughput (bench/pipeline.py).
@@ -64,21 +70,47 @@ def common(args, out: Path, steps: int, lr: float) -> list[str]:
             f"--train.seed={args.seed}", "--data.split_seed=0"]
 
 
-def run(overrides: list[str], label: str) -> dict:
+def run(overrides: list[str], label: str, args) -> dict:
+    """Train one run of ``lightseek distill train`` and measure it on the fresh windows too. With
+    ``args.reuse``, a finished run in the same folder under the same config is measured again
+    instead of trained again."""
+    from lightseek.config import to_dict
     from lightseek.distill.train import distill_train, load_distill_config
     from lightseek.train.metrics import read_metrics
 
-    out = Path(next(o for o in overrides if o.startswith("--out_dir=")).split("=", 1)[1])
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.time()
-    summary = distill_train(load_distill_config(None, overrides), show_progress=False)
-    wall = time.time() - t0
-    steps = summary["steps"]
+    cfg = load_distill_config(None, overrides)
+    out = Path(cfg.out_dir)
+    if args.reuse and finished(out, to_dict(cfg)):
+        domains, wall = ppl(out / "checkpoint", args), None
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.time()
+        summary = distill_train(cfg, show_progress=False)
+        wall, domains = time.time() - t0, summary["domains"]
+    fresh = ppl(out / "checkpoint", args, fresh=True)
     step_s = statistics.median(r["step_s"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train")
-    print(f"  {label}: {steps} steps in {wall / 60:.1f} min ({step_s:.2f} s/step); " +
-          ", ".join(f"{d} {p:.2f}" for d, p in summary["domains"].items()), flush=True)
-    return {"label": label, "wall_s": wall, "s_per_step": step_s, "domains": summary["domains"],
-            "checkpoint": summary["checkpoint"]}
+    print(f"  {label}: " + (f"{wall / 60:.1f} min" if wall else "reused") + f" ({step_s:.2f} s/step); " +
+          ", ".join(f"{d} {p:.2f}" for d, p in domains.items()) + "; fresh windows: " +
+          ", ".join(f"{d} {p:.2f}" for d, p in fresh.items()), flush=True)
+    return {"label": label, "wall_s": wall, "s_per_step": step_s, "domains": domains, "fresh": fresh,
+            "checkpoint": str(out / "checkpoint")}
+
+
+def finished(out: Path, config: dict) -> bool:
+    """Whether ``out`` holds a run that trained all its steps under exactly ``config``."""
+    import yaml
+
+    from lightseek.train.metrics import read_metrics
+
+    if not (out / "config.yaml").exists() or not (out / "checkpoint").exists():
+        return False
+    def relative(text: str) -> str:  # the same run, whether its paths were given from ROOT or in full
+        return text.replace(f"{ROOT}/", "")
+
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "eval"]
+    same = relative((out / "config.yaml").read_text()) == relative(yaml.safe_dump(config, sort_keys=False,
+                                                                                  allow_unicode=True))
+    return same and config["train"]["steps"] in steps
 
 
 def active(ckpt_or_cfg) -> int:
@@ -93,17 +125,23 @@ def active(ckpt_or_cfg) -> int:
         return Transformer(ckpt_or_cfg).num_params()["active"]
 
 
-def base_ppl(base: Path, domains: list[str], args) -> dict:
-    """The base model's per-domain validation perplexity on the same windows."""
+def ppl(ckpt: Path, args, fresh: bool = False) -> dict:
+    """A checkpoint's per-domain validation perplexity (all domains and general text; the hash
+    rule holds out the same documents whatever the mix) on the benchmark's first
+    ``--eval-windows`` windows of each domain, or with ``fresh`` on the ``--fresh-windows`` after
+    them: windows that no choice of set-up or steps was ever made on."""
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.distill.data import DistillDataConfig, build_streams
     from lightseek.distill.train import domain_perplexity
     from lightseek.model.checkpoint import load_model, resolve_checkpoint
 
-    ckpt = resolve_checkpoint(base)
-    dc = DistillDataConfig(sources=sources(domains), text_field="text,context_text", cache=f"{args.out}/cache")
-    streams = build_streams(dc, Tokenizer.load(ckpt / "tokenizer.json"), 0)
-    return domain_perplexity(load_model(ckpt), streams.val, args.seq_len, args.batch_size, args.eval_windows)
+    ckpt = resolve_checkpoint(ckpt)
+    dc = DistillDataConfig(sources=sources(list(DOMAINS)), text_field="text,context_text", cache=f"{args.out}/cache")
+    val = build_streams(dc, Tokenizer.load(ckpt / "tokenizer.json"), 0).val
+    if fresh:
+        val = {d: stream[args.eval_windows * args.seq_len:] for d, stream in val.items()}
+    windows = args.fresh_windows if fresh else args.eval_windows
+    return domain_perplexity(load_model(ckpt), val, args.seq_len, args.batch_size, windows)
 
 
 def data_layer_figures() -> dict:
@@ -126,7 +164,7 @@ def main() -> None:
     ap.add_argument("--shared-teacher", action="store_true",
                     help="base-student: one grown teacher trained on every domain instead of one per domain")
     ap.add_argument("--teacher-copies", type=int, default=10, help="base-student: identity blocks after each MoE layer")
-    ap.add_argument("--student-steps", type=int, default=None, help="default: 300 (base-student), 800 (small-student)")
+    ap.add_argument("--student-steps", type=int, default=None, help="default: 900 (base-student), 800 (small-student)")
     ap.add_argument("--expert-lr", type=float, default=1e-3)
     ap.add_argument("--student-lr", type=float, default=None, help="default: 1e-3 (base-student), 3e-3 (small-student)")
     ap.add_argument("--ce-weight", type=float, default=0.5, help="next-token share of the students' distillation loss")
@@ -134,12 +172,16 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--eval-windows", type=int, default=64, help="validation windows per domain")
+    ap.add_argument("--fresh-windows", type=int, default=256,
+                    help="windows after those, per domain, measured only for the report")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", action="store_true",
+                    help="measure, not retrain, runs already finished in --out under the same config")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_distill"))
     args = ap.parse_args()
     small = args.setup == "small-student"
     args.teacher_steps = args.teacher_steps or (300 if args.shared_teacher and not small else 200)
-    args.student_steps = args.student_steps or (800 if small else 300)
+    args.student_steps = args.student_steps or (800 if small else 900)
     args.student_lr = args.student_lr or (3e-3 if small else 1e-3)
     missing = [str(p) for d in args.domains for p in DOMAINS[d] if "*" not in str(p) and not Path(p).exists()]
     if missing or not SHARED.exists():
@@ -152,18 +194,18 @@ def main() -> None:
     args.label = args.setup + ("-shared" if args.shared_teacher and not small else "")
     out = Path(args.out) / args.label
     print("base model per-domain perplexity ...", flush=True)
-    base_domains = base_ppl(Path(base), args.domains, args)
+    base_ppl = {"domains": ppl(Path(base), args), "fresh": ppl(Path(base), args, fresh=True)}
     teachers, student_flags, student_active, teacher_active = (small_student if small else base_student)(args, base, out)
     kd = [f"--teachers.{d}={teachers[d]['checkpoint']}" for d in args.domains] + [
         f"--teachers.general={base}", f"--kd.ce_weight={args.ce_weight}", f"--kd.temperature={args.temperature}"]
 
     def student(folder: str, extra: list[str], label: str) -> dict:
         return run(common(args, out / folder, args.student_steps, args.student_lr) + student_flags + [
-            f"--data.sources=[{','.join(sources(args.domains))}]"] + extra, label)
+            f"--data.sources=[{','.join(sources(args.domains))}]"] + extra, label, args)
 
     students = {"distilled": student("student_kd", kd, "student distilled"),
                 "data only": student("student_ce", [], "student data only")}
-    report(args, base_domains, teachers, students, student_active / teacher_active, teacher_active, student_active)
+    report(args, base_ppl, teachers, students, student_active / teacher_active, teacher_active, student_active)
 
 
 def check_ratio(student_active: int, teacher_active: int) -> None:
@@ -182,7 +224,7 @@ def small_student(args, base: str, out: Path) -> tuple[dict, list[str], int, int
     student_active, teacher_active = active(preset("tiny", vocab_size=8192, **STUDENT)), active(base)
     check_ratio(student_active, teacher_active)
     experts = {d: run(common(args, out / "experts" / d, args.teacher_steps, args.expert_lr) + [f"--student={base}"]
-                      + domain_mix(d, base), f"expert {d}") for d in args.domains}
+                      + domain_mix(d, base), f"expert {d}", args) for d in args.domains}
     flags = [f"--model.{k}={v}" for k, v in STUDENT.items()] + ["--preset=tiny", f"--tokenizer={Path(base) / 'tokenizer.json'}"]
     return experts, flags, student_active, teacher_active
 
@@ -211,43 +253,47 @@ def base_student(args, base: str, out: Path) -> tuple[dict, list[str], int, int]
     if args.shared_teacher:
         teacher = run(common(args, out / "teacher", args.teacher_steps, args.expert_lr) + [
             f"--student={init}", f"--data.sources=[{','.join(sources(args.domains))}]", f"--teachers.general={base}"],
-            "teacher")
+            "teacher", args)
         return dict.fromkeys(args.domains, teacher), [f"--student={base}"], student_active, teacher_active
     teachers = {d: run(common(args, out / "teachers" / d, args.teacher_steps, args.expert_lr) + [f"--student={init}"]
-                       + domain_mix(d, base), f"teacher {d}") for d in args.domains}
+                       + domain_mix(d, base), f"teacher {d}", args) for d in args.domains}
     return teachers, [f"--student={base}"], student_active, teacher_active
 
 
-def report(args, base_domains: dict, teachers: dict, students: dict, ratio: float, teacher_active: int,
+def report(args, base_ppl: dict, teachers: dict, students: dict, ratio: float, teacher_active: int,
            student_active: int) -> None:
-    rows = []
-    for d in args.domains:
-        t = teachers[d]["domains"][d]
-        kd_ppl, ce_ppl = students["distilled"]["domains"][d], students["data only"]["domains"][d]
-        rows.append({"domain": d, "base_ppl": base_domains[d], "teacher_ppl": t, "distilled_ppl": kd_ppl,
-                     "data_only_ppl": ce_ppl, "retention_distilled": t / kd_ppl, "retention_data_only": t / ce_ppl,
-                     "distillation_wins": kd_ppl < ce_ppl})
-    general = {"base": base_domains["general"], "distilled": students["distilled"]["domains"]["general"],
-               "data only": students["data only"]["domains"]["general"],
-               **{f"teacher {d}": teachers[d]["domains"]["general"] for d in args.domains}}
-    print(f"\nstudent: {student_active:,} active parameters = {ratio:.1%} of the teacher's {teacher_active:,}\n")
-    print("| domain | base ppl | teacher ppl | student distilled | student data only | retention distilled | "
-          "retention data only | distillation wins |")
-    print("|---|---:|---:|---:|---:|---:|---:|:---:|")
-    for r in rows:
-        print(f"| {r['domain']} | {r['base_ppl']:.2f} | {r['teacher_ppl']:.2f} | {r['distilled_ppl']:.2f} | "
-              f"{r['data_only_ppl']:.2f} | {r['retention_distilled']:.3f} | {r['retention_data_only']:.3f} | "
-              f"{'yes' if r['distillation_wins'] else 'no'} |")
-    print("\ngeneral text ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in general.items()))
+    print(f"\nstudent: {student_active:,} active parameters = {ratio:.1%} of the teacher's {teacher_active:,}")
+    tables = {}
+    for key, title in (("domains", f"the first {args.eval_windows} validation windows of each domain"),
+                       ("fresh", f"the next {args.fresh_windows} windows (fresh: looked at only here)")):
+        rows = []
+        for d in args.domains:
+            t = teachers[d][key][d]
+            kd_ppl, ce_ppl = students["distilled"][key][d], students["data only"][key][d]
+            rows.append({"domain": d, "base_ppl": base_ppl[key][d], "teacher_ppl": t, "distilled_ppl": kd_ppl,
+                         "data_only_ppl": ce_ppl, "retention_distilled": t / kd_ppl,
+                         "retention_data_only": t / ce_ppl, "distillation_wins": kd_ppl < ce_ppl})
+        general = {"base": base_ppl[key]["general"], "distilled": students["distilled"][key]["general"],
+                   "data only": students["data only"][key]["general"],
+                   **{f"teacher {d}": teachers[d][key]["general"] for d in args.domains}}
+        tables[key] = {"rows": rows, "general_ppl": general}
+        print(f"\n{title}:\n")
+        print("| domain | base ppl | teacher ppl | student distilled | student data only | retention distilled | "
+              "retention data only | distillation wins |")
+        print("|---|---:|---:|---:|---:|---:|---:|:---:|")
+        for r in rows:
+            print(f"| {r['domain']} | {r['base_ppl']:.2f} | {r['teacher_ppl']:.2f} | {r['distilled_ppl']:.2f} | "
+                  f"{r['data_only_ppl']:.2f} | {r['retention_distilled']:.3f} | {r['retention_data_only']:.3f} | "
+                  f"{'yes' if r['distillation_wins'] else 'no'} |")
+        print("\ngeneral text ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in general.items()))
     runs = {r["label"]: r for r in [*teachers.values(), *students.values()]}.values()  # one teacher may serve all
     print("time: " + ", ".join(f"{r['label']} {r['s_per_step']:.2f} s/step" for r in runs))
-    data_layer = data_layer_figures()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"distill_{args.label}.json"
-    path.write_text(json.dumps({"rows": rows, "general_ppl": general, "student_active": student_active,
+    path.write_text(json.dumps({**tables["domains"], "fresh": tables["fresh"], "student_active": student_active,
                                 "teacher_active": teacher_active, "active_ratio": ratio,
                                 "teachers": teachers, "students": students, "args": vars(args),
-                                "data_layer": data_layer}, indent=2))
+                                "data_layer": data_layer_figures()}, indent=2))
     print(f"\nwritten {path}")
 
 
