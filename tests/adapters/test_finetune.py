@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -157,6 +158,61 @@ def test_replay_mixes_pretraining_windows_into_every_step(debug_checkpoint, inst
     with pytest.raises(ConfigError, match="no prepared token shards"):
         finetune(config(debug_checkpoint, instruction_file, tmp_path / "x", "--data.replay_fraction=0.5",
                         f"--data.replay={tmp_path}"), "lora", show_progress=False)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_replay_kl_ties_replayed_rows_to_the_base(debug_checkpoint, mode) -> None:
+    import torch.nn.functional as F
+
+    from lightseek.adapters.finetune import _replay_tie
+    from lightseek.adapters.lora import LoraConfig, apply_lora
+
+    torch.manual_seed(0)
+    model = load_model(debug_checkpoint)
+    if mode == "lora":
+        apply_lora(model, LoraConfig(rank=2), "a")
+    with torch.no_grad():  # move the trained weights (the adapter's, or all) away from the base
+        for n, p in model.named_parameters():
+            if mode == "full" or "lora_B" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    V = model.cfg.vocab_size
+    x, y = torch.randint(0, V, (4, 16)), torch.randint(0, V, (4, 16))
+    y[1, :5] = -100  # a conversation row learns only part of its tokens
+    replayed = [True, False, True, False]
+    objective = _replay_tie(model, mode, debug_checkpoint, "cpu", 0.7, replayed)
+    with use_adapters(model, "a") if mode == "lora" else contextlib.nullcontext():
+        result = model(x, y)
+        stats = [(r.load_E.clone(), r.stat_sums.clone()) for r in (m.router for m in model.moe_layers())]
+        got = objective(result, x, y, slice(0, 4))
+        for r, (load, sums) in zip((m.router for m in model.moe_layers()), stats):
+            assert torch.equal(r.load_E, load) and torch.equal(r.stat_sums, sums)  # balancing sees one forward
+        replayed[:] = [False] * 4
+        assert objective(result, x, y, slice(0, 4)) is result.loss
+    # by hand: 0.3 * next-token + 0.7 * KL(base || model) on rows 0 and 2, next-token elsewhere
+    with torch.no_grad():
+        base_logp = F.log_softmax(load_model(debug_checkpoint)(x).logits, -1)
+    logp = F.log_softmax(result.logits.detach(), -1)
+    ce = -logp.gather(-1, y.clamp_min(0)[..., None])[..., 0]
+    kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
+    row = torch.tensor([True, False, True, False])[:, None]
+    want = torch.where(row, 0.3 * ce + 0.7 * kl, ce)[y != -100].mean()
+    assert float(kl[0].mean()) > 1e-3  # the tie has something to pull against
+    assert float(got.detach()) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_replay_kl_trains_a_different_adapter(debug_checkpoint, instruction_file, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    runs = {}
+    for kl in (0.0, 1.0):
+        finetune(config(debug_checkpoint, instruction_file, tmp_path / str(kl), "--train.steps=3",
+                        "--data.replay_fraction=0.5", f"--data.replay_kl={kl}"), "lora", show_progress=False)
+        runs[kl] = load_file(str(tmp_path / str(kl) / "adapter" / "adapter_model.safetensors"))
+        meta = json.loads((tmp_path / str(kl) / "adapter" / "lightseek_adapter.json").read_text())
+        assert meta["data"]["replay_kl"] == kl
+    assert any(not torch.equal(runs[0.0][k], runs[1.0][k]) for k in runs[0.0])
+    with pytest.raises(ConfigError, match=r"data.replay_kl must be in \[0, 1\], got 1.5"):
+        config(debug_checkpoint, instruction_file, tmp_path / "x", "--data.replay_kl=1.5")
 
 
 def test_full_finetuning_can_freeze_parts(debug_checkpoint, instruction_file, tmp_path) -> None:

@@ -38,7 +38,7 @@ from lightseek.train.config import TrainConfig
 Mode = Literal["lora", "full"]
 # What a resumed fine-tuning run must share with the run it continues.
 RESUME_KEYS = ("base", "lora", "data.files", "data.val_fraction", "data.split_seed", "data.skip_bad",
-               "data.max_examples", "data.replay", "data.replay_fraction", "train.seed", "train.batch_size", "train.seq_len", "train.grad_accum",
+               "data.max_examples", "data.replay", "data.replay_fraction", "data.replay_kl", "train.seed", "train.batch_size", "train.seq_len", "train.grad_accum",
                "train.steps", "train.lr", "train.warmup_steps", "train.min_lr_ratio")
 
 
@@ -55,12 +55,17 @@ class SftDataConfig:
     replay: str = field("base", help=(
         "Token shards replayed against forgetting: 'base' (the base run's training data) or a prepared folder."))
     replay_fraction: float = field(0.0, help="Share of each batch's rows drawn from `replay` (0 = off).")
+    replay_kl: float = field(0.0, help=(
+        "On replayed rows, the weight w of a KL tie to the base model: (1 - w) * next-token + w * KL(base || model). "
+        "The base is the same model with the adapter off (LoRA) or a frozen copy (full fine-tuning); 0 = off."))
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0.0 <= self.replay_fraction < 1.0:
             raise ConfigError(f"data.replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        if not 0.0 <= self.replay_kl <= 1.0:
+            raise ConfigError(f"data.replay_kl must be in [0, 1], got {self.replay_kl}")
 
 
 def _finetune_train_defaults() -> TrainConfig:
@@ -278,6 +283,7 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
         rows = tc.batch_size * tc.grad_accum
         replay = _replay_shards(cfg.data, base_run, tokenizer, say)
         n_replay = round(rows * d.world * cfg.data.replay_fraction) if replay is not None else 0
+        replayed: list[bool] = []  # which rows of this step are replayed windows
 
         def train_rows(step: int):
             idx = epoch_indices(len(sft.train), rows * d.world - n_replay, tc.seed, step)
@@ -289,7 +295,13 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
             x, y = torch.cat([x, w[:, :-1]]), torch.cat([y, w[:, 1:]])
             order = torch.from_numpy(np.random.default_rng([tc.seed, step]).permutation(len(x)))
             mine = order[d.rank * rows:(d.rank + 1) * rows]
+            replayed[:] = (mine >= len(idx)).tolist()
             return x[mine], y[mine]
+
+        objective = None
+        if n_replay and cfg.data.replay_kl > 0:
+            objective = _replay_tie(model, mode, base_dir, device, cfg.data.replay_kl, replayed)
+            say(f"replay: KL tie to the base model on replayed rows, weight {cfg.data.replay_kl}")
 
         def val_batches():
             n = len(sft.val)
@@ -303,7 +315,8 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
                          "val_fraction": cfg.data.val_fraction, "split_seed": split_seed,
                          "split_text_field": text_field,
                          "replay": str(replay.directory) if replay is not None else "",
-                         "replay_fraction": cfg.data.replay_fraction if replay is not None else 0.0},
+                         "replay_fraction": cfg.data.replay_fraction if replay is not None else 0.0,
+                         "replay_kl": cfg.data.replay_kl if replay is not None else 0.0},
                 "trainable_parameters": trainable, "model_parameters": total}
 
         def save(step: int, tokens: int, optimizer, last_eval: dict) -> None:
@@ -321,7 +334,8 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
                                 run_config=base_run, train_state=state,
                                 extra={"step": step, "finetune": {**meta, "config": to_dict(cfg)}})
 
-        job = Job(model, opt, train_rows, val_batches, save, start, tokens_seen, pad_id=tokenizer.pad_id)
+        job = Job(model, opt, train_rows, val_batches, save, start, tokens_seen, pad_id=tokenizer.pad_id,
+                  objective=objective)
         with use_adapters(model, cfg.name) if mode == "lora" else contextlib.nullcontext():
             summary = fit(job, tc, out, d, device, amp, show_progress, resumed=resume)
         summary.update({"mode": mode, "trainable_parameters": trainable, "model_parameters": total,
@@ -329,6 +343,51 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
         return summary
     finally:
         shutdown(d)
+
+
+def _replay_tie(model, mode: Mode, base_dir: Path, device, weight: float, replayed: list[bool]):
+    """The training objective with a KL tie to the base model on replayed rows (the rows that
+    ``replayed`` marks in the current step): there the model learns
+    ``(1 - weight) * next-token + weight * KL(base || model)``, elsewhere the next-token loss.
+    A LoRA run's base is the model itself with the adapter off, so the tie costs a forward pass
+    and no memory for a second model; full fine-tuning keeps a frozen copy of the base."""
+    from lightseek.distill.kd import KdConfig, kd_loss
+
+    kd = KdConfig(ce_weight=1.0 - weight)
+    if mode == "lora":
+        def base_logits(x):
+            with use_adapters(model, None), _routing_stats_kept(model):
+                return model(x).logits
+    else:
+        base = load_model(base_dir, device).eval().requires_grad_(False)
+
+        def base_logits(x):
+            return base(x).logits
+
+    def objective(result, x, y, micro: slice):
+        rows = torch.tensor(replayed[micro], dtype=torch.bool, device=x.device)
+        if not rows.any():
+            return result.loss
+        teacher = torch.zeros_like(result.logits)
+        with torch.no_grad():
+            teacher[rows] = base_logits(x[rows]).to(teacher.dtype)
+        return kd_loss(result.logits, teacher, y, kd, rows)
+
+    return objective
+
+
+@contextlib.contextmanager
+def _routing_stats_kept(model):
+    """Leave the routers' accumulated statistics (which drive balancing) as they were: a
+    forward pass of the base model inside a training step must not count as the step's load."""
+    routers = [m.router for m in model.moe_layers()]
+    saved = [(r.load_E.clone(), r.stat_sums.clone()) for r in routers]
+    try:
+        yield
+    finally:
+        for r, (load, sums) in zip(routers, saved):
+            r.load_E.copy_(load)
+            r.stat_sums.copy_(sums)
 
 
 def _replay_shards(dc: SftDataConfig, base_run: dict, tokenizer: Tokenizer, say):
