@@ -8,7 +8,9 @@ token budget (steps x batch of conversations) go to:
                 embedding: 0.91% of the model (recipes/lora.yaml)
   lora+experts  the same plus a rank-1 adapter on every routed expert (per-expert factors)
 
-All runs replay the base model's training text in 30% of each batch (--replay), and use the
+All runs replay the base model's training text in 30% of each batch (--replay), where they
+learn the base model's own next-token distribution (a KL tie, --replay-kl 1.0; full
+fine-tuning keeps a frozen copy of the base for it, an adapter turns itself off), and use the
 learning rates chosen on the finance domain (--lr-full 1e-3, --lr-lora 1e-2).
 
 Reported per run: trainable parameters, optimizer state, the training process's peak memory
@@ -19,7 +21,8 @@ saw: two Gutenberg books, the inaugural addresses, CMRC 2018 trial passages), be
 Each run is its own process, so peak memory is its own.
 
     python bench/lora_vs_full.py [--domains medical finance] [--steps-medical 200] [--steps-finance 100]
-                                 [--lr-full 1e-3] [--lr-lora 1e-2] [--replay 0.3] [--scale-preset small]
+                                 [--lr-full 1e-3] [--lr-lora 1e-2] [--replay 0.3] [--replay-kl 1.0]
+                                 [--scale-preset small]
 
 After the domain runs, a scale check measures memory by kind and time per step of the three
 set-ups on a randomly initialised model of a larger preset (`small`: 108M parameters).
@@ -275,6 +278,8 @@ def main() -> None:
     ap.add_argument("--lr-full", type=float, default=1e-3, help="peak learning rate of full fine-tuning")
     ap.add_argument("--lr-lora", type=float, default=1e-2, help="peak learning rate of the adapters")
     ap.add_argument("--replay", type=float, default=0.3, help="share of each batch replaying the base's training text")
+    ap.add_argument("--replay-kl", type=float, default=1.0,
+                    help="weight of the KL tie to the base on replayed rows (0 = next-token loss only)")
     ap.add_argument("--extra", action="append", default=[],
                     help="an override for every run, repeatable (e.g. --extra=--data.replay_fraction=0.3)")
     ap.add_argument("--scale-preset", default="small", help="larger preset for the memory/time check ('' = skip)")
@@ -303,7 +308,8 @@ def main() -> None:
             spec = {"base": args.base, "domain": domain, "config": name, "files": [str(p) for p in DOMAINS[domain]],
                     "steps": getattr(args, f"steps_{domain}"), "batch_size": args.batch_size, "seq_len": args.seq_len,
                     "out": str(out), "measure_base": i == 0, "mode": CONFIGS[name]["mode"],
-                    "overrides": [*CONFIGS[name]["overrides"], f"--data.replay_fraction={args.replay}", *args.extra,
+                    "overrides": [*CONFIGS[name]["overrides"], f"--data.replay_fraction={args.replay}",
+                                  f"--data.replay_kl={args.replay_kl}", *args.extra,
                                   f"--train.lr={args.lr_full if name == 'full' else args.lr_lora}"]}
             print(f"[{domain} / {name}] {spec['steps']} steps ...", flush=True)
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, check=False,
