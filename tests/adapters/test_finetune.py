@@ -14,7 +14,7 @@ from lightseek.adapters.lora import use_adapters
 from lightseek.adapters.store import base_fingerprint, load_adapter
 from lightseek.cli import main
 from lightseek.errors import ConfigError
-from lightseek.model.checkpoint import load_model
+from lightseek.model.checkpoint import load_model, read_checkpoint_config
 from lightseek.train.metrics import read_metrics
 
 
@@ -168,9 +168,10 @@ def test_replay_kl_ties_replayed_rows_to_the_base(debug_checkpoint, mode) -> Non
     from lightseek.adapters.lora import LoraConfig, apply_lora
 
     torch.manual_seed(0)
-    model = load_model(debug_checkpoint)
-    if mode == "lora":
-        apply_lora(model, LoraConfig(rank=2), "a")
+    model = load_model(debug_checkpoint).train()
+    if mode == "lora":  # every kind of adapter path, all of which the base must switch off
+        apply_lora(model, LoraConfig(rank=2, expert_rank=1, embed_rank=1,
+                                     targets=["attn", "experts", "shared", "dense", "router", "embed"]), "a")
     with torch.no_grad():  # move the trained weights (the adapter's, or all) away from the base
         for n, p in model.named_parameters():
             if mode == "full" or "lora_B" in n:
@@ -178,16 +179,17 @@ def test_replay_kl_ties_replayed_rows_to_the_base(debug_checkpoint, mode) -> Non
     V = model.cfg.vocab_size
     x, y = torch.randint(0, V, (4, 16)), torch.randint(0, V, (4, 16))
     y[1, :5] = -100  # a conversation row learns only part of its tokens
-    replayed = [True, False, True, False]
-    objective = _replay_tie(model, mode, debug_checkpoint, "cpu", 0.7, replayed)
+    replayed = [False] * 4 + [True, False, True, False]  # the step's rows; this micro-batch is rows 4..7
+    micro = slice(4, 8)
+    objective = _replay_tie(model, mode, debug_checkpoint, "cpu", "auto", 0.7, replayed)
     with use_adapters(model, "a") if mode == "lora" else contextlib.nullcontext():
         result = model(x, y)
         stats = [(r.load_E.clone(), r.stat_sums.clone()) for r in (m.router for m in model.moe_layers())]
-        got = objective(result, x, y, slice(0, 4))
+        got = objective(result, x, y, micro)
         for r, (load, sums) in zip((m.router for m in model.moe_layers()), stats):
             assert torch.equal(r.load_E, load) and torch.equal(r.stat_sums, sums)  # balancing sees one forward
-        replayed[:] = [False] * 4
-        assert objective(result, x, y, slice(0, 4)) is result.loss
+        assert model.training
+        assert objective(result, x, y, slice(0, 4)) is result.loss  # no replayed row: the plain loss
     # by hand: 0.3 * next-token + 0.7 * KL(base || model) on rows 0 and 2, next-token elsewhere
     with torch.no_grad():
         base_logp = F.log_softmax(load_model(debug_checkpoint)(x).logits, -1)
@@ -200,6 +202,35 @@ def test_replay_kl_ties_replayed_rows_to_the_base(debug_checkpoint, mode) -> Non
     assert float(got.detach()) == pytest.approx(float(want), rel=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_replay_kl_marks_exactly_the_replayed_rows(debug_checkpoint, instruction_file, tmp_path, monkeypatch,
+                                                   mode) -> None:
+    from lightseek.adapters import finetune as ft
+
+    seen = []
+    real = ft._replay_tie
+
+    def spy(*args):
+        objective = real(*args)
+
+        def wrapped(result, x, y, micro):
+            seen.append((args[-1][micro], (y != -100).all(1).tolist()))
+            return objective(result, x, y, micro)
+        return wrapped
+
+    monkeypatch.setattr(ft, "_replay_tie", spy)
+    out = tmp_path / mode
+    finetune(config(debug_checkpoint, instruction_file, out, "--train.steps=3", "--train.batch_size=4",
+                    "--train.grad_accum=2", "--data.replay_fraction=0.5", "--data.replay_kl=1.0"),
+             mode, show_progress=False)
+    # two micro-batches a step; replayed windows learn every token, a conversation never does
+    assert len(seen) == 6 and all(marked == full_rows for marked, full_rows in seen)
+    assert sum(sum(marked) for marked, _ in seen) == 3 * 4  # half of each step's 8 rows
+    meta = (json.loads((out / "adapter" / "lightseek_adapter.json").read_text()) if mode == "lora" else
+            read_checkpoint_config(out / "checkpoint")["finetune"])
+    assert meta["data"]["replay_kl"] == 1.0
+
+
 def test_replay_kl_trains_a_different_adapter(debug_checkpoint, instruction_file, tmp_path) -> None:
     from safetensors.torch import load_file
 
@@ -208,11 +239,30 @@ def test_replay_kl_trains_a_different_adapter(debug_checkpoint, instruction_file
         finetune(config(debug_checkpoint, instruction_file, tmp_path / str(kl), "--train.steps=3",
                         "--data.replay_fraction=0.5", f"--data.replay_kl={kl}"), "lora", show_progress=False)
         runs[kl] = load_file(str(tmp_path / str(kl) / "adapter" / "adapter_model.safetensors"))
-        meta = json.loads((tmp_path / str(kl) / "adapter" / "lightseek_adapter.json").read_text())
-        assert meta["data"]["replay_kl"] == kl
     assert any(not torch.equal(runs[0.0][k], runs[1.0][k]) for k in runs[0.0])
+
+
+def test_replay_kl_bad_settings_are_named(debug_checkpoint, instruction_file, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"data.replay_kl must be in \[0, 1\], got 1.5"):
-        config(debug_checkpoint, instruction_file, tmp_path / "x", "--data.replay_kl=1.5")
+        config(debug_checkpoint, instruction_file, tmp_path / "x", "--data.replay_fraction=0.3", "--data.replay_kl=1.5")
+    with pytest.raises(ConfigError, match="set data.replay_fraction > 0 too"):
+        config(debug_checkpoint, instruction_file, tmp_path / "x", "--data.replay_kl=1.0")
+    with pytest.raises(ConfigError, match="makes 0 replayed rows"):
+        finetune(config(debug_checkpoint, instruction_file, tmp_path / "x", "--data.replay_fraction=0.01"), "lora",
+                 show_progress=False)
+    # a run saved before the option existed ran without the tie: resuming it with the tie is refused
+    finetune(config(debug_checkpoint, instruction_file, tmp_path / "old", "--train.steps=4", "--train.ckpt_every=2",
+                    "--train.stop_after=2", "--data.replay_fraction=0.5"), "lora", show_progress=False)
+    saved = (tmp_path / "old" / "config.yaml").read_text()
+    (tmp_path / "old" / "config.yaml").write_text(saved.replace("  replay_kl: 0.0\n", ""))
+    assert "  replay_kl: 0.0\n" in saved and "  replay_kl:" not in (tmp_path / "old" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="data.replay_kl"):
+        finetune(config(debug_checkpoint, instruction_file, tmp_path / "old", "--train.steps=4", "--train.ckpt_every=2",
+                        "--data.replay_fraction=0.5", "--data.replay_kl=1.0"), "lora", resume=True, show_progress=False)
+    summary = finetune(config(debug_checkpoint, instruction_file, tmp_path / "old", "--train.steps=4",
+                              "--train.ckpt_every=2", "--data.replay_fraction=0.5"), "lora", resume=True,
+                       show_progress=False)
+    assert summary["finished"]
 
 
 def test_full_finetuning_can_freeze_parts(debug_checkpoint, instruction_file, tmp_path) -> None:

@@ -57,7 +57,8 @@ class SftDataConfig:
     replay_fraction: float = field(0.0, help="Share of each batch's rows drawn from `replay` (0 = off).")
     replay_kl: float = field(0.0, help=(
         "On replayed rows, the weight w of a KL tie to the base model: (1 - w) * next-token + w * KL(base || model). "
-        "The base is the same model with the adapter off (LoRA) or a frozen copy (full fine-tuning); 0 = off."))
+        "The base is the same model with the adapter off (LoRA) or a frozen copy (full fine-tuning); 0 = off. "
+        "Needs replay_fraction > 0."))
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -66,6 +67,8 @@ class SftDataConfig:
             raise ConfigError(f"data.replay_fraction must be in [0, 1), got {self.replay_fraction}")
         if not 0.0 <= self.replay_kl <= 1.0:
             raise ConfigError(f"data.replay_kl must be in [0, 1], got {self.replay_kl}")
+        if self.replay_kl > 0 and self.replay_fraction == 0:
+            raise ConfigError("data.replay_kl ties replayed rows to the base: set data.replay_fraction > 0 too")
 
 
 def _finetune_train_defaults() -> TrainConfig:
@@ -283,6 +286,9 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
         rows = tc.batch_size * tc.grad_accum
         replay = _replay_shards(cfg.data, base_run, tokenizer, say)
         n_replay = round(rows * d.world * cfg.data.replay_fraction) if replay is not None else 0
+        if replay is not None and not 0 < n_replay < rows * d.world:
+            raise ConfigError(f"data.replay_fraction {cfg.data.replay_fraction} of {rows * d.world} rows per step "
+                              f"makes {n_replay} replayed rows: choose a share that leaves some of each kind")
         replayed: list[bool] = []  # which rows of this step are replayed windows
 
         def train_rows(step: int):
@@ -300,7 +306,7 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
 
         objective = None
         if n_replay and cfg.data.replay_kl > 0:
-            objective = _replay_tie(model, mode, base_dir, device, cfg.data.replay_kl, replayed)
+            objective = _replay_tie(model, mode, base_dir, device, tc.dispatch, cfg.data.replay_kl, replayed)
             say(f"replay: KL tie to the base model on replayed rows, weight {cfg.data.replay_kl}")
 
         def val_batches():
@@ -316,7 +322,7 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
                          "split_text_field": text_field,
                          "replay": str(replay.directory) if replay is not None else "",
                          "replay_fraction": cfg.data.replay_fraction if replay is not None else 0.0,
-                         "replay_kl": cfg.data.replay_kl if replay is not None else 0.0},
+                         "replay_kl": cfg.data.replay_kl if objective is not None else 0.0},
                 "trainable_parameters": trainable, "model_parameters": total}
 
         def save(step: int, tokens: int, optimizer, last_eval: dict) -> None:
@@ -345,21 +351,27 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
         shutdown(d)
 
 
-def _replay_tie(model, mode: Mode, base_dir: Path, device, weight: float, replayed: list[bool]):
+def _replay_tie(model, mode: Mode, base_dir: Path, device, dispatch: str, weight: float, replayed: list[bool]):
     """The training objective with a KL tie to the base model on replayed rows (the rows that
     ``replayed`` marks in the current step): there the model learns
     ``(1 - weight) * next-token + weight * KL(base || model)``, elsewhere the next-token loss.
     A LoRA run's base is the model itself with the adapter off, so the tie costs a forward pass
-    and no memory for a second model; full fine-tuning keeps a frozen copy of the base."""
+    and no second copy of the weights; full fine-tuning keeps a frozen copy of the base."""
     from lightseek.distill.kd import KdConfig, kd_loss
 
     kd = KdConfig(ce_weight=1.0 - weight)
     if mode == "lora":
         def base_logits(x):
-            with use_adapters(model, None), _routing_stats_kept(model):
-                return model(x).logits
+            was_training = model.training
+            model.eval()  # the base as it serves: no auxiliary losses written onto the layers
+            try:
+                with use_adapters(model, None), _routing_stats_kept(model):
+                    return model(x).logits
+            finally:
+                model.train(was_training)
     else:
         base = load_model(base_dir, device).eval().requires_grad_(False)
+        base.set_dispatch(dispatch)
 
         def base_logits(x):
             return base(x).logits

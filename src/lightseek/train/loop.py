@@ -44,6 +44,10 @@ RESUME_KEYS = ("model", "data.prepared", "train.seed", "train.batch_size", "trai
 def check_resume_config(saved: dict, cfg, ckpt_dir: Path, keys: tuple[str, ...] = RESUME_KEYS) -> None:
     """A ConfigError naming every key whose value differs from the checkpoint's run."""
     current = to_dict(cfg)
+    try:  # a key the saved run predates: that run behaved as the key's default
+        defaults = to_dict(type(cfg)())
+    except (TypeError, ConfigError):  # a config class without a default for every field
+        defaults = {}
 
     def get(tree: dict, key: str):
         for part in key.split("."):
@@ -53,6 +57,8 @@ def check_resume_config(saved: dict, cfg, ckpt_dir: Path, keys: tuple[str, ...] 
     differ = []
     for key in keys:
         old, new = get(saved, key), get(current, key)
+        if old == {}:
+            old = get(defaults, key)
         if isinstance(old, dict) and isinstance(new, dict):
             differ += [f"{key}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         elif old != {} and old != new:
