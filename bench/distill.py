@@ -26,8 +26,9 @@ report (a check that the choices did not fit the first set).
 
     python bench/distill.py [--setup base-student] [--teacher-steps 200] [--student-steps 900] [--reuse]
 
---reuse measures runs already finished in --out under the same config instead of training them
-again (for example the teachers, when only the students change).
+--reuse measures runs already finished in --out instead of training them again (for example the
+teachers, when only the students change): a run is taken when its config is the same and the
+checkpoints it started from and learned from still hold the weights it recorded.
 
 Also reports, when their benchmarks have written results, the domain classifier's macro-F1
 (bench/domains.py) and the cleaning pipeline's throughput (bench/pipeline.py).
@@ -80,13 +81,14 @@ def run(overrides: list[str], label: str, args) -> dict:
 
     cfg = load_distill_config(None, overrides)
     out = Path(cfg.out_dir)
-    if args.reuse and finished(out, to_dict(cfg)):
+    if args.reuse and finished(out, to_dict(cfg), inputs(cfg)):
         domains, wall = ppl(out / "checkpoint", args), None
     else:
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.time()
         summary = distill_train(cfg, show_progress=False)
         wall, domains = time.time() - t0, summary["domains"]
+        (out / "inputs.json").write_text(json.dumps(inputs(cfg), indent=2))
     fresh = ppl(out / "checkpoint", args, fresh=True)
     step_s = statistics.median(r["step_s"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train")
     print(f"  {label}: " + (f"{wall / 60:.1f} min" if wall else "reused") + f" ({step_s:.2f} s/step); " +
@@ -96,13 +98,25 @@ def run(overrides: list[str], label: str, args) -> dict:
             "checkpoint": str(out / "checkpoint")}
 
 
-def finished(out: Path, config: dict) -> bool:
-    """Whether ``out`` holds a run that trained all its steps under exactly ``config``."""
+def inputs(cfg) -> dict:
+    """The sha256 of the weights of every checkpoint a run starts from or learns from: the same
+    paths may hold other weights later (a teacher trained again, a base rebuilt in place)."""
+    from lightseek.adapters.store import base_fingerprint
+
+    paths = {"student": cfg.student, **{f"teacher {d}": p for d, p in cfg.teachers.items()}}
+    return {k: base_fingerprint(p)["sha256"] for k, p in paths.items() if p}
+
+
+def finished(out: Path, config: dict, weights: dict) -> bool:
+    """Whether ``out`` holds a run that trained all its steps under exactly ``config``, from and
+    with checkpoints whose weights are ``weights`` (see `inputs`)."""
     import yaml
 
     from lightseek.train.metrics import read_metrics
 
-    if not (out / "config.yaml").exists() or not (out / "checkpoint").exists():
+    if not all((out / f).exists() for f in ("config.yaml", "checkpoint", "inputs.json")):
+        return False
+    if json.loads((out / "inputs.json").read_text()) != weights:
         return False
     def relative(text: str) -> str:  # the same run, whether its paths were given from ROOT or in full
         return text.replace(f"{ROOT}/", "")
@@ -179,6 +193,8 @@ def main() -> None:
                     help="measure, not retrain, runs already finished in --out under the same config")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_distill"))
     args = ap.parse_args()
+    if args.eval_windows < 1 or args.fresh_windows < 1:
+        sys.exit("--eval-windows and --fresh-windows must be at least 1 (the fresh windows start after the others)")
     small = args.setup == "small-student"
     args.teacher_steps = args.teacher_steps or (300 if args.shared_teacher and not small else 200)
     args.student_steps = args.student_steps or (800 if small else 900)
