@@ -82,14 +82,15 @@ def run(overrides: list[str], label: str, args) -> dict:
     cfg = load_distill_config(None, overrides)
     out = Path(cfg.out_dir)
     if args.reuse and finished(out, to_dict(cfg), inputs(cfg)):
-        domains, wall = ppl(out / "checkpoint", args), None
+        measured, wall = ppl(out / "checkpoint", args), None
     else:
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.time()
         summary = distill_train(cfg, show_progress=False)
-        wall, domains = time.time() - t0, summary["domains"]
+        wall = time.time() - t0
         (out / "inputs.json").write_text(json.dumps(inputs(cfg), indent=2))
-    fresh = ppl(out / "checkpoint", args, fresh=True)
+        measured = {"domains": summary["domains"], **ppl(out / "checkpoint", args, first=False)}
+    domains, fresh = measured["domains"], measured["fresh"]
     step_s = statistics.median(r["step_s"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train")
     print(f"  {label}: " + (f"{wall / 60:.1f} min" if wall else "reused") + f" ({step_s:.2f} s/step); " +
           ", ".join(f"{d} {p:.2f}" for d, p in domains.items()) + "; fresh windows: " +
@@ -118,6 +119,7 @@ def finished(out: Path, config: dict, weights: dict) -> bool:
         return False
     if json.loads((out / "inputs.json").read_text()) != weights:
         return False
+
     def relative(text: str) -> str:  # the same run, whether its paths were given from ROOT or in full
         return text.replace(f"{ROOT}/", "")
 
@@ -139,11 +141,12 @@ def active(ckpt_or_cfg) -> int:
         return Transformer(ckpt_or_cfg).num_params()["active"]
 
 
-def ppl(ckpt: Path, args, fresh: bool = False) -> dict:
+def ppl(ckpt: Path, args, first: bool = True) -> dict:
     """A checkpoint's per-domain validation perplexity (all domains and general text; the hash
-    rule holds out the same documents whatever the mix) on the benchmark's first
-    ``--eval-windows`` windows of each domain, or with ``fresh`` on the ``--fresh-windows`` after
-    them: windows that no choice of set-up or steps was ever made on."""
+    rule holds out the same documents whatever the mix), from one load of the model and the
+    streams: ``fresh`` on the ``--fresh-windows`` windows after the first ``--eval-windows`` of
+    each domain (windows that no choice of set-up or steps was ever made on), and with ``first``
+    also ``domains`` on those first windows."""
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.distill.data import DistillDataConfig, build_streams
     from lightseek.distill.train import domain_perplexity
@@ -152,10 +155,12 @@ def ppl(ckpt: Path, args, fresh: bool = False) -> dict:
     ckpt = resolve_checkpoint(ckpt)
     dc = DistillDataConfig(sources=sources(list(DOMAINS)), text_field="text,context_text", cache=f"{args.out}/cache")
     val = build_streams(dc, Tokenizer.load(ckpt / "tokenizer.json"), 0).val
-    if fresh:
-        val = {d: stream[args.eval_windows * args.seq_len:] for d, stream in val.items()}
-    windows = args.fresh_windows if fresh else args.eval_windows
-    return domain_perplexity(load_model(ckpt), val, args.seq_len, args.batch_size, windows)
+    model = load_model(ckpt)
+    after = {d: stream[args.eval_windows * args.seq_len:] for d, stream in val.items()}
+    out = {"fresh": domain_perplexity(model, after, args.seq_len, args.batch_size, args.fresh_windows)}
+    if first:
+        out["domains"] = domain_perplexity(model, val, args.seq_len, args.batch_size, args.eval_windows)
+    return out
 
 
 def data_layer_figures() -> dict:
@@ -210,7 +215,7 @@ def main() -> None:
     args.label = args.setup + ("-shared" if args.shared_teacher and not small else "")
     out = Path(args.out) / args.label
     print("base model per-domain perplexity ...", flush=True)
-    base_ppl = {"domains": ppl(Path(base), args), "fresh": ppl(Path(base), args, fresh=True)}
+    base_ppl = ppl(Path(base), args)
     teachers, student_flags, student_active, teacher_active = (small_student if small else base_student)(args, base, out)
     kd = [f"--teachers.{d}={teachers[d]['checkpoint']}" for d in args.domains] + [
         f"--teachers.general={base}", f"--kd.ce_weight={args.ce_weight}", f"--kd.temperature={args.temperature}"]
