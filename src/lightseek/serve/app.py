@@ -511,6 +511,7 @@ def build_app(host: EngineHost, model_id: str, adapters: list[str] | None = None
             "# TYPE lightseek_requests_running gauge", f"lightseek_requests_running {st['running']}",
             "# TYPE lightseek_requests_waiting gauge", f"lightseek_requests_waiting {st['waiting']}",
             "# TYPE lightseek_slots_free gauge", f"lightseek_slots_free {st['free_slots']}",
+            "# TYPE lightseek_engine_steps_total counter", f"lightseek_engine_steps_total {m['steps']}",
             "# TYPE lightseek_batch_size_mean gauge",
             f"lightseek_batch_size_mean {m['batch_sum'] / max(m['steps'], 1):.4f}",
             "# TYPE lightseek_kv_cache_usage gauge", f"lightseek_kv_cache_usage {st['kv_usage']:.6f}",
