@@ -58,12 +58,13 @@ def main() -> None:
     keep = torch.zeros(tok.vocab_size, 1)
     keep[[t for t, _ in top]] = 1.0
 
-    load_model = ft.load_model
+    load_model, loaded = ft.load_model, []
 
     def load_with_row_mask(path, *a, **kw):
         model = load_model(path, *a, **kw)
-        if model.embed.weight.requires_grad:  # the model being trained (not the KL tie's frozen base)
+        if not loaded:  # the model being trained is loaded first; the KL tie's frozen base after it
             model.embed.weight.register_hook(lambda g: g * keep.to(g))
+        loaded.append(model)
         return model
 
     ft.load_model = load_with_row_mask

@@ -3,8 +3,8 @@ of a chosen, fixed cost, against transformers `generate`, in one run.
 
 `lightseek serve` runs the shared base checkpoint (runs/base) with its forward pass replaced by
 matrix products of a calibrated total cost (0, 1, 2, 3, 4 ms by default). The products release
-the GIL as the model's own operations do, but far less often, so this is an optimistic bound
-for a model whose forward pass takes that long. Everything else is the real server:
+the GIL as the model's own operations do, but far less often. The cost is calibrated in an idle
+process, one thread, as the servers here run (`--threads 1`). Everything else is the real server:
 tokenizer, sampling over the base's 8,192-token vocabulary, streaming, the `openai` clients of
 bench/serve_load.py on loopback (64 new tokens, temperature 0.8, `ignore_eos`).
 
@@ -50,8 +50,10 @@ def serve_synthetic(checkpoint: str, port: int, forward_ms: float) -> None:
     from lightseek.model.transformer import ModelOutput
 
     load_model = ck.load_model
-    torch.set_num_threads(1)  # `serve`'s default on this machine; set again by the command below
+    torch.set_num_threads(1)  # as the server below runs (--threads 1), and the real model's timing
     a = torch.randn(160, 160)
+    for _ in range(20):  # warm-up
+        torch.mm(a, a)
     t0 = time.perf_counter()
     for _ in range(200):
         torch.mm(a, a)
@@ -75,7 +77,7 @@ def serve_synthetic(checkpoint: str, port: int, forward_ms: float) -> None:
 
     ck.load_model = load_synthetic
     sys.exit(main(["serve", checkpoint, "--name", "base", "--port", str(port), "--max-slots", "64",
-                   "--max-waiting", "256"]))
+                   "--max-waiting", "256", "--threads", "1"]))
 
 
 def free_port() -> int:
@@ -94,7 +96,10 @@ def measure(cmd: list[str], port: int, clients: int, seconds: float) -> dict:
                 if http_get(port, "/health")[0] == 200:
                     break
             except OSError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
+        else:
+            sys.exit("the server did not come up in 60 s")
         r = asyncio.run(run_level(port, clients, seconds, 64, 0.0))
         metrics = {}
         for line in http_get(port, "/metrics")[1].splitlines():
@@ -109,7 +114,7 @@ def measure(cmd: list[str], port: int, clients: int, seconds: float) -> dict:
 
 
 def real_forward_ms(checkpoint: str, rows: int = 16, steps: int = 60) -> float:
-    """Mean time of the model's decode forward inside the engine, `rows` rows, one thread."""
+    """Median time of the model's decode forward inside the engine, `rows` rows, one thread."""
     import torch
 
     from lightseek.data.tokenizer import Tokenizer
@@ -158,7 +163,7 @@ def main() -> None:
         port = free_port()
         if ms is None:
             cmd = [sys.executable, "-m", "lightseek", "serve", args.checkpoint, "--name", "base", "--port", str(port),
-                   "--max-slots", "64", "--max-waiting", "256"]
+                   "--max-slots", "64", "--max-waiting", "256", "--threads", "1"]
         else:
             cmd = [sys.executable, __file__, "--checkpoint", args.checkpoint, "--serve-synthetic", str(port), str(ms)]
         r = measure(cmd, port, args.clients, args.seconds)

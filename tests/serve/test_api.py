@@ -140,8 +140,14 @@ def test_errors_have_openai_shape_and_4xx(server) -> None:
     assert http(f"{url}/health")[0] == 200
     metrics = http(f"{url}/metrics")[1].decode()
     assert "lightseek_requests_total" in metrics and 'lightseek_expert_tokens_total{layer="1"' in metrics
-    steps = next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith("lightseek_engine_steps_total"))
-    assert steps >= 1
+
+    def steps() -> float:
+        lines = http(f"{url}/metrics")[1].decode().splitlines()
+        return next(float(line.split()[1]) for line in lines if line.startswith("lightseek_engine_steps_total"))
+
+    before = steps()
+    client.completions.create(model="debug", prompt="x", max_tokens=2)
+    assert steps() >= before + 1
     assert host.engine.stats()["free_slots"] == 4  # nothing leaked
 
 
