@@ -1,0 +1,195 @@
+"""How fast PyTorch can run the base model's 16-row decode forward on one core of this machine.
+
+The serving ceiling (bench/serve_ceiling.py) says which forward time twice transformers
+`generate` needs. This measures what the model's decode forward takes, and what the same
+forward takes when written for decoding alone and compiled, as the best PyTorch can do here:
+
+  model          `Transformer.forward` on one new token per row over a KV cache (what the engine runs)
+  static eager   the same computation as one function with fixed shapes: fused QKV projection,
+                 attention over the cached span plus the new token, every routed expert and the
+                 shared expert as three products per MoE layer (routing weights as a mask, zero
+                 for experts not chosen, so the result is the same dropless mixture), the head
+  static compiled  that function under `torch.compile` (inductor), default settings
+  static frozen  the same with inductor's weight freezing (weights folded in as constants)
+
+The static function is checked against the model's logits first (max abs difference printed).
+It is a measuring device only: no adapters, no routing statistics, one fixed span.
+
+    python bench/decode_floor.py [--rows 16] [--span 96]
+
+Prints a table and writes bench/results/decode_floor.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def static_step(model):
+    """The model's decode forward for fixed shapes, as one function of (ids, keys, values)."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg = model.cfg
+    if cfg.router_mode != "dynamic" and cfg.router_mode != "topk":
+        raise SystemExit(f"router mode {cfg.router_mode} is not covered here")
+    Hq, Hk, d, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.norm_eps
+    layers = []
+    for block in model.layers:
+        a, f = block.attn, block.ffn
+        w = {"attn_norm": block.attn_norm.weight, "ffn_norm": block.ffn_norm.weight,
+             "wqkv": torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]).t().contiguous(),
+             "wo": a.wo.weight.t().contiguous()}
+        if hasattr(f, "router"):
+            E, D, H = f.w1_EDH.shape
+            shared = f.shared
+            w.update(router=f.router.weight.t().contiguous(), bias=f.router.bias_E, threshold=f.router.threshold,
+                     E=E, H=H,
+                     w1=torch.cat([f.w1_EDH.permute(1, 0, 2).reshape(D, E * H), shared.w1.weight.t()], 1).contiguous(),
+                     w3=torch.cat([f.w3_EDH.permute(1, 0, 2).reshape(D, E * H), shared.w3.weight.t()], 1).contiguous(),
+                     w2=torch.cat([f.w2_EHD.reshape(E * H, D), shared.w2.weight.t()], 0).contiguous())
+        else:
+            w.update(w1=f.w1.weight.t().contiguous(), w3=f.w3.weight.t().contiguous(), w2=f.w2.weight.t().contiguous())
+        layers.append(w)
+    embed, head, norm = model.embed.weight, model.head.weight, model.norm.weight
+    cos_table, sin_table = model.rope_cos, model.rope_sin
+    K = cfg.max_k if cfg.router_mode == "dynamic" else cfg.top_k
+
+    def rms(x, weight):
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+    def rope(x, cos, sin):
+        x1, x2 = x.chunk(2, -1)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+    def route(h, w):
+        logits = h @ w["router"]
+        scores = logits.softmax(-1) if cfg.score_fn == "softmax" else logits.sigmoid()
+        select = logits if cfg.score_fn == "softmax" else scores
+        if cfg.balance_bias:
+            select = select + w["bias"]
+        ids = select.topk(K, -1).indices
+        g = scores.gather(1, ids)
+        if cfg.router_mode == "dynamic":
+            probs = scores if cfg.score_fn == "softmax" else scores / scores.sum(-1, keepdim=True)
+            mass = probs.gather(1, ids).cumsum(-1)
+            k = ((mass < w["threshold"]).sum(-1) + 1).clamp(cfg.min_k, cfg.max_k)
+            g = g * (torch.arange(K)[None] < k[:, None])
+        if cfg.norm_topk_prob:
+            g = g / g.sum(-1, keepdim=True).clamp_min(1e-20)
+        gate = torch.zeros(h.shape[0], w["E"]).scatter(1, ids, g * cfg.routed_scaling)
+        ones = torch.ones(h.shape[0], w["w1"].shape[1] - w["E"] * w["H"])  # the shared expert: always on
+        return torch.cat([gate.repeat_interleave(w["H"], 1), ones], 1)
+
+    def step(ids_B, pos, keys, values):
+        """ids (B,), all rows at position ``pos`` (an int), keys/values (L, B, Hk, pos, d)."""
+        B = ids_B.shape[0]
+        x = embed[ids_B]
+        cos, sin = cos_table[pos], sin_table[pos]
+        for i, w in enumerate(layers):
+            h = rms(x, w["attn_norm"]) @ w["wqkv"]
+            q = rope(h[:, :Hq * d].view(B, Hq, 1, d), cos, sin)
+            k = rope(h[:, Hq * d:(Hq + Hk) * d].view(B, Hk, 1, d), cos, sin)
+            v = h[:, (Hq + Hk) * d:].view(B, Hk, 1, d)
+            att = F.scaled_dot_product_attention(q, torch.cat([keys[i], k], 2), torch.cat([values[i], v], 2),
+                                                 enable_gqa=Hq != Hk)
+            x = x + att.reshape(B, -1) @ w["wo"]
+            h = rms(x, w["ffn_norm"])
+            mix = F.silu(h @ w["w1"]) * (h @ w["w3"])
+            if "router" in w:
+                mix = mix * route(h, w)
+            x = x + mix @ w["w2"]
+        return rms(x, norm) @ head.t()
+
+    return step
+
+
+def timed(fn, repeats: int) -> float:
+    for _ in range(10):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return 1000 * (time.perf_counter() - t0) / repeats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=str(ROOT / "runs" / "base"))
+    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--span", type=int, default=96, help="cached tokens per row (the new token is one more)")
+    ap.add_argument("--repeats", type=int, default=300)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from lora_vs_full import ensure_base
+
+    ensure_base(Path(args.checkpoint))
+
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from lightseek.model.checkpoint import load_model, resolve_checkpoint
+    from lightseek.model.kv_cache import KVCache
+
+    torch.set_num_threads(1)  # as `lightseek serve` runs on this machine
+    model = load_model(resolve_checkpoint(args.checkpoint)).eval()
+    cfg, B, S = model.cfg, args.rows, args.span
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, cfg.vocab_size, (B, S), generator=g)
+    new = torch.randint(0, cfg.vocab_size, (B,), generator=g)
+    results = {}
+    with torch.no_grad():
+        cache = KVCache.for_model(model, B, S + 1)
+        model(prefix, cache=cache)
+        keys = torch.stack([k[:, :, :S] for k in cache.k]).contiguous()
+        values = torch.stack([v[:, :, :S] for v in cache.v]).contiguous()
+        reference = model(new[:, None], cache=cache).logits[:, -1]
+
+        def model_decode():
+            cache.length = S
+            return model(new[:, None], cache=cache)
+
+        results["model"] = timed(model_decode, args.repeats)
+        step = static_step(model)
+        diff = (step(new, S, keys, values) - reference).abs().max().item()
+        print(f"static function against the model: max |logit difference| {diff:.2e}", flush=True)
+        if diff > 1e-3:
+            raise SystemExit("the static function does not reproduce the model; not timing it")
+        results["static eager"] = timed(lambda: step(new, S, keys, values), args.repeats)
+        for label, freezing in (("static compiled", False), ("static frozen", True)):
+            torch._dynamo.reset()
+            inductor_config.freezing = freezing
+            compiled = torch.compile(step, dynamic=False)
+            t0 = time.perf_counter()
+            out = compiled(new, S, keys, values)
+            compile_s = time.perf_counter() - t0
+            print(f"{label}: compiled in {compile_s:.0f} s, max |logit difference| "
+                  f"{(out - reference).abs().max().item():.2e}", flush=True)
+            results[label] = timed(lambda compiled=compiled: compiled(new, S, keys, values), args.repeats)
+        head_x = torch.randn(B, cfg.dim)
+        results["head product alone"] = timed(lambda: head_x @ model.head.weight.t(), args.repeats)
+
+    ceiling = RESULTS / "serve_ceiling.json"
+    needed = json.loads(ceiling.read_text()).get("needed_forward_ms") if ceiling.exists() else None
+    print(f"\n| {B}-row decode forward, {S} cached tokens, one thread | ms |")
+    print("|---|---:|")
+    for name, ms in results.items():
+        print(f"| {name} | {ms:.2f} |")
+    if needed:
+        print(f"| needed for twice transformers `generate` (bench/results/serve_ceiling.json) | {needed:.2f} |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "decode_floor.json"
+    out.write_text(json.dumps({"ms": results, "needed_ms": needed, "args": vars(args),
+                               "torch": torch.__version__}, indent=2))
+    print(f"\nwritten {out}")
+
+
+if __name__ == "__main__":
+    main()
