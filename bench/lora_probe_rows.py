@@ -71,7 +71,7 @@ def main() -> None:
     out = Path(args.out) / args.domain
     shutil.rmtree(out, ignore_errors=True)
     spec = {"base": args.base, "domain": args.domain, "config": "full", "files": files, "mode": "full",
-            "steps": args.steps or {"medical": 200, "finance": 100}[args.domain], "batch_size": 16, "seq_len": 256,
+            "steps": args.steps or bench.STEPS[args.domain], "batch_size": 16, "seq_len": 256,
             "out": str(out), "measure_base": True,
             "overrides": ["--data.replay_fraction=0.3", "--data.replay_kl=1.0", "--freeze=[layers,norm]",
                           f"--train.lr={args.lr}"]}

@@ -51,6 +51,7 @@ DOMAINS = {
 }
 GENERAL = [SHARED / "en_gutenberg" / "whitman-leaves.txt", SHARED / "en_gutenberg" / "chesterton-thursday.txt",
            SHARED / "en_us_presidential_speeches" / "inaugural", SHARED / "zh_cmrc2018_wiki" / "cmrc2018_trial.json"]
+STEPS = {"medical": 200, "finance": 100}  # each domain's step budget (the same for every configuration)
 GENERAL_TOKENS = 160_000  # general validation budget (tokens), first tokens of each source in turn
 CONFIGS = {
     "full": {"mode": "full", "overrides": []},
@@ -273,8 +274,8 @@ def main() -> None:
     ap.add_argument("--base", default=str(ROOT / "runs" / "base"))
     ap.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=list(DOMAINS))
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--steps-medical", type=int, default=200)
-    ap.add_argument("--steps-finance", type=int, default=100)
+    ap.add_argument("--steps-medical", type=int, default=STEPS["medical"])
+    ap.add_argument("--steps-finance", type=int, default=STEPS["finance"])
     ap.add_argument("--lr-full", type=float, default=1e-3, help="peak learning rate of full fine-tuning")
     ap.add_argument("--lr-lora", type=float, default=1e-2, help="peak learning rate of the adapters")
     ap.add_argument("--replay", type=float, default=0.3, help="share of each batch replaying the base's training text")

@@ -28,8 +28,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serve_load import hf_generate, http_get, run_level
+from serve_load import free_port, hf_generate, launch, run_level, server_gauges
 
 
 def serve_synthetic(checkpoint: str, port: int, forward_ms: float) -> None:
@@ -80,33 +78,11 @@ def serve_synthetic(checkpoint: str, port: int, forward_ms: float) -> None:
                    "--max-waiting", "256", "--threads", "1"]))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(cmd: list[str], port: int, clients: int, seconds: float) -> dict:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = launch(cmd, port)
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                sys.exit(f"the server stopped: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if http_get(port, "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        else:
-            sys.exit("the server did not come up in 60 s")
         r = asyncio.run(run_level(port, clients, seconds, 64, 0.0))
-        metrics = {}
-        for line in http_get(port, "/metrics")[1].splitlines():
-            if line.startswith("lightseek_") and "{" not in line:
-                name, value = line.split()
-                metrics[name] = float(value)
-        r["engine_steps"] = metrics.get("lightseek_engine_steps_total")
+        r["engine_steps"] = server_gauges(port).get("lightseek_engine_steps_total")
         return r
     finally:
         proc.terminate()
@@ -118,11 +94,11 @@ def real_forward_ms(checkpoint: str, rows: int = 16, steps: int = 60) -> float:
     import torch
 
     from lightseek.data.tokenizer import Tokenizer
-    from lightseek.model.checkpoint import load_model
+    from lightseek.model.checkpoint import load_model, resolve_checkpoint
     from lightseek.serve.engine import Engine, GenParams
 
     torch.set_num_threads(1)
-    ckpt = Path(checkpoint) / "checkpoint" if (Path(checkpoint) / "checkpoint").is_dir() else Path(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint)
     model, tok = load_model(ckpt), Tokenizer.load(ckpt / "tokenizer.json")
     engine = Engine(model, tok, max_slots=rows)
     for i in range(rows):

@@ -44,26 +44,35 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def start_server(checkpoint: str, max_slots: int, max_waiting: int, threads: int = 0):
-    """`lightseek serve` in its own process (clients run in this one); returns (process, port)."""
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "lightseek", "serve", checkpoint, "--name", "base",
-                             "--port", str(port), "--max-slots", str(max_slots), "--max-waiting", str(max_waiting),
-                             "--threads", str(threads)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return s.getsockname()[1]
+
+
+def launch(cmd: list[str], port: int) -> subprocess.Popen:
+    """Start a server command in its own process and wait until it answers /health on ``port``."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(600):
         if proc.poll() is not None:
             sys.exit(f"the server stopped: {proc.stderr.read().decode()[-2000:]}")
         try:
             if http_get(port, "/health")[0] == 200:
-                return proc, port
+                return proc
         except OSError:
             pass
         time.sleep(0.1)
     proc.kill()
     sys.exit("the server did not come up in 60 s")
+
+
+def start_server(checkpoint: str, max_slots: int, max_waiting: int, threads: int = 0):
+    """`lightseek serve` in its own process (clients run in this one); returns (process, port)."""
+    port = free_port()
+    proc = launch([sys.executable, "-m", "lightseek", "serve", checkpoint, "--name", "base",
+                   "--port", str(port), "--max-slots", str(max_slots), "--max-waiting", str(max_waiting),
+                   "--threads", str(threads)], port)
+    return proc, port
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
