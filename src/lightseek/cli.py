@@ -129,25 +129,18 @@ def cmd_quant(args, overrides) -> int:
 
 
 def cmd_generate(args, overrides) -> int:
-    from lightseek.data.chat import render
-    from lightseek.data.tokenizer import Tokenizer
-    from lightseek.model.checkpoint import load_model, resolve_checkpoint
+    from lightseek.data.chat import encode_chat
     from lightseek.model.generate import generate_text
+    from lightseek.models.commands import load_for_generation
 
     cfg = _run_config(args, overrides)
-    p = cfg.generate
-    ckpt = resolve_checkpoint(args.checkpoint)
-    tokenizer = Tokenizer.load(ckpt)
-    model = load_model(ckpt)
-    adapter = None
-    if args.adapter:
-        from lightseek.adapters.store import base_fingerprint, load_adapter
-
-        adapter = load_adapter(model, args.adapter, base_fingerprint(ckpt)["sha256"]).name
+    model, tokenizer, use_adapter = load_for_generation(args.checkpoint, args.adapter)
     prompt = args.prompt
     if args.chat:
-        prompt = render([{"role": "user", "content": prompt}], add_generation_prompt=True)
-    n_prompt = len(tokenizer.encode(prompt))
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+            [{"role": "user", "content": prompt}]
+        prompt = encode_chat(tokenizer, messages, add_generation_prompt=True)[0]
+    n_prompt = len(prompt) if args.chat else len(tokenizer.encode(prompt))
     if n_prompt == 0 or n_prompt >= model.cfg.max_seq_len:
         raise LightseekError(f"--prompt: {n_prompt} tokens; it must be non-empty and shorter than the "
                              f"model's context of {model.cfg.max_seq_len} tokens")
@@ -158,10 +151,8 @@ def cmd_generate(args, overrides) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    from lightseek.adapters.lora import use_adapters
-
-    with use_adapters(model, adapter):
-        generate_text(model, tokenizer, prompt, p, on_text=show)
+    with use_adapter():
+        generate_text(model, tokenizer, prompt, cfg.generate, on_text=show)
     sys.stdout.write("\n")
     return 0
 
@@ -472,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
 
     p = add("eval", cmd_eval, "Validation loss, perplexity and routing statistics of a checkpoint.")
-    p.add_argument("checkpoint", help="checkpoint folder (or run folder)")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--data", nargs="*", metavar="[NAME=]PATH",
                    help="a text file/folder or a prepared shard folder (default: the run's own validation "
                         "split); several: each is a corpus of its own, and the routing report shows which "
@@ -497,18 +488,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("generate", cmd_generate, "Generate text from a checkpoint (streams to the terminal).")
-    p.add_argument("checkpoint", help="checkpoint folder (or run folder)")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the model's chat template")
+    p.add_argument("--system", help="with --chat: a system message before the user turn")
     p.add_argument("--adapter", help="a LoRA adapter folder to apply (made for this checkpoint)")
-    for flag, key, typ in (("--max-new-tokens", "max_new_tokens", int), ("--temperature", "temperature", float),
-                           ("--top-k", "top_k", int), ("--top-p", "top_p", float), ("--seed", "seed", int)):
-        p.add_argument(flag, dest=f"gen_{key}", type=typ, help=f"same as --generate.{key}")
-    p.add_argument("--stop", dest="gen_stop", action="append",
-                   help="stop string (repeatable; \\n and \\t mean newline and tab)")
+    _generation_flags(p)
+
+    from lightseek.models.commands import add_model_commands
+
+    add_model_commands(add, _generation_flags)
 
     p = add("serve", cmd_serve, "Serve a checkpoint (and adapters) over an OpenAI-compatible HTTP API.")
-    p.add_argument("checkpoint", help="checkpoint folder (or run folder)")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--adapters", help="a folder of adapters made for this checkpoint (model names BASE:ADAPTER)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -574,6 +566,17 @@ def _domains_parser(sub, add: Callable) -> None:
     for q in (train, p):
         q.add_argument("--label-field", help="record field of the domain label (default: the classifier's)")
     c.add_argument("--format", default="auto", choices=("auto", "jsonl", "text"), help="input format")
+
+
+CHECKPOINT_HELP = "checkpoint folder, run folder, or a fetched model's name (`lightseek models`)"
+
+
+def _generation_flags(p: argparse.ArgumentParser) -> None:
+    for flag, key, typ in (("--max-new-tokens", "max_new_tokens", int), ("--temperature", "temperature", float),
+                           ("--top-k", "top_k", int), ("--top-p", "top_p", float), ("--seed", "seed", int)):
+        p.add_argument(flag, dest=f"gen_{key}", type=typ, help=f"same as --generate.{key}")
+    p.add_argument("--stop", dest="gen_stop", action="append",
+                   help="stop string (repeatable; \\n and \\t mean newline and tab)")
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:

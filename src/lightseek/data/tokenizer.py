@@ -1,9 +1,13 @@
-"""Byte-level BPE tokenizer: a thin, lossless wrapper over the `tokenizers` library.
+"""BPE tokenizers: a thin wrapper over the `tokenizers` library.
 
-Every Unicode string round-trips exactly (`decode(encode(s)) == s`) because text is split into
-UTF-8 bytes before BPE, with all 256 bytes in the base alphabet and no normalizer. The special
-tokens in `SPECIAL_TOKENS` hold ids 0..5; they are only produced from text when the caller asks
-(`allow_special=True`), so user text that happens to contain "<|end|>" stays plain text.
+Two kinds load here. A *native* tokenizer (trained by lightseek) is byte-level BPE with no
+normalizer, so every Unicode string round-trips exactly (`decode(encode(s)) == s`), and the
+special tokens in `SPECIAL_TOKENS` hold ids 0..5. An *imported* tokenizer (a pretrained model's,
+written by `lightseek import`) is any BPE `tokenizer.json` with a `tokenizer_config.json` beside
+it that names its chat template and its end-of-sequence token (`ChatSpec`).
+
+Special tokens are only produced from text when the caller asks (`allow_special=True`), so user
+text that happens to contain "<|end|>" or "<|im_start|>" stays plain text.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +29,49 @@ from lightseek.fileio import atomic_write_text
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Tokens that close a turn in common chat templates; those a template uses also end generation.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<|end_of_text|>",
+                      "</s>", "<end_of_turn>", "<|return|>")
+
+
+@dataclass(frozen=True)
+class ChatSpec:
+    """What an imported tokenizer carries beside its vocabulary (``tokenizer_config.json``)."""
+
+    chat_template: str | None
+    eos_token: str
+    bos_token: str | None = None
+    pad_token: str | None = None
+    end_tokens: tuple[str, ...] = ()  # further tokens that end a reply (end of turn)
+
+    @classmethod
+    def from_json(cls, data: dict, origin: str) -> ChatSpec:
+        def token(key: str) -> str | None:
+            value = data.get(key)
+            if isinstance(value, dict):  # transformers writes AddedToken objects as dicts
+                value = value.get("content")
+            if value is not None and not isinstance(value, str):
+                raise CheckpointError(f"{origin}: '{key}' must be a token string, got {value!r}")
+            return value
+
+        template = data.get("chat_template")
+        if isinstance(template, list):  # named templates: take the default one
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        if template is not None and not isinstance(template, str):
+            raise CheckpointError(f"{origin}: 'chat_template' must be a string")
+        eos = token("eos_token")
+        if not eos:
+            raise CheckpointError(f"{origin}: no 'eos_token' (the token that ends a sequence)")
+        ends = data.get("end_tokens", [])
+        if not isinstance(ends, list) or not all(isinstance(t, str) for t in ends):
+            raise CheckpointError(f"{origin}: 'end_tokens' must be a list of token strings")
+        return cls(template, eos, token("bos_token"), token("pad_token"), tuple(ends))
+
+    def to_json(self) -> dict:
+        return {"chat_template": self.chat_template, "bos_token": self.bos_token, "eos_token": self.eos_token,
+                "pad_token": self.pad_token, "end_tokens": list(self.end_tokens)}
 
 
 @lru_cache(maxsize=1)
@@ -45,11 +93,14 @@ def _byte_decoder() -> dict[str, int]:
 
 
 class Tokenizer:
-    """Byte-level BPE with lightseek's special tokens; build with `train` or `load`."""
+    """A BPE tokenizer, native or imported (see the module docstring); `train` or `load` it."""
 
-    def __init__(self, hf: _HFTokenizer, *, origin: str = "<memory>") -> None:
+    def __init__(self, hf: _HFTokenizer, *, origin: str = "<memory>", chat: ChatSpec | None = None) -> None:
         serialized = hf.to_str()
-        _check_compatible(hf, serialized, origin)
+        spec = json.loads(serialized)
+        if chat is None:
+            _check_compatible(hf, spec, origin)
+        self.chat = chat
         # Two engines from one definition: `_plain` treats special-token strings as text,
         # `_special` splits them out. No shared mutable flag, so encoding is thread-safe.
         self._plain = _HFTokenizer.from_str(serialized)
@@ -57,9 +108,25 @@ class Tokenizer:
         self._special = _HFTokenizer.from_str(serialized)
         self._special.encode_special_tokens = False
         self._serialized = serialized
-        self._special_ids = frozenset(range(len(SPECIAL_TOKENS)))
         self._vocab_size = self._special.get_vocab_size(with_added_tokens=True)
         self._token_bytes: dict[int, bytes] = {}
+        self._byte_level = (spec.get("decoder") or {}).get("type") == "ByteLevel"
+        if chat is None:
+            self._special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+            self._eot_id, self._pad_id = 0, 1
+            self.end_ids = (0, self.token_id("<|end|>"))
+        else:
+            self._special_ids = frozenset(t["id"] for t in spec.get("added_tokens", []) if t.get("special"))
+            self._eot_id = self._required_id(chat.eos_token, "eos_token", origin)
+            self._pad_id = self._required_id(chat.pad_token, "pad_token", origin) if chat.pad_token else self._eot_id
+            ends = [self._eot_id] + [self._required_id(t, "end_tokens", origin) for t in chat.end_tokens]
+            self.end_ids = tuple(dict.fromkeys(ends))
+
+    def _required_id(self, token: str, key: str, origin: str) -> int:
+        tid = self._special.token_to_id(token)
+        if tid is None:
+            raise CheckpointError(f"{origin}: {key} {token!r} is not in the vocabulary")
+        return tid
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -100,7 +167,7 @@ class Tokenizer:
         except Exception as e:  # the library raises a bare Exception for bad JSON
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CheckpointError(f"corrupt tokenizer file {file}: {first_line}") from None
-        return cls(hf, origin=str(file))
+        return cls(hf, origin=str(file), chat=read_chat_spec(file.with_name(TOKENIZER_CONFIG_FILE)))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write tokenizer.json atomically and return the file written.
@@ -113,6 +180,9 @@ class Tokenizer:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(target, self._serialized)
+            if self.chat is not None:
+                atomic_write_text(target.with_name(TOKENIZER_CONFIG_FILE),
+                                  json.dumps(self.chat.to_json(), indent=2, ensure_ascii=False))
         except OSError as e:
             reason = e.strerror or e
             raise CheckpointError(f"cannot write tokenizer file {target}: {reason}") from None
@@ -125,11 +195,17 @@ class Tokenizer:
 
     @property
     def eot_id(self) -> int:
-        return SPECIAL_TOKENS.index("<|endoftext|>")
+        """End of a document (native) or the model's end-of-sequence token (imported)."""
+        return self._eot_id
 
     @property
     def pad_id(self) -> int:
-        return SPECIAL_TOKENS.index("<|pad|>")
+        return self._pad_id
+
+    @property
+    def bos_id(self) -> int | None:
+        """The imported model's beginning-of-sequence token, if it has one."""
+        return self._special.token_to_id(self.chat.bos_token) if self.chat and self.chat.bos_token else None
 
     @property
     def sha256(self) -> str:
@@ -180,9 +256,16 @@ class Tokenizer:
         token = self._special.id_to_token(token_id)
         if token_id in self._special_ids:
             raw = token.encode("utf-8")
-        else:
+        elif self._byte_level:
             table = _byte_decoder()
-            raw = bytes(table[c] for c in token)
+            if all(c in table for c in token):
+                raw = bytes(table[c] for c in token)
+            else:  # an added (non-special) token written in plain text
+                raw = token.encode("utf-8")
+        elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):  # byte fallback
+            raw = bytes([int(token[3:5], 16)])
+        else:  # SentencePiece-style: "▁" stands for a space
+            raw = token.replace("\u2581", " ").encode("utf-8")
         self._token_bytes[token_id] = raw
         return raw
 
@@ -234,17 +317,32 @@ def _raise_if_not_unicode(texts: list[str]) -> None:
                 ) from None
 
 
-def _check_compatible(hf: _HFTokenizer, serialized: str, origin: str) -> None:
+def read_chat_spec(file: Path) -> ChatSpec | None:
+    """The ``tokenizer_config.json`` beside an imported tokenizer, or None if there is none."""
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"corrupt tokenizer config {file}: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"corrupt tokenizer config {file}: expected a JSON object")
+    return ChatSpec.from_json(data, str(file))
+
+
+_NOT_NATIVE_HINT = " (an imported model's tokenizer needs its tokenizer_config.json beside it)"
+
+
+def _check_compatible(hf: _HFTokenizer, spec: dict, origin: str) -> None:
     """Byte-level BPE, no normalizer, our special tokens at ids 0..5: else not ours."""
-    spec = json.loads(serialized)
     kinds = [(spec.get(part) or {}).get("type") for part in ("model", "decoder", "normalizer")]
     if kinds != ["BPE", "ByteLevel", None]:
         raise CheckpointError(
             f"{origin} is not a lightseek tokenizer: expected a byte-level BPE without a "
-            f"normalizer, found model/decoder/normalizer {kinds}"
+            f"normalizer, found model/decoder/normalizer {kinds}{_NOT_NATIVE_HINT}"
         )
     for expected_id, token in enumerate(SPECIAL_TOKENS):
         if hf.token_to_id(token) != expected_id:
             raise CheckpointError(
-                f"{origin} is not a lightseek tokenizer: {token!r} must have id {expected_id}"
+                f"{origin} is not a lightseek tokenizer: {token!r} must have id {expected_id}{_NOT_NATIVE_HINT}"
             )

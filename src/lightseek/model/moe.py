@@ -196,7 +196,9 @@ class MoE(nn.Module):
         self.w1_EDH = nn.Parameter(torch.empty(E, D, H))
         self.w3_EDH = nn.Parameter(torch.empty(E, D, H))
         self.w2_EHD = nn.Parameter(torch.empty(E, H, D))
-        self.shared = SwiGLU(D, H * cfg.n_shared_experts) if cfg.n_shared_experts else None
+        self.shared = SwiGLU(D, cfg.shared_dim) if cfg.n_shared_experts else None
+        # Qwen2-MoE scales the shared output by a per-token sigmoid gate
+        self.shared_gate = nn.Linear(D, 1, bias=False) if cfg.shared_gate and self.shared is not None else None
         self.set_dispatch(dispatch)
         self.aux_loss: torch.Tensor | None = None
         self.lora = None            # per-expert adapter factors (lightseek.adapters.lora.ExpertLora)
@@ -225,7 +227,11 @@ class MoE(nn.Module):
                 y_TD = y_TD.index_copy(0, tok, self._experts(
                     x_TD.index_select(0, tok), route.expert_ids_TK[tok], route.weights_TK[tok], name))
         if self.shared is not None:
-            y_TD = y_TD + self.shared(x_TD.reshape(B, T, D)).reshape(B * T, D)
+            x_shared = x_TD.reshape(B, T, D)  # (B, T, D): adapters on the shared experts select by row
+            shared_BTD = self.shared(x_shared)
+            if self.shared_gate is not None:
+                shared_BTD = torch.sigmoid(self.shared_gate(x_shared)) * shared_BTD
+            y_TD = y_TD + shared_BTD.reshape(B * T, D)
         return y_TD.reshape(B, T, D).to(x_BTD.dtype)
 
     def _experts(self, x_TD, expert_ids_TK, weights_TK, adapter: str | None) -> torch.Tensor:

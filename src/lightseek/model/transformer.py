@@ -14,10 +14,46 @@ from lightseek.model.kv_cache import KVCache
 from lightseek.model.moe import MoE, SwiGLU, routing_stats
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, hd/2)
-    return angles.cos().float(), angles.sin().float()
+def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """RoPE inverse frequencies (fp64, (head_dim/2,)) after the configured scaling, and the
+    factor cos/sin are multiplied by (YaRN's attention scale; 1 otherwise)."""
+    hd = cfg.head_dim
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    factor = cfg.rope_factor
+    if cfg.rope_scaling == "linear":
+        return inv_freq / factor, 1.0
+    if cfg.rope_scaling == "llama3":
+        # wavelengths longer than the pretraining context / low are slowed by `factor`, shorter
+        # than context / high are kept, and the band between is interpolated smoothly
+        wavelen = 2 * math.pi / inv_freq
+        orig = cfg.rope_original_max_len
+        low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        scaled = torch.where(wavelen > orig / low, inv_freq / factor, inv_freq)
+        smooth = (orig / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= orig / high) & (wavelen <= orig / low)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if cfg.rope_scaling == "yarn":
+        def correction_dim(rotations: float) -> float:
+            return hd * math.log(cfg.rope_original_max_len / (rotations * 2 * math.pi)) / (2 * math.log(cfg.rope_theta))
+
+        lo = max(math.floor(correction_dim(cfg.rope_beta_fast)), 0)
+        hi = min(math.ceil(correction_dim(cfg.rope_beta_slow)), hd - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = ((torch.arange(hd // 2, dtype=torch.float64) - lo) / (hi - lo)).clamp(0, 1)
+        extrapolate = 1 - ramp  # 1: keep the original frequency, 0: interpolate fully
+        inv_freq = inv_freq / factor * (1 - extrapolate) + inv_freq * extrapolate
+        attn = cfg.rope_attn_factor or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+        return inv_freq, attn
+    return inv_freq, 1.0
+
+
+def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, (max_seq_len, head_dim/2) fp32, for the model's RoPE variant."""
+    inv_freq, attn_factor = rope_inv_freq(cfg)
+    angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float64), inv_freq)  # (L, hd/2)
+    return (angles.cos() * attn_factor).float(), (angles.sin() * attn_factor).float()
 
 
 def apply_rope(x_BHTd: torch.Tensor, cos_Td: torch.Tensor, sin_Td: torch.Tensor) -> torch.Tensor:
@@ -31,32 +67,56 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.scale = cfg.attn_scale or None  # None: SDPA's 1 / sqrt(head_dim)
+        self.window = cfg.sliding_window
+        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, q_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(q_dim, cfg.dim, bias=cfg.o_bias)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm != "none":
+            q_norm_dim, k_norm_dim = (cfg.head_dim, cfg.head_dim) if cfg.qk_norm == "head" else (q_dim, kv_dim)
+            self.q_norm = nn.RMSNorm(q_norm_dim, eps=cfg.norm_eps)
+            self.k_norm = nn.RMSNorm(k_norm_dim, eps=cfg.norm_eps)
 
     def forward(self, x_BTD, cos, sin, cache: KVCache | None, start_pos: int) -> torch.Tensor:
         B, T, _ = x_BTD.shape
-        q = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, d)
-        k = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, d)
-        v = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.wq(x_BTD), self.wk(x_BTD), self.wv(x_BTD)
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_heads, self.head_dim)                                    # (B, T, H, d)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)                                 # (B, T, Hkv, d)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)                                      # (B, H, T, d)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_id, k, v, start_pos)                           # (B, Hkv, S, d)
-        S = k.shape[2]
-        if getattr(cache, "attn_mask", None) is not None:  # per-row lengths (continuous batching)
-            mask, causal = cache.attn_mask, False
-        elif T == S:
-            mask, causal = None, True
-        elif T == 1:
-            mask, causal = None, False
-        else:  # a chunk after cached tokens: query i sees keys 0 .. start_pos + i
-            mask = torch.ones(T, S, dtype=torch.bool, device=x_BTD.device).tril(diagonal=S - T)
-            causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+        mask, causal = self._mask(T, k.shape[2], cache, x_BTD.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
                                            enable_gqa=self.n_heads != self.n_kv_heads)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _mask(self, T: int, S: int, cache, device) -> tuple[torch.Tensor | None, bool]:
+        """(attn_mask, is_causal) for T new queries over S keys, the last T of which are theirs."""
+        slot_mask = getattr(cache, "attn_mask", None)
+        if slot_mask is not None:  # per-row lengths (continuous batching): (B, 1, T, S)
+            if self.window and S > self.window:
+                keys = torch.arange(S, device=device)
+                slot_mask = slot_mask & (keys > cache.positions[:, None, :, None] - self.window)
+            return slot_mask, False
+        if self.window and S > self.window:  # query i (at S - T + i) sees keys (q - window, q]
+            q_pos = torch.arange(S - T, S, device=device)[:, None]
+            keys = torch.arange(S, device=device)[None, :]
+            return (keys <= q_pos) & (keys > q_pos - self.window), False
+        if T == S:
+            return None, True
+        if T == 1:
+            return None, False
+        # a chunk after cached tokens: query i sees keys 0 .. start_pos + i
+        return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T), False
 
 
 class Block(nn.Module):
@@ -66,8 +126,12 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer_id)
         self.ffn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.ffn = MoE(cfg) if cfg.is_moe_layer(layer_id) else SwiGLU(cfg.dim, cfg.dense_inter_dim)
+        self.residual_scale = cfg.residual_scale
 
     def forward(self, x, cos, sin, cache, start_pos):
+        if self.residual_scale != 1.0:
+            x = x + self.attn(self.attn_norm(x), cos, sin, cache, start_pos) * self.residual_scale
+            return x + self.ffn(self.ffn_norm(x)) * self.residual_scale
         x = x + self.attn(self.attn_norm(x), cos, sin, cache, start_pos)
         return x + self.ffn(self.ffn_norm(x))
 
@@ -90,7 +154,7 @@ class Transformer(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
@@ -100,7 +164,9 @@ class Transformer(nn.Module):
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.n_layers)  # residual-branch outputs
         for name, p in self.named_parameters():
-            if p.dim() == 1:  # norms
+            if name.endswith(".bias"):
+                p.zero_()
+            elif p.dim() == 1:  # norms
                 p.fill_(1.0)
             elif name.endswith(("wo.weight", "w2.weight", "w2_EHD")):
                 nn.init.normal_(p, 0.0, out_std)
@@ -132,6 +198,8 @@ class Transformer(nn.Module):
             cos = self.rope_cos[start_pos:start_pos + T]
             sin = self.rope_sin[start_pos:start_pos + T]
         x = self.embed(idx_BT)                                                # (B, T, D)
+        if self.cfg.embed_scale != 1.0:
+            x = x * self.cfg.embed_scale
         routers = [m.router for m in self.moe_layers()] if token_mask_BT is not None else []
         for r in routers:
             r.token_mask_T = token_mask_BT.reshape(-1)
@@ -148,6 +216,8 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         logits = self.head(x).float()                                         # (B, T, V)
+        if self.cfg.logits_scale != 1.0:
+            logits = logits * self.cfg.logits_scale
         loss = aux = None
         if targets_BT is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets_BT.reshape(-1),
@@ -228,7 +298,7 @@ class Transformer(nn.Module):
         active = total = head + cfg.n_layers * attn
         for i in range(cfg.n_layers):
             if cfg.is_moe_layer(i):
-                common = expert * cfg.n_shared_experts + 2 * d * cfg.n_experts  # shared + router
+                common = 2 * 3 * d * cfg.shared_dim + 2 * d * cfg.n_experts  # shared + router
                 active += common + expert * k
                 total += common + expert * cfg.n_experts
             else:
@@ -245,8 +315,7 @@ def dense_equivalent(cfg: ModelConfig, k: float | None = None) -> ModelConfig:
         return cfg
     k = k if k is not None else {"topk": cfg.top_k, "dynamic": cfg.target_k}[cfg.router_mode]
     n_moe = cfg.n_layers - cfg.n_dense_layers
-    moe_active = n_moe * (3 * cfg.dim * cfg.moe_inter_dim * (cfg.n_shared_experts + k)
-                          + cfg.dim * cfg.n_experts)
+    moe_active = n_moe * (3 * cfg.dim * (cfg.moe_inter_dim * k + cfg.shared_dim) + cfg.dim * cfg.n_experts)
     dense_active = cfg.n_dense_layers * 3 * cfg.dim * cfg.dense_inter_dim
     width = int(round((moe_active + dense_active) / (3 * cfg.dim * cfg.n_layers)))
     return cfg.replace(router_mode="dense", dense_inter_dim=width)

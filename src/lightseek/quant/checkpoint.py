@@ -12,7 +12,6 @@ checkpoint (path and the sha256 of its weights, so adapters trained on it still 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from lightseek import __version__
 from lightseek.config import from_dict, to_dict
 from lightseek.errors import CheckpointError, LightseekError
 from lightseek.fileio import write_json_atomic
-from lightseek.model.checkpoint import CONFIG, WEIGHTS, read_tensors, write_dir_atomic
+from lightseek.model.checkpoint import CONFIG, WEIGHTS, copy_tokenizer, read_tensors, write_dir_atomic
 from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer, rope_tables
 from lightseek.quant.apply import bits_per_weight, install_router
@@ -64,7 +63,7 @@ def save_quantized(path: str | Path, model: Transformer, *, tokenizer_file: str 
         write_json_atomic(tmp / CONFIG, meta)
         save_file(quantized_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer_file is not None:
-            shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+            copy_tokenizer(tokenizer_file, tmp)
 
     return write_dir_atomic(path, fill)
 
@@ -125,7 +124,7 @@ def load_quantized(path: Path, meta: dict, cfg: ModelConfig, device: str | torch
             model.head.weight = model.embed.weight
     for rpath, qt in routers.items():
         install_router(model.get_submodule(rpath), qt)
-    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    cos, sin = rope_tables(cfg)
     model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)
     for m in model.moe_layers():
         m.router.load_E.zero_()
