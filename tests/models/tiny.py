@@ -1,0 +1,173 @@
+"""Tiny randomly initialised pretrained-layout models for the import tests: a transformers model
+of each supported architecture saved as a Hugging Face folder, a small byte-level BPE tokenizer
+with a ChatML template, and GGUF files written the way llama.cpp writes them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+VOCAB = 320  # the tokenizer has fewer tokens; the model's embedding is padded, as real ones often are
+TEXT = ("Glaucoma damages the optic nerve. The quick brown fox jumps over the lazy dog 12 times. "
+        "Markets rose 3.5% as bond yields fell; the court held that the clause was void.")
+
+
+def tokenizer_json():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TEXT] * 20, trainer=trainer)
+    return tok
+
+
+def hf_config(arch: str, **overrides):
+    import transformers
+
+    small = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256, eos_token_id=2, bos_token_id=1,
+                 pad_token_id=None, tie_word_embeddings=False)
+    moe = dict(num_experts_per_tok=2)
+    if arch == "llama":  # Llama 3.1's RoPE scaling and attention biases, unless overridden
+        return transformers.LlamaConfig(**{**small, "attention_bias": True, "rope_parameters": {
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}, **overrides})
+    small.update(overrides)
+    if arch == "mistral":  # a sliding window shorter than the test sequences
+        return transformers.MistralConfig(**small, sliding_window=16)
+    if arch == "qwen2":
+        return transformers.Qwen2Config(**{**small, "tie_word_embeddings": True})
+    if arch == "qwen3":  # head width that is not dim / heads, QK-norm, YaRN
+        return transformers.Qwen3Config(**small, head_dim=32, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64})
+    if arch == "mixtral":
+        return transformers.MixtralConfig(**small, num_local_experts=4, **moe)
+    if arch == "qwen2_moe":
+        return transformers.Qwen2MoeConfig(**small, num_experts=4, moe_intermediate_size=32,
+                                           shared_expert_intermediate_size=48, norm_topk_prob=False, **moe)
+    if arch == "qwen3_moe":
+        return transformers.Qwen3MoeConfig(**small, num_experts=4, moe_intermediate_size=32, norm_topk_prob=True,
+                                           **moe)
+    if arch == "olmoe":
+        return transformers.OlmoeConfig(**small, num_experts=4, **moe)
+    if arch == "granitemoe":
+        return transformers.GraniteMoeConfig(**small, num_local_experts=4, embedding_multiplier=6.0,
+                                             residual_multiplier=0.3, attention_multiplier=0.2,
+                                             logits_scaling=4.0, **moe)
+    if arch == "deepseek_v3":
+        return transformers.DeepseekV3Config(**small, n_routed_experts=4, moe_intermediate_size=32, n_shared_experts=1,
+                                             q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=8,
+                                             qk_nope_head_dim=8, v_head_dim=16, n_group=1, topk_group=1, **moe)
+    raise ValueError(arch)
+
+
+def hf_model(arch: str, seed: int = 0, **overrides):
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config(arch, **overrides)).eval()
+    with torch.no_grad():  # random norms and biases, so that a missed one shows
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
+    return model
+
+
+def save_hf_folder(model, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer_json().save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": None}), encoding="utf-8")
+    return folder
+
+
+# --- GGUF, as llama.cpp's converter writes a Llama model ------------------------------------------
+def _permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(model, path: Path, qtype: str = "Q8_0", pre: str = "gpt2", raw_override=None) -> Path:
+    """A GGUF file of a transformers Llama model. Matrices are stored as ``qtype`` (norms as F32);
+    ``raw_override`` (a K-quant name) writes random blocks of that type instead: the gguf package
+    reads K-quants but cannot write them."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    cfg = model.config
+    tok = tokenizer_json()
+    vocab = tok.get_vocab(with_added_tokens=True)
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    tokens += [f"[PAD{i}]" for i in range(len(tokens), cfg.vocab_size)]
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else (5 if t.startswith("[PAD") else 1) for t in tokens])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_chat_template(CHATML)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    block = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    rng = np.random.default_rng(0)
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name in names:
+            name = names[hf_name]
+        else:
+            layer, rest = hf_name.split(".", 3)[2], hf_name.split(".", 3)[3]
+            module, kind = rest.rsplit(".", 1)
+            name = f"blk.{layer}.{block[module]}.{kind}"
+        data = tensor.float().numpy()
+        if name.endswith("attn_q.weight"):
+            data = _permute(data, cfg.num_attention_heads)
+        elif name.endswith("attn_k.weight"):
+            data = _permute(data, cfg.num_key_value_heads)
+        if data.ndim == 1:
+            w.add_tensor(name, data)
+        elif raw_override is not None and name != "token_embd.weight":
+            w.add_tensor(name, _random_k_blocks(raw_override, data.shape, rng), raw_dtype=Q[raw_override])
+        else:
+            w.add_tensor(name, gguf.quants.quantize(data, Q[qtype]), raw_dtype=Q[qtype])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# bytes per block of 256 values, and where each block's fp16 scales sit
+_K_LAYOUT = {"Q4_K": (144, (0, 2)), "Q6_K": (210, (208,))}
+
+
+def _random_k_blocks(kind: str, shape: tuple[int, int], rng) -> np.ndarray:
+    size, scale_at = _K_LAYOUT[kind]
+    rows, cols = shape
+    assert cols % 256 == 0, "K-quant rows hold multiples of 256 values"
+    blocks = rng.integers(0, 256, size=(rows, cols // 256, size), dtype=np.uint8)
+    scale = np.frombuffer(np.float16(0.002).tobytes(), dtype=np.uint8)
+    for at in scale_at:  # random bytes there could be NaN or inf
+        blocks[..., at:at + 2] = scale
+    return blocks.reshape(rows, -1)
