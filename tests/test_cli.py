@@ -346,6 +346,8 @@ def test_eval_with_routing_table(on_checkpoint):
     assert m, r.stdout
     loss, ppl = float(m[1]), float(m[2])
     assert math.isclose(math.exp(loss), ppl, rel_tol=0.01) and int(m[3].replace(",", "")) > 0
+    bpb = float(re.search(r"bits/byte (\d+\.\d+)", r.stdout)[1])
+    assert 0 < bpb < loss / math.log(2)  # a token holds more than one byte of this text on average
     lines = r.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["layer", "avg", "k"])
     rows = [line.split() for line in lines[header + 1:]]

@@ -101,9 +101,14 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_eval(args, overrides) -> int:
-    from lightseek.eval.run import run_eval
+    from lightseek.eval.run import run_eval, run_tasks
     from lightseek.model.checkpoint import read_checkpoint_config
 
+    if args.tasks:
+        if args.data or args.routing or args.kl_ref:
+            raise LightseekError("--tasks scores multiple-choice files; run --data / --routing / --kl-ref separately")
+        print(run_tasks(args.checkpoint, args.tasks, args.limit)["text"])
+        return 0
     # the run's own settings (sequence length, batch, text field) unless overridden
     cfg = _run_config(args, overrides, base=read_checkpoint_config(args.checkpoint).get("run"))
     result = run_eval(args.checkpoint, cfg, data=args.data, split=args.split, routing=args.routing,
@@ -473,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--routing", action="store_true", help="print the per-layer routing table")
     p.add_argument("--kl-ref", metavar="REF_CKPT", help="also the per-token KL divergence of the next-token "
                    "distributions from this (e.g. full-precision) checkpoint's: mean and p99")
+    p.add_argument("--tasks", nargs="+", metavar="FILE.jsonl", help="multiple-choice task files "
+                   "({question, choices, answer} per line): accuracy by log-likelihood, and length-normalised")
+    p.add_argument("--limit", type=int, help="with --tasks: the first N items of each file")
 
     p = add("quant", cmd_quant, "Quantize a checkpoint (int8 / int4 weights, rtn or gptq) into a new checkpoint.")
     p.add_argument("checkpoint", help="full-precision checkpoint folder (or run folder)")

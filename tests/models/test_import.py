@@ -19,7 +19,7 @@ from lightseek.models.importer import import_model
 
 transformers = pytest.importorskip("transformers", reason="parity tests compare with transformers (test extra)")
 pytest.importorskip("gguf", reason="GGUF tests need the gguf package (a core dependency)")
-from tests.models.tiny import CHATML, hf_model, save_hf_folder, write_gguf  # noqa: E402
+from tests.models.tiny import CHATML, hf_model, save_hf_folder, write_gguf
 
 PROMPT = torch.tensor([[5, 17, 42, 99, 7, 250, 3, 64, 128, 11, 200, 31, 9, 77, 150, 12, 60, 44, 8, 19, 101, 6, 300,
                         88]])  # 24 tokens: longer than the sliding window of the Mistral case

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,25 @@ def text_tokens(paths, tokenizer, text_field: str = "text") -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
+class ByteCounter:
+    """Counts the UTF-8 bytes of the scored target tokens, for bits per byte: a measure that,
+    unlike perplexity, compares models with different tokenizers. Special tokens count 0 bytes."""
+
+    def __init__(self, tokenizer) -> None:
+        self.lengths = torch.tensor([0 if tokenizer.is_special(i) else len(tokenizer.token_bytes(i))
+                                     for i in range(tokenizer.vocab_size)])
+        self.bytes = 0
+
+    def wrap(self, batches):
+        for batch in batches:
+            y = batch[:, 1:] if isinstance(batch, torch.Tensor) else batch[1]
+            self.bytes += int(self.lengths[y.clamp_min(0)][y != -100].sum())
+            yield batch
+
+    def bits_per_byte(self, loss: float, tokens: int) -> float:
+        return loss * tokens / (math.log(2) * self.bytes) if self.bytes else float("nan")
+
+
 def parse_corpora(data: list[str]) -> dict[str, str]:
     """``NAME=PATH`` or ``PATH`` (named after the file or folder) -> {name: path}."""
     corpora: dict[str, str] = {}
@@ -72,6 +92,25 @@ def parse_corpora(data: list[str]) -> dict[str, str]:
             raise DataError(f"--data: corpus name '{name}' given twice (name them NAME=PATH)")
         corpora[name] = path
     return corpora
+
+
+def run_tasks(checkpoint: str, files: list[str], limit: int | None = None) -> dict:
+    """Multiple-choice accuracy of a checkpoint on each task file (see lightseek.eval.tasks)."""
+    from lightseek.data.tokenizer import Tokenizer
+    from lightseek.eval.tasks import load_tasks, score_tasks
+    from lightseek.model.checkpoint import load_model, resolve_checkpoint
+    from lightseek.progress import progress
+
+    ckpt = resolve_checkpoint(checkpoint)
+    model, tokenizer = load_model(ckpt), Tokenizer.load(ckpt)
+    results, lines = {}, []
+    for f in files:
+        items = load_tasks(f)[:limit]
+        with progress(len(items), Path(f).stem) as step:
+            r = results[Path(f).stem] = score_tasks(model, tokenizer, items, step)
+        lines.append(f"{Path(f).stem:24} items {r['items']:4}  acc {r['acc']:.3f} ±{r['acc_ci95']:.3f}  "
+                     f"acc_norm {r['acc_norm']:.3f} ±{r['acc_norm_ci95']:.3f}  chance {r['chance']:.3f}")
+    return {"tasks": results, "text": "\n".join(lines)}
 
 
 def run_eval(checkpoint: str, cfg: RunConfig, data: list[str] | None = None, split: str = "val",
@@ -106,8 +145,11 @@ def run_eval(checkpoint: str, cfg: RunConfig, data: list[str] | None = None, spl
     batches = eval_batches(ckpt, tokenizer, cfg, parse_corpora(data).values() if data else None, split, seq_len)
     if kl_ref:
         batches = list(batches)  # both models see the same windows
-    result = evaluate(model, batches)
-    text = f"loss {result['loss']:.4f}  perplexity {result['ppl']:.2f}  tokens {result['tokens']:,}"
+    counted = ByteCounter(tokenizer)
+    result = evaluate(model, counted.wrap(batches))
+    result["bits_per_byte"] = counted.bits_per_byte(result["loss"], result["tokens"])
+    text = (f"loss {result['loss']:.4f}  perplexity {result['ppl']:.2f}  tokens {result['tokens']:,}  "
+            f"bits/byte {result['bits_per_byte']:.4f}")
     if kl_ref:
         from lightseek.eval.kl import format_kl, kl_against
 

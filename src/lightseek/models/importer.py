@@ -123,7 +123,7 @@ class _HFSource:
         self._where: dict[str, Path] = {}
         self._open: dict[Path, object] = {}
         for f in files:
-            for name in self._handle(f).keys():
+            for name in self._handle(f).keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 self._where[name] = f
 
     def _handle(self, f: Path):
