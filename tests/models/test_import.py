@@ -101,12 +101,13 @@ def _refused(src, out, match: str) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
-def test_unsupported_architecture_is_refused(tmp_path) -> None:
-    src = save_hf_folder(hf_model("deepseek_v3"), tmp_path / "src")
-    _refused(src, tmp_path / "out", "architecture 'deepseek_v3' is not supported: multi-head latent attention")
+def test_unsupported_architecture_or_option_is_refused(tmp_path) -> None:
+    src = save_hf_folder(hf_model("llama"), tmp_path / "src")
     cfg = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt_neox"}))
     _refused(src, tmp_path / "out", "architecture 'gpt_neox' is not supported")
+    (src / "config.json").write_text(json.dumps({**cfg, "hidden_act": "gelu"}))
+    _refused(src, tmp_path / "out", "activation 'gelu' is not supported")
 
 
 def test_truncated_safetensors_is_refused(tmp_path) -> None:

@@ -64,9 +64,12 @@ def hf_config(arch: str, **overrides):
                                              residual_multiplier=0.3, attention_multiplier=0.2,
                                              logits_scaling=4.0, **moe)
     if arch == "deepseek_v3":
-        return transformers.DeepseekV3Config(**small, n_routed_experts=4, moe_intermediate_size=32, n_shared_experts=1,
-                                             q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=8,
-                                             qk_nope_head_dim=8, v_head_dim=16, n_group=1, topk_group=1, **moe)
+        # compressed queries, values wider than keys, group-limited routing, one dense layer first
+        return transformers.DeepseekV3Config(**{**small, "num_hidden_layers": 3, "num_key_value_heads": 4}, n_routed_experts=8,
+                                             moe_intermediate_size=32, n_shared_experts=1, q_lora_rank=24,
+                                             kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=24,
+                                             n_group=4, topk_group=2, first_k_dense_replace=1,
+                                             routed_scaling_factor=2.5, **moe)
     raise ValueError(arch)
 
 

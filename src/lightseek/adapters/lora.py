@@ -359,7 +359,7 @@ def _linear_targets(model: Transformer, targets: Sequence[str]) -> Iterator[tupl
     """(module path, target) of every nn.Linear (or already-wrapped one) to adapt."""
     for i, block in enumerate(model.layers):
         if "attn" in targets:
-            for p in ("wq", "wk", "wv", "wo"):
+            for p in block.attn.PROJECTIONS:
                 yield f"layers.{i}.attn.{p}", "attn"
         ffn = block.ffn
         if isinstance(ffn, MoE):

@@ -16,6 +16,7 @@ from lightseek.errors import ConfigError
 RouterMode = Literal["dense", "topk", "dynamic"]
 RopeScaling = Literal["none", "linear", "llama3", "yarn"]
 QKNorm = Literal["none", "head", "full"]
+AttentionKind = Literal["gqa", "mla"]
 
 
 @dataclass
@@ -41,6 +42,18 @@ class ModelConfig:
     rope_beta_slow: float = field(1.0, help="'yarn': rotations at which interpolation is full (slow end).")
     rope_attn_factor: float = field(
         0.0, help="'yarn': attention scale applied to cos/sin; 0 means 0.1 ln(factor) + 1.")
+    attention: AttentionKind = field(
+        "gqa", help="'gqa' (grouped-query attention) or 'mla' (multi-head latent attention: keys and "
+                    "values from a low-rank compressed projection, DeepSeek-V3).")
+    q_lora_rank: int = field(0, help="'mla': rank of the compressed query projection (0 = a full projection).")
+    kv_lora_rank: int = field(0, help="'mla': rank of the compressed key/value projection.")
+    qk_rope_head_dim: int = field(0, help="'mla': width of the rotary part of each query/key head.")
+    qk_nope_head_dim: int = field(0, help="'mla': width of the non-rotary part of each query/key head.")
+    v_head_dim: int = field(0, help="'mla': width of each value head.")
+    rope_interleave: bool = field(
+        False, help="RoPE rotates interleaved pairs (x0, x1), (x2, x3) ... instead of halves (DeepSeek-V3).")
+    rope_mscale: float = field(0.0, help="'yarn' (DeepSeek): mscale of the attention factor (0 = off).")
+    rope_mscale_all_dim: float = field(0.0, help="'yarn' (DeepSeek): mscale_all_dim (0 = off).")
     qkv_bias: bool = field(False, help="Biases on the query, key and value projections (Qwen2).")
     o_bias: bool = field(False, help="Bias on the attention output projection.")
     qk_norm: QKNorm = field(
@@ -80,6 +93,10 @@ class ModelConfig:
         0.02, help="'dynamic': controller step: threshold += lr * (target_k - measured_k).")
     norm_topk_prob: bool = field(True, help="Renormalise the chosen experts' weights to sum to 1.")
     routed_scaling: float = field(1.0, help="Scale applied to the routed experts' output.")
+    router_groups: int = field(
+        1, help="Group-limited routing (DeepSeek-V3): experts form this many groups, and a token chooses "
+                "only among the router_topk_groups groups whose two best experts score highest.")
+    router_topk_groups: int = field(1, help="Groups a token may choose experts from (see router_groups).")
 
     balance_bias: bool = field(
         True, help="Auxiliary-loss-free balancing: per-expert selection bias nudged toward equal load.")
@@ -96,10 +113,20 @@ class ModelConfig:
         for name in ("head_dim_override", "shared_inter_dim", "sliding_window", "rope_original_max_len"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.head_dim_override and self.dim % self.n_heads:
+        if self.attention == "mla":
+            for name in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+                if getattr(self, name) <= 0:
+                    raise ConfigError(f"model.attention 'mla' needs model.{name} > 0")
+            if self.n_kv_heads != self.n_heads:
+                raise ConfigError("model.attention 'mla' has one key/value head per query head: n_kv_heads = n_heads")
+        if self.router_groups < 1 or self.n_experts % self.router_groups \
+                or not 1 <= self.router_topk_groups <= self.router_groups:
+            raise ConfigError(f"model.router_groups ({self.router_groups}) must divide n_experts ({self.n_experts}) "
+                              f"and 1 <= router_topk_groups ({self.router_topk_groups}) <= router_groups")
+        if not self.head_dim_override and self.attention == "gqa" and self.dim % self.n_heads:
             raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads})")
-        if self.head_dim % 2:
-            raise ConfigError(f"model head dim ({self.head_dim}) must be even for RoPE")
+        if self.rope_dim % 2:
+            raise ConfigError(f"model RoPE width ({self.rope_dim}) must be even")
         if self.rope_scaling != "none" and self.rope_factor <= 0:
             raise ConfigError(f"model.rope_factor must be positive, got {self.rope_factor}")
         if self.rope_scaling in ("llama3", "yarn") and not self.rope_original_max_len:
@@ -130,7 +157,15 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
+        """Width of one cached key/value head (MLA: the wider of query/key and value heads)."""
+        if self.attention == "mla":
+            return max(self.qk_nope_head_dim + self.qk_rope_head_dim, self.v_head_dim)
         return self.head_dim_override or self.dim // self.n_heads
+
+    @property
+    def rope_dim(self) -> int:
+        """Width of the rotary part of a query/key head."""
+        return self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
 
     @property
     def shared_dim(self) -> int:

@@ -74,6 +74,8 @@ class Router(nn.Module):
         select_TE = (logits_TE if cfg.score_fn == "softmax" else scores_TE).detach()
         if cfg.balance_bias:
             select_TE = select_TE + bias_E
+        if cfg.router_groups > 1:
+            select_TE = self._limit_groups(select_TE)
 
         if cfg.router_mode == "topk":
             expert_ids_TK = select_TE.topk(cfg.top_k, dim=-1).indices
@@ -96,6 +98,17 @@ class Router(nn.Module):
         self._accumulate(scores_TE.detach(), expert_ids_TK)
         aux = self._aux_loss(logits_TE, scores_TE, expert_ids_TK, B, T) if self.training else None
         return RouterOutput(expert_ids_TK, weights_TK, aux)
+
+    def _limit_groups(self, select_TE: torch.Tensor) -> torch.Tensor:
+        """Group-limited routing (DeepSeek-V3): only the router_topk_groups groups whose two best
+        experts score highest stay selectable; the others' scores drop to 0."""
+        cfg = self.cfg
+        T, E = select_TE.shape
+        grouped_TGe = select_TE.view(T, cfg.router_groups, E // cfg.router_groups)
+        group_scores_TG = grouped_TGe.topk(min(2, E // cfg.router_groups), dim=-1).values.sum(-1)
+        keep_TG = torch.zeros_like(group_scores_TG, dtype=torch.bool).scatter_(
+            1, group_scores_TG.topk(cfg.router_topk_groups, dim=-1).indices, True)
+        return grouped_TGe.masked_fill(~keep_TG[..., None], 0.0).view(T, E)
 
     def _adapter_logits(self, logits_TE, x_TD, groups, T: int) -> torch.Tensor:
         from lightseek.adapters.lora import add_updates

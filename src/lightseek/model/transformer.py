@@ -17,7 +17,7 @@ from lightseek.model.moe import MoE, SwiGLU, routing_stats
 def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     """RoPE inverse frequencies (fp64, (head_dim/2,)) after the configured scaling, and the
     factor cos/sin are multiplied by (YaRN's attention scale; 1 otherwise)."""
-    hd = cfg.head_dim
+    hd = cfg.rope_dim
     inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
     factor = cfg.rope_factor
     if cfg.rope_scaling == "linear":
@@ -44,9 +44,18 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
         ramp = ((torch.arange(hd // 2, dtype=torch.float64) - lo) / (hi - lo)).clamp(0, 1)
         extrapolate = 1 - ramp  # 1: keep the original frequency, 0: interpolate fully
         inv_freq = inv_freq / factor * (1 - extrapolate) + inv_freq * extrapolate
-        attn = cfg.rope_attn_factor or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+        if cfg.rope_attn_factor:
+            attn = cfg.rope_attn_factor
+        elif cfg.rope_mscale and cfg.rope_mscale_all_dim:  # DeepSeek's form
+            attn = yarn_mscale(factor, cfg.rope_mscale) / yarn_mscale(factor, cfg.rope_mscale_all_dim)
+        else:
+            attn = yarn_mscale(factor)
         return inv_freq, attn
     return inv_freq, 1.0
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    return 0.1 * mscale * math.log(factor) + 1.0 if factor > 1 else 1.0
 
 
 def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +72,10 @@ def apply_rope(x_BHTd: torch.Tensor, cos_Td: torch.Tensor, sin_Td: torch.Tensor)
 
 
 class Attention(nn.Module):
+    """Grouped-query attention (multi-head when n_kv_heads = n_heads)."""
+
+    PROJECTIONS = ("wq", "wk", "wv", "wo")  # the linear layers adapters and quantization act on
+
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
         self.layer_id = layer_id
@@ -82,6 +95,17 @@ class Attention(nn.Module):
 
     def forward(self, x_BTD, cos, sin, cache: KVCache | None, start_pos: int) -> torch.Tensor:
         B, T, _ = x_BTD.shape
+        q, k, v = self._qkv(x_BTD, cos, sin)                                            # (B, H*, T, d)
+        if cache is not None:
+            k, v = cache.update(self.layer_id, k, v, start_pos)                           # (B, Hkv, S, d)
+        mask, causal = self._mask(T, k.shape[2], cache, x_BTD.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
+                                           enable_gqa=self.n_heads != self.n_kv_heads)
+        return self._out(y)                                                               # (B, T, D)
+
+    def _qkv(self, x_BTD, cos, sin):
+        """Roped queries (B, H, T, d) and keys, and values (B, Hkv, T, d)."""
+        B, T, _ = x_BTD.shape
         q, k, v = self.wq(x_BTD), self.wk(x_BTD), self.wv(x_BTD)
         if self.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
@@ -91,13 +115,11 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)                                      # (B, H, T, d)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(self.layer_id, k, v, start_pos)                           # (B, Hkv, S, d)
-        mask, causal = self._mask(T, k.shape[2], cache, x_BTD.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
-                                           enable_gqa=self.n_heads != self.n_kv_heads)
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _out(self, y_BHTd: torch.Tensor) -> torch.Tensor:
+        B, _, T, _ = y_BHTd.shape
+        return self.wo(y_BHTd.transpose(1, 2).reshape(B, T, -1))
 
     def _mask(self, T: int, S: int, cache, device) -> tuple[torch.Tensor | None, bool]:
         """(attn_mask, is_causal) for T new queries over S keys, the last T of which are theirs."""
@@ -119,11 +141,68 @@ class Attention(nn.Module):
         return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T), False
 
 
+class LatentAttention(Attention):
+    """Multi-head latent attention (DeepSeek-V2/V3): queries, keys and values come from low-rank
+    compressed projections; only part of each query/key head is rotary. The cache keeps full
+    keys and values (values zero-padded to the key width), so it is shared with `Attention`."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        nn.Module.__init__(self)
+        self.layer_id = layer_id
+        H, self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_heads, cfg.n_heads, cfg.head_dim
+        self.nope, self.rope, self.v_dim, self.kv_rank = (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim,
+                                                          cfg.v_head_dim, cfg.kv_lora_rank)
+        qk = self.nope + self.rope
+        scale = cfg.attn_scale or qk ** -0.5
+        if cfg.rope_scaling == "yarn" and cfg.rope_mscale_all_dim:
+            scale *= yarn_mscale(cfg.rope_factor, cfg.rope_mscale_all_dim) ** 2
+        self.scale, self.window, self.interleave = scale, cfg.sliding_window, cfg.rope_interleave
+        if cfg.q_lora_rank:
+            self.wq_a = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=cfg.qkv_bias)
+            self.q_a_norm = nn.RMSNorm(cfg.q_lora_rank, eps=cfg.norm_eps)
+            self.wq_b = nn.Linear(cfg.q_lora_rank, H * qk, bias=False)
+        else:
+            self.wq = nn.Linear(cfg.dim, H * qk, bias=False)
+        self.wkv_a = nn.Linear(cfg.dim, self.kv_rank + self.rope, bias=cfg.qkv_bias)
+        self.kv_a_norm = nn.RMSNorm(self.kv_rank, eps=cfg.norm_eps)
+        self.wkv_b = nn.Linear(self.kv_rank, H * (self.nope + self.v_dim), bias=False)
+        self.wo = nn.Linear(H * self.v_dim, cfg.dim, bias=cfg.o_bias)
+        self.PROJECTIONS = (("wq_a", "wq_b") if cfg.q_lora_rank else ("wq",)) + ("wkv_a", "wkv_b", "wo")
+
+    def _qkv(self, x_BTD, cos, sin):
+        B, T, _ = x_BTD.shape
+        H, d = self.n_heads, self.head_dim
+        q = self.wq_b(self.q_a_norm(self.wq_a(x_BTD))) if hasattr(self, "wq_b") else self.wq(x_BTD)
+        q_pass, q_rot = q.view(B, T, H, -1).transpose(1, 2).split([self.nope, self.rope], -1)   # (B, H, T, *)
+        kv_c, k_rot = self.wkv_a(x_BTD).split([self.kv_rank, self.rope], -1)
+        kv = self.wkv_b(self.kv_a_norm(kv_c)).view(B, T, H, -1).transpose(1, 2)
+        k_pass, v = kv.split([self.nope, self.v_dim], -1)                                        # (B, H, T, *)
+        k_rot = k_rot.view(B, 1, T, self.rope)                                                   # shared by heads
+        if self.interleave:  # pairs (x0, x1), (x2, x3) ... -> halves, on queries and keys alike
+            q_rot, k_rot = _deinterleave(q_rot), _deinterleave(k_rot)
+        q_rot, k_rot = apply_rope(q_rot, cos, sin), apply_rope(k_rot, cos, sin)
+        q = torch.cat([q_pass, q_rot], -1)
+        k = torch.cat([k_pass, k_rot.expand(B, H, T, self.rope)], -1)
+        pad = d - q.shape[-1]
+        if pad:  # values wider than keys: zero-padded keys and queries leave the scores unchanged
+            q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+        return q, k, F.pad(v, (0, d - self.v_dim))
+
+    def _out(self, y_BHTd: torch.Tensor) -> torch.Tensor:
+        B, _, T, _ = y_BHTd.shape
+        return self.wo(y_BHTd[..., :self.v_dim].transpose(1, 2).reshape(B, T, -1))
+
+
+def _deinterleave(x: torch.Tensor) -> torch.Tensor:
+    *lead, d = x.shape
+    return x.view(*lead, d // 2, 2).transpose(-1, -2).reshape(*lead, d)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg, layer_id)
+        self.attn = (LatentAttention if cfg.attention == "mla" else Attention)(cfg, layer_id)
         self.ffn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.ffn = MoE(cfg) if cfg.is_moe_layer(layer_id) else SwiGLU(cfg.dim, cfg.dense_inter_dim)
         self.residual_scale = cfg.residual_scale
@@ -290,7 +369,15 @@ class Transformer(nn.Module):
         seq_len = seq_len or cfg.max_seq_len
         k = self.mean_k() if k is None else k
         d, hd = cfg.dim, cfg.head_dim
-        attn_params = 2 * d * cfg.n_heads * hd + 2 * d * cfg.n_kv_heads * hd
+        if cfg.attention == "mla":
+            qk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+            q_params = (d * cfg.q_lora_rank + cfg.q_lora_rank * cfg.n_heads * qk) if cfg.q_lora_rank \
+                else d * cfg.n_heads * qk
+            attn_params = (q_params + d * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+                           + cfg.kv_lora_rank * cfg.n_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim)
+                           + cfg.n_heads * cfg.v_head_dim * d)
+        else:
+            attn_params = 2 * d * cfg.n_heads * hd + 2 * d * cfg.n_kv_heads * hd
         attn = 2 * attn_params + 2 * seq_len * cfg.n_heads * hd
         expert = 2 * 3 * d * cfg.moe_inter_dim
         dense_ffn = 2 * 3 * d * cfg.dense_inter_dim

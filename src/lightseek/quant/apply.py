@@ -35,7 +35,7 @@ def targets(model: Transformer) -> list[Target]:
     """Every weight matrix a quantization role covers, in model order."""
     out: list[Target] = []
     for i, block in enumerate(model.layers):
-        out += [Target(f"layers.{i}.attn.{p}", "attn", "linear") for p in ("wq", "wk", "wv", "wo")]
+        out += [Target(f"layers.{i}.attn.{p}", "attn", "linear") for p in block.attn.PROJECTIONS]
         ffn = block.ffn
         if isinstance(ffn, MoE):
             out.append(Target(f"layers.{i}.ffn.router", "router", "router"))
@@ -91,6 +91,11 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
     """Quantize ``model`` in place by ``cfg`` and return it. ``calib`` ((b, T) token windows) is
     needed by the gptq method: Hessians of every layer's inputs come from it."""
     chosen = plan(model, cfg)
+    biased = next((t.path for t, _ in chosen if t.kind == "linear"
+                   and getattr(model.get_submodule(t.path), "bias", None) is not None), None)
+    if biased is not None:  # a quantized layer has no bias: it would be dropped without a word
+        raise ConfigError(f"{biased} has a bias, which quantized layers do not carry yet; this model "
+                          "(attention biases, as in Qwen2) cannot be quantized")
     n_params = sum(p.numel() for p in model.parameters())
     hessians: dict[str, Hessian] = {}
     if cfg.method == "gptq":
