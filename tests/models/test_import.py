@@ -156,3 +156,20 @@ def test_cli_import_one_line_error(tmp_path, capsys) -> None:
     assert main(["import", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "import source not found" in err
+
+
+def test_imported_moe_quantizes_and_biased_attention_is_refused(tmp_path) -> None:
+    from lightseek.errors import ConfigError
+    from lightseek.quant.config import QuantConfig
+    from lightseek.quant.run import quantize_checkpoint
+
+    moe = import_model(save_hf_folder(hf_model("qwen3_moe"), tmp_path / "moe"), tmp_path / "moe-ckpt",
+                       show_progress=False)
+    out = quantize_checkpoint(moe, QuantConfig(bits=8), tmp_path / "moe-int8", show_progress=False)
+    with torch.no_grad():
+        ref, got = load_model(moe)(PROMPT).logits, load_model(out["out"])(PROMPT).logits
+    assert (got.softmax(-1) - ref.softmax(-1)).abs().max().item() < 0.05  # int8 of every matrix, routers included
+    qwen2 = import_model(save_hf_folder(hf_model("qwen2"), tmp_path / "q2"), tmp_path / "q2-ckpt", show_progress=False)
+    with pytest.raises(ConfigError, match="has a bias"):
+        quantize_checkpoint(qwen2, QuantConfig(bits=8), tmp_path / "q2-int8", show_progress=False)
+    assert not (tmp_path / "q2-int8").exists()
