@@ -7,7 +7,8 @@ prompts of 64 tokens, 32 new tokens each), and peak resident memory. Medians of 
 
 Systems:
 - lightseek fp32: the imported checkpoint (`lightseek fetch smollm2-135m-instruct`);
-- lightseek int8: the same weights through `lightseek quant --bits 8` (per-channel, rtn);
+- lightseek int8 / int4: the same weights through `lightseek quant --bits 8` (per channel, rtn) and
+  `--bits 4 --group 64` (rtn), computed by PyTorch's packed int8 / int4 CPU kernels;
 - transformers fp32: `AutoModelForCausalLM.from_pretrained(..., gguf_file=...)` on the original
   GGUF, and its `generate`;
 - llama.cpp (llama-cpp-python) on the original Q4_1 file, where that package is installed;
@@ -162,12 +163,12 @@ def child(args) -> None:
     print(json.dumps(row))
 
 
-def int8_checkpoint(src: Path) -> Path:
-    out = ROOT / "runs" / "real_model" / "int8"
+def quantized_checkpoint(src: Path, name: str, flags: list[str]) -> Path:
+    out = ROOT / "runs" / "real_model" / name
     if not (out / "config.json").is_file():
         from lightseek.quant.run import load_quant_config, quantize_checkpoint
 
-        quantize_checkpoint(src, load_quant_config(None, ["--quant.bits=8"]), out, show_progress=False)
+        quantize_checkpoint(src, load_quant_config(None, flags), out, show_progress=False)
     return out
 
 
@@ -198,7 +199,10 @@ def main() -> None:
 
     ckpt = fetch(NAME)
     gguf = cache_dir() / "sources" / NAME / KNOWN_MODELS[NAME].member.rsplit("/", 1)[-1]
-    systems = [("lightseek fp32", "lightseek", ckpt), ("lightseek int8", "lightseek", int8_checkpoint(ckpt)),
+    systems = [("lightseek fp32", "lightseek", ckpt),
+               ("lightseek int8", "lightseek", quantized_checkpoint(ckpt, "int8", ["--quant.bits=8"])),
+               ("lightseek int4 g64", "lightseek",
+                quantized_checkpoint(ckpt, "int4", ["--quant.bits=4", "--quant.group_size=64"])),
                ("transformers fp32 (generate)", "transformers", gguf), ("llama.cpp Q4_1", "llama.cpp", gguf)]
     rows = []
     for label, system, source in systems:
