@@ -19,8 +19,10 @@ function is a measuring device only: no adapters, no routing statistics (the mod
 accumulates them, as the engine needs for /metrics), one fixed span, no per-row mask.
 
     python bench/decode_floor.py [--rows 16] [--span 96]
+    python bench/decode_floor.py --checkpoint smollm2-135m-instruct --rows 1 --span 64 --threads 2
 
-Prints a table and writes bench/results/decode_floor.json.
+Prints a table and writes bench/results/decode_floor.json (for another checkpoint than the
+default base: decode_floor_<name>_b<rows>.json, so a probe never overwrites the main result).
 """
 
 from __future__ import annotations
@@ -141,11 +143,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--span", type=int, default=96, help="cached tokens per row (the new token is one more)")
     ap.add_argument("--repeats", type=int, default=100, help="calls per timed block (5 blocks, median)")
+    ap.add_argument("--threads", type=int, default=1, help="PyTorch threads (1: as `lightseek serve` runs here)")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "bench"))
-    from lora_vs_full import ensure_base
+    default = str(ROOT / "runs" / "base")
+    if args.checkpoint == default:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from lora_vs_full import ensure_base
 
-    ensure_base(Path(args.checkpoint))
+        ensure_base(Path(args.checkpoint))
 
     import torch
     import torch._inductor.config as inductor_config
@@ -153,7 +158,7 @@ def main() -> None:
     from lightseek.model.checkpoint import load_model, resolve_checkpoint
     from lightseek.model.kv_cache import KVCache
 
-    torch.set_num_threads(1)  # as `lightseek serve` runs on this machine
+    torch.set_num_threads(args.threads)
     model = load_model(resolve_checkpoint(args.checkpoint)).eval()
     cfg, B, S = model.cfg, args.rows, args.span
     g = torch.Generator().manual_seed(0)
@@ -195,14 +200,16 @@ def main() -> None:
 
     ceiling = RESULTS / "serve_ceiling.json"
     needed = json.loads(ceiling.read_text()).get("needed_forward_ms") if ceiling.exists() else None
-    print(f"\n| {B}-row decode forward, {S} cached tokens, one thread | ms |")
+    print(f"\n| {B}-row decode forward, {S} cached tokens, {args.threads} thread(s) | ms |")
     print("|---|---:|")
     for name, ms in results.items():
         print(f"| {name} | {ms:.2f} |")
     if needed:
         print(f"| needed for twice transformers `generate` (bench/results/serve_ceiling.json) | {needed:.2f} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "decode_floor.json"
+    name = "decode_floor.json" if args.checkpoint == default else \
+        f"decode_floor_{Path(args.checkpoint).name}_b{args.rows}.json"
+    out = RESULTS / name
     out.write_text(json.dumps({"ms": results, "needed_ms": needed, "args": vars(args),
                                "torch": torch.__version__}, indent=2))
     print(f"\nwritten {out}")
