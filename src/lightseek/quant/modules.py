@@ -85,8 +85,12 @@ class _QuantWeights(nn.Module):
         return self.bits == 8 or self.out_features % 16 == 0
 
     def packed(self) -> list[tuple[torch.Tensor, ...]]:
-        """Per matrix (one, or one per expert): the kernel's weight and scale tensors."""
-        key = tuple((t.data_ptr(), t._version) for t in (self.qweight, self.scales, self.zeros) if t is not None)
+        """Per matrix (one, or one per expert): the kernel's weight and scale tensors. Built once
+        and rebuilt when the codes or scales change (in place, by loading, or by moving): the
+        check is three integer reads, as it runs at every matmul of every decode step."""
+        qw, sc = self.qweight, self.scales
+        key = (qw.data_ptr(), qw._version, sc.data_ptr(), sc._version,
+               None if self.zeros is None else self.zeros._version)
         if self._packed is None or self._packed[0] != key:
             n = self.qweight.shape[0] if self.qweight.dim() == 3 else 1
             mats = []
