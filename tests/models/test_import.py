@@ -173,3 +173,18 @@ def test_imported_moe_quantizes_and_biased_attention_is_refused(tmp_path) -> Non
     with pytest.raises(ConfigError, match="has a bias"):
         quantize_checkpoint(qwen2, QuantConfig(bits=8), tmp_path / "q2-int8", show_progress=False)
     assert not (tmp_path / "q2-int8").exists()
+
+
+@pytest.mark.parametrize(("arch", "gguf_arch"), [("qwen3_moe", "qwen3moe"), ("qwen2_moe", "qwen2moe")])
+def test_moe_gguf_imports_as_its_hf_folder_does(tmp_path, arch, gguf_arch) -> None:
+    from tests.models.tiny import write_moe_gguf
+
+    theirs = hf_model(arch)  # Qwen3-MoE renormalises top-k weights, Qwen2-MoE not, as llama.cpp assumes
+    src = write_moe_gguf(theirs, tmp_path / "moe.gguf", gguf_arch)
+    ours = load_model(import_model(src, tmp_path / "ckpt", show_progress=False))
+    assert ours.cfg.n_experts == 4 and ours.cfg.top_k == 2
+    assert_parity(ours, theirs, new_tokens=16)
+    q8 = load_model(import_model(write_moe_gguf(theirs, tmp_path / "q8.gguf", gguf_arch, "Q8_0"),
+                                 tmp_path / "q8", show_progress=False))
+    with torch.no_grad():  # Q8_0 codes: close to the fp32 model, not equal
+        assert (q8(PROMPT).logits.softmax(-1) - theirs(PROMPT).logits.softmax(-1)).abs().max().item() < 0.05

@@ -174,3 +174,66 @@ def _random_k_blocks(kind: str, shape: tuple[int, int], rng) -> np.ndarray:
     for at in scale_at:  # random bytes there could be NaN or inf
         blocks[..., at:at + 2] = scale
     return blocks.reshape(rows, -1)
+
+
+def write_moe_gguf(model, path: Path, arch: str, qtype: str = "F32") -> Path:
+    """A GGUF file of a transformers Qwen2-MoE or Qwen3-MoE model ("qwen2moe" / "qwen3moe"), laid
+    out as llama.cpp's converter lays it out: experts stacked per layer, no query/key reordering."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    cfg = model.config
+    tok = tokenizer_json()
+    vocab = tok.get_vocab(with_added_tokens=True)
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    tokens += [f"[PAD{i}]" for i in range(len(tokens), cfg.vocab_size)]
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_expert_count(cfg.num_experts)
+    w.add_expert_used_count(cfg.num_experts_per_tok)
+    w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+    if arch == "qwen2moe":
+        w.add_expert_shared_feed_forward_length(cfg.shared_expert_intermediate_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in json.loads(tok.to_str())["model"]["merges"]])
+    w.add_eos_token_id(2)
+    w.add_chat_template(CHATML)
+    block = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate": "ffn_gate_inp",
+             "mlp.shared_expert.gate_proj": "ffn_gate_shexp", "mlp.shared_expert.up_proj": "ffn_up_shexp",
+             "mlp.shared_expert.down_proj": "ffn_down_shexp", "mlp.shared_expert_gate": "ffn_gate_inp_shexp"}
+    state = model.state_dict()
+    out = {"token_embd.weight": state.pop("model.embed_tokens.weight"),
+           "output_norm.weight": state.pop("model.norm.weight"), "output.weight": state.pop("lm_head.weight")}
+    for i in range(cfg.num_hidden_layers):  # transformers keeps experts fused in memory: (E, 2H, D), (E, D, H)
+        gate_up = state.pop(f"model.layers.{i}.mlp.experts.gate_up_proj")
+        H = gate_up.shape[1] // 2
+        out[f"blk.{i}.ffn_gate_exps.weight"], out[f"blk.{i}.ffn_up_exps.weight"] = gate_up[:, :H], gate_up[:, H:]
+        out[f"blk.{i}.ffn_down_exps.weight"] = state.pop(f"model.layers.{i}.mlp.experts.down_proj")
+    for name, tensor in state.items():
+        layer, rest = name.split(".", 3)[2], name.split(".", 3)[3]
+        module, kind = rest.rsplit(".", 1)
+        out[f"blk.{layer}.{block[module]}.{kind}"] = tensor
+    for name, tensor in out.items():
+        data = tensor.float().numpy()
+        if data.ndim == 1 or qtype == "F32" or data.shape[-1] % 32:
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(data, Q[qtype]), raw_dtype=Q[qtype])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

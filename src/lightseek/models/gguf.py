@@ -20,15 +20,20 @@ from lightseek.models.hf import UnsupportedModel
 SUPPORTED_QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 # GGUF architectures and the transformers model_type they become. llama.cpp writes Mistral
-# checkpoints as "llama".
-GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+# checkpoints as "llama", and Mixtral as "llama" with expert tensors.
+GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
 
 _GLOBAL = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
            "output.weight": "lm_head.weight"}
 _BLOCK = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
           "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
           "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-          "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+          "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+          # MoE: the router, every expert's matrices stacked in one tensor, the shared expert
+          "ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "mlp.experts.gate_stack",
+          "ffn_up_exps": "mlp.experts.up_stack", "ffn_down_exps": "mlp.experts.down_stack",
+          "ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
+          "ffn_down_shexp": "mlp.shared_expert.down_proj", "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
 _BLOCK_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 # Pre-tokenizers llama.cpp names in `tokenizer.ggml.pre`, as `tokenizers` components.
@@ -110,9 +115,21 @@ class GGUFModel:
             config["rope_scaling"] = {
                 "rope_type": scaling, "factor": float(self.meta(f"{a}.rope.scaling.factor")),
                 "original_max_position_embeddings": int(self.meta(f"{a}.rope.scaling.original_context_length", 0))}
-        if "blk.0.ffn_gate_exps.weight" in self.tensors:
-            raise UnsupportedModel(f"{self.origin}: MoE GGUF files are not supported yet; import the "
-                                   "Hugging Face folder of the model instead")
+        moe_layers = [n for n in self.tensors if n.endswith("ffn_gate_exps.weight")]
+        if moe_layers:
+            if len(moe_layers) != config["num_hidden_layers"]:
+                raise UnsupportedModel(f"{self.origin}: MoE files with dense layers are not supported yet")
+            config.update(num_experts=int(self.meta(f"{a}.expert_count")),
+                          num_experts_per_tok=int(self.meta(f"{a}.expert_used_count")),
+                          moe_intermediate_size=int(self.meta(f"{a}.expert_feed_forward_length")),
+                          # llama.cpp renormalises the chosen experts' weights for Mixtral and
+                          # Qwen3-MoE files, not for Qwen2-MoE ones
+                          norm_topk_prob=a != "qwen2moe")
+            if a == "llama":
+                config["model_type"] = "mixtral"
+            elif a == "qwen2moe":
+                config["shared_expert_intermediate_size"] = int(
+                    self.meta(f"{a}.expert_shared_feed_forward_length"))
         return config
 
     def tensor_names(self) -> list[str]:

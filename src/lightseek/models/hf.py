@@ -216,8 +216,12 @@ def convert_state(cfg: ModelConfig, names: list[str], read: Callable[[str], torc
             H = gate_up.shape[1] // 2
             state[prefix + "ffn.w1_EDH"] = gate_up[:, :H].transpose(1, 2).contiguous()
             state[prefix + "ffn.w3_EDH"] = gate_up[:, H:].transpose(1, 2).contiguous()
-        elif rest in ("block_sparse_moe.output_linear.weight", "mlp.experts.down_proj"):
+        elif rest in ("block_sparse_moe.output_linear.weight", "mlp.experts.down_proj",
+                      "mlp.experts.down_stack.weight"):
             state[prefix + "ffn.w2_EHD"] = read(name).transpose(1, 2).contiguous()  # (E, D, H) -> (E, H, D)
+        elif rest in ("mlp.experts.gate_stack.weight", "mlp.experts.up_stack.weight"):  # GGUF: (E, H, D)
+            key = "ffn.w1_EDH" if "gate" in rest else "ffn.w3_EDH"
+            state[prefix + key] = read(name).transpose(1, 2).contiguous()
         else:
             unknown.append(name)
     if unknown:
