@@ -88,7 +88,7 @@ def inverse_cdf(probs_BV: torch.Tensor, u_B: torch.Tensor, block: int = 128) -> 
     return (b * block + j)[:, 0]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParams,
                  stop_ids: Sequence[int] = (), use_cache: bool = True) -> Iterator[int]:
     """Yield new token ids one at a time; stops at a stop id (not yielded), ``max_new_tokens``,
