@@ -188,3 +188,16 @@ def test_moe_gguf_imports_as_its_hf_folder_does(tmp_path, arch, gguf_arch) -> No
                                  tmp_path / "q8", show_progress=False))
     with torch.no_grad():  # Q8_0 codes: close to the fp32 model, not equal
         assert (q8(PROMPT).logits.softmax(-1) - theirs(PROMPT).logits.softmax(-1)).abs().max().item() < 0.05
+
+
+def test_gguf_sentencepiece_vocabulary_tokenizes_as_transformers_does(tmp_path) -> None:
+    src = write_gguf(hf_model("llama", **PLAIN_LLAMA), tmp_path / "spm.gguf", "F32", pre="sentencepiece")
+    tok = Tokenizer.load(import_model(src, tmp_path / "ckpt", show_progress=False))
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=src.name)
+    for text in ("Glaucoma damages the optic nerve.", "  two  spaces\nand a newline", "12 times: 3.5%",
+                 "unseen letters: zebra, quiz, ß, 青光眼", "the court held that the clause was void"):
+        ids = tok.encode(text)
+        assert ids == theirs(text, add_special_tokens=False).input_ids, text
+        assert tok.decode(ids) == theirs.decode(ids, skip_special_tokens=True)
+        assert tok.decode(ids) == text or text.startswith(" ")  # SentencePiece drops one leading space
+    assert tok.eot_id == 2 and tok.bos_id == 1

@@ -98,8 +98,26 @@ def _permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def sentencepiece_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
+    """A SentencePiece-style BPE vocabulary as GGUF stores one (pieces, scores, token types):
+    <unk> <s> </s>, the 256 byte pieces <0x00>..<0xFF>, then "▁"-spelled pieces learned from TEXT,
+    scored by the order they were learned in."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    bpe.train_from_iterator([TEXT] * 20, trainer=trainers.BpeTrainer(vocab_size=size - 259, show_progress=False))
+    pieces = [t for t, _ in sorted(bpe.get_vocab().items(), key=lambda kv: kv[1])]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    pad = size - len(tokens)
+    return tokens + [f"[PAD{i}]" for i in range(pad)], scores + [-1e9] * pad, types + [5] * pad
+
+
 def _gguf_header(model, path: Path, arch: str, pre: str):
-    """A GGUFWriter with the model's shape and the test tokenizer (vocabulary, merges, ChatML)."""
+    """A GGUFWriter with the model's shape and the test tokenizer (vocabulary, merges, ChatML);
+    ``pre="sentencepiece"`` writes a SentencePiece BPE vocabulary instead."""
     import gguf
 
     cfg = model.config
@@ -118,6 +136,16 @@ def _gguf_header(model, path: Path, arch: str, pre: str):
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_vocab_size(cfg.vocab_size)
+    if pre == "sentencepiece":
+        tokens, scores, types = sentencepiece_vocab(cfg.vocab_size)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_add_space_prefix(True)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        return w
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)

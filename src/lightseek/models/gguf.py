@@ -172,15 +172,20 @@ class GGUFModel:
         from tokenizers import Tokenizer as HFTokenizer
 
         kind = self.meta("tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise UnsupportedModel(f"{self.origin}: tokenizer type {kind!r} is not supported yet (byte-level "
-                                   "BPE, 'gpt2', is); import the model's Hugging Face folder instead")
         tokens = list(self.meta("tokenizer.ggml.tokens"))
-        merges = [tuple(m.split(" ", 1)) for m in self.meta("tokenizer.ggml.merges")]
         types = list(self.meta("tokenizer.ggml.token_type"))
-        tok = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-        tok.pre_tokenizer = _pre_tokenizer(self.meta("tokenizer.ggml.pre", "default"), self.origin)
-        tok.decoder = decoders.ByteLevel()
+        vocab = {t: i for i, t in enumerate(tokens)}
+        if kind == "gpt2":  # byte-level BPE
+            merges = [tuple(m.split(" ", 1)) for m in self.meta("tokenizer.ggml.merges")]
+            tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
+            tok.pre_tokenizer = _pre_tokenizer(self.meta("tokenizer.ggml.pre", "default"), self.origin)
+            tok.decoder = decoders.ByteLevel()
+        elif kind == "llama":  # SentencePiece BPE (Llama 2, Mistral): "▁" for spaces, bytes as <0xNN>
+            tok = _sentencepiece_bpe(vocab, list(self.meta("tokenizer.ggml.scores")),
+                                     bool(self.meta("tokenizer.ggml.add_space_prefix", True)))
+        else:
+            raise UnsupportedModel(f"{self.origin}: tokenizer type {kind!r} is not supported (byte-level BPE "
+                                   "'gpt2' and SentencePiece BPE 'llama' are)")
         control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3]
         user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4]
         tok.add_special_tokens(control)
@@ -199,6 +204,27 @@ class GGUFModel:
                         pad_token=token("tokenizer.ggml.padding_token_id"),
                         end_tokens=end_of_turn_tokens(template, tokens, eos))
         return tok, chat
+
+
+def _sentencepiece_bpe(vocab: dict[str, int], scores: list[float], prefix_space: bool):
+    """A `tokenizers` BPE equal to a SentencePiece BPE model from its pieces and scores. GGUF keeps
+    no merges for these: a piece is the merge of any two pieces it splits into, and merges rank
+    by the merged piece's score (SentencePiece merges the highest-scoring pair first)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    ranked = []  # (-score, -len(left), -len(right), pair): best first; ties keep vocabulary order
+    for piece, pid in vocab.items():
+        splits = sorted(((piece[:i], piece[i:]) for i in range(1, len(piece))
+                         if piece[:i] in vocab and piece[i:] in vocab), key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
+        ranked += [(-scores[pid], -len(left), -len(right), (left, right)) for left, right in splits]
+    merges = [pair for *_, pair in sorted(ranked, key=lambda r: r[:3])]
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first" if prefix_space else "never",
+                                                 split=False)
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if prefix_space else []))
+    return tok
 
 
 def end_of_turn_tokens(template: str | None, vocab, eos: str) -> tuple[str, ...]:
