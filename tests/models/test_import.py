@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightseek.data.chat import encode_chat
-from lightseek.data.tokenizer import Tokenizer
+from lightseek.data.tokenizer import StreamDecoder, Tokenizer
 from lightseek.errors import CheckpointError
 from lightseek.model.checkpoint import load_model
 from lightseek.model.generate import generate_ids
@@ -200,4 +200,6 @@ def test_gguf_sentencepiece_vocabulary_tokenizes_as_transformers_does(tmp_path) 
         assert ids == theirs(text, add_special_tokens=False).input_ids, text
         assert tok.decode(ids) == theirs.decode(ids, skip_special_tokens=True)
         assert tok.decode(ids) == text or text.startswith(" ")  # SentencePiece drops one leading space
+        stream = StreamDecoder(tok)  # streamed text equals the full decode, first space dropped alike
+        assert "".join(stream.push(i) for i in ids) + stream.flush() == tok.decode(ids)
     assert tok.eot_id == 2 and tok.bos_id == 1

@@ -110,7 +110,10 @@ class Tokenizer:
         self._serialized = serialized
         self._vocab_size = self._special.get_vocab_size(with_added_tokens=True)
         self._token_bytes: dict[int, bytes] = {}
-        self._byte_level = (spec.get("decoder") or {}).get("type") == "ByteLevel"
+        decoder = spec.get("decoder") or {}
+        self._byte_level = decoder.get("type") == "ByteLevel"
+        # SentencePiece-style decoders drop the space that encoding put before the first word
+        self.strips_first_space = any(d.get("type") == "Strip" and d.get("start") for d in decoder.get("decoders", []))
         if chat is None:
             self._special_ids = frozenset(range(len(SPECIAL_TOKENS)))
             self._eot_id, self._pad_id = 0, 1
@@ -291,12 +294,16 @@ class StreamDecoder:
         self._tokenizer = tokenizer
         self._skip_special = skip_special
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._strip_space = getattr(tokenizer, "strips_first_space", False)  # until the first text
 
     def push(self, token_id: int) -> str:
         """Feed one id; return the text completed by it (possibly "")."""
         if self._skip_special and self._tokenizer.is_special(token_id):
             return ""
-        return self._utf8.decode(self._tokenizer.token_bytes(token_id))
+        text = self._utf8.decode(self._tokenizer.token_bytes(token_id))
+        if self._strip_space and text:
+            text, self._strip_space = text[1:] if text[0] == " " else text, False
+        return text
 
     def flush(self) -> str:
         """End of stream: return what is held back (an incomplete tail becomes U+FFFD)."""
