@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from lightseek.adapters.lora import use_adapters
-from lightseek.data.chat import end_ids
 from lightseek.data.tokenizer import Tokenizer
 from lightseek.errors import ConfigError
 from lightseek.model.checkpoint import load_model
@@ -25,7 +24,7 @@ def served(debug_checkpoint):
 
 def alone(model, tok, prompt, n, **kw):
     with use_adapters(model, kw.pop("adapter", None)):
-        return list(generate_ids(model, prompt, SamplingParams(max_new_tokens=n, **kw), stop_ids=end_ids(tok)))
+        return list(generate_ids(model, prompt, SamplingParams(max_new_tokens=n, **kw), stop_ids=tok.end_ids))
 
 
 def test_batched_greedy_equals_each_request_alone(served) -> None:

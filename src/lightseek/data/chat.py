@@ -28,11 +28,6 @@ ROLES = ("system", "user", "assistant")
 END_TOKEN = "<|end|>"
 
 
-def end_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
-    """The ids that end a generation: end of text, and the end of a chat turn (a reply is over)."""
-    return tokenizer.end_ids
-
-
 def role_token(role: str) -> str:
     """The special token that opens a turn by `role`, e.g. "<|user|>"."""
     return f"<|{role}|>"

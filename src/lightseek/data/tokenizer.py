@@ -35,6 +35,13 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<
                       "</s>", "<end_of_turn>", "<|return|>")
 
 
+def end_of_turn_tokens(template: str | None, vocab, eos: str) -> tuple[str, ...]:
+    """Tokens the chat template closes turns with (besides the end-of-sequence token), which end
+    a reply as well."""
+    known = set(vocab)
+    return tuple(t for t in END_OF_TURN_TOKENS if t != eos and t in known and template and t in template)
+
+
 @dataclass(frozen=True)
 class ChatSpec:
     """What an imported tokenizer carries beside its vocabulary (``tokenizer_config.json``)."""
@@ -114,6 +121,7 @@ class Tokenizer:
         self._byte_level = decoder.get("type") == "ByteLevel"
         # SentencePiece-style decoders drop the space that encoding put before the first word
         self.strips_first_space = any(d.get("type") == "Strip" and d.get("start") for d in decoder.get("decoders", []))
+        # end_ids: the ids that end a generation (end of text, end of a chat turn)
         if chat is None:
             self._special_ids = frozenset(range(len(SPECIAL_TOKENS)))
             self._eot_id, self._pad_id = 0, 1

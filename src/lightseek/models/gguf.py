@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightseek.data.tokenizer import ChatSpec
+from lightseek.data.tokenizer import ChatSpec, end_of_turn_tokens
 from lightseek.errors import CheckpointError
 from lightseek.models.hf import UnsupportedModel
 
@@ -225,15 +225,6 @@ def _sentencepiece_bpe(vocab: dict[str, int], scores: list[float], prefix_space:
     steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     tok.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if prefix_space else []))
     return tok
-
-
-def end_of_turn_tokens(template: str | None, vocab, eos: str) -> tuple[str, ...]:
-    """Tokens the chat template closes turns with (besides the end-of-sequence token), which end
-    a reply as well."""
-    from lightseek.data.tokenizer import END_OF_TURN_TOKENS
-
-    known = set(vocab)
-    return tuple(t for t in END_OF_TURN_TOKENS if t != eos and t in known and template and t in template)
 
 
 def _unpermute_rope(w, n_heads: int):

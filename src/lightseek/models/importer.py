@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from lightseek.data.tokenizer import TOKENIZER_CONFIG_FILE, ChatSpec, Tokenizer
+from lightseek.data.tokenizer import TOKENIZER_CONFIG_FILE, ChatSpec, Tokenizer, end_of_turn_tokens
 from lightseek.errors import CheckpointError
 from lightseek.model.checkpoint import CONFIG, WEIGHTS, file_sha256, write_dir_atomic
 from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer
-from lightseek.models.gguf import GGUFModel, end_of_turn_tokens
+from lightseek.models.gguf import GGUFModel
 from lightseek.models.hf import config_from_hf, convert_state
 from lightseek.progress import progress
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import torch
 
 from lightseek.adapters.lora import adapter_names, use_adapters
-from lightseek.data.chat import end_ids
 from lightseek.data.tokenizer import StreamDecoder, Tokenizer
 from lightseek.errors import ConfigError, LightseekError
 from lightseek.model.generate import sample_rows
@@ -122,7 +121,7 @@ class Engine:
         self.free_slots = list(range(max_slots))
         self._ids = itertools.count(1)
         self.device = next(model.parameters()).device
-        self.end_ids = set(end_ids(tokenizer))
+        self.end_ids = set(tokenizer.end_ids)
 
     # --- requests ------------------------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: GenParams | None = None, adapter: str | None = None) -> Request:
