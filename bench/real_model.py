@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -31,8 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance, write_result  # noqa: E402
+
 NAME = "smollm2-135m-instruct"
 PROMPT, NEW, PREFILL, ROWS, ROW_NEW = 64, 64, 512, 16, 32
 
@@ -172,18 +172,6 @@ def quantized_checkpoint(src: Path, name: str, flags: list[str]) -> Path:
     return out
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "gguf", "llama-cpp-python", "lightseek"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -229,20 +217,10 @@ def main() -> None:
         b16 = f"{r['decode_b16_tok_s']:.1f}" if r["decode_b16_tok_s"] else "-"
         print(f"| {r['system']} | {r['load_s']:.1f} | {r['prefill_tok_s']:.0f} | {r['decode_b1_tok_s']:.1f} | "
               f"{r['decode_b1_tok_s'] / base['decode_b1_tok_s']:.2f}x | {b16} | {r['peak_mib']:.0f} |")
-    import lightseek
-
-    result = {"command": "python bench/real_model.py " + " ".join(sys.argv[1:]), "model": NAME,
-              "git_revision": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                             text=True).stdout.strip(),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": {"platform": platform.platform(),
-              "processor": platform.processor() or platform.machine(), "threads": args.threads},
-              "versions": {**versions(), "lightseek": lightseek.__version__},
-              "settings": {"prompt": PROMPT, "new_tokens": NEW, "prefill": PREFILL, "rows": ROWS,
-                           "row_new_tokens": ROW_NEW, "repeats": args.repeats},
-              "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "real_model.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-
+    write_result("real_model", {**provenance(args.threads), "model": NAME,
+                                 "settings": {"prompt": PROMPT, "new_tokens": NEW, "prefill": PREFILL, "rows": ROWS,
+                                              "row_new_tokens": ROW_NEW, "repeats": args.repeats},
+                                 "rows": rows})
 
 if __name__ == "__main__":
     main()

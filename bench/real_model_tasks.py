@@ -21,12 +21,13 @@ import ast
 import json
 import random
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance, write_result  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
 OUT = ROOT / "runs" / "tasks"
 NAME = "smollm2-135m-instruct"
@@ -98,16 +99,7 @@ def main() -> None:
     for task, r in result["tasks"].items():
         print(f"| {task} | {r['items']} | {r['acc']:.3f} ± {r['acc_ci95']:.3f} | "
               f"{r['acc_norm']:.3f} ± {r['acc_norm_ci95']:.3f} | {r['chance']:.3f} |")
-    import lightseek
-
-    out = {"command": "python bench/real_model_tasks.py " + " ".join(sys.argv[1:]), "model": NAME,
-           "git_revision": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                          text=True).stdout.strip(),
-           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "lightseek": lightseek.__version__,
-           "wall_s": wall, "tasks": result["tasks"]}
-    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "results" / "real_model_tasks.json").write_text(json.dumps(out, indent=2) + "\n")
-
+    write_result("real_model_tasks", {**provenance(), "model": NAME, "wall_s": wall, "tasks": result["tasks"]})
 
 if __name__ == "__main__":
     main()
