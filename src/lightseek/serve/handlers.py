@@ -1,0 +1,330 @@
+"""What each endpoint does, apart from HTTP routing: `Handlers` checks a request, submits it
+to the engine through the host and builds the OpenAI response (whole or streamed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from lightseek.data.chat import encode_chat, validate_messages
+from lightseek.errors import LightseekError
+from lightseek.serve.engine import Event, GenParams, QueueFull, Request
+from lightseek.serve.schemas import (
+    ApiError,
+    ChatBody,
+    ChatMessage,
+    CommonParams,
+    CompletionBody,
+    DetokenizeBody,
+    EmbeddingBody,
+    TokenizeBody,
+    error_response,
+)
+
+if TYPE_CHECKING:
+    from lightseek.serve.host import EngineHost, PendingHost
+
+
+class Handlers:
+    """The endpoints of one served model (``model_id``, and ``model_id:adapter`` for each name in
+    ``adapters``; the list is read at each request, so names added later are served)."""
+
+    def __init__(self, host: EngineHost | PendingHost, model_id: str, adapters: list[str] | None = None):
+        self.host = host
+        self.model_id = model_id
+        self.adapters = adapters if adapters is not None else []
+
+    # looked up at each use: ``host`` may be a `PendingHost` that is filled in once the model loads
+    @property
+    def engine(self):
+        return self.host.engine
+
+    @property
+    def tokenizer(self):
+        return self.host.engine.tokenizer
+
+    # --- shared steps ----------------------------------------------------------------------------
+    def resolve_model(self, name: str) -> str | None:
+        """The adapter that ``name`` asks for (None for the base model); a 404 for an unknown one."""
+        if name == self.model_id:
+            return None
+        if name.startswith(self.model_id + ":") and name.split(":", 1)[1] in self.adapters:
+            return name.split(":", 1)[1]
+        raise ApiError(404, f"the model {name!r} does not exist (see GET /v1/models)", param="model",
+                       code="model_not_found")
+
+    @staticmethod
+    def gen_params(body: CommonParams, logprobs: int | None, index: int) -> GenParams:
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        seed = body.seed + index if body.seed is not None else None
+        try:
+            return GenParams(max_tokens=body.max_completion_tokens or body.max_tokens or 16,
+                             temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=stop,
+                             seed=seed, logprobs=logprobs, ignore_eos=body.ignore_eos)
+        except LightseekError as e:
+            raise ApiError(400, str(e), code="invalid_value") from None
+
+    async def run(self, prompt_ids: list[int], body: CommonParams, adapter, logprobs,
+                  api_id: str) -> tuple[list[Request], asyncio.Queue]:
+        """Submit ``body.n`` requests for ``prompt_ids``; their events arrive in the returned queue."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        reqs: list[Request] = []
+        try:
+            for i in range(body.n):
+                reqs.append(self.host.submit(prompt_ids, self.gen_params(body, logprobs, i), adapter, queue.put_nowait,
+                                             {"id": api_id, "choice": i, "model": body.model, "user": body.user},
+                                             loop))
+        except QueueFull as e:
+            for r in reqs:
+                self.host.cancel(r)
+            raise ApiError(429, f"the server is busy ({e}); retry shortly", kind="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": "1"}) from None
+        except LightseekError as e:
+            for r in reqs:
+                self.host.cancel(r)
+            raise ApiError(400, str(e), param="prompt", code="invalid_value") from None
+        return reqs, queue
+
+    @staticmethod
+    def usage(reqs: list[Request]) -> dict:
+        p = len(reqs[0].prompt_ids)
+        c = sum(len(r.output_ids) for r in reqs)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    @staticmethod
+    def finish(r: Request) -> str:
+        return "stop" if r.finish_reason in ("stop", "cancelled") else "length"
+
+    @staticmethod
+    async def collect(reqs, queue) -> None:
+        while not all(r.done for r in reqs):
+            await queue.get()
+
+    def stream(self, reqs, queue, chunk, final_usage: bool) -> StreamingResponse:
+        """Server-sent events: ``chunk(i, event)`` per choice as events arrive, then [DONE]."""
+        async def gen():
+            try:
+                while not all(r.done for r in reqs) or not queue.empty():
+                    events = [await queue.get()]
+                    while not queue.empty():  # a client that fell behind gets its backlog in one chunk per choice
+                        events.append(queue.get_nowait())
+                    out = [f"data: {json.dumps(chunk(reqs.index(ev.request), ev), ensure_ascii=False)}\n\n"
+                           for ev in _merge(events) if ev.text or ev.finished]
+                    if out:
+                        yield "".join(out)
+                if final_usage:
+                    yield f"data: {json.dumps(chunk(None, None) | {'choices': [], 'usage': self.usage(reqs)})}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:  # a client that went away: free its slots now
+                for r in reqs:
+                    if not r.done:
+                        self.host.cancel(r)
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    async def respond(self, body: CommonParams, reqs, queue, rid: str, kind: str, chunk_kind: str, delta, choice):
+        """The OpenAI response for ``reqs``: streamed chunks (``delta(i, event)`` per choice) or,
+        once all are done, the whole choices (``choice(request)``), with usage."""
+        created = int(time.time())
+
+        def head(obj: str) -> dict:
+            return {"id": rid, "object": obj, "created": created, "model": body.model}
+
+        def chunk(i, ev):
+            if ev is None:
+                return head(chunk_kind)
+            return head(chunk_kind) | {"choices": [{"index": i, **delta(i, ev), "logprobs": None,
+                                                    "finish_reason": self.finish(ev.request) if ev.finished else None}]}
+
+        if body.stream:
+            return self.stream(reqs, queue, chunk, bool(body.stream_options and body.stream_options.include_usage))
+        await self.collect(reqs, queue)
+        return head(kind) | {"choices": [{"index": i, **choice(r), "finish_reason": self.finish(r)}
+                                         for i, r in enumerate(reqs)],
+                             "usage": self.usage(reqs)}
+
+    def chat_ids(self, messages: list[ChatMessage]) -> list[int]:
+        """The conversation's token ids with the generation prompt; a 400 naming a bad message."""
+        try:
+            msgs = validate_messages([{"role": m.role, "content": m.content or ""} for m in messages])
+        except LightseekError as e:
+            raise ApiError(400, f"messages: {e}", param="messages", code="invalid_value") from None
+        return encode_chat(self.tokenizer, msgs, add_generation_prompt=True)[0]
+
+    # --- endpoints -------------------------------------------------------------------------------
+    async def health(self):
+        if not getattr(self.host, "ready", True):
+            return error_response(ApiError(503, "the model is still loading", kind="server_error",
+                                           code="model_loading", headers={"Retry-After": "5"}))
+        return {"status": "ok"}
+
+    async def models(self):
+        now = int(time.time())
+        data = [{"id": self.model_id, "object": "model", "created": now, "owned_by": "lightseek"}]
+        data += [{"id": f"{self.model_id}:{a}", "object": "model", "created": now, "owned_by": "lightseek",
+                  "parent": self.model_id} for a in self.adapters]
+        return {"object": "list", "data": data}
+
+    async def completions(self, body: CompletionBody):
+        adapter = self.resolve_model(body.model)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise ApiError(400, "prompt: give one prompt per request", param="prompt", code="invalid_value")
+        ids = self.tokenizer.encode(prompts[0])
+        if not ids:
+            raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        reqs, queue = await self.run(ids, body, adapter, body.logprobs, rid)
+        return await self.respond(
+            body, reqs, queue, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
+            lambda r: {"text": (prompts[0] if body.echo else "") + r.text,
+                       "logprobs": _completion_logprobs(r, self.tokenizer) if body.logprobs is not None else None})
+
+    async def chat(self, body: ChatBody):
+        adapter = self.resolve_model(body.model)
+        if not body.messages:
+            raise ApiError(400, "messages: give at least one message", param="messages", code="invalid_value")
+        ids = self.chat_ids(body.messages)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        reqs, queue = await self.run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid)
+        started: set[int] = set()
+
+        def delta(i, ev) -> dict:
+            d = {"content": ev.text} if ev.text else {}
+            if i not in started:  # the first chunk of a choice names the role
+                started.add(i)
+                d = {"role": "assistant", **d}
+            return {"delta": d}
+
+        return await self.respond(
+            body, reqs, queue, rid, "chat.completion", "chat.completion.chunk", delta,
+            lambda r: {"message": {"role": "assistant", "content": r.text},
+                       "logprobs": _chat_logprobs(r, self.tokenizer) if body.logprobs else None})
+
+    async def embeddings(self, body: EmbeddingBody):
+        adapter = self.resolve_model(body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or any(not t for t in texts):
+            raise ApiError(400, "input: give non-empty strings", param="input", code="invalid_value")
+        if len(texts) > 256:
+            raise ApiError(400, "input: at most 256 strings per request", param="input", code="invalid_value")
+        dim = self.engine.model.cfg.dim
+        if body.dimensions is not None and body.dimensions != dim:
+            raise ApiError(400, f"dimensions: this model's embeddings have {dim}", param="dimensions",
+                           code="invalid_value")
+        if body.encoding_format not in ("float", "base64"):
+            raise ApiError(400, "encoding_format: 'float' or 'base64'", param="encoding_format", code="invalid_value")
+        ids = [self.tokenizer.encode(t) for t in texts]
+        max_len = self.engine.max_len
+        too_long = [i for i, x in enumerate(ids) if len(x) > max_len]
+        if too_long:
+            raise ApiError(400, f"input[{too_long[0]}]: {len(ids[too_long[0]])} tokens; the context holds "
+                           f"{max_len}", param="input", code="context_length_exceeded")
+        vectors = await self.host.call(lambda eng: _embed(eng.model, ids, adapter))
+        data = []
+        for i, v in enumerate(vectors):
+            if body.encoding_format == "base64":
+                import base64
+
+                import numpy as np
+
+                emb: Any = base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode()
+            else:
+                emb = v
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        n = sum(len(x) for x in ids)
+        return {"object": "list", "data": data, "model": body.model,
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+    async def tokenize(self, body: TokenizeBody):
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "give exactly one of prompt and messages", param="prompt", code="invalid_value")
+        ids = self.tokenizer.encode(body.prompt) if body.prompt is not None else self.chat_ids(body.messages)
+        return {"tokens": ids, "count": len(ids), "max_model_len": self.engine.max_len}
+
+    async def detokenize(self, body: DetokenizeBody):
+        tokenizer = self.tokenizer
+        bad = [t for t in body.tokens if not 0 <= t < tokenizer.vocab_size]
+        if bad:
+            raise ApiError(400, f"tokens: ids out of range [0, {tokenizer.vocab_size}): {bad[:3]}", param="tokens",
+                           code="invalid_value")
+        return {"prompt": tokenizer.decode(body.tokens)}
+
+    async def metrics(self):
+        """The Prometheus text format: counters, latency sums, queue gauges, tokens per expert."""
+        m, st, sums = self.host.snapshot()
+        lines = [
+            "# TYPE lightseek_requests_total counter", f"lightseek_requests_total {m['requests']}",
+            "# TYPE lightseek_prompt_tokens_total counter", f"lightseek_prompt_tokens_total {m['prompt_tokens']}",
+            "# TYPE lightseek_generation_tokens_total counter",
+            f"lightseek_generation_tokens_total {m['generation_tokens']}",
+            "# TYPE lightseek_time_to_first_token_seconds summary",
+            f"lightseek_time_to_first_token_seconds_sum {m['ttft_sum']:.6f}",
+            f"lightseek_time_to_first_token_seconds_count {m['ttft_count']}",
+            "# TYPE lightseek_inter_token_latency_seconds summary",
+            f"lightseek_inter_token_latency_seconds_sum {m['itl_sum']:.6f}",
+            f"lightseek_inter_token_latency_seconds_count {m['itl_count']}",
+            "# TYPE lightseek_requests_running gauge", f"lightseek_requests_running {st['running']}",
+            "# TYPE lightseek_requests_waiting gauge", f"lightseek_requests_waiting {st['waiting']}",
+            "# TYPE lightseek_slots_free gauge", f"lightseek_slots_free {st['free_slots']}",
+            "# TYPE lightseek_engine_steps_total counter", f"lightseek_engine_steps_total {m['steps']}",
+            "# TYPE lightseek_batch_size_mean gauge",
+            f"lightseek_batch_size_mean {m['batch_sum'] / max(m['steps'], 1):.4f}",
+            "# TYPE lightseek_kv_cache_usage gauge", f"lightseek_kv_cache_usage {st['kv_usage']:.6f}",
+            "# TYPE lightseek_expert_tokens_total counter",
+        ]
+        if sums is not None:
+            n_dense = self.engine.model.cfg.n_dense_layers
+            for i, row in enumerate(sums[0].tolist()):
+                lines += [f'lightseek_expert_tokens_total{{layer="{n_dense + i}",expert="{e}"}} {int(v)}'
+                          for e, v in enumerate(row)]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+def _merge(events: list[Event]) -> list[Event]:
+    """Consecutive events of one request as one (text and ids joined), in first-seen order."""
+    merged: dict[int, Event] = {}
+    for ev in events:
+        m = merged.get(ev.request.id)
+        merged[ev.request.id] = ev if m is None else Event(ev.request, m.token_ids + ev.token_ids, m.text + ev.text,
+                                                            ev.finished)
+    return list(merged.values())
+
+
+def _embed(model, ids: list[list[int]], adapter: str | None) -> list[list[float]]:
+    """Mean of the final hidden states over each text's tokens, L2-normalised."""
+    import torch
+
+    from lightseek.adapters.lora import use_adapters
+
+    out = []
+    with torch.no_grad(), use_adapters(model, adapter):
+        for x in ids:  # one at a time: no padding to reason about
+            h = model(torch.tensor([x]), return_hidden=True, last_only=True).hidden[0]
+            v = h.float().mean(0)
+            out.append((v / v.norm().clamp_min(1e-12)).tolist())
+    return out
+
+
+def _chat_logprobs(r: Request, tokenizer) -> dict:
+    def entry(token: int, logprob: float) -> dict:
+        text = tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [entry(e["token"], e["logprob"]) | {"top_logprobs": [entry(i, v) for i, v in e.get("top", [])]}
+                        for e in r.logprobs[:len(r.output_ids)]]}
+
+
+def _completion_logprobs(r: Request, tokenizer) -> dict:
+    entries = r.logprobs[:len(r.output_ids)]  # not the end-of-text token that finished it
+    tokens = [tokenizer.decode([e["token"]]) for e in entries]
+    offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{tokenizer.decode([i]): v for i, v in e.get("top", [])} for e in entries],
+            "text_offset": offsets}

@@ -1,0 +1,179 @@
+"""The engine's thread (`EngineHost`) and its stand-in while the model loads (`PendingHost`).
+
+Handlers never wait for an engine step: they hand requests over through `EngineHost.submit`
+and receive each request's events in their own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from lightseek.serve.engine import Engine, GenParams, QueueFull, Request
+from lightseek.serve.schemas import ApiError
+
+
+class EngineHost:
+    """Runs the engine in one thread. Other threads never wait for a step: `submit` checks a
+    request and hands it over through a queue, `cancel` likewise; the engine thread takes both
+    in before each step and calls each request's listener with its events."""
+
+    def __init__(self, engine: Engine, usage_log: str | Path | None = None):
+        self.engine = engine
+        # one JSON line per ended request (finished, stopped or cancelled): the exact token
+        # counts billing needs, including requests whose client went away mid-stream
+        self.usage_log = open(usage_log, "a", encoding="utf-8") if usage_log else None  # noqa: SIM115
+        self._inbox: deque = deque()      # ("submit", request, listener) | ("cancel", request, None)
+        self._wake = threading.Event()
+        self.listeners: dict[int, Any] = {}
+        self.metrics = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "ttft_sum": 0.0,
+                        "ttft_count": 0, "itl_sum": 0.0, "itl_count": 0, "batch_sum": 0, "steps": 0}
+        self._last_token: dict[int, float] = {}
+        self._started: dict[int, float] = {}
+        self._stop = False
+        self.thread = threading.Thread(target=self._loop, name="lightseek-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, prompt_ids, params: GenParams, adapter: str | None, on_event, meta: dict | None,
+               loop: asyncio.AbstractEventLoop) -> Request:
+        """Queue a request; ``on_event(event)`` is called with each of its events in ``loop``'s
+        thread (one wake-up of the loop per step carries every event of that step)."""
+        req = self.engine.make_request(prompt_ids, params, adapter)  # ConfigError for bad input
+        req.meta = dict(meta or {})
+        queued = len(self.engine.waiting) + sum(1 for kind, *_ in list(self._inbox) if kind == "submit")
+        if queued >= self.engine.max_waiting:
+            raise QueueFull(f"{queued} requests are waiting already")
+        self._started[req.id] = time.perf_counter()
+        self._inbox.append(("submit", req, (on_event, loop)))
+        self._wake.set()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        self._inbox.append(("cancel", req, None))
+        self._wake.set()
+
+    async def call(self, fn):
+        """Run ``fn(engine)`` on the engine thread between steps (the model is not re-entrant:
+        adapter choice and routing statistics live on it); returns its result."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(result, error):
+            if not fut.done():
+                fut.set_exception(error) if error is not None else fut.set_result(result)
+
+        def run(engine):
+            try:
+                result = fn(engine)
+            except Exception as e:  # noqa: BLE001 -- handed back to the caller's coroutine
+                loop.call_soon_threadsafe(done, None, e)
+            else:
+                loop.call_soon_threadsafe(done, result, None)
+
+        self._inbox.append(("call", run, None))
+        self._wake.set()
+        return await fut
+
+    def snapshot(self) -> tuple[dict, dict, Any]:
+        """Metrics, engine stats and routing sums (read without stopping the engine)."""
+        return dict(self.metrics), self.engine.stats(), self.engine.model.routing_sums()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self.thread.join(timeout=5)
+        if self.usage_log is not None:
+            self.usage_log.close()
+
+    def _record_usage(self, req: Request) -> None:
+        if self.usage_log is None:
+            return
+        rec = {"time": time.time(), **req.meta, "request": req.id, "adapter": req.adapter,
+               "prompt_tokens": len(req.prompt_ids), "completion_tokens": len(req.output_ids),
+               "finish_reason": req.finish_reason}
+        self.usage_log.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.usage_log.flush()
+
+    def _forget(self, req: Request) -> None:
+        self.listeners.pop(req.id, None)
+        self._last_token.pop(req.id, None)
+        self._started.pop(req.id, None)
+
+    def _take_inbox(self) -> None:
+        while self._inbox:
+            kind, req, listener = self._inbox.popleft()
+            if kind == "submit":
+                self.listeners[req.id] = listener
+                self.metrics["requests"] += 1
+                self.metrics["prompt_tokens"] += len(req.prompt_ids)
+                self.engine.enqueue(req)
+            elif kind == "call":
+                req(self.engine)  # a function, see `call`
+            else:
+                if not req.done:
+                    self.engine.cancel(req)
+                    self._record_usage(req)
+                self._forget(req)
+
+    def _loop(self) -> None:
+        while not self._stop:
+            self._take_inbox()
+            if self.engine.idle:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            batch = len(self.engine.running)
+            events = self.engine.step()
+            deliveries: dict[asyncio.AbstractEventLoop, list] = {}
+            now = time.perf_counter()
+            self.metrics["steps"] += 1
+            self.metrics["batch_sum"] += batch
+            for e in events:
+                rid = e.request.id
+                if e.token_ids:
+                    self.metrics["generation_tokens"] += len(e.token_ids)
+                    if rid in self._last_token:
+                        self.metrics["itl_sum"] += now - self._last_token[rid]
+                        self.metrics["itl_count"] += 1
+                    elif rid in self._started:
+                        self.metrics["ttft_sum"] += now - self._started[rid]
+                        self.metrics["ttft_count"] += 1
+                    self._last_token[rid] = now
+                if rid in self.listeners:
+                    on_event, loop = self.listeners[rid]
+                    deliveries.setdefault(loop, []).append((on_event, e))
+                if e.finished:
+                    self._record_usage(e.request)
+                    self._forget(e.request)
+            for loop, items in deliveries.items():
+                loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list) -> None:
+    for on_event, event in items:
+        on_event(event)
+
+
+class PendingHost:
+    """Stands in for the `EngineHost` while the model loads (`lightseek serve` answers at once):
+    /health and every other endpoint answer 503 with Retry-After until `target` is set."""
+
+    def __init__(self) -> None:
+        self.target: EngineHost | None = None
+        self.ready = False
+
+    def set(self, target: EngineHost) -> None:
+        self.target = target
+        self.ready = True
+
+    def __getattr__(self, name: str):
+        target = self.__dict__.get("target")
+        if target is None:
+            raise ApiError(503, "the model is still loading; retry shortly", kind="server_error",
+                           code="model_loading", headers={"Retry-After": "5"})
+        return getattr(target, name)

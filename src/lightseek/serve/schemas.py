@@ -1,0 +1,81 @@
+"""The API's request bodies (pydantic models) and its errors in OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}},
+                        status_code=e.status, headers=e.headers)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CommonParams(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    ignore_eos: bool = False  # an extension (as in vLLM): generate max_tokens whatever the model says
+
+
+class CompletionBody(CommonParams):
+    prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | None = None
+
+
+class ChatBody(CommonParams):
+    messages: list[ChatMessage]
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class TokenizeBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    model: str | None = None
+
+
+class EmbeddingBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    input: str | list[str]
+    encoding_format: str = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class DetokenizeBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tokens: list[int]
+    model: str | None = None
