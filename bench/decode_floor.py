@@ -21,8 +21,11 @@ accumulates them, as the engine needs for /metrics), one fixed span, no per-row 
     python bench/decode_floor.py [--rows 16] [--span 96]
     python bench/decode_floor.py --checkpoint smollm2-135m-instruct --rows 1 --span 64 --threads 2
 
-Prints a table and writes bench/results/decode_floor.json (for another checkpoint than the
-default base: decode_floor_<name>_b<rows>.json, so a probe never overwrites the main result).
+Prints a table and writes bench/results/decode_floor.json, with the run's provenance (command,
+revision, date, machine, versions). So that a probe never overwrites the main result, another
+checkpoint than the default base writes decode_floor_<name>_b<rows>.json, and the base with other
+--rows, --span or --threads than the defaults decode_floor_<those>.json (decode_floor_rows-1.json);
+--result NAME writes bench/results/NAME.json instead.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import RESULTS, ROOT, provenance, result_name, write_result  # noqa: E402
 
 
 def static_step(model):
@@ -193,10 +196,15 @@ def main() -> None:
     ap.add_argument("--span", type=int, default=96, help="cached tokens per row (the new token is one more)")
     ap.add_argument("--repeats", type=int, default=100, help="calls per timed block (5 blocks, median)")
     ap.add_argument("--threads", type=int, default=1, help="PyTorch threads (1: as `lightseek serve` runs here)")
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: named after the checkpoint and "
+                                     "the arguments that differ from the defaults)")
     args = ap.parse_args()
     default = str(ROOT / "runs" / "base")
+    if args.checkpoint == default:  # the base: named after the arguments that differ from the defaults
+        stem = result_name("decode_floor", args, {k: ap.get_default(k) for k in ("rows", "span", "threads")})
+    else:  # another checkpoint: named after it and the rows
+        stem = result_name(f"decode_floor_{Path(args.checkpoint).name}_b{args.rows}", args, {})
     if args.checkpoint == default:
-        sys.path.insert(0, str(ROOT / "bench"))
         from lora_vs_full import ensure_base
 
         ensure_base(Path(args.checkpoint))
@@ -259,12 +267,8 @@ def main() -> None:
         print(f"| {name} | {ms:.2f} |")
     if needed:
         print(f"| needed for twice transformers `generate` (bench/results/serve_ceiling.json) | {needed:.2f} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "decode_floor.json" if args.checkpoint == default else \
-        f"decode_floor_{Path(args.checkpoint).name}_b{args.rows}.json"
-    out = RESULTS / name
-    out.write_text(json.dumps({"ms": results, "needed_ms": needed, "args": vars(args),
-                               "torch": torch.__version__}, indent=2))
+    out = write_result(stem, {**provenance(args.threads), "ms": results, "needed_ms": needed, "args": vars(args),
+                              "torch": torch.__version__})
     print(f"\nwritten {out}")
 
 

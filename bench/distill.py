@@ -32,7 +32,13 @@ checkpoints it started from and learned from still hold the weights it recorded.
 
 Also reports, when their benchmarks have written results, the domain classifier's macro-F1
 (bench/domains.py) and the cleaning pipeline's throughput (bench/pipeline.py).
-Prints a markdown table and writes bench/results/distill_<setup>[-shared].json.
+Prints a markdown table and writes bench/results/distill_<setup>[-shared].json with the run's
+provenance (command, revision, date, machine, versions): distill_base-student.json,
+distill_base-student-shared.json or distill_small-student.json. A run with other settings than
+the set-up's defaults (--domains, step counts, learning rates, loss weights, batch, windows, seed,
+--base, --teacher-copies) writes distill_<setup>[-shared]_<those>.json instead (for example
+distill_base-student_domains-finance_teacher-steps-20.json), so that a probe never overwrites a
+main result; --result NAME writes bench/results/NAME.json.
 """
 
 from __future__ import annotations
@@ -45,9 +51,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import RESULTS, ROOT, provenance, result_name, write_result  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results"
 DOMAINS = {
     "medical": [SHARED / "medical_medquad_en", SHARED / "medical_dialogue_zh" / "sample_IM_5000-6000.csv"],
     "finance": [SHARED / "finance_fiqa_en", f"{SHARED}/finance_reuters21578_en/train_part*.jsonl"],
@@ -197,22 +204,25 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="measure, not retrain, runs already finished in --out under the same config")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_distill"))
-    args = ap.parse_args()
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: distill_<setup>[-shared], plus "
+                                     "the settings that differ from the set-up's defaults)")
+    args = fill_defaults(ap.parse_args())
     if args.eval_windows < 1 or args.fresh_windows < 1:
         sys.exit("--eval-windows and --fresh-windows must be at least 1 (the fresh windows start after the others)")
     small = args.setup == "small-student"
-    args.teacher_steps = args.teacher_steps or (300 if args.shared_teacher and not small else 200)
-    args.student_steps = args.student_steps or (800 if small else 900)
-    args.student_lr = args.student_lr or (3e-3 if small else 1e-3)
+    args.label = args.setup + ("-shared" if args.shared_teacher and not small else "")
+    # the set-up's main run: its defaults, with the set-up flags of this run (they name the file already)
+    main_run = fill_defaults(ap.parse_args(["--setup", args.setup] + ["--shared-teacher"] * args.shared_teacher))
+    measured = ("base", "domains", "teacher_steps", "teacher_copies", "student_steps", "expert_lr", "student_lr",
+                "ce_weight", "temperature", "batch_size", "seq_len", "eval_windows", "fresh_windows", "seed")
+    stem = result_name(f"distill_{args.label}", args, {k: getattr(main_run, k) for k in measured})
     missing = [str(p) for d in args.domains for p in DOMAINS[d] if "*" not in str(p) and not Path(p).exists()]
     if missing or not SHARED.exists():
         sys.exit(f"skipped: the shared data is not here ({', '.join(missing) or SHARED})")
-    sys.path.insert(0, str(ROOT / "bench"))
     from lora_vs_full import ensure_base
 
     ensure_base(Path(args.base))
     base = str(Path(args.base) / "checkpoint")
-    args.label = args.setup + ("-shared" if args.shared_teacher and not small else "")
     out = Path(args.out) / args.label
     print("base model per-domain perplexity ...", flush=True)
     base_ppl = ppl(Path(base), args)
@@ -226,7 +236,16 @@ def main() -> None:
 
     students = {"distilled": student("student_kd", kd, "student distilled"),
                 "data only": student("student_ce", [], "student data only")}
-    report(args, base_ppl, teachers, students, student_active / teacher_active, teacher_active, student_active)
+    report(stem, args, base_ppl, teachers, students, student_active / teacher_active, teacher_active, student_active)
+
+
+def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The set-up's step counts and student learning rate where not given."""
+    small = args.setup == "small-student"
+    args.teacher_steps = args.teacher_steps or (300 if args.shared_teacher and not small else 200)
+    args.student_steps = args.student_steps or (800 if small else 900)
+    args.student_lr = args.student_lr or (3e-3 if small else 1e-3)
+    return args
 
 
 def check_ratio(student_active: int, teacher_active: int) -> None:
@@ -281,7 +300,7 @@ def base_student(args, base: str, out: Path) -> tuple[dict, list[str], int, int]
     return teachers, [f"--student={base}"], student_active, teacher_active
 
 
-def report(args, base_ppl: dict, teachers: dict, students: dict, ratio: float, teacher_active: int,
+def report(stem: str, args, base_ppl: dict, teachers: dict, students: dict, ratio: float, teacher_active: int,
            student_active: int) -> None:
     print(f"\nstudent: {student_active:,} active parameters = {ratio:.1%} of the teacher's {teacher_active:,}")
     tables = {}
@@ -309,12 +328,12 @@ def report(args, base_ppl: dict, teachers: dict, students: dict, ratio: float, t
         print("\ngeneral text ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in general.items()))
     runs = {r["label"]: r for r in [*teachers.values(), *students.values()]}.values()  # one teacher may serve all
     print("time: " + ", ".join(f"{r['label']} {r['s_per_step']:.2f} s/step" for r in runs))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"distill_{args.label}.json"
-    path.write_text(json.dumps({**tables["domains"], "fresh": tables["fresh"], "student_active": student_active,
-                                "teacher_active": teacher_active, "active_ratio": ratio,
-                                "teachers": teachers, "students": students, "args": vars(args),
-                                "data_layer": data_layer_figures()}, indent=2))
+    import torch
+
+    path = write_result(stem, {
+        **provenance(torch.get_num_threads()), **tables["domains"], "fresh": tables["fresh"],
+        "student_active": student_active, "teacher_active": teacher_active, "active_ratio": ratio,
+        "teachers": teachers, "students": students, "args": vars(args), "data_layer": data_layer_figures()})
     print(f"\nwritten {path}")
 
 

@@ -8,11 +8,15 @@ Runs the CLI end to end and times each step:
     lightseek domains eval runs/domains/model --data runs/domains/data/questions.jsonl --plot ...
     (and both again with --threshold 0: the plain argmax, no `general` fallback)
 
-    python bench/domains.py [--out runs/domains] [--encoder PATH]
+    python bench/domains.py [--out runs/domains] [--encoder PATH] [--result NAME]
 
 Prints a markdown table (per-domain P/R/F1 and macro-F1 on the held-out passages and on the
-second, differently written set) and writes bench/results/domains.json and the confusion
-matrices docs/results/domains_heldout.png and docs/results/domains_questions.png.
+second, differently written set) and writes bench/results/domains.json, with the run's
+provenance (command, revision, date, machine, versions), and the confusion matrices
+docs/results/domains_heldout.png and docs/results/domains_questions.png. With --encoder (another
+classifier than the default TF-IDF one) they are domains_encoder-<folder name>.json and
+docs/results/domains_encoder-<folder name>_{heldout,questions}.png, so that a probe never
+overwrites the main result; --result NAME names them NAME.json and NAME_{heldout,questions}.png.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
 SETS = {"heldout": "held-out passages", "questions": "second set (questions, titles, headlines)"}
 
@@ -68,7 +74,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "runs" / "domains"))
     ap.add_argument("--encoder", help="a local Hugging Face encoder folder (default: TF-IDF)")
+    ap.add_argument("--result", help="write bench/results/RESULT.json and docs/results/RESULT_<set>.png "
+                                     "(default: domains, or named after --encoder)")
     args = ap.parse_args()
+    stem = result_name("domains", args, {"encoder": None})
     if not SHARED.exists():
         sys.exit(f"{SHARED} is not here: this benchmark needs the shared corpora")
     out = Path(args.out)
@@ -87,7 +96,7 @@ def main() -> None:
             js = out / f"eval_{key.replace('@', '_')}.json"
             cmd = ["domains", "eval", str(model), "--data", str(data / f"{name}.jsonl"), "--json", str(js)]
             if threshold is None:
-                cmd += ["--plot", str(ROOT / "docs" / "results" / f"domains_{name}.png")]
+                cmd += ["--plot", str(ROOT / "docs" / "results" / f"{stem}_{name}.png")]
             else:
                 cmd += ["--threshold", str(threshold)]
             timings[f"eval {key}"], stdout = run(cmd)
@@ -101,11 +110,10 @@ def main() -> None:
     for source, (domain, n, acc) in per_source.items():
         print(f"| {source} | {domain} | {n} | {acc:.3f} |")
     print(f"\nbuild {timings['build']:.0f} s, train {timings['train']:.0f} s, total {sum(timings.values()):.0f} s")
-    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "results" / "domains.json").write_text(json.dumps(
-        {"commands": commands, "timings_s": timings, "counts": manifest["counts"], "results": results,
-         "questions_accuracy_by_source": per_source,
-         "table": table(results)}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = write_result(stem, {**provenance(), "commands": commands, "timings_s": timings, "counts": manifest["counts"],
+                              "results": results, "questions_accuracy_by_source": per_source,
+                              "table": table(results)})
+    print(f"\nwritten {out}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,14 @@ else is bench/lora_vs_full.py's full fine-tuning run (same data, steps, replay a
 every other weight frozen and the other rows' gradients zeroed (AdamW without weight decay, as
 fine-tuning runs it, leaves a row with zero gradients unchanged).
 
-    python bench/lora_probe_rows.py [--tokens 256] [--lr 5e-3] [--domain finance]
+    python bench/lora_probe_rows.py [--tokens 256] [--lr 5e-3] [--domain finance] [--result NAME]
 
-Prints the domain and general perplexity after training, against the base model's.
+Prints the domain and general perplexity after training, against the base model's, and writes
+them with the run's measurements and provenance (command, revision, date, machine, versions) to
+bench/results/lora_probe_rows.json; with other --base, --domain, --tokens, --lr or --steps than
+the defaults, to lora_probe_rows_<the arguments that differ>.json (`--lr 1e-3`:
+lora_probe_rows_lr-0.001.json), and with --result NAME to bench/results/NAME.json. It never
+writes bench/lora_vs_full.py's file.
 """
 
 from __future__ import annotations
@@ -20,10 +25,9 @@ import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import lora_vs_full as bench
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lora_vs_full as bench  # noqa: E402
+from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +38,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--steps", type=int, default=0, help="0 = the benchmark's steps for the domain")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_lora_rows"))
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: lora_probe_rows, plus the "
+                                     "arguments that differ from the defaults)")
     args = ap.parse_args()
+    steps = {"steps": args.steps or bench.STEPS[args.domain]}  # 0 and the domain's own count are one run
+    defaults = {k: ap.get_default(k) for k in ("base", "domain", "tokens", "lr")}
+    stem = result_name("lora_probe_rows", {**vars(args), **steps}, {**defaults, "steps": bench.STEPS[args.domain]})
     files = [str(p) for p in bench.DOMAINS[args.domain]]
     if not all(Path(f).exists() for f in files):
         sys.exit(f"skipped: the shared data is not here ({', '.join(files)})")
@@ -53,7 +62,8 @@ def main() -> None:
     for _, targets in train():
         counts.update(targets[targets != -100].tolist())
     top = counts.most_common(args.tokens)
-    print(f"the {args.tokens} most frequent tokens are {sum(c for _, c in top) / sum(counts.values()):.1%} "
+    top_share = sum(c for _, c in top) / sum(counts.values())
+    print(f"the {args.tokens} most frequent tokens are {top_share:.1%} "
           f"of {sum(counts.values()):,} training targets", flush=True)
     keep = torch.zeros(tok.vocab_size, 1)
     keep[[t for t, _ in top]] = 1.0
@@ -81,6 +91,12 @@ def main() -> None:
           f"of the model), lr {args.lr:g}: domain ppl {r['base_domain_ppl']:.2f} -> {r['domain_ppl']:.2f}, "
           f"general ppl {r['base_general_ppl']:.2f} -> {r['general_ppl']:.2f} "
           f"({r['general_ppl'] / r['base_general_ppl'] - 1:+.1%})")
+    out = write_result(stem, {**provenance(torch.get_num_threads()), "domain": args.domain, "tokens": args.tokens,
+                              "lr": args.lr, "trained_parameters": trained,
+                              "trained_pct": 100 * trained / r["model_parameters"],
+                              "top_tokens_share_of_targets": top_share, "training_targets": sum(counts.values()),
+                              "run": r, "args": vars(args)})
+    print(f"written {out}")
 
 
 if __name__ == "__main__":

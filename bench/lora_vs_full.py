@@ -22,13 +22,19 @@ Each run is its own process, so peak memory is its own.
 
     python bench/lora_vs_full.py [--domains medical finance] [--steps-medical 200] [--steps-finance 100]
                                  [--lr-full 1e-3] [--lr-lora 1e-2] [--replay 0.3] [--replay-kl 1.0]
-                                 [--scale-preset small]
+                                 [--scale-preset small] [--result NAME]
 
 After the domain runs, a scale check measures memory by kind and time per step of the three
 set-ups on a randomly initialised model of a larger preset (`small`: 108M parameters).
 
 The base checkpoint is runs/base (built with recipes/base.yaml when missing: ~30 min on 2 cores).
-Prints a markdown table and writes bench/results/lora_vs_full.json.
+Prints a markdown table and writes bench/results/lora_vs_full.json, with the run's provenance
+(command, revision, date, machine, versions). Only the default run writes that file: a probe
+(other --base, --domains, --configs, step counts, learning rates, replay, --extra overrides,
+scale check, batch or sequence length) writes lora_vs_full_<the arguments that differ>.json, for
+example lora_vs_full_domains-finance_configs-full_extra-freeze-layers-norm_scale-preset-none.json
+for `--domains finance --configs full --scale-preset '' --extra=--freeze=[layers,norm]`, and
+--result NAME writes bench/results/NAME.json. It prints which file it wrote.
 """
 
 from __future__ import annotations
@@ -42,9 +48,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results"
 DOMAINS = {
     "medical": [SHARED / "medical_medquad_en"],
     "finance": [SHARED / "finance_fiqa_en"],
@@ -288,6 +295,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_lora"))
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: lora_vs_full for the default "
+                                     "settings, else named after the arguments that differ)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: a JSON run spec
     args = ap.parse_args()
     if args.one:
@@ -297,6 +306,9 @@ def main() -> None:
     missing = [p for p in missing if not Path(p).exists()]
     if missing:
         sys.exit(f"skipped: the shared data is not here ({', '.join(missing)})")
+    measured = ("base", "domains", "configs", "steps_medical", "steps_finance", "lr_full", "lr_lora", "replay",
+                "replay_kl", "extra", "scale_preset", "scale_batch", "batch_size", "seq_len")
+    stem = result_name("lora_vs_full", args, {k: ap.get_default(k) for k in measured})
     ensure_base(Path(args.base))
 
     import shutil
@@ -328,10 +340,8 @@ def main() -> None:
 
     summarize(results)
     scale = scale_check(args.scale_preset, args.scale_batch, args.seq_len) if args.scale_preset else []
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "lora_vs_full.json"
-    out.write_text(json.dumps({"results": results, "scale": scale, "args": vars(args), "torch_threads": _threads()},
-                              indent=2))
+    out = write_result(stem, {**provenance(_threads()), "results": results, "scale": scale, "args": vars(args),
+                              "torch_threads": _threads()})
     print(f"\nwritten {out}")
 
 

@@ -17,24 +17,26 @@ share of forward+backward time spent in the router, sort/permute, splitting the 
 into per-expert segments and joining them (slice/cat/unbind), expert GEMMs and scatter.
 
     python bench/moe_layer.py [--dims 256 512] [--experts 16 64] [--width 128] [--tokens 2048]
-                              [--repeats 15] [--warmup 3] [--profile]
+                              [--repeats 15] [--warmup 3] [--profile] [--result NAME]
 
 HF's batched_mm copies each token-slot's expert weights; where that would not fit in free memory
 its row says "skipped". A path that raises on this machine is reported as failed, not fatal.
-Needs ``transformers`` (pip install "lightseek[bench]"). Writes bench/results/moe_layer.json.
+Needs ``transformers`` (pip install "lightseek[bench]"). Writes bench/results/moe_layer.json with
+the run's provenance (command, revision, date, machine, versions). Other --dims, --experts,
+--width, --tokens or --seed than the defaults measure other layers: such a run writes
+moe_layer_<the arguments that differ>.json (`--dims 256 --experts 16`:
+moe_layer_dims-256_experts-16.json), so that it never overwrites the main result; --repeats,
+--warmup and --profile do not change the name. --result NAME writes bench/results/NAME.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import platform
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -47,7 +49,9 @@ from lightseek.kernels import dispatch as dispatch_mod
 from lightseek.model.config import ModelConfig
 from lightseek.model.moe import MoE, SwiGLU
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance, result_name, write_result  # noqa: E402
+
 TOPK_KS = (2, 3)
 TARGET_K, K_TOL = 2.5, 0.05           # dynamic mode: realised average k must land in target +- tol
 MAX_K = 4                              # dynamic mode: most experts a token may take
@@ -502,17 +506,6 @@ def print_tables(title: str, variants: list[Variant], heads: list[dict], shares:
                   + " | ".join(f"{100 * s[b]:.0f}%" for b in BUCKETS) + " |")
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Atomic: temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def run_config(args, dim: int, n_experts: int) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(1, args.tokens, dim, generator=gen)              # (B, T, D)
@@ -546,8 +539,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true", help="also break our fwd+bwd time into op buckets")
-    ap.add_argument("--out", type=Path, default=RESULTS / "moe_layer.json")
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: moe_layer, plus the layer "
+                                     "arguments that differ from the defaults)")
     args = ap.parse_args()
+    layer = ("dims", "experts", "width", "tokens", "seed")  # what is measured; --repeats, --warmup, --profile: how
+    stem = result_name("moe_layer", args, {k: ap.get_default(k) for k in layer})
     try:
         hf_moe_class()
     except ImportError as e:
@@ -558,8 +554,8 @@ def main() -> None:
     meta = {"torch": torch.__version__, "transformers": transformers.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine(), "python": platform.python_version(),
             "dtype": "float32", "device": "cpu", "argv": sys.argv[1:], "repeats": args.repeats, "warmup": args.warmup}
-    write_json(args.out, {"meta": meta, "configs": configs})
-    print(f"\nwrote {args.out}")
+    out = write_result(stem, {**provenance(torch.get_num_threads()), "meta": meta, "configs": configs})
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

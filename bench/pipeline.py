@@ -6,10 +6,13 @@ core, into a temporary folder, and reports MB/s of input text overall and per st
 rate is the text that reached it divided by its time, so the steps late in the pipeline are
 measured on what the earlier ones kept. Torch is not needed.
 
-    python bench/pipeline.py [--recipe recipes/pipeline_general.yaml] [--max-mb 0] [--core 0]
+    python bench/pipeline.py [--recipe recipes/pipeline_general.yaml] [--max-mb 0] [--core 0] [--result NAME]
 
-Prints a markdown table and writes bench/results/pipeline.json. Exits with a message when
-../shared/data is absent.
+Prints a markdown table and writes bench/results/pipeline.json, with the run's provenance
+(command, revision, date, machine, versions). Another --recipe or a --max-mb cap (a partial run)
+writes pipeline_<the arguments that differ>.json instead (`--max-mb 5`: pipeline_max-mb-5.json),
+so that it never overwrites the main result; --result NAME writes bench/results/NAME.json.
+Exits with a message when ../shared/data is absent.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
-SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
 
 
 def pin_to_core(core: int) -> str:
@@ -69,10 +73,13 @@ def table(rows: list[dict], summary: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default=str(REPO / "recipes" / "pipeline_general.yaml"))
+    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "pipeline_general.yaml"))
     ap.add_argument("--max-mb", type=float, default=0.0, help="read at most this many MB of text (0 = all)")
     ap.add_argument("--core", type=int, default=0, help="index of the allowed core to pin to")
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: pipeline, plus the arguments "
+                                     "that differ from the defaults)")
     args = ap.parse_args()
+    stem = result_name("pipeline", args, {k: ap.get_default(k) for k in ("recipe", "max_mb")})
     if not SHARED.is_dir():
         sys.exit(f"bench/pipeline.py needs {SHARED} (the shared datasets); it is absent here")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one core: no BLAS threads
@@ -83,24 +90,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lightseek-bench-pipeline-") as tmp:
         overrides = [f"--out_dir={tmp}/out", "--output.progress=false", f"--input.max_bytes={int(args.max_mb * 1e6)}"]
         cfg = load_pipeline_config(args.recipe, overrides)
-        summary = run_pipeline(cfg, root=REPO)
+        summary = run_pipeline(cfg, root=ROOT)
         stats = json.loads((Path(tmp) / "out" / "stats.json").read_text(encoding="utf-8"))
     rows = step_rows(summary, stats)
     command = "python bench/pipeline.py " + " ".join(sys.argv[1:])
     print(f"Pipeline throughput, {cfg.tier} recipe, {where}, {platform.processor() or platform.machine()}\n")
     print(table(rows, summary))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command.strip(), "recipe": str(Path(args.recipe).resolve().relative_to(REPO))
-            if Path(args.recipe).resolve().is_relative_to(REPO) else args.recipe,
+    meta = {"command": command.strip(), "recipe": str(Path(args.recipe).resolve().relative_to(ROOT))
+            if Path(args.recipe).resolve().is_relative_to(ROOT) else args.recipe,
             "pinned": where, "python": platform.python_version(), "machine": platform.machine(),
             "max_mb": args.max_mb}
     overall = {"records_in": summary["records_in"], "records_kept": summary["records_kept"],
                "mb_in": summary["bytes_in"] / 1e6, "mb_kept": summary["bytes_kept"] / 1e6,
                "wall_s": summary["wall_s"], "mb_per_s": summary["bytes_in"] / 1e6 / summary["wall_s"]}
-    out = RESULTS / "pipeline.json"
-    out.write_text(json.dumps({"meta": meta, "overall": overall, "steps": rows,
-                               "removed": {k: v["by_reason"] for k, v in stats["steps"].items()}}, indent=2) + "\n")
-    print(f"\nwritten {out.relative_to(REPO)}")
+    out = write_result(stem, {**provenance(1), "meta": meta, "overall": overall, "steps": rows,
+                              "removed": {k: v["by_reason"] for k, v in stats["steps"].items()}})
+    print(f"\nwritten {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

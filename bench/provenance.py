@@ -1,13 +1,17 @@
 """What every benchmark result records about the run that made it: the command, the git
-revision, the date, the machine and the library versions, and where the JSON goes."""
+revision, the date, the machine and the library versions; where the JSON goes; and what it is
+called, so that a probe or a partial run never overwrites a main result."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import re
 import subprocess
 import sys
 import time
+from hashlib import sha256
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -36,8 +40,66 @@ def provenance(threads: int | None = None) -> dict:
 
 
 def write_result(name: str, data: dict) -> Path:
-    """``bench/results/<name>.json``."""
+    """``bench/results/<name>.json``, written whole or not at all (a temporary file, renamed)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
-    out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp = RESULTS / f".{name}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
+
+
+def result_name(base: str, args, defaults: dict, limit: int = 80) -> str:
+    """The result file's name (without .json): ``base`` when every argument in ``defaults`` has
+    its default value, else ``base_<slug>``, the slug naming each argument that differs, in the
+    order of ``defaults`` (``--corpora en --steps 100`` -> ``routing_study_corpora-en_steps-100``).
+    So only the main run writes the main result; a probe or a partial run writes its own file.
+
+    ``defaults`` maps the arguments (argparse dests) that change what is measured to their
+    defaults: the model, data, shapes, sizes, training steps, load levels. A script leaves out
+    those that only set how long or how often the same measurement is repeated (repeats, rounds,
+    seconds), extra diagnostics, and where its working files go. Two spellings of one path are
+    the same value. A slug longer than ``limit`` is cut and ends in a hash of the whole.
+
+    ``args.result`` (a script's ``--result NAME`` option), when given, is the name as is."""
+    given = vars(args) if not isinstance(args, dict) else args
+    if given.get("result"):
+        name = given["result"]
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name) or name.startswith("."):
+            raise SystemExit(f"--result {name!r}: a file name (letters, digits, . _ + -), without .json")
+        return name.removesuffix(".json")
+    parts = [_part(key, given[key]) for key, default in defaults.items() if not _same(given[key], default)]
+    slug = "_".join(parts)
+    if len(slug) > limit:
+        slug = slug[:limit - 9].rstrip("_-") + "-" + sha256(slug.encode()).hexdigest()[:8]
+    return f"{base}_{slug}" if slug else base
+
+
+def _same(value, default) -> bool:
+    if isinstance(value, str) and isinstance(default, str) and value and default:
+        return os.path.abspath(value) == os.path.abspath(default)
+    return value == default
+
+
+def _part(key: str, value) -> str:
+    """``steps-100``, ``domains-finance``, ``profile`` / ``no-profile``, ``scale-preset-none``."""
+    key = key.replace("_", "-")
+    if isinstance(value, bool):
+        return key if value else f"no-{key}"
+    values = value if isinstance(value, (list, tuple)) else [value]
+    text = "-".join(_text(v) for v in values) or "none"
+    return f"{key}-{text}"
+
+
+def _text(value) -> str:
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, (int, float)):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    value = str(value)
+    if os.sep in value.rstrip(os.sep) and not value.startswith("-"):
+        value = Path(value).name  # a path: its last part
+    return re.sub(r"[^A-Za-z0-9_.+]+", "-", value).strip("-.") or "none"

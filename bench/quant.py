@@ -23,15 +23,20 @@ kernels and dequantize-then-matmul, per layer shape, which is how `quant.kernel=
     python bench/quant.py --quick        # a smoke run of every code path (seconds; numbers mean nothing)
 
 The base checkpoint is runs/base (built with recipes/base.yaml when missing: ~30 min on 2 cores).
-Prints markdown tables and writes bench/results/quant.json and docs/results/quant.md (a --quick
-run writes bench/results/quant_quick.json only).
+Prints markdown tables and writes bench/results/quant.json, with the run's provenance (command,
+revision, date, machine, versions), and docs/results/quant.md. A --quick run writes
+bench/results/quant_quick.json only. A probe writes its own file only: other --base,
+--eval-tokens, --seq-len, --batch-size, --calib-samples, --new-tokens, --scale-preset or
+--scale-tokens than the defaults write quant[_quick]_<the arguments that differ>.json
+(`--scale-preset ''`: quant_scale-preset-none.json), and docs/results/quant.md is left alone;
+--repeats and --kernel-calls do not change the name. --result NAME writes bench/results/NAME.json
+(and docs/results/quant.md only when NAME is quant and the run is not --quick).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -40,9 +45,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lora_vs_full import GENERAL, ROOT, ensure_base, general_tokens
+from lora_vs_full import GENERAL, ensure_base, general_tokens  # noqa: E402
+from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "results" / "quant.md"
 CONFIGS = {
     "int8": {"bits": 8},
@@ -246,7 +251,12 @@ def main() -> None:
     ap.add_argument("--scale-tokens", type=int, default=32)
     ap.add_argument("--kernel-calls", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, the `tiny` preset for scale")
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: quant or quant_quick, plus the "
+                                     "arguments that differ from the defaults)")
     args = ap.parse_args()
+    measured = ("base", "eval_tokens", "seq_len", "batch_size", "calib_samples", "new_tokens", "scale_preset",
+                "scale_tokens")
+    stem = result_name("quant_quick" if args.quick else "quant", args, {k: ap.get_default(k) for k in measured})
     if args.quick:
         args.eval_tokens, args.seq_len, args.calib_samples, args.new_tokens, args.repeats = 4_000, 128, 8, 4, 1
         args.scale_preset, args.scale_tokens, args.kernel_calls = args.scale_preset and "tiny", 4, 3
@@ -269,12 +279,11 @@ def main() -> None:
     table = tables(rows, scale, kernels, args.scale_preset)
     checks = targets(rows, scale)
     print("\n" + table + "\n\n" + "\n".join(checks))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("quant_quick.json" if args.quick else "quant.json")
-    out.write_text(json.dumps({"rows": rows, "scale": scale, "kernels": kernels, "targets": checks, "args": vars(args),
-                               "torch": torch.__version__, "torch_threads": torch.get_num_threads()}, indent=2))
+    out = write_result(stem, {**provenance(torch.get_num_threads()), "rows": rows, "scale": scale, "kernels": kernels,
+                              "targets": checks, "args": vars(args), "torch": torch.__version__,
+                              "torch_threads": torch.get_num_threads()})
     print(f"\nwritten {out}")
-    if not args.quick:
+    if not args.quick and stem == "quant":  # the document shows the main result only
         write_doc(table, checks, args)
 
 

@@ -16,8 +16,21 @@ every source. Same settings on both corpora.
     python bench/routing_study.py                       # both corpora, ~30 min on 2 cores
     python bench/routing_study.py --corpora en --steps 100   # a quick look
 
-Writes runs/routing_study/ (runs), bench/results/routing_study.json, the plots and
-docs/results/routing.md.
+Writes runs/routing_study/ (runs), bench/results/routing_study.json with the run's provenance
+(command, revision, date, machine, versions), and the plots docs/results/routing_*_<corpus>.png
+that docs/results/routing.md shows. A run with other --corpora, --steps, --batch-size, --seq-len,
+--lr, --seed or --vocab-size than the defaults (`--corpora en --steps 100`) writes
+routing_study_<the arguments that differ>.json (routing_study_corpora-en_steps-100.json) and plots
+with the same suffix (routing_loss_vs_flops_en_corpora-en_steps-100.png), so that it never
+overwrites the main result. --variants re-runs only those variants and replaces their
+rows, in the corpora it runs, in the file the same settings (--corpora aside) name, when that
+exists (the re-run's command, revision and date are added to its "reruns"): `--corpora en
+--variants "dense (equal active)"` updates routing_study.json.
+
+--sweep-bias-rate RATE ... writes bench/results/routing_bias_sweep_<first corpus>.json; with
+other rates than the main sweep's (0.01 0.05 0.2) or other settings than the defaults above,
+routing_bias_sweep_<corpus>_<those>.json. --result NAME writes bench/results/NAME.json (and its
+plots with the suffix _NAME).
 """
 
 from __future__ import annotations
@@ -43,9 +56,10 @@ from lightseek.train.config import load_run_config
 from lightseek.train.metrics import read_metrics
 from lightseek.train.pretrain import pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import RESULTS, ROOT, provenance, result_name, write_result  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "results"
 
 
@@ -82,6 +96,7 @@ def chinese() -> list[Document]:
     return docs
 
 
+SWEEP_RATES = [0.01, 0.05, 0.2]  # the main balance-bias sweep's rates (--sweep-bias-rate 0.01 0.05 0.2)
 CORPORA = {"en": ("English: en_gutenberg", english, "en_gutenberg"),
            "zh": ("Chinese: zh_cmrc2018_wiki + zh_drcd_wiki_traditional", chinese, "zh_cmrc2018_wiki")}
 
@@ -153,8 +168,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plots(rows: list[dict], corpus: str) -> list[str]:
-    """Validation loss against training FLOPs, and sorted expert load, one colour per variant."""
+def plots(rows: list[dict], corpus: str, suffix: str = "") -> list[str]:
+    """Validation loss against training FLOPs, and sorted expert load, one colour per variant;
+    ``suffix`` ends the file names (a probe's plots do not replace the main run's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +197,7 @@ def plots(rows: list[dict], corpus: str) -> list[str]:
                 ls="--" if r["router_mode"] == "dense" else "-")
     ax.set_xscale("log")
     loss_png = save(fig, ax, "training FLOPs (3 x active forward FLOPs x tokens)", "validation loss",
-                    "validation loss against training compute", f"routing_loss_vs_flops_{corpus}.png")
+                    "validation loss against training compute", f"routing_loss_vs_flops_{corpus}{suffix}.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
@@ -192,7 +208,7 @@ def plots(rows: list[dict], corpus: str) -> list[str]:
                     color=colour.get(r["variant"]))
             ax.axhline(1 / n, color="gray", lw=0.8)
     load_png = save(fig, ax, "experts, most loaded first", "share of routed token slots (mean over layers)",
-                    "expert load on validation text (gray: equal)", f"routing_expert_load_{corpus}.png")
+                    "expert load on validation text (gray: equal)", f"routing_expert_load_{corpus}{suffix}.png")
     return [loss_png, load_png]
 
 
@@ -206,9 +222,10 @@ def corpus_data(corpus: str, args) -> Path:
     return data_dir
 
 
-def sweep_bias_rate(args, base: ModelConfig) -> None:
+def sweep_bias_rate(args, base: ModelConfig, defaults: dict) -> None:
     """Balance/quality trade-off of the bias step: the dynamic variant at several rates."""
     corpus = args.corpora[0]
+    stem = result_name(f"routing_bias_sweep_{corpus}", args, {"sweep_bias_rate": SWEEP_RATES, **defaults})
     data_dir = corpus_data(corpus, args)
     vocab = json.loads((data_dir / "manifest.json").read_text())["tokenizer"]["vocab_size"]
     rows = []
@@ -217,13 +234,14 @@ def sweep_bias_rate(args, base: ModelConfig) -> None:
         cfg = base.replace(vocab_size=vocab, bias_update_rate=rate)
         rows.append(run_variant(name, cfg, data_dir, Path(args.out) / corpus / f"bias_rate_{rate:g}", args))
     print(f"\n### {CORPORA[corpus][0]}: balance-bias rate sweep\n\n{table(rows)}\n")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"routing_bias_sweep_{corpus}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    out = write_result(stem, {**provenance(torch.get_num_threads()), "args": vars(args), "rows": rows})
+    print(f"written {out}")
 
 
-def merge(old: dict, new: dict) -> dict:
+def merge(old: dict, new: dict, suffix: str = "") -> dict:
     """Rows of ``new`` replace the rows of the same variant in ``old``; tables and plots are
-    redrawn from the merged rows."""
+    redrawn from the merged rows. ``old`` keeps its provenance (the run that made the file); the
+    re-run's command, revision and date are added to its "reruns"."""
     for corpus, part in new["corpora"].items():
         if corpus not in old["corpora"]:
             old["corpora"][corpus] = part
@@ -231,9 +249,10 @@ def merge(old: dict, new: dict) -> dict:
         fresh = {r["variant"]: r for r in part["rows"]}
         rows = [fresh.pop(r["variant"], r) for r in old["corpora"][corpus]["rows"]] + list(fresh.values())
         old["corpora"][corpus]["rows"] = rows
-        old["corpora"][corpus]["plots"] = plots(rows, corpus)
+        old["corpora"][corpus]["plots"] = plots(rows, corpus, suffix)
         print(f"\n### {old['corpora'][corpus]['title']} (merged)\n\n{table(rows)}\n")
-    old.setdefault("reruns", []).append({"variants": new["args"]["variants"], "wall_s": new["wall_s"]})
+    old.setdefault("reruns", []).append({"variants": new["args"]["variants"], "wall_s": new["wall_s"],
+                                         **{k: new[k] for k in ("command", "git_revision", "date")}})
     return old
 
 
@@ -250,11 +269,19 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", help="run only these variants (names as in the table)")
     ap.add_argument("--sweep-bias-rate", nargs="*", type=float, metavar="RATE",
                     help="instead of the study: the dynamic variant at each balance-bias rate, first corpus only")
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: named after the arguments that "
+                                     "differ from the defaults)")
     args = ap.parse_args()
     base = preset("tiny")
+    defaults = {k: ap.get_default(k) for k in ("steps", "batch_size", "seq_len", "lr", "seed", "vocab_size")}
     if args.sweep_bias_rate:
-        return sweep_bias_rate(args, base)
-    report = {"args": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(), "corpora": {}}
+        return sweep_bias_rate(args, base, defaults)
+    # a --variants re-run replaces rows corpus by corpus, so it names the file without --corpora
+    corpora = {} if args.variants else {"corpora": ap.get_default("corpora")}
+    stem = result_name("routing_study", args, {**corpora, **defaults})
+    suffix = "" if stem == "routing_study" else "_" + stem.removeprefix("routing_study_")  # the plots' names
+    report = {**provenance(torch.get_num_threads()), "args": vars(args), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "corpora": {}}
     t_start = time.time()
     for corpus in args.corpora:
         title, _, probe = CORPORA[corpus]
@@ -274,14 +301,14 @@ def main() -> None:
                   f"MaxVio {row['max_vio'] or 0:.3f}, {row['wall_s']:.0f} s", flush=True)
         report["corpora"][corpus] = {
             "title": title, "train_tokens": manifest["splits"]["train"]["tokens"],
-            "val_tokens": manifest["splits"]["val"]["tokens"], "rows": rows, "plots": plots(rows, corpus)}
+            "val_tokens": manifest["splits"]["val"]["tokens"], "rows": rows, "plots": plots(rows, corpus, suffix)}
         print(f"\n### {title}\n\n{table(rows)}\n", flush=True)
     report["wall_s"] = time.time() - t_start
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "routing_study.json"
+    path = RESULTS / f"{stem}.json"
     if args.variants and path.exists():  # a partial re-run replaces those rows of the last full run
-        report = merge(json.loads(path.read_text()), report)
-    (RESULTS / "routing_study.json").write_text(json.dumps(report, indent=2))
+        report = merge(json.loads(path.read_text()), report, suffix)
+    out = write_result(stem, report)
+    print(f"written {out}")
     print(f"total wall time {report['wall_s'] / 60:.1f} min")
 
 

@@ -17,9 +17,14 @@ Measured in the same run:
 From these it reports which forward time the 16-client level needs to reach twice
 transformers `generate`, against what the model's forward takes.
 
-    python bench/serve_ceiling.py [--forward-ms 0 1 2 3 4] [--clients 16] [--seconds 15]
+    python bench/serve_ceiling.py [--forward-ms 0 1 2 3 4] [--clients 16] [--seconds 15] [--result NAME]
 
-Prints a markdown table and writes bench/results/serve_ceiling.json.
+Prints a markdown table and writes bench/results/serve_ceiling.json, with the run's provenance
+(command, revision, date, machine, versions; one thread, as the servers run). Another
+--checkpoint, --forward-ms or --clients than the defaults writes serve_ceiling_<the arguments that
+differ>.json (`--forward-ms 1 2`: serve_ceiling_forward-ms-1-2.json), so that a probe never
+overwrites the main result (bench/decode_floor.py reads that one); --seconds does not change the
+name. --result NAME writes bench/results/NAME.json.
 """
 
 from __future__ import annotations
@@ -27,16 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT / "bench"))
-
-from serve_load import free_port, hf_generate, launch, run_level, server_gauges
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
+from serve_load import free_port, hf_generate, launch, run_level, server_gauges  # noqa: E402
 
 
 def serve_synthetic(checkpoint: str, port: int, forward_ms: float) -> None:
@@ -126,11 +128,14 @@ def main() -> None:
     ap.add_argument("--forward-ms", type=float, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: serve_ceiling, plus the "
+                                     "arguments that differ from the defaults)")
     ap.add_argument("--serve-synthetic", nargs=2, metavar=("PORT", "MS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_synthetic:
         serve_synthetic(args.checkpoint, int(args.serve_synthetic[0]), float(args.serve_synthetic[1]))
         return
+    stem = result_name("serve_ceiling", args, {k: ap.get_default(k) for k in ("checkpoint", "forward_ms", "clients")})
     from lora_vs_full import ensure_base
 
     ensure_base(Path(args.checkpoint))
@@ -170,10 +175,8 @@ def main() -> None:
     print(f"\ntwice transformers `generate`: {target:.0f} tok/s; " + (
         f"needs a forward of at most {needed:.2f} ms per call (the model's decode forward takes {fwd:.2f} ms)"
         if needed is not None else "not bracketed by the forward costs measured"))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "serve_ceiling.json"
-    out.write_text(json.dumps({"levels": rows, "real_forward_ms": fwd, "transformers_generate": hf,
-                               "needed_forward_ms": needed, "args": vars(args)}, indent=2))
+    out = write_result(stem, {**provenance(1), "levels": rows, "real_forward_ms": fwd, "transformers_generate": hf,
+                              "needed_forward_ms": needed, "args": vars(args)})
     print(f"written {out}")
 
 

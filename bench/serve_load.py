@@ -12,16 +12,21 @@ Compared in the same run:
   (b) Hugging Face transformers `generate`, batched, on a Qwen2-MoE model of the same size and
       shape (dim 128, 4 layers, 16 routed + 1 shared expert, top-2), random weights.
 
-    python bench/serve_load.py [--levels 1 4 16 64] [--seconds 20] [--long-seconds 60]
+    python bench/serve_load.py [--levels 1 4 16 64] [--seconds 20] [--long-seconds 60] [--result NAME]
 
-Prints a markdown table and writes bench/results/serve_load.json.
+Prints a markdown table and writes bench/results/serve_load.json, with the run's provenance
+(command, revision, date, machine, versions; the server's thread count). Another --checkpoint,
+--levels, --disconnect-share, --max-tokens, --max-slots or --server-threads than the defaults
+writes serve_load_<the arguments that differ>.json (`--levels 1 16`: serve_load_levels-1-16.json),
+so that a probe never overwrites the main result; --seconds and --long-seconds do not change the
+name. --result NAME writes bench/results/NAME.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
 import random
 import socket
 import statistics
@@ -30,8 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
+
 PROMPTS = ["The history of the city begins", "Interest rates rose again this quarter as", "A patient with high blood pressure",
            "The court held that the contract", "在中国的历史上，", "Once upon a time, in a small village,",
            "The main causes of the disease are", "Investors should consider"]
@@ -179,8 +185,11 @@ def main() -> None:
     ap.add_argument("--max-slots", type=int, default=64)
     ap.add_argument("--server-threads", type=int, default=0,
                     help="the server's PyTorch threads (0 = lightseek serve's default: one core fewer than the machine)")
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: serve_load, plus the arguments "
+                                     "that differ from the defaults)")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "bench"))
+    measured = ("checkpoint", "levels", "disconnect_share", "max_tokens", "max_slots", "server_threads")
+    stem = result_name("serve_load", args, {k: ap.get_default(k) for k in measured})
     from lora_vs_full import ensure_base
 
     ensure_base(Path(args.checkpoint))
@@ -217,9 +226,9 @@ def main() -> None:
         print(f"{r['output_tok_s'] / hf16['output_tok_s']:.2f}x | " if hf16 else "- | ", end="")
         print(f"{r['ttft_p50_ms']:.0f} / {r['ttft_p95_ms']:.0f} | {r['itl_p50_ms']:.1f} / {r['itl_p95_ms']:.1f} | "
               f"{r['requests']} | {r['disconnects']} | {r['errors']} | {r['leaked_slots']} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "serve_load.json"
-    out.write_text(json.dumps({"levels": levels, "transformers_generate": hf, "args": vars(args)}, indent=2))
+    server_threads = args.server_threads or max(1, (os.cpu_count() or 2) - 1)  # as `lightseek serve` chooses
+    out = write_result(stem, {**provenance(server_threads), "levels": levels, "transformers_generate": hf,
+                              "args": vars(args)})
     print(f"\nwritten {out}")
 
 

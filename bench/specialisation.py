@@ -7,10 +7,13 @@ runs the CLI on the held-out parts:
 
     lightseek eval runs/specialisation/run --routing --data english=... poetry_zh=... ... --plot PNG
 
-    python bench/specialisation.py [--steps 500]
+    python bench/specialisation.py [--steps 500] [--result NAME]
 
 Writes runs/specialisation/ (corpora as JSONL, the run), docs/results/specialisation.png and
-bench/results/specialisation.json.
+bench/results/specialisation.json, with the run's provenance (revision, date, machine, versions;
+its "command" stays the `lightseek eval` command above). With other --steps than the default,
+specialisation_steps-<N>.json and docs/results/specialisation_steps-<N>.png instead, so that a
+probe never overwrites the main result; --result NAME writes NAME.json and NAME.png.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
 HELD_OUT = 60          # documents per corpus kept out of training
 MAX_CHARS = 1_500_000  # per corpus, so that no corpus dominates the mixture
@@ -83,7 +88,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--out", default=str(ROOT / "runs" / "specialisation"))
+    ap.add_argument("--result", help="write bench/results/RESULT.json and docs/results/RESULT.png (default: "
+                                     "specialisation, plus --steps when it is not the default)")
     args = ap.parse_args()
+    stem = result_name("specialisation", args, {"steps": ap.get_default("steps")})
     if not SHARED.exists():
         sys.exit(f"{SHARED} is not here: this benchmark needs the shared corpora")
     out = Path(args.out)
@@ -101,14 +109,15 @@ def main() -> None:
     subprocess.run(lightseek + ["train", "--preset=tiny", f"--out_dir={out / 'run'}",
                                 f"--data.inputs={json.dumps(train_files)}", f"--train.steps={args.steps}",
                                 "--train.eval_every=250", "--train.ckpt_every=250", "--quiet"], check=True)
-    png = ROOT / "docs" / "results" / "specialisation.png"
+    png = ROOT / "docs" / "results" / f"{stem}.png"
     eval_cmd = lightseek + ["eval", str(out / "run"), "--routing", "--train.eval_batches=8", "--plot", str(png),
                             "--data", *[f"{n}={p}" for n, p in held_out.items()]]
     result = subprocess.run(eval_cmd, check=True, capture_output=True, text=True)
     print(result.stdout)
-    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "results" / "specialisation.json").write_text(json.dumps(
-        {"steps": args.steps, "command": " ".join(eval_cmd[2:]), "report": result.stdout}, indent=2))
+    # the existing "command" (the `lightseek eval` command) is kept, over provenance's
+    out = write_result(stem, {**provenance(), "steps": args.steps, "command": " ".join(eval_cmd[2:]),
+                              "report": result.stdout})
+    print(f"written {out}")
 
 
 if __name__ == "__main__":

@@ -5,17 +5,22 @@ Variants (same data, batch, sequence length, optimizer):
   - dense twin with the same *active* parameters per token (the equal-compute baseline)
 Rounds alternate between variants so that machine noise hits all of them alike.
 
-    python bench/train_throughput.py [--steps 30] [--rounds 3] [--batch-size 8] [--seq-len 256]
+    python bench/train_throughput.py [--steps 30] [--rounds 3] [--batch-size 8] [--seq-len 256] [--result NAME]
 
-Prints a markdown table and writes bench/results/train_throughput.json.
+Prints a markdown table and writes bench/results/train_throughput.json, with the run's provenance
+(command, revision, date, machine, versions). Another --batch-size, --seq-len or --max-warmup than
+the defaults writes train_throughput_<the arguments that differ>.json (`--seq-len 128`:
+train_throughput_seq-len-128.json), so that a probe never overwrites the main result; --steps and
+--rounds (how long the same measurement runs) do not change the name. --result NAME writes
+bench/results/NAME.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +31,8 @@ from lightseek.model.transformer import Transformer, dense_equivalent
 from lightseek.train.config import TrainConfig
 from lightseek.train.optim import build_optimizer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance, result_name, write_result  # noqa: E402
 
 
 def variants() -> dict:
@@ -45,7 +51,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--max-warmup", type=int, default=400, help="most warm-up steps (dynamic k settling)")
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: train_throughput, plus the "
+                                     "arguments that differ from the defaults)")
     args = ap.parse_args()
+    stem = result_name("train_throughput", args,
+                       {k: ap.get_default(k) for k in ("batch_size", "seq_len", "max_warmup")})
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -99,10 +109,10 @@ def main() -> None:
     for row in rows:
         print(f"| {row['variant']} | {row['tokens_per_s']:,.0f} | {row['ratio_to_dense']:.2f}x | {row['avg_k']:.2f} | "
               f"{row['total_params']:,} | {row['active_params']:,} | {row['active_mflops_per_token']:.2f} |")
-    RESULTS.mkdir(exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
             "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "rounds": args.rounds}
-    (RESULTS / "train_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    out = write_result(stem, {**provenance(torch.get_num_threads()), "meta": meta, "rows": rows})
+    print(f"\nwritten {out}")
 
 
 if __name__ == "__main__":
