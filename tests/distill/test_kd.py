@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from cli_helpers import torch_threads
 from conftest import corpus_text
 
 from lightseek.distill.kd import KdConfig, TeacherSet, kd_loss, token_kl
@@ -130,10 +131,13 @@ def domain_files(tmp_path_factory):
     return files
 
 
-def _cfg(tmp_path, debug_checkpoint, domain_files, **over):
+def _cfg(tmp_path, debug_checkpoint, domain_files, teacher: bool = True, **over):
+    """A small new student; ``debug_checkpoint`` teaches the 'drama' rows, or with ``teacher``
+    False nobody does (the data alone, with the same tokenizer)."""
     from lightseek.distill.train import load_distill_config
 
-    args = [f"--out_dir={tmp_path / 'run'}", f"--teachers.drama={debug_checkpoint}",
+    teach = f"--teachers.drama={debug_checkpoint}" if teacher else f"--tokenizer={debug_checkpoint / 'tokenizer.json'}"
+    args = [f"--out_dir={tmp_path / 'run'}", teach,
             f"--data.sources=[drama={domain_files['drama']},general={domain_files['general']}]",
             "--model.dim=32", "--model.n_heads=2", "--model.n_kv_heads=1", "--model.n_layers=2",
             "--model.moe_inter_dim=16", "--model.dense_inter_dim=64", "--model.max_seq_len=64",
@@ -204,16 +208,50 @@ def test_distill_config_errors(tmp_path, debug_checkpoint, domain_files):
                       show_progress=False)
 
 
-def test_a_dense_student_learns_from_a_moe_teacher(tmp_path, debug_checkpoint, domain_files):
-    """Distillation needs only a shared tokenizer: a dense student of another shape works."""
-    from lightseek.distill.train import distill_train
-    from lightseek.model.checkpoint import load_model
+def _drama_windows(debug_checkpoint, domain_files, n: int = 32, width: int = 33) -> torch.Tensor:
+    """``n`` token windows of the 'drama' text (its last paragraphs), for measuring the students."""
+    from lightseek.data.tokenizer import Tokenizer
 
-    summary = distill_train(_cfg(tmp_path, debug_checkpoint, domain_files, **{"model.router_mode": "dense"}),
-                            show_progress=False)
-    student = load_model(summary["checkpoint"])
-    assert not student.cfg.is_moe and load_model(debug_checkpoint).cfg.is_moe
-    assert all(math.isfinite(p) for p in summary["domains"].values())
+    paras = [json.loads(ln)["text"] for ln in domain_files["drama"].read_text(encoding="utf-8").splitlines()]
+    ids = Tokenizer.load(debug_checkpoint).encode("\n\n".join(paras[-80:]))
+    assert len(ids) >= n * width
+    return torch.tensor(ids[: n * width]).view(n, width)
+
+
+def test_a_dense_student_learns_from_a_moe_teacher(tmp_path, debug_checkpoint, domain_files):
+    """Distillation needs only a shared tokenizer: a dense student of another shape learns from
+    the MoE teacher, and learns what the teacher predicts: after the same steps on the same rows
+    from the same initialisation, the distilled student's next-token distributions on 'drama'
+    text are much closer to the teacher's (KL(teacher || student)) than a student trained on the
+    data alone."""
+    from lightseek.distill.train import distill_train
+    from lightseek.eval.kl import kl_divergence
+    from lightseek.model.checkpoint import load_model
+    from lightseek.train.metrics import read_metrics
+
+    def train(name, teacher=True, **over):
+        over = {"model.router_mode": "dense", "train.steps": 60, "train.lr": 3e-2, "train.batch_size": 8,
+                "train.eval_every": 60, "train.ckpt_every": 60, "train.log_every": 1, **over}
+        with torch_threads(1):  # 2 threads on 2 busy cores wait on each other: several times slower
+            summary = distill_train(_cfg(tmp_path / name, debug_checkpoint, domain_files, teacher, **over),
+                                    show_progress=False)
+        losses = [r["loss"] for r in read_metrics(tmp_path / name / "run" / "metrics.jsonl") if r["kind"] == "train"]
+        return load_model(summary["checkpoint"]), losses
+
+    distilled, _ = train("kd", **{"kd.ce_weight": 0.0})   # drama rows: the teacher's distributions only
+    alone, alone_losses = train("data", teacher=False)     # drama rows: the next token only
+    # control: with the teacher's weight at 0 the run is the data-only run exactly, so both
+    # students above started from the same weights and saw the same rows
+    _, control_losses = train("control", **{"kd.ce_weight": 1.0})
+    assert control_losses == alone_losses and len(alone_losses) == 60
+
+    teacher = load_model(debug_checkpoint)
+    assert not distilled.cfg.is_moe and teacher.cfg.is_moe
+    windows = _drama_windows(debug_checkpoint, domain_files)
+    kl_distilled = kl_divergence(distilled, teacher, [windows])["kl_mean"]
+    kl_alone = kl_divergence(alone, teacher, [windows])["kl_mean"]
+    # measured: 0.031 vs 0.120 nats per token (a ratio of 0.26; deterministic on CPU)
+    assert math.isfinite(kl_distilled) and kl_distilled < 0.5 * kl_alone, (kl_distilled, kl_alone)
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, debug_checkpoint, domain_files):
