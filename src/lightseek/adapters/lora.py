@@ -41,6 +41,7 @@ from lightseek.config import field
 from lightseek.errors import ConfigError
 from lightseek.model.moe import MoE, Router, SwiGLU
 from lightseek.model.transformer import Transformer
+from lightseek.model.variants import Selection, apply_updates
 
 TARGETS = ("attn", "experts", "shared", "dense", "router", "embed")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -85,29 +86,6 @@ def check_name(name: str) -> str:
 
 
 # --- which adapter each sequence uses ------------------------------------------------------
-class Selection:
-    """Which adapter each sequence of the next forward passes uses, shared by every adapted
-    module of a model. ``groups`` is a list of (adapter name or None for the base model, the
-    batch rows using it, or None for all rows)."""
-
-    def __init__(self) -> None:
-        self.groups: list[tuple[str | None, torch.Tensor | None]] = [(None, None)]
-        self.rows: int | None = None  # batch size a per-sequence choice was made for
-
-    def check(self, batch_size: int) -> None:
-        if self.rows is not None and self.rows != batch_size:
-            raise ConfigError(f"use_adapters: {self.rows} adapter choices for a batch of {batch_size} sequences")
-
-    @property
-    def single(self) -> str | None:
-        """The adapter every row uses, or None (base model, or a mixed batch)."""
-        return self.groups[0][0] if len(self.groups) == 1 else None
-
-    @property
-    def mixed(self) -> bool:
-        return len(self.groups) > 1
-
-
 def _selection(model: Transformer) -> Selection:
     sel = getattr(model, "lora_selection", None)
     if sel is None:
@@ -146,26 +124,6 @@ def use_adapters(model: Transformer, choice: str | None | Sequence[str | None]) 
         sel.groups, sel.rows = previous
 
 
-def token_rows(rows: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Flattened (b * T + t) token indices of batch rows ``rows``."""
-    return (rows[:, None] * seq_len + torch.arange(seq_len, device=rows.device)).reshape(-1)
-
-
-def add_updates(y: torch.Tensor, x: torch.Tensor, groups, has, delta, seq_len: int | None = None) -> torch.Tensor:
-    """``y`` plus ``delta(name, x_rows)`` for every adapter group of the selection that ``has``
-    an update here: on all rows, or on the group's rows only (token rows of a flattened
-    (B * T, ...) input when ``seq_len`` is given). The base-model group adds nothing."""
-    for name, rows in groups:
-        if name is None or not has(name):
-            continue
-        if rows is None:
-            y = y + delta(name, x)
-        else:
-            idx = rows if seq_len is None else token_rows(rows, seq_len)
-            y = y.index_add(0, idx, delta(name, x.index_select(0, idx)).to(y.dtype))
-    return y
-
-
 # --- adapted modules ---------------------------------------------------------------------------
 def _new_factors(n_in: int, n_out: int, r: int, stack: int | None, like: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
     """A with PEFT's default init (Kaiming-uniform, a=sqrt(5)), B zeros: the update starts at 0."""
@@ -201,11 +159,14 @@ class LoraLinear(nn.Module):
         self.drop[name] = nn.Dropout(cfg.dropout)
         return self.lora_A[name].numel() + self.lora_B[name].numel()
 
+    def has(self, name: str) -> bool:
+        return name in self.lora_A
+
     def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(self.drop[name](x), self.lora_A[name]), self.lora_B[name]) * self.scale[name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return add_updates(self.base(x), x, self.selection.groups, self.lora_A.__contains__, self.delta)
+        return apply_updates(self.base(x), x, self.selection.groups, self)
 
     def merged_weight(self, name: str) -> torch.Tensor:
         w = self.base.weight
@@ -235,6 +196,9 @@ class ExpertLora(nn.Module):
         self.lora_A[name], self.lora_B[name] = a, b
         self.scale[name] = cfg.alpha / r
         return sum(p.numel() for p in (*a.values(), *b.values()))
+
+    def has(self, name: str) -> bool:
+        return name in self.lora_A
 
     def weights(self, moe: MoE, name: str | None) -> list[torch.Tensor]:
         """The stacked (w1, w3, w2) with adapter ``name``'s update folded in (None: the base)."""
@@ -267,6 +231,9 @@ class RouterLora(nn.Module):
         self.lora_A[name], self.lora_B[name] = _new_factors(w.shape[1], w.shape[0], cfg.rank, None, w)
         self.scale[name] = cfg.scale
         return self.lora_A[name].numel() + self.lora_B[name].numel()
+
+    def has(self, name: str) -> bool:
+        return name in self.lora_A
 
     def delta(self, name: str, x_TD: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(x_TD, self.lora_A[name].float()), self.lora_B[name].float()) * self.scale[name]
@@ -306,12 +273,15 @@ class LoraEmbedding(nn.Module):
         self.scale[name] = cfg.alpha / r
         return (V + D) * r
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        def delta(name: str, sub: torch.Tensor) -> torch.Tensor:
-            a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]
-            return F.embedding(sub, a.t()) @ b.t() * self.scale[name]
+    def has(self, name: str) -> bool:
+        return name in self.lora_embedding_A
 
-        return add_updates(self.base(idx), idx, self.selection.groups, self.lora_embedding_A.__contains__, delta)
+    def delta(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]
+        return F.embedding(idx, a.t()) @ b.t() * self.scale[name]
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return apply_updates(self.base(idx), idx, self.selection.groups, self)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The (V, D) update of adapter ``name``."""
@@ -330,14 +300,16 @@ class LoraTiedHead(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.base.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def has(self, name: str) -> bool:
+        return self.embedding[0].has(name)
+
+    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:  # x B A: logits of the adapted embedding
         emb = self.embedding[0]
+        a, b = emb.lora_embedding_A[name], emb.lora_embedding_B[name]
+        return F.linear(F.linear(x, b.t()), a.t()) * emb.scale[name]
 
-        def delta(name: str, sub: torch.Tensor) -> torch.Tensor:  # x B A: logits of the adapted embedding
-            a, b = emb.lora_embedding_A[name], emb.lora_embedding_B[name]
-            return F.linear(F.linear(sub, b.t()), a.t()) * emb.scale[name]
-
-        return add_updates(self.base(x), x, emb.selection.groups, emb.lora_embedding_A.__contains__, delta)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return apply_updates(self.base(x), x, self.embedding[0].selection.groups, self)
 
 
 # --- attaching, merging, reporting ----------------------------------------------------------

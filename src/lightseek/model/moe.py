@@ -23,6 +23,7 @@ from torch import nn
 
 from lightseek.kernels.dispatch import get_dispatch
 from lightseek.model.config import ModelConfig
+from lightseek.model.variants import ExpertWeights, LinearUpdate, Selection, apply_updates, token_rows
 
 
 @dataclass
@@ -44,11 +45,11 @@ class Router(nn.Module):
         # Statistics accumulated since the last reset (not saved).
         self.register_buffer("load_E", torch.zeros(cfg.n_experts, dtype=torch.float64), persistent=False)
         self.register_buffer("stat_sums", torch.zeros(3, dtype=torch.float64), persistent=False)  # tokens, k, entropy
-        # Adapters (see lightseek.adapters.lora): an optional low-rank gate update per adapter,
-        # each adapter's own routing state, and which adapter each sequence uses.
-        self.lora = None
+        # Variants (model.variants; adapters install them): an optional per-variant update of
+        # the gate logits, each variant's own routing state, and which variant each sequence uses.
+        self.lora: LinearUpdate | None = None
         self.adapter_states = nn.ModuleDict()
-        self.selection = None
+        self.selection: Selection | None = None
         self.token_mask_T: torch.Tensor | None = None  # real tokens of this forward (padding is False)
 
     def reset_stats(self) -> None:
@@ -63,7 +64,7 @@ class Router(nn.Module):
             x_TD = x_BTD.reshape(B * T, -1).float()
             logits_TE = F.linear(x_TD, self.weight.float())
             if self.lora is not None:
-                logits_TE = self._adapter_logits(logits_TE, x_TD, groups, T)
+                logits_TE = apply_updates(logits_TE, x_TD, groups, self.lora, seq_len=T)
         bias_E, threshold = self._routing_state(groups, T)
         if cfg.score_fn == "softmax":
             scores_TE = logits_TE.softmax(dim=-1)
@@ -110,11 +111,6 @@ class Router(nn.Module):
             1, group_scores_TG.topk(cfg.router_topk_groups, dim=-1).indices, True)
         return grouped_TGe.masked_fill(~keep_TG[..., None], 0.0).view(T, E)
 
-    def _adapter_logits(self, logits_TE, x_TD, groups, T: int) -> torch.Tensor:
-        from lightseek.adapters.lora import add_updates
-
-        return add_updates(logits_TE, x_TD, groups, self.lora.lora_A.__contains__, self.lora.delta, seq_len=T)
-
     def _state(self, name: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(selection bias, threshold) of adapter ``name``, or the base model's (None)."""
         if name is not None and name in self.adapter_states:
@@ -127,8 +123,6 @@ class Router(nn.Module):
         whose sequences use different adapters."""
         if len(groups) == 1:
             return self._state(groups[0][0])
-        from lightseek.adapters.lora import token_rows
-
         n_tokens = sum(len(rows) for _, rows in groups) * T
         bias_TE = self.bias_E.new_zeros(n_tokens, self.n_experts)
         threshold_T1 = self.threshold.new_zeros(n_tokens, 1)
@@ -214,8 +208,10 @@ class MoE(nn.Module):
         self.shared_gate = nn.Linear(D, 1, bias=False) if cfg.shared_gate and self.shared is not None else None
         self.set_dispatch(dispatch)
         self.aux_loss: torch.Tensor | None = None
-        self.lora = None            # per-expert adapter factors (lightseek.adapters.lora.ExpertLora)
-        self.lora_selection = None  # which adapter each sequence uses
+        # Variants (model.variants): the routed experts' weights per variant (adapters install
+        # per-expert updates here), and which variant each sequence uses.
+        self.lora: ExpertWeights | None = None
+        self.lora_selection: Selection | None = None
 
     def set_dispatch(self, name: str) -> None:
         self.dispatch_name = name
@@ -232,8 +228,6 @@ class MoE(nn.Module):
         if len(groups) == 1:
             y_TD = self._experts(x_TD, route.expert_ids_TK, route.weights_TK, groups[0][0])
         else:  # sequences with different adapters: each group through its own expert weights
-            from lightseek.adapters.lora import token_rows
-
             y_TD = torch.empty_like(x_TD)
             for name, rows in groups:
                 tok = token_rows(rows, T)

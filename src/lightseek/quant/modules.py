@@ -199,7 +199,7 @@ class QuantMoE(MoE):
         return self._stacked("w2")
 
     def _experts(self, x_TD, expert_ids_TK, weights_TK, adapter: str | None) -> torch.Tensor:
-        if self.lora is not None and adapter is not None and adapter in self.lora.lora_A:
+        if self.lora is not None and adapter is not None and self.lora.has(adapter):
             return super()._experts(x_TD, expert_ids_TK, weights_TK, adapter)
         return quant_segments(x_TD, expert_ids_TK, weights_TK, self.qexperts)
 
