@@ -9,7 +9,8 @@ import pytest
 
 from lightseek import known_models
 from lightseek.errors import CheckpointError, LightseekError
-from lightseek.model.checkpoint import file_sha256, load_model, resolve_checkpoint
+from lightseek.fileio import file_sha256
+from lightseek.model.checkpoint import load_model, resolve_checkpoint
 from lightseek.models.fetch import fetch, list_models
 
 pytest.importorskip("transformers", reason="the tiny model is built with transformers (test extra)")

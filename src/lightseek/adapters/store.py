@@ -25,17 +25,8 @@ from safetensors.torch import save_file
 from lightseek.adapters.lora import LoraConfig, adapter_state, apply_lora, check_name, load_adapter_state
 from lightseek.config import from_dict, to_dict
 from lightseek.errors import CheckpointError, LightseekError
-from lightseek.fileio import write_json_atomic
-from lightseek.model.checkpoint import (
-    TRAIN_STATE,
-    WEIGHTS,
-    file_sha256,
-    read_tensors,
-    read_train_state,
-    resolve_checkpoint,
-    resolve_folder,
-    write_dir_atomic,
-)
+from lightseek.fileio import file_sha256, resolve_folder, write_dir_atomic, write_json_atomic
+from lightseek.model.checkpoint import TRAIN_STATE, WEIGHTS, read_tensors, read_train_state, resolve_checkpoint
 from lightseek.model.transformer import Transformer
 
 PEFT_CONFIG, PEFT_WEIGHTS, META = "adapter_config.json", "adapter_model.safetensors", "lightseek_adapter.json"

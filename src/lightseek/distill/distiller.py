@@ -170,7 +170,7 @@ def classify(items: list[Item], dc: DistillerConfig) -> dict:
     clf = DomainClassifier.load(dc.classifier)
     for it, (domain, conf) in zip(items, clf.predict([it.text for it in items])):
         it.domain, it.confidence = domain, round(float(conf), 6)
-    from lightseek.model.checkpoint import file_sha256
+    from lightseek.fileio import file_sha256
 
     files = sorted(p for p in Path(dc.classifier).iterdir() if p.is_file())
     return {"path": dc.classifier, "sha256": hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()}

@@ -17,7 +17,8 @@ from pathlib import Path
 from lightseek.errors import CheckpointError, LightseekError
 from lightseek.fileio import atomic_open
 from lightseek.known_models import KNOWN_MODELS, KnownModel, cache_dir, cached_model_dir
-from lightseek.model.checkpoint import CONFIG, file_sha256
+from lightseek.fileio import file_sha256
+from lightseek.model.checkpoint import CONFIG
 
 
 def known_model(name: str) -> KnownModel:

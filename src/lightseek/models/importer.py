@@ -15,7 +15,8 @@ import torch
 
 from lightseek.data.tokenizer import TOKENIZER_CONFIG_FILE, ChatSpec, Tokenizer, end_of_turn_tokens
 from lightseek.errors import CheckpointError
-from lightseek.model.checkpoint import CONFIG, WEIGHTS, file_sha256, write_dir_atomic
+from lightseek.fileio import file_sha256, write_dir_atomic
+from lightseek.model.checkpoint import CONFIG, WEIGHTS
 from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer
 from lightseek.models.gguf import GGUFModel

@@ -21,7 +21,8 @@ from lightseek import __version__
 from lightseek.config import from_dict, to_dict
 from lightseek.errors import CheckpointError, LightseekError
 from lightseek.fileio import write_json_atomic
-from lightseek.model.checkpoint import CONFIG, WEIGHTS, copy_tokenizer, read_tensors, write_dir_atomic
+from lightseek.fileio import write_dir_atomic
+from lightseek.model.checkpoint import CONFIG, WEIGHTS, copy_tokenizer, read_tensors
 from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer, rope_tables
 from lightseek.quant.apply import bits_per_weight, install_router

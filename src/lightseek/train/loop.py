@@ -20,6 +20,7 @@ from lightseek.config import to_dict
 from lightseek.data.shards import TokenShards
 from lightseek.errors import CheckpointError, ConfigError
 from lightseek.eval.perplexity import evaluate, summarize_routing
+from lightseek.fileio import recover_dir
 from lightseek.model.checkpoint import load_train_state, load_weights, read_checkpoint_config, save_checkpoint
 from lightseek.model.transformer import ModelOutput, Transformer
 from lightseek.train.config import RunConfig, TrainConfig
@@ -75,6 +76,7 @@ def check_run_folder(out: Path, save_dir: Path, resume: bool, cfg, keys: tuple[s
     (none of ``markers``), so nothing a user made is overwritten."""
     from lightseek.config import load_yaml
 
+    recover_dir(save_dir)  # a save killed mid-swap left the complete copy beside it
     if resume:
         if not save_dir.exists():
             raise ConfigError(f"--resume: nothing to resume in {save_dir}")

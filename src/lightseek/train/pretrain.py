@@ -12,7 +12,7 @@ from lightseek.data.prepare import TOKENIZER_FILE, documents_from, prepare_datas
 from lightseek.data.shards import manifest as read_manifest
 from lightseek.data.tokenizer import Tokenizer
 from lightseek.errors import ConfigError, DataError
-from lightseek.fileio import atomic_write_text
+from lightseek.fileio import atomic_write_text, recover_dir
 from lightseek.train.config import RunConfig
 from lightseek.train.loop import run_training
 
@@ -42,6 +42,7 @@ def resolve_data(cfg: RunConfig) -> tuple[Path, Path]:
 
 def check_run_dir(cfg: RunConfig, resume: bool) -> None:
     ckpt = Path(cfg.out_dir) / "checkpoint"
+    recover_dir(ckpt)  # a save killed mid-swap left the complete copy beside it
     if resume and not ckpt.exists():
         raise ConfigError(f"--resume: no checkpoint in {ckpt}")
     if not resume and ckpt.exists():

@@ -82,7 +82,7 @@ def share(available: dict[str, int], budget: int) -> dict[str, int]:
 
 def build(cfg: BuildConfig, out: str | Path) -> dict:
     """Build the three labelled sets into folder ``out`` (atomically); return the manifest."""
-    from lightseek.model.checkpoint import write_dir_atomic
+    from lightseek.fileio import write_dir_atomic
 
     root = Path(cfg.shared)
     if not root.is_dir():

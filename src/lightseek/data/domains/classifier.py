@@ -46,7 +46,7 @@ def read_labelled(paths: str | os.PathLike | Iterable, text_field: str = "text",
 
     ``files`` lists each file with its sha256 and record count. Whitespace-only texts are
     skipped; a missing or non-string label is a DataError naming the file and line."""
-    from lightseek.model.checkpoint import file_sha256
+    from lightseek.fileio import file_sha256
 
     texts, labels, files = [], [], []
     for path in expand_paths(paths, suffixes=RECORD_SUFFIXES):
@@ -145,7 +145,7 @@ class DomainClassifier:
         """Write the classifier folder atomically (an existing one is replaced whole)."""
         joblib = require("joblib")
         from lightseek.fileio import write_json_atomic
-        from lightseek.model.checkpoint import write_dir_atomic
+        from lightseek.fileio import write_dir_atomic
 
         meta = self.metadata()
 
@@ -158,7 +158,7 @@ class DomainClassifier:
     @classmethod
     def load(cls, path: str | os.PathLike, threshold: float | None = None) -> DomainClassifier:
         """Load a folder written by `save`. It unpickles model.joblib: only load trusted files."""
-        from lightseek.model.checkpoint import resolve_folder
+        from lightseek.fileio import resolve_folder
 
         folder = resolve_folder(path, "domain classifier", "model", (META, MODEL),
                                 hint=" (write one with `lightseek domains train`)")
