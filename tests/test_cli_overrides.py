@@ -28,3 +28,28 @@ def test_a_commands_own_top_level_keys_are_overrides_only_for_it():
     assert own == ["distill", "train", "--resume"] and overrides == ["--student=S", "--kd.temperature=2"]
     own, overrides = split_overrides(["generate", "ckpt", "--prompt", "x", "--seed", "3"])
     assert own == ["generate", "ckpt", "--prompt", "x", "--seed", "3"] and overrides == []
+
+
+def test_a_text_key_takes_a_number_like_or_yes_like_value_as_written():
+    import yaml
+
+    from lightseek.config import to_dict
+
+    cfg = load_run_config(None, ["--out_dir=2024", "--data.text_field=1.50", "--train.lr=3e-4", "--train.steps=12",
+                                 "--train.plots=yes", "--model.target_k=2"])
+    assert cfg.out_dir == "2024" and cfg.data.text_field == "1.50"
+    assert cfg.train.lr == 3e-4 and cfg.train.steps == 12 and cfg.train.plots is True
+    assert type(cfg.train.steps) is int and type(cfg.model.target_k) is float  # plain values, not the text-keeping ones
+    assert yaml.safe_load(yaml.safe_dump(to_dict(cfg)))["out_dir"] == "2024"  # config.yaml round-trips
+    assert load_run_config(None, ["--out_dir=yes"]).out_dir == "yes"
+
+
+def test_a_number_for_a_number_key_is_still_checked():
+    import pytest
+
+    from lightseek.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'train.steps': expected an integer, got 'many'"):
+        load_run_config(None, ["--train.steps=many"])
+    with pytest.raises(ConfigError, match="'train.steps': expected an integer, got True"):
+        load_run_config(None, ["--train.steps=yes"])

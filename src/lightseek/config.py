@@ -35,11 +35,68 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+class _IntText(int):
+    """An override's number that keeps the text it was written as, for keys that take text."""
+
+    text: str
+
+
+class _FloatText(float):
+    text: str
+
+
+class _BoolText:
+    """An override's true/false (YAML also reads yes/no/on/off so), with its text."""
+
+    def __init__(self, value: bool, text: str) -> None:
+        self.value, self.text = value, text
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _scalar(raw: str) -> Any:
+    """An override's value: a YAML scalar, list or mapping; a number or true/false keeps its text
+    beside it, so that a key that takes text reads ``--out_dir=2024`` as '2024' (1.50 as '1.50',
+    yes as 'yes')."""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, bool):
+        return _BoolText(value, raw)
+    if not isinstance(value, (int, float)):
+        return value
+    number = (_IntText if isinstance(value, int) else _FloatText)(value)
+    number.text = raw
+    return number
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every kept override text dropped (plain ints and floats, for YAML and JSON)."""
+    if isinstance(value, _IntText):
+        return int(value)
+    if isinstance(value, _FloatText):
+        return float(value)
+    if isinstance(value, _BoolText):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; allow int -> float. Raise ConfigError."""
     origin = get_origin(tp)
+    if isinstance(value, (_IntText, _FloatText, _BoolText)):
+        if tp is str:
+            return value.text
+        if isinstance(value, _BoolText):
+            value = value.value
     if tp is Any:
-        return value
+        return _plain(value)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -58,7 +115,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(
                 f"config key '{key}': {value!r} is not one of {', '.join(map(repr, get_args(tp)))}"
             )
-        return value
+        return _plain(value)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
@@ -67,7 +124,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        return dict(value)
+        return _plain(dict(value))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -89,15 +146,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-    return value
+        hint = f" (in a YAML file, quote it: '{value}')" if isinstance(value, (int, float, bool)) else ""
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}{hint}")
+    return _plain(value)
 
 
 def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
@@ -158,10 +216,7 @@ def parse_overrides(args: list[str]) -> dict:
             i += 1
         i += 1
         key = key.replace("-", "_")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
+        value = _scalar(raw)
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
