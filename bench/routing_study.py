@@ -48,7 +48,7 @@ import torch
 from lightseek.data.corpus import Document, iter_documents
 from lightseek.data.prepare import prepare_dataset
 from lightseek.data.shards import TokenShards
-from lightseek.eval.perplexity import evaluate
+from lightseek.eval.perplexity import evaluate, evaluate_training_windows
 from lightseek.model.checkpoint import load_model
 from lightseek.model.config import ModelConfig, preset
 from lightseek.model.transformer import dense_equivalent
@@ -134,6 +134,9 @@ def run_variant(name: str, model_cfg: ModelConfig, data_dir: Path, out: Path, ar
     wall = time.time() - t0
     model = load_model(out / "checkpoint")  # final evaluation on the whole validation split
     val = evaluate(model, TokenShards(data_dir, "val").iter_sequential(args.batch_size, args.seq_len))
+    # the balance on as many tokens of training text (windows training never drew): what the bias balances
+    on_train = evaluate_training_windows(model, TokenShards(data_dir, "train"), args.batch_size, args.seq_len,
+                                         max(1, val["tokens"] // (args.batch_size * args.seq_len)), args.seed + 1)
     metrics = read_metrics(out / "metrics.jsonl")
     train = [m for m in metrics if m["kind"] == "train"]
     k = val.get("avg_k", 0.0)
@@ -147,6 +150,7 @@ def run_variant(name: str, model_cfg: ModelConfig, data_dir: Path, out: Path, ar
         "val_tokens": val["tokens"], "active_mflops": flops["active"] / 1e6, "total_params": params["total"],
         "active_params": params["active"], "avg_k": k, "max_vio": val.get("max_vio"),
         "max_vio_worst_layer": val.get("max_vio_worst_layer"), "dead_experts": val.get("dead_experts"),
+        "max_vio_train": on_train.get("max_vio"), "max_vio_train_worst_layer": on_train.get("max_vio_worst_layer"),
         "tokens_per_s": statistics.median(m["tokens_per_s"] for m in train[len(train) // 10:]),
         "wall_s": wall, "train_wall_s": summary["wall_s"], "curve": curve,
         "load_share": [[v / max(1, sum(r["tokens_per_expert"])) for v in r["tokens_per_expert"]]
@@ -155,15 +159,17 @@ def run_variant(name: str, model_cfg: ModelConfig, data_dir: Path, out: Path, ar
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| variant | val loss | val ppl | active MFLOPs/token | avg k | MaxVio (mean / worst layer) "
-            "| dead experts | train tok/s | wall s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = ("| variant | val loss | val ppl | active MFLOPs/token | avg k | MaxVio, held-out (mean / worst layer) "
+            "| MaxVio, training text (mean / worst layer) | dead experts | train tok/s | wall s |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         moe = r["router_mode"] != "dense"
         lines.append(
             f"| {r['variant']} | {r['val_loss']:.4f} | {r['val_ppl']:.2f} | {r['active_mflops']:.2f} | "
-            + (f"{r['avg_k']:.2f} | {r['max_vio']:.3f} / {r['max_vio_worst_layer']:.3f} | {r['dead_experts']} | "
-               if moe else "- | - | - | ")
+            + (f"{r['avg_k']:.2f} | {r['max_vio']:.3f} / {r['max_vio_worst_layer']:.3f} | "
+               f"{r['max_vio_train']:.3f} / {r['max_vio_train_worst_layer']:.3f} | {r['dead_experts']} | "
+               if moe else "- | - | - | - | ")
             + f"{r['tokens_per_s']:,.0f} | {r['wall_s']:.0f} |")
     return "\n".join(lines)
 

@@ -10,8 +10,8 @@ runs the CLI on the held-out parts:
     python bench/specialisation.py [--steps 500] [--result NAME]
 
 Writes runs/specialisation/ (corpora as JSONL, the run), docs/results/specialisation.png and
-bench/results/specialisation.json, with the run's provenance (revision, date, machine, versions;
-its "command" stays the `lightseek eval` command above). With other --steps than the default,
+bench/results/specialisation.json, with the run's provenance (command, revision, date, machine,
+versions) and the `lightseek eval` command it ran ("eval_command"). With other --steps than the default,
 specialisation_steps-<N>.json and docs/results/specialisation_steps-<N>.png instead, so that a
 probe never overwrites the main result; --result NAME writes NAME.json and NAME.png.
 """
@@ -114,8 +114,7 @@ def main() -> None:
                             "--data", *[f"{n}={p}" for n, p in held_out.items()]]
     result = subprocess.run(eval_cmd, check=True, capture_output=True, text=True)
     print(result.stdout)
-    # the existing "command" (the `lightseek eval` command) is kept, over provenance's
-    out = write_result(stem, {**provenance(), "steps": args.steps, "command": " ".join(eval_cmd[2:]),
+    out = write_result(stem, {**provenance(), "steps": args.steps, "eval_command": " ".join(eval_cmd[2:]),
                               "report": result.stdout})
     print(f"written {out}")
 

@@ -5,6 +5,7 @@ train` writes."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from pathlib import Path
@@ -77,6 +78,13 @@ def test_quickstart_trains_reports_reuses_and_starts_fresh(tmp_path, capsys, mon
     assert [r["step"] for r in train] == [1, 2] and [r["step"] for r in evals] == [2]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
     assert val_loss(first) == pytest.approx(evals[-1]["val_loss"], abs=5e-4)
+    # the balance line gives both MaxVio figures and says against the target what each one means
+    summary = json.loads((out / "quickstart.json").read_text())
+    assert summary["max_vio"] == pytest.approx(evals[-1]["max_vio"])
+    assert 0 <= summary["max_vio_train"] and summary["dead_experts"] == evals[-1]["dead_experts"]
+    assert f"MaxVio {summary['max_vio_train']:.3f} on training text (target 0.10: " in first
+    assert f"{summary['max_vio']:.3f} on held-out documents" in first
+    assert ("over target" in first) == (max(summary["max_vio_train"], summary["max_vio"]) > 0.10)
 
     # again: the finished run is reported, not retrained
     weights = ckpt / "model.safetensors"

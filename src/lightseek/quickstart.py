@@ -14,7 +14,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from lightseek.fileio import write_json_atomic
 from lightseek.train.config import RunConfig
+
+MAX_VIO_TARGET = 0.10
 
 QUICKSTART: dict = {
     "preset": "tiny",
@@ -73,8 +76,10 @@ def quickstart(cfg: RunConfig, fresh: bool = False) -> dict:
     console.print("[bold]3/4[/] results")
     console.print(f"      validation loss {summary['val_loss']:.3f}, perplexity {summary['val_ppl']:.2f}")
     if "avg_k" in summary:
+        summary["max_vio_train"] = training_text_balance(load_model(ckpt), data_dir, cfg)
         console.print(f"      experts per token {summary['avg_k']:.2f} (target {cfg.model.target_k}), "
-                      f"MaxVio {summary['max_vio']:.3f}, dead experts {summary['dead_experts']}")
+                      f"dead experts {summary['dead_experts']}")
+        console.print(f"      {balance_line(summary['max_vio_train'], summary['max_vio'])}")
     if "tokens_per_s" in summary:
         console.print(f"      training {summary['tokens_per_s']:,.0f} tokens/s")
     for p in summary.get("plots", []):
@@ -88,7 +93,30 @@ def quickstart(cfg: RunConfig, fresh: bool = False) -> dict:
                   on_text=lambda s: console.print(s, end="", highlight=False, markup=False))
     console.print()
     summary["wall_s_total"] = time.time() - t0
+    write_json_atomic(out / "quickstart.json", {k: v for k, v in summary.items() if k != "routing"})
     console.print(f"done in {summary['wall_s_total']:.0f} s; run folder: {out}")
     console.print(f"next: lightseek generate {ckpt} --prompt 'import os'")
     console.print(f"      lightseek eval {ckpt} --routing")
     return summary
+
+
+def training_text_balance(model, data_dir: Path, cfg: RunConfig) -> float:
+    """MaxVio (mean over MoE layers) on as many training-split windows as the evaluation reads,
+    drawn with another seed than training's: the balance on the text the router was balanced on."""
+    from lightseek.data.shards import TokenShards
+    from lightseek.eval.perplexity import evaluate_training_windows
+
+    tc = cfg.train
+    return evaluate_training_windows(model, TokenShards(data_dir, "train"), tc.batch_size, tc.seq_len,
+                                     tc.eval_batches or 40, tc.seed + 1)["max_vio"]
+
+
+def balance_line(on_train: float, held_out: float) -> str:
+    """The MaxVio line, which says plainly whether each figure meets the target and why not."""
+    met = "met" if on_train <= MAX_VIO_TARGET else ("over target: the balance bias has not settled; train longer "
+                                                      "or raise model.bias_update_rate")
+    line = f"MaxVio {on_train:.3f} on training text (target {MAX_VIO_TARGET:.2f}: {met}), {held_out:.3f} on held-out documents"
+    if held_out > MAX_VIO_TARGET:
+        line += (" (over target: the balance bias equalises the load of the text it trains on; held-out "
+                 "documents are other modules and topics, which load the experts unevenly)")
+    return line

@@ -49,6 +49,14 @@ def evaluate(model: Transformer, batches: Iterable[torch.Tensor], device: torch.
             "routing": routing, **summarize_routing(routing)}
 
 
+def evaluate_training_windows(model: Transformer, shards, batch_size: int, seq_len: int, batches: int,
+                              seed: int) -> dict:
+    """`evaluate` on ``batches`` random windows of a training split (``shards``), drawn with
+    ``seed`` (use another seed than training's): the routing balance on the text the router was
+    balanced on, beside the held-out figures, which also reflect how other documents differ."""
+    return evaluate(model, (shards.sample_batch(batch_size, seq_len, seed, i) for i in range(batches)))
+
+
 def summarize_routing(routing: list[dict]) -> dict:
     """Whole-model figures: mean k and MaxVio over layers, dead experts summed."""
     if not routing:
