@@ -9,7 +9,7 @@ longest, with a share of clients that disconnect mid-stream.
 
 Compared in the same run:
   (a) one request at a time: the 1-client level;
-  (b) Hugging Face transformers `generate`, batched, on a Qwen2-MoE model of the same size and
+  (b) Hugging Face transformers `generate`, batched at each level's client count, on a Qwen2-MoE model of the same size and
       shape (dim 128, 4 layers, 16 routed + 1 shared expert, top-2), random weights.
 
     python bench/serve_load.py [--levels 1 4 16 64] [--seconds 20] [--long-seconds 60] [--result NAME]
@@ -210,20 +210,21 @@ def main() -> None:
               f"{r['leaked_slots']} slots held after", flush=True)
     server.terminate()
     server.wait(timeout=30)
-    hf = [hf_generate(b, args.max_tokens) for b in sorted({1, 16, max(args.levels)})]
+    hf = [hf_generate(b, args.max_tokens) for b in sorted(set(args.levels))]  # a baseline at every level's batch
     for h in hf:
         print(f"transformers generate, batch {h['batch']}: {h['output_tok_s']:.1f} tok/s", flush=True)
 
     one = next((r for r in levels if r["clients"] == 1), None)
-    hf16 = next((h for h in hf if h["batch"] == 16), None)
-    print("\n| clients | output tok/s | vs 1 at a time | vs transformers generate (batch 16) | TTFT p50 / p95 ms "
+    same_batch = {h["batch"]: h for h in hf}
+    print("\n| clients | output tok/s | vs 1 at a time | vs transformers generate, same batch | TTFT p50 / p95 ms "
           "| ITL p50 / p95 ms | requests | disconnects | errors | slots held after |")
     print("|---:|---:|---:|---:|---|---|---:|---:|---:|---:|")
     for r in levels:
         print(f"| {r['clients']} | {r['output_tok_s']:.0f} | "
               f"{r['output_tok_s'] / one['output_tok_s']:.2f}x | " if one else "| - | ",
               end="")
-        print(f"{r['output_tok_s'] / hf16['output_tok_s']:.2f}x | " if hf16 else "- | ", end="")
+        base = same_batch.get(r["clients"])
+        print(f"{r['output_tok_s'] / base['output_tok_s']:.2f}x | " if base else "- | ", end="")
         print(f"{r['ttft_p50_ms']:.0f} / {r['ttft_p95_ms']:.0f} | {r['itl_p50_ms']:.1f} / {r['itl_p95_ms']:.1f} | "
               f"{r['requests']} | {r['disconnects']} | {r['errors']} | {r['leaked_slots']} |")
     server_threads = args.server_threads or max(1, (os.cpu_count() or 2) - 1)  # as `lightseek serve` chooses
