@@ -127,6 +127,7 @@ def run_variant(name: str, model_cfg: ModelConfig, data_dir: Path, out: Path, ar
         f"--train.batch_size={args.batch_size}", f"--train.seq_len={args.seq_len}", f"--train.lr={args.lr}",
         f"--train.warmup_steps={max(1, args.steps // 10)}", f"--train.eval_every={max(1, args.steps // 4)}",
         "--train.eval_batches=10", f"--train.ckpt_every={args.steps}", "--train.plots=false",
+        f"--train.balance_settle_steps={args.settle_steps}",
         f"--train.seed={args.seed}"])
     cfg.model = model_cfg
     t0 = time.time()
@@ -271,6 +272,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--settle-steps", type=int, default=100,
+                    help="train.balance_settle_steps: forward passes after training that settle the balance bias")
     ap.add_argument("--out", default=str(ROOT / "runs" / "routing_study"))
     ap.add_argument("--variants", nargs="*", help="run only these variants (names as in the table)")
     ap.add_argument("--sweep-bias-rate", nargs="*", type=float, metavar="RATE",
@@ -279,7 +282,8 @@ def main() -> None:
                                      "differ from the defaults)")
     args = ap.parse_args()
     base = preset("tiny")
-    defaults = {k: ap.get_default(k) for k in ("steps", "batch_size", "seq_len", "lr", "seed", "vocab_size")}
+    defaults = {k: ap.get_default(k) for k in ("steps", "batch_size", "seq_len", "lr", "seed", "vocab_size",
+                                                "settle_steps")}
     if args.sweep_bias_rate:
         return sweep_bias_rate(args, base, defaults)
     # a --variants re-run replaces rows corpus by corpus, so it names the file without --corpora

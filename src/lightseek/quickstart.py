@@ -25,7 +25,8 @@ QUICKSTART: dict = {
     "data": {"max_bytes": 12_000_000, "val_fraction": 0.05},
     "tokenizer": {"vocab_size": 4096, "train_bytes": 6_000_000},
     "train": {"steps": 600, "batch_size": 8, "seq_len": 256, "lr": 3e-3, "warmup_steps": 50,
-              "eval_every": 150, "eval_batches": 40, "ckpt_every": 150, "log_every": 10},
+              "eval_every": 150, "eval_batches": 40, "ckpt_every": 150, "log_every": 10,
+              "balance_settle_steps": 100},
     "generate": {"max_new_tokens": 80, "temperature": 0.7, "top_p": 0.9, "seed": 0},
 }
 SAMPLE_PROMPT = "def read_config(path):\n    "
@@ -113,8 +114,8 @@ def training_text_balance(model, data_dir: Path, cfg: RunConfig) -> float:
 
 def balance_line(on_train: float, held_out: float) -> str:
     """The MaxVio line, which says plainly whether each figure meets the target and why not."""
-    met = "met" if on_train <= MAX_VIO_TARGET else ("over target: the balance bias has not settled; train longer "
-                                                      "or raise model.bias_update_rate")
+    met = "met" if on_train <= MAX_VIO_TARGET else ("over target: the balance bias has not settled; train longer, "
+                                                      "or give train.balance_settle_steps more steps")
     line = f"MaxVio {on_train:.3f} on training text (target {MAX_VIO_TARGET:.2f}: {met}), {held_out:.3f} on held-out documents"
     if held_out > MAX_VIO_TARGET:
         line += (" (over target: the balance bias equalises the load of the text it trains on; held-out "

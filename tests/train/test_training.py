@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightseek.train.config import load_run_config
 from lightseek.train.metrics import read_metrics
@@ -118,3 +119,21 @@ def test_two_process_torchrun_matches_single_process(debug_data, tmp_path):
     assert a[-1] < a[0]
     ddp_eval = [m for m in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if m["kind"] == "eval"][-1]
     assert abs(ddp_eval["val_loss"] - single["val_loss"]) < 1e-4
+
+
+def test_balance_settling_after_training_evens_the_load_and_changes_no_weight(debug_data, tmp_path):
+    """train.balance_settle_steps: forward passes after the last step move only the routers'
+    bias and threshold, and the load on training text comes out more even."""
+    from lightseek.model.checkpoint import load_model
+
+    common = ["--model.router_mode=dynamic", "--train.steps=60", "--train.eval_every=60", "--train.ckpt_every=60",
+              "--train.eval_batches=0"]
+    pretrain(_cfg(debug_data, tmp_path / "plain", *common), show_progress=False)
+    pretrain(_cfg(debug_data, tmp_path / "settled", *common, "--train.balance_settle_steps=100"), show_progress=False)
+    plain, settled = load_model(tmp_path / "plain"), load_model(tmp_path / "settled")
+    a, b = plain.state_dict(), settled.state_dict()
+    routing_state = [k for k in a if k.endswith(("router.bias_E", "router.threshold"))]
+    assert routing_state and all(torch.equal(a[k], b[k]) for k in a if k not in routing_state)
+    assert any(not torch.equal(a[k], b[k]) for k in routing_state)
+    assert _balance_on_training_text(debug_data, tmp_path / "settled") < _balance_on_training_text(
+        debug_data, tmp_path / "plain")

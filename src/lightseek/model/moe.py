@@ -166,8 +166,9 @@ class Router(nn.Module):
         return loss
 
     @torch.no_grad()
-    def update(self, load_E: torch.Tensor, mean_k: float) -> None:
-        """Balance bias toward equal load; dynamic threshold toward target_k. Once per step.
+    def update(self, load_E: torch.Tensor, mean_k: float, step_scale: float = 1.0) -> None:
+        """Balance bias toward equal load; dynamic threshold toward target_k, each by its step
+        times ``step_scale``. Once per step.
         While one adapter runs the whole batch (adapter training), its own routing state moves."""
         cfg = self.cfg
         bias_E, threshold = self._state(self.selection.single if self.selection is not None else None)
@@ -175,9 +176,9 @@ class Router(nn.Module):
             # Proportional step toward equal load: overloaded experts lose selection bias in
             # proportion to their relative excess, so the bias settles instead of dithering.
             error_E = 1.0 - load_E / load_E.mean().clamp_min(1e-9)
-            bias_E += cfg.bias_update_rate * error_E.clamp(-1.0, 1.0).to(bias_E)
+            bias_E += cfg.bias_update_rate * step_scale * error_E.clamp(-1.0, 1.0).to(bias_E)
         if cfg.router_mode == "dynamic":
-            new = threshold + cfg.threshold_lr * (cfg.target_k - mean_k)
+            new = threshold + cfg.threshold_lr * step_scale * (cfg.target_k - mean_k)
             threshold.copy_(new.clamp(1e-3, 1.0))
 
 

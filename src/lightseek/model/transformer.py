@@ -332,8 +332,9 @@ class Transformer(nn.Module):
             report.append(r)
         return report
 
-    def update_routing(self, sums=None) -> None:
-        """Once per optimizer step: balance biases and dynamic thresholds from the step's sums."""
+    def update_routing(self, sums=None, step_scale: float = 1.0) -> None:
+        """Once per optimizer step: balance biases and dynamic thresholds from the step's sums
+        (their steps times ``step_scale``)."""
         sums = sums or self.routing_sums()
         if sums is None:
             return
@@ -341,7 +342,7 @@ class Transformer(nn.Module):
         for i, m in enumerate(self.moe_layers()):
             n_tokens = float(stat_L3[i, 0])
             if n_tokens > 0:
-                m.router.update(load_LE[i].float(), float(stat_L3[i, 1]) / n_tokens)
+                m.router.update(load_LE[i].float(), float(stat_L3[i, 1]) / n_tokens, step_scale)
 
     def set_dispatch(self, name: str) -> None:
         for m in self.moe_layers():

@@ -52,6 +52,9 @@ class TrainConfig:
     grad_accum: int = field(1, help="Micro-batches accumulated per optimizer step.")
     lr: float = field(3e-3, help="Peak learning rate (AdamW).")
     min_lr_ratio: float = field(0.1, help="Final learning rate as a fraction of the peak.")
+    balance_settle_steps: int = field(
+        0, help="After the last step, forward passes (no weight change) over fresh training windows that let the "
+                "routers' balance bias settle against the final router, with a step shrinking to 0 (0 = off).")
     warmup_steps: int = field(50, help="Linear warmup steps before the cosine decay.")
     weight_decay: float = field(0.1, help="AdamW weight decay (matrices only).")
     beta1: float = field(0.9, help="AdamW beta1.")
@@ -76,8 +79,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
-        if self.warmup_steps < 0 or self.eval_batches < 0 or self.stop_after < 0:
-            raise ConfigError("train.warmup_steps, eval_batches and stop_after must be >= 0")
+        if self.warmup_steps < 0 or self.eval_batches < 0 or self.stop_after < 0 or self.balance_settle_steps < 0:
+            raise ConfigError("train.warmup_steps, eval_batches, stop_after and balance_settle_steps must be >= 0")
 
 
 @dataclass

@@ -69,6 +69,30 @@ def check_resume_config(saved: dict, cfg, ckpt_dir: Path, keys: tuple[str, ...] 
                           f"{', '.join(differ)}; resume with the run's own config (see its config.yaml)")
 
 
+@torch.no_grad()
+def settle_balance(model: Transformer, job, tc: TrainConfig, d: Dist, device, autocast) -> None:
+    """After the last optimizer step the routers' weights are final, and the balance bias, which
+    chased them while they moved, can settle against them: ``tc.balance_settle_steps`` forward
+    passes over training windows the run never drew (the steps after the last), each followed by
+    a routing update whose step shrinks linearly to 0, so the bias averages out the noise of single
+    batches instead of jittering at its full step. Weights do not change."""
+    was_training = model.training
+    model.eval()
+    for i in range(tc.balance_settle_steps):
+        inputs, _ = job.train_rows(tc.steps + i)
+        model.reset_routing_stats()
+        for micro in range(tc.grad_accum):
+            x = inputs[micro * tc.batch_size:(micro + 1) * tc.batch_size].to(device)
+            with autocast():
+                model(x, token_mask_BT=(x != job.pad_id) if job.pad_id is not None else None, last_only=True)
+        sums = model.routing_sums()
+        if d.enabled and sums is not None:
+            sums = tuple(all_reduce_sum(s, d) for s in sums)
+        model.update_routing(sums, step_scale=1.0 - i / tc.balance_settle_steps)
+    model.reset_routing_stats()
+    model.train(was_training)
+
+
 def check_run_folder(out: Path, save_dir: Path, resume: bool, cfg, keys: tuple[str, ...],
                      markers: tuple[str, ...]) -> None:
     """Before a run writes into ``out``: with ``resume``, something to resume in ``save_dir`` and a
@@ -187,6 +211,8 @@ def fit(job: Job, tc: TrainConfig, out: Path, d: Dist, device: torch.device, amp
         model.update_routing(sums)
 
         done = step + 1
+        if done == tc.steps and tc.balance_settle_steps:
+            settle_balance(model, job, tc, d, device, autocast)
         tokens_seen += step_tokens
         loss_mean = (all_reduce_sum(loss_sum, d) / step_tokens).item()
         rec = {"kind": "train", "step": done, "loss": loss_mean, "lr": opt.param_groups[0]["lr"],
