@@ -287,12 +287,20 @@ def main() -> None:
         write_doc(table, checks, args)
 
 
+def results_block(table: str, checks: list[str]) -> str:
+    """The tables and the targets, as docs/results/quant.md shows them (bench/report.py renders
+    the same block from the JSON)."""
+    return f"{table}\n\nTargets:\n\n" + "\n".join(checks) + "\n"
+
+
 def write_doc(table: str, checks: list[str], args) -> None:
     cmd = "python bench/quant.py " + " ".join(a for a in sys.argv[1:])
     text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Quantization\n"
     head = text.split("## Results", 1)[0].rstrip()
     DOC.write_text(f"{head}\n\n## Results\n\nCommand ({torch.get_num_threads()} threads, torch {torch.__version__}):\n\n"
-                   f"```bash\n{cmd.strip()}\n```\n\n{table}\n\nTargets:\n\n" + "\n".join(checks) + "\n", encoding="utf-8")
+                   f"```bash\n{cmd.strip()}\n```\n\nFrom `bench/results/quant.json` (`rows`, `scale`, `kernels`, "
+                   f"`targets`; `python bench/report.py` renders the block below from it):\n\n"
+                   f"<!-- results:quant -->\n{results_block(table, checks)}<!-- /results:quant -->\n", encoding="utf-8")
     print(f"written {DOC}")
 
 
