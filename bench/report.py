@@ -65,6 +65,30 @@ class Row:
     figure: Callable[[dict], str]     # the figure(s), from that file
 
 
+def _serve_load_row(d: dict) -> str:
+    by = {r["clients"]: r for r in d["levels"]}
+    same = {h["batch"]: h["output_tok_s"] for h in d["transformers_generate"]}
+    last = max(by)
+    return (f"{by[16]['output_tok_s']:,.0f} / {by[last]['output_tok_s']:,.0f}; "
+            f"{by[16]['output_tok_s'] / by[1]['output_tok_s']:.1f}x / {by[last]['output_tok_s'] / by[1]['output_tok_s']:.1f}x; "
+            f"{by[16]['output_tok_s'] / same[16]:.2f}x / {by[last]['output_tok_s'] / same[last]:.2f}x (target 2x at 16: "
+            f"{'met' if by[16]['output_tok_s'] >= 2 * same[16] else 'not met'}); {by[last]['errors']} errors, "
+            f"{by[last]['leaked_slots']} leaked slots, {by[last]['disconnects']:,} disconnects")
+
+
+def _serve_ceiling_row(d: dict) -> str:
+    free = next(r for r in d["levels"] if r["forward_ms"] == 0)
+    needed = d["needed_forward_ms"]
+    return (f"{'≤ ' + format(needed, '.2f') + ' ms' if needed is not None else 'not bracketed'} vs "
+            f"{d['real_forward_ms']:.2f} ms; {free['output_tok_s']:,.0f} tok/s")
+
+
+def _throughput_row(d: dict) -> str:
+    r = {x["variant"]: x for x in d["rows"]}
+    dyn, dense = r["dynamic MoE (k~2.5)"], r["dense, equal active params"]
+    return f"{dyn['tokens_per_s']:,.0f} vs {dense['tokens_per_s']:,.0f} ({dyn['ratio_to_dense']:.2f}x)"
+
+
 def _real_model_speed(d: dict) -> str:
     r = rows_by(d, "rows")
     ref = r["transformers fp32 (generate)"]["decode_b1_tok_s"]
@@ -79,7 +103,30 @@ def _real_model_tasks(d: dict) -> str:
     return " / ".join(f"{d['tasks'][t]['acc']:.3f}" for t in ("medquad", "fiqa", "pubmedqa"))
 
 
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
 README_ROWS: list[Row] = [
+    Row("`make demo` wall time (corpus, tokenizer, 600 training steps, evaluation, plots, sample)", "quickstart",
+        lambda d: _minutes(d["wall_s"])),
+    Row("quickstart validation perplexity / experts per token / dead experts; MaxVio on training text / on "
+        "held-out documents (target 0.10)", "quickstart",
+        lambda d: f"{d['val_ppl']:.2f} / {d['avg_k']:.2f} / {d['dead_experts']}; "
+                  f"{d['max_vio_train']:.3f} / {d['max_vio']:.3f}"),
+    Row("training tokens/s, tiny dynamic MoE vs dense with equal active parameters", "train_throughput", _throughput_row),
+    Row("serving, 16 / 64 concurrent streaming clients: output tok/s; vs one at a time; vs transformers `generate` at "
+        "the same batch; the 64-client level after 60 s with disconnects", "serve_load", _serve_load_row),
+    Row("serving ceiling at 16 clients: the forward pass twice transformers `generate` needs, against the model's "
+        "decode forward; served tok/s with a free forward", "serve_ceiling", _serve_ceiling_row),
+    Row("16-row decode forward, one thread: the model / the same forward as one fixed-shape function under "
+        "`torch.compile` with frozen weights", "decode_floor",
+        lambda d: f"{d['ms']['model']:.2f} ms / {d['ms']['static frozen']:.2f} ms"),
+    Row("cleaning pipeline throughput, general recipe, one core", "pipeline",
+        lambda d: f"{d['overall']['mb_per_s']:.2f} MB/s"),
+    Row("shared base model (recipes/base.yaml): training steps / tokens of English, Chinese, medical, finance and "
+        "legal text; validation perplexity", "base_model",
+        lambda d: f"{d['steps']:,} / {d['tokens'] / 1e6:.1f}M; {d['val_ppl']:.1f}"),
     Row("SmolLM2-135M-Instruct (imported, fp32 / int8 / int4 g64) batch-1 decode tok/s vs transformers "
         "`generate` fp32 and llama.cpp Q4_1", "real_model", _real_model_speed),
     Row("SmolLM2-135M-Instruct multiple-choice accuracy, medquad / fiqa / pubmedqa (200 items each; "
@@ -122,10 +169,189 @@ def real_model_tasks() -> str:
                   for t, v in d["tasks"].items()], "lrrrr")
 
 
+def serve_load() -> str:
+    d = result("serve_load")
+    one = next(r for r in d["levels"] if r["clients"] == 1)["output_tok_s"]
+    same = {h["batch"]: h["output_tok_s"] for h in d["transformers_generate"]}
+    rows = []
+    for r in d["levels"]:
+        n = r["clients"]
+        rows.append([str(n), f"{r['output_tok_s']:,.0f}", f"{r['output_tok_s'] / one:.2f}x",
+                     f"{same[n]:,.0f}" if n in same else "-",
+                     f"{r['output_tok_s'] / same[n]:.2f}x" if n in same else "-",
+                     f"{r['ttft_p50_ms']:.0f} / {r['ttft_p95_ms']:.0f}", f"{r['itl_p50_ms']:.1f} / {r['itl_p95_ms']:.1f}",
+                     f"{r['requests']:,}", f"{r['disconnects']:,}", str(r["errors"]), str(r["leaked_slots"])])
+    return table(["clients", "output tok/s", "vs one at a time", "transformers `generate`, same batch, tok/s",
+                  "vs transformers", "TTFT p50 / p95 ms", "ITL p50 / p95 ms", "requests", "disconnects", "errors",
+                  "slots held after"], rows, "rrrrrllrrrr")
+
+
+def serve_targets() -> str:
+    d = result("serve_load")
+    by = {r["clients"]: r for r in d["levels"]}
+    same = {h["batch"]: h["output_tok_s"] for h in d["transformers_generate"]}
+    x5 = by[16]["output_tok_s"] / by[1]["output_tok_s"]
+    x2 = by[16]["output_tok_s"] / same[16]
+    last = by[max(by)]
+    return table(["target", "result (`bench/results/serve_load.json`)", "met?"], [
+        ["16 clients ≥ 5x one-at-a-time throughput", f"{x5:.2f}x (`levels[clients=16].output_tok_s` / "
+         f"`levels[clients=1].output_tok_s`)", "yes" if x5 >= 5 else "**no**"],
+        ["16 clients ≥ 2x transformers `generate` at batch 16", f"{x2:.2f}x (`levels[clients=16].output_tok_s` / "
+         f"`transformers_generate[batch=16].output_tok_s`)", "yes" if x2 >= 2 else "**no**"],
+        [f"zero errors and no leaked slots after {max(by)} clients for {d['args']['long_seconds']:.0f} s, with "
+         f"disconnects", f"{last['errors']} errors, {last['leaked_slots']} slots held, {last['disconnects']:,} "
+         f"disconnects (`levels[clients={max(by)}]`)",
+         "yes" if last["errors"] == 0 and last["leaked_slots"] == 0 and last["disconnects"] > 0 else "**no**"],
+    ])
+
+
+def serve_ceiling() -> str:
+    d = result("serve_ceiling")
+    hf = d["transformers_generate"]["output_tok_s"]
+    rows = []
+    for r in d["levels"]:
+        label = f"real model ({d['real_forward_ms']:.2f} ms decode)" if r["forward_ms"] is None else f"{r['forward_ms']:g} ms"
+        rows.append([label, f"{r['output_tok_s']:,.0f}", f"{r['output_tok_s'] / hf:.2f}x",
+                     f"{r['engine_steps'] / r['wall_s']:,.0f}", f"{r['itl_p50_ms']:.1f}"])
+    return table(["forward per call", f"served tok/s at {d['args']['clients']} clients", "vs transformers `generate`",
+                  "engine steps/s", "ITL p50 ms"], rows, "lrrrr")
+
+
+def decode_floor() -> str:
+    d = result("decode_floor")
+    what = {"model": "the model (`Transformer.forward` over a `KVCache`, all rows at one position, routing "
+                     "statistics kept)",
+            "static eager": "static function, eager: fused QKV, attention without copying the cache, every expert "
+                            "and the shared one as three products per MoE layer, no routing statistics",
+            "static compiled": "the same under `torch.compile` (inductor)",
+            "static frozen": "the same with inductor's weight freezing",
+            "head product alone": "the output head's product alone"}
+    rows = [[what.get(k, k), f"{v:.2f}"] for k, v in d["ms"].items()]
+    if d.get("needed_ms"):
+        rows.append(["needed for twice transformers `generate` (`serve_ceiling.json` `needed_forward_ms`)",
+                     f"{d['needed_ms']:.2f}"])
+    return table([f"{d['args']['rows']}-row decode forward, {d['args']['threads']} thread(s)", "ms"], rows, "lr")
+
+
+def routing_table(corpus: str) -> Callable[[], str]:
+    def render() -> str:
+        from routing_study import table as study_table  # the study prints the same table
+
+        return study_table(result("routing_study")["corpora"][corpus]["rows"]) + "\n"
+
+    return render
+
+
+def routing_targets() -> str:
+    corpora = result("routing_study")["corpora"]
+    rows = {c: {r["variant"]: r for r in corpora[c]["rows"]} for c in corpora}
+    moe = ("topk k=2", "topk k=3", "dynamic k~2.5", "topk k=2 + aux loss")
+    biased = ("topk k=2", "topk k=3", "dynamic k~2.5")
+
+    def cells(fn):
+        return [fn(rows[c]) for c in corpora]
+
+    def vs(a, b):
+        return lambda r: f"{r[a]['val_loss']:.4f} vs {r[b]['val_loss']:.4f} ({r[a]['val_loss'] - r[b]['val_loss']:+.4f})"
+
+    def span(key):
+        return lambda r: " to ".join(f"{v:.3f}" for v in (min(r[v][key] for v in biased), max(r[v][key] for v in biased)))
+
+    return table(["target (`routing_study.json`, `corpora.*.rows`)", *[corpora[c]["title"] for c in corpora]], [
+        ["dynamic no worse than topk k=3 (`val_loss`)", *cells(vs("dynamic k~2.5", "topk k=3"))],
+        ["dynamic better than topk k=2 (`val_loss`)", *cells(vs("dynamic k~2.5", "topk k=2"))],
+        ["every MoE variant below dense with equal active FLOPs (`val_loss`)", *cells(lambda r: (
+            f"{sum(r[v]['val_loss'] < r['dense (equal active)']['val_loss'] for v in moe)} of {len(moe)} below "
+            f"{r['dense (equal active)']['val_loss']:.4f}"))],
+        ["with bias balancing, MaxVio ≤ 0.10 on training text (`max_vio_train`, mean over layers)", *cells(span("max_vio_train"))],
+        ["the same on held-out documents (`max_vio`)", *cells(span("max_vio"))],
+        ["no dead experts with bias balancing (`dead_experts`)", *cells(lambda r: str(sum(r[v]["dead_experts"] for v in biased)))],
+        ["without balancing (`dynamic, no balancing`): MaxVio training text / held-out, dead experts", *cells(lambda r: (
+            f"{r['dynamic, no balancing']['max_vio_train']:.3f} / {r['dynamic, no balancing']['max_vio']:.3f}, "
+            f"{r['dynamic, no balancing']['dead_experts']} dead"))],
+        ["dynamic average k within ± 0.1 of 2.5 (`avg_k`)", *cells(lambda r: f"{r['dynamic k~2.5']['avg_k']:.2f}")],
+    ])
+
+
+def quickstart() -> str:
+    d = result("quickstart")
+    return table(["figure", "value"], [
+        ["wall time (corpus, tokenizer, 600 steps, evaluations, plots, sample)", _minutes(d["wall_s"])],
+        ["validation loss / perplexity (the first 40 batches of the validation split)",
+         f"{d['val_loss']:.3f} / {d['val_ppl']:.2f}"],
+        ["average experts per token (target 2.5)", f"{d['avg_k']:.2f}"],
+        ["MaxVio on training text (mean over the MoE layers; target 0.10)", f"{d['max_vio_train']:.3f}"],
+        ["MaxVio on the held-out documents", f"{d['max_vio']:.3f}"],
+        ["dead experts", str(d["dead_experts"])],
+        ["training throughput over the run (evaluation and checkpoint pauses included)", f"{d['tokens_per_s']:,.0f} tokens/s"],
+    ])
+
+
+def train_throughput() -> str:
+    d = result("train_throughput")
+    return table(["variant", "train tokens/s", "vs dense (equal active)", "experts/token while timed", "total params",
+                  "active params", "active MFLOPs/token"],
+                 [[r["variant"], f"{r['tokens_per_s']:,.0f}", f"{r['ratio_to_dense']:.2f}x", f"{r['avg_k']:.2f}",
+                   f"{r['total_params']:,}", f"{r['active_params']:,}", f"{r['active_mflops_per_token']:.2f}"]
+                  for r in d["rows"]], "lrrrrrr")
+
+
+def pipeline() -> str:
+    d = result("pipeline")
+    o = d["overall"]
+    rows = [[r["step"], f"{r['records_in']:,}", f"{r['mb_in']:.2f}", f"{r['records_removed']:,}", f"{r['seconds']:.2f}",
+             f"{r['mb_per_s']:.2f}", f"{100 * r['seconds'] / o['wall_s']:.0f}%"] for r in d["steps"]]
+    rows.append(["**overall**", f"{o['records_in']:,}", f"{o['mb_in']:.2f}", f"{o['records_in'] - o['records_kept']:,}",
+                 f"{o['wall_s']:.2f}", f"**{o['mb_per_s']:.2f}**", "100%"])
+    return table(["step", "records in", "MB in", "removed", "seconds", "MB/s", "share of time"], rows, "lrrrrrr")
+
+
+def quant_results() -> str:
+    from quant import results_block, tables  # the benchmark prints the same block
+
+    d = result("quant")
+    return results_block(tables(d["rows"], d["scale"], d["kernels"], d["args"]["scale_preset"]), d["targets"])
+
+
+def domains_results() -> str:
+    from domains import table as domains_table  # the benchmark prints the same table
+
+    return domains_table(result("domains")["results"]) + "\n"
+
+
+def domains_by_source() -> str:
+    d = result("domains")
+    return table(["second-set source", "domain", "texts", "accuracy (threshold applied)"],
+                 [[src, dom, str(n), f"{acc:.3f}"] for src, (dom, n, acc) in d["questions_accuracy_by_source"].items()],
+                 "llrr")
+
+
+def _macro_f1(d: dict, key: str) -> float:
+    return d["results"][key]["macro_f1"]
+
+
+SPECIALISATION = re.compile(r"specialisation score[^:]*: ([0-9.]+)")
+LAYER_SCORE = re.compile(r"layer (\d+): expert share \(%\) by corpus, specialisation ([0-9.]+)")
+
+
+def specialisation_report() -> str:
+    return "```\n" + result("specialisation")["report"].strip() + "\n```\n"
+
+
+def _specialisation_row(d: dict) -> str:
+    score = SPECIALISATION.search(d["report"])[1]
+    layers = [v for _, v in LAYER_SCORE.findall(d["report"])]
+    return f"{score} (per layer {' / '.join(layers)})"
+
+
 # document -> {table name: renderer}
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"readme": readme_results},
     "docs/results/real_model.md": {"real_model_systems": real_model_systems, "real_model_tasks": real_model_tasks},
+    "docs/results/pipeline.md": {"pipeline": pipeline},
+    "docs/results/core.md": {"quickstart": quickstart, "train_throughput": train_throughput},
+    "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
+                                "serve_ceiling": serve_ceiling, "decode_floor": decode_floor},
 }
 
 
