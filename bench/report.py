@@ -89,6 +89,30 @@ def _throughput_row(d: dict) -> str:
     return f"{dyn['tokens_per_s']:,.0f} vs {dense['tokens_per_s']:,.0f} ({dyn['ratio_to_dense']:.2f}x)"
 
 
+def _quant_quality(d: dict) -> str:
+    by = {r["config"]: r for r in d["rows"]}
+    return (f"{100 * by['int8']['ppl_change']:+.2f}% / {100 * by['int4 gptq g64']['ppl_change']:+.2f}% / "
+            f"{100 * by['mixed gptq g64']['ppl_change']:+.2f}% ({by['mixed gptq g64']['bits_per_weight']:.2f} bits per "
+            f"weight); {by['int4 gptq g64']['x_smaller']:.1f}x smaller")
+
+
+def _quant_speed(d: dict) -> str:
+    by = {r["config"]: r for r in d["scale"]}
+    fp = by["fp32"]["decode_b1"]
+    return f"{by['int8']['decode_b1'] / fp:.2f}x / {by['int4 rtn g64']['decode_b1'] / fp:.2f}x"
+
+
+def _routing_row(d: dict) -> str:
+    parts = []
+    for c, v in d["corpora"].items():
+        r = {x["variant"]: x for x in v["rows"]}
+        dyn = r["dynamic k~2.5"]
+        parts.append(f"{c}: dynamic {dyn['val_loss']:.4f} vs topk k=2 {r['topk k=2']['val_loss']:.4f}, k=3 "
+                     f"{r['topk k=3']['val_loss']:.4f}; MaxVio {dyn['max_vio_train']:.3f} training text / "
+                     f"{dyn['max_vio']:.3f} held out")
+    return "; ".join(parts) + " ([routing.md](docs/results/routing.md))"
+
+
 def _real_model_speed(d: dict) -> str:
     r = rows_by(d, "rows")
     ref = r["transformers fp32 (generate)"]["decode_b1_tok_s"]
@@ -115,6 +139,20 @@ README_ROWS: list[Row] = [
         lambda d: f"{d['val_ppl']:.2f} / {d['avg_k']:.2f} / {d['dead_experts']}; "
                   f"{d['max_vio_train']:.3f} / {d['max_vio']:.3f}"),
     Row("training tokens/s, tiny dynamic MoE vs dense with equal active parameters", "train_throughput", _throughput_row),
+    Row("routing study, 7 variants x 2 corpora at an equal token budget: validation loss of dynamic routing "
+        "(k~2.5) against topk k=2 and k=3; its MaxVio on training text / held-out text (target 0.10)",
+        "routing_study", _routing_row),
+    Row("shared base model (recipes/base.yaml): training steps / tokens of English, Chinese, medical, finance and "
+        "legal text; validation perplexity", "base_model",
+        lambda d: f"{d['steps']:,} / {d['tokens'] / 1e6:.1f}M; {d['val_ppl']:.1f}"),
+    Row("quantization of the base: int8 / int4 gptq g64 / mixed perplexity change; int4 file size", "quant",
+        _quant_quality),
+    Row("quantized decode at batch 1 vs fp32, 108M-parameter preset (random weights): int8 / int4", "quant",
+        _quant_speed),
+    Row("domain classifier macro-F1: held-out passages / differently written questions", "domains",
+        lambda d: f"{_macro_f1(d, 'heldout'):.3f} / {_macro_f1(d, 'questions'):.3f}"),
+    Row("cleaning pipeline throughput, general recipe, one core", "pipeline",
+        lambda d: f"{d['overall']['mb_per_s']:.2f} MB/s"),
     Row("serving, 16 / 64 concurrent streaming clients: output tok/s; vs one at a time; vs transformers `generate` at "
         "the same batch; the 64-client level after 60 s with disconnects", "serve_load", _serve_load_row),
     Row("serving ceiling at 16 clients: the forward pass twice transformers `generate` needs, against the model's "
@@ -122,11 +160,6 @@ README_ROWS: list[Row] = [
     Row("16-row decode forward, one thread: the model / the same forward as one fixed-shape function under "
         "`torch.compile` with frozen weights", "decode_floor",
         lambda d: f"{d['ms']['model']:.2f} ms / {d['ms']['static frozen']:.2f} ms"),
-    Row("cleaning pipeline throughput, general recipe, one core", "pipeline",
-        lambda d: f"{d['overall']['mb_per_s']:.2f} MB/s"),
-    Row("shared base model (recipes/base.yaml): training steps / tokens of English, Chinese, medical, finance and "
-        "legal text; validation perplexity", "base_model",
-        lambda d: f"{d['steps']:,} / {d['tokens'] / 1e6:.1f}M; {d['val_ppl']:.1f}"),
     Row("SmolLM2-135M-Instruct (imported, fp32 / int8 / int4 g64) batch-1 decode tok/s vs transformers "
         "`generate` fp32 and llama.cpp Q4_1", "real_model", _real_model_speed),
     Row("SmolLM2-135M-Instruct multiple-choice accuracy, medquad / fiqa / pubmedqa (200 items each; "
@@ -330,25 +363,15 @@ def _macro_f1(d: dict, key: str) -> float:
     return d["results"][key]["macro_f1"]
 
 
-SPECIALISATION = re.compile(r"specialisation score[^:]*: ([0-9.]+)")
-LAYER_SCORE = re.compile(r"layer (\d+): expert share \(%\) by corpus, specialisation ([0-9.]+)")
-
-
-def specialisation_report() -> str:
-    return "```\n" + result("specialisation")["report"].strip() + "\n```\n"
-
-
-def _specialisation_row(d: dict) -> str:
-    score = SPECIALISATION.search(d["report"])[1]
-    layers = [v for _, v in LAYER_SCORE.findall(d["report"])]
-    return f"{score} (per layer {' / '.join(layers)})"
-
-
 # document -> {table name: renderer}
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"readme": readme_results},
     "docs/results/real_model.md": {"real_model_systems": real_model_systems, "real_model_tasks": real_model_tasks},
     "docs/results/pipeline.md": {"pipeline": pipeline},
+    "docs/results/domains.md": {"domains_results": domains_results, "domains_by_source": domains_by_source},
+    "docs/results/quant.md": {"quant": quant_results},
+    "docs/results/routing.md": {"routing_en": routing_table("en"), "routing_zh": routing_table("zh"),
+                                "routing_targets": routing_targets},
     "docs/results/core.md": {"quickstart": quickstart, "train_throughput": train_throughput},
     "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor},
