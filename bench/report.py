@@ -37,6 +37,25 @@ class ReportError(Exception):
 
 
 @cache
+def bench_module(name: str):
+    """bench/<name>.py as a module of its own name-space (``lightseek_bench.<name>``), imported
+    without leaving bench/ on sys.path, where its scripts would shadow packages of the same name
+    (tests/distill, for one)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"lightseek_bench.{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    saved = list(sys.path)
+    sys.path.insert(0, str(ROOT / "bench"))  # the scripts import their neighbours (provenance)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module
+
+
+@cache
 def result(name: str) -> dict:
     """bench/results/<name>.json."""
     path = RESULTS / f"{name}.json"
@@ -268,7 +287,7 @@ def decode_floor() -> str:
 
 def routing_table(corpus: str) -> Callable[[], str]:
     def render() -> str:
-        from routing_study import table as study_table  # the study prints the same table
+        study_table = bench_module("routing_study").table  # the study prints the same table
 
         return study_table(result("routing_study")["corpora"][corpus]["rows"]) + "\n"
 
@@ -340,14 +359,15 @@ def pipeline() -> str:
 
 
 def quant_results() -> str:
-    from quant import results_block, tables  # the benchmark prints the same block
+    quant = bench_module("quant")  # the benchmark prints the same block
+    results_block, tables = quant.results_block, quant.tables
 
     d = result("quant")
     return results_block(tables(d["rows"], d["scale"], d["kernels"], d["args"]["scale_preset"]), d["targets"])
 
 
 def domains_results() -> str:
-    from domains import table as domains_table  # the benchmark prints the same table
+    domains_table = bench_module("domains").table  # the benchmark prints the same table
 
     return domains_table(result("domains")["results"]) + "\n"
 
