@@ -161,6 +161,8 @@ README_ROWS: list[Row] = [
     Row("routing study, 7 variants x 2 corpora at an equal token budget: validation loss of dynamic routing "
         "(k~2.5) against topk k=2 and k=3; its MaxVio on training text / held-out text (target 0.10)",
         "routing_study", _routing_row),
+    Row("expert specialisation by corpus (6 kinds of text): score, 0 = shared alike, 1 = own experts",
+        "specialisation", lambda d: _specialisation_row(d)),
     Row("shared base model (recipes/base.yaml): training steps / tokens of English, Chinese, medical, finance and "
         "legal text; validation perplexity", "base_model",
         lambda d: f"{d['steps']:,} / {d['tokens'] / 1e6:.1f}M; {d['val_ppl']:.1f}"),
@@ -383,11 +385,28 @@ def _macro_f1(d: dict, key: str) -> float:
     return d["results"][key]["macro_f1"]
 
 
+SPECIALISATION = re.compile(r"specialisation score[^:]*: ([0-9.]+)")
+LAYER_SCORE = re.compile(r"layer (\d+): expert share \(%\) by corpus, specialisation ([0-9.]+)")
+
+
+def specialisation_report() -> str:
+    report = result("specialisation")["report"]
+    start = report.index("corpus ")  # the table and the layers, not the training summary before them
+    return "```\n" + report[start:].strip() + "\n```\n"
+
+
+def _specialisation_row(d: dict) -> str:
+    score = SPECIALISATION.search(d["report"])[1]
+    layers = [v for _, v in LAYER_SCORE.findall(d["report"])]
+    return f"{score} (per layer {' / '.join(layers)})"
+
+
 # document -> {table name: renderer}
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"readme": readme_results},
     "docs/results/real_model.md": {"real_model_systems": real_model_systems, "real_model_tasks": real_model_tasks},
     "docs/results/pipeline.md": {"pipeline": pipeline},
+    "docs/results/specialisation.md": {"specialisation_report": specialisation_report},
     "docs/results/domains.md": {"domains_results": domains_results, "domains_by_source": domains_by_source},
     "docs/results/quant.md": {"quant": quant_results},
     "docs/results/routing.md": {"routing_en": routing_table("en"), "routing_zh": routing_table("zh"),
