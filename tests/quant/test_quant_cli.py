@@ -95,7 +95,9 @@ def test_quant_cli_end_to_end(debug_checkpoint, tmp_path, capsys) -> None:
     own8 = own_kl(out8, debug_checkpoint, text)
     check_printed_kl(kl8, own8)
     assert kl8["mean"] < 1e-4 and kl8["p99"] < 1e-3 and kl8["max"] < 1e-2 and abs(kl8["change"]) < 0.1
-    assert 0 < own8["kl"].mean() < own4["kl"].mean()
+    # both are near 5e-6 on this 30-step model (int8 error is mostly the packed kernel's bf16 activations),
+    # so their order is noise: each is bounded instead (int4 above, int8 here)
+    assert 0 < own8["kl"].mean() < 1e-4
     # a checkpoint against itself: zero everywhere
     same = eval_kl(capsys, debug_checkpoint, text, debug_checkpoint)
     assert same["max"] == 0 and same["change"] == 0 and same["ppl"] == same["ref_ppl"]
