@@ -65,11 +65,12 @@ def quickstart(cfg: RunConfig, fresh: bool = False) -> dict:
         console.print(f"[bold]2/4[/] training the {cfg.preset} {cfg.model.router_mode} MoE for "
                       f"{cfg.train.steps} steps" + (f" (resuming at step {done_steps})" if done_steps else ""))
         summary = pretrain(cfg, resume=done_steps > 0)
+        model = load_model(ckpt)  # the final checkpoint, for the balance figure and the sample
     else:
         console.print(f"[bold]2/4[/] {ckpt} is already trained ({done_steps} steps); use --fresh to start over")
-        model = load_model(ckpt)
         val = TokenShards(data_dir, "val").iter_sequential(cfg.train.batch_size, cfg.train.seq_len,
                                                            cfg.train.eval_batches or None)
+        model = load_model(ckpt)
         ev = evaluate(model, val)
         summary = {"val_loss": ev["loss"], "val_ppl": ev["ppl"], "routing": ev["routing"],
                    **{k: ev[k] for k in ("avg_k", "max_vio", "dead_experts") if k in ev}}
@@ -77,7 +78,7 @@ def quickstart(cfg: RunConfig, fresh: bool = False) -> dict:
     console.print("[bold]3/4[/] results")
     console.print(f"      validation loss {summary['val_loss']:.3f}, perplexity {summary['val_ppl']:.2f}")
     if "avg_k" in summary:
-        summary["max_vio_train"] = training_text_balance(load_model(ckpt), data_dir, cfg)
+        summary["max_vio_train"] = training_text_balance(model, data_dir, cfg)
         console.print(f"      experts per token {summary['avg_k']:.2f} (target {cfg.model.target_k}), "
                       f"dead experts {summary['dead_experts']}")
         console.print(f"      {balance_line(summary['max_vio_train'], summary['max_vio'])}")
@@ -87,7 +88,6 @@ def quickstart(cfg: RunConfig, fresh: bool = False) -> dict:
         console.print(f"      plot: {p}")
 
     console.print(f"[bold]4/4[/] sample (temperature {cfg.generate.temperature}, seed {cfg.generate.seed})")
-    model = load_model(ckpt)
     tokenizer = Tokenizer.load(ckpt)
     console.print(SAMPLE_PROMPT, end="", style="dim", highlight=False, markup=False)
     generate_text(model, tokenizer, SAMPLE_PROMPT, cfg.generate,
