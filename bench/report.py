@@ -146,6 +146,13 @@ def _real_model_tasks(d: dict) -> str:
     return " / ".join(f"{d['tasks'][t]['acc']:.3f}" for t in ("medquad", "fiqa", "pubmedqa"))
 
 
+def _moe_layer_row(d: dict) -> str:
+    heads = {(c["dim"], c["n_experts"]): next(h["fwdbwd_s"] for h in c["headline"] if h["ours"].startswith("dynamic"))
+             for c in d["configs"]}
+    a, b = heads[(512, 16)], heads[(512, 64)]
+    return " / ".join(f"{x['vs_hf_eager']:.2f}x; {x['vs_hf_best']:.2f}x; {x['vs_dense']:.2f}x" for x in (a, b))
+
+
 def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
@@ -158,6 +165,9 @@ README_ROWS: list[Row] = [
         lambda d: f"{d['val_ppl']:.2f} / {d['avg_k']:.2f} / {d['dead_experts']}; "
                   f"{d['max_vio_train']:.3f} / {d['max_vio']:.3f}"),
     Row("training tokens/s, tiny dynamic MoE vs dense with equal active parameters", "train_throughput", _throughput_row),
+    Row("MoE layer forward+backward, dynamic routing (k 2.5), dim 512 with 16 / 64 experts: speed vs transformers "
+        "`DeepseekV3MoE` eager; vs its best implementation; vs a dense FFN of equal active parameters",
+        "moe_layer", _moe_layer_row),
     Row("routing study, 7 variants x 2 corpora at an equal token budget: validation loss of dynamic routing "
         "(k~2.5) against topk k=2 and k=3; its MaxVio on training text / held-out text (target 0.10)",
         "routing_study", _routing_row),
@@ -401,6 +411,56 @@ def _specialisation_row(d: dict) -> str:
     return f"{score} (per layer {' / '.join(layers)})"
 
 
+def _x(r: float) -> str:
+    return f"{r:.2f}x"
+
+
+def _moe_config_name(c: dict) -> str:
+    return f"D{c['dim']} E{c['n_experts']}"
+
+
+def moe_layer_summary() -> str:
+    """Our best path, forward+backward, against the three targets, per configuration."""
+    rows = []
+    for c in result("moe_layer")["configs"]:
+        for h in c["headline"]:
+            r = h["fwdbwd_s"]
+            rows.append([_moe_config_name(c), h["ours"], _x(r["vs_hf_eager"]), _x(r["vs_hf_best"]), _x(r["vs_dense"])])
+    return table(["config", "ours (k)", "vs HF eager (target >= 2x)", "vs HF best (target >= 1.3x)",
+                  "vs dense equal active (target >= 0.67x)"], rows, "llrrr")
+
+
+def moe_layer_configs() -> str:
+    """Per configuration: tok/s of every variant, our best path's ratios, the profile."""
+    d = result("moe_layer")
+    buckets = bench_module("moe_layer").BUCKETS
+    out = []
+    for c in d["configs"]:
+        out.append(f"### dim {c['dim']}, {c['n_experts']} routed experts, width {c['width']}, 1 shared, "
+                   f"{c['tokens']:,} tokens, fp32 CPU\n\n")
+        out.append(table(["variant", "fwd tok/s", "fwd+bwd tok/s", "note"], [
+            [v["name"], f"{v['fwd_tok_s']:,.0f}" if v["fwd_tok_s"] else "-",
+             f"{v['fwdbwd_tok_s']:,.0f}" if v["fwdbwd_tok_s"] else "-", v["error"] or ("auto pick" if v["auto"] else "")]
+            for v in c["variants"]], "lrrl"))
+        out.append("\nOur best path (tok/s ratio, >1 = ours faster; dynamic vs HF interpolated to the same k):\n\n")
+        rows = []
+        for h in c["headline"]:
+            cells = []
+            for which in ("fwd_s", "fwdbwd_s"):
+                r = h[which]
+                cells += [_x(r["vs_hf_eager"]), f"{_x(r['vs_hf_best'])} ({r['hf_best_impl'] or '-'})", _x(r["vs_dense"])]
+            rows.append([f"{h['ours']} [{h['fwd_s']['ours_path']}/{h['fwdbwd_s']['ours_path']}]", *cells])
+        out.append(table(["ours [fwd/fwd+bwd path]", "fwd vs HF eager", "fwd vs HF best", "fwd vs dense",
+                          "fwd+bwd vs HF eager", "fwd+bwd vs HF best", "fwd+bwd vs dense"], rows, "lrrrrrr"))
+        if c["profile"]:
+            out.append("\nShare of forward+backward self CPU time (torch.profiler):\n\n")
+            out.append(table(["ours", "path", "ms/iter", *buckets], [
+                [s["variant"], s["path"], f"{s['ms_per_iter']:.1f}", *(f"{100 * s[b]:.0f}%" for b in buckets)]
+                for s in c["profile"]], "llr" + "r" * len(buckets)))
+        out.append("\n")
+    return "".join(out).rstrip("\n") + "\n"
+
+
 # document -> {table name: renderer}
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"readme": readme_results},
@@ -412,6 +472,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/routing.md": {"routing_en": routing_table("en"), "routing_zh": routing_table("zh"),
                                 "routing_targets": routing_targets},
     "docs/results/core.md": {"quickstart": quickstart, "train_throughput": train_throughput},
+    "docs/results/moe_layer.md": {"moe_layer_summary": moe_layer_summary, "moe_layer_configs": moe_layer_configs},
     "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor},
 }
