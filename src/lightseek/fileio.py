@@ -172,3 +172,18 @@ def resolve_folder(path: str | os.PathLike, kind: str, sub: str, required: tuple
         if not (path / name).is_file():
             raise CheckpointError(f"{kind} {path}: missing {name}{hint}")
     return path
+
+
+def check_new_checkpoint_dir(out: str | os.PathLike, src: str | os.PathLike, overwrite: bool,
+                             marker: str = "config.json") -> None:
+    """Refuse an output folder that overlaps the source checkpoint, or that exists (unless it is
+    a checkpoint, marked by ``marker``, and ``overwrite`` is set)."""
+    from lightseek.errors import LightseekError
+
+    out, keep = Path(out).resolve(), Path(src).resolve()
+    if out == keep or out in keep.parents or keep in out.parents:
+        raise LightseekError(f"--out {out} overlaps the source checkpoint {src}: choose a new folder")
+    is_checkpoint = (out / marker).is_file()
+    if out.exists() and not (overwrite and is_checkpoint):
+        raise LightseekError(f"--out {out} exists{'' if is_checkpoint else ' and is not a checkpoint'}; choose a new "
+                             f"folder{' (or pass --overwrite to replace that checkpoint)' if is_checkpoint else ''}")

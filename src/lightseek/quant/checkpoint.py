@@ -20,8 +20,7 @@ from safetensors.torch import save_file
 from lightseek import __version__
 from lightseek.config import from_dict, to_dict
 from lightseek.errors import CheckpointError, LightseekError
-from lightseek.fileio import write_json_atomic
-from lightseek.fileio import write_dir_atomic
+from lightseek.fileio import write_dir_atomic, write_json_atomic
 from lightseek.model.checkpoint import CONFIG, WEIGHTS, copy_tokenizer, read_tensors
 from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer, rope_tables

@@ -23,25 +23,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lightseek.config import field
+from lightseek.data.calib import CalibConfig
 from lightseek.errors import ConfigError
 
 ROLES = ("router", "attn", "shared", "experts", "dense", "embed", "head")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 MIXED = {"router": 8, "attn": 8, "shared": 8, "experts": 4, "dense": 4, "embed": 4, "head": 4}
-
-
-@dataclass
-class CalibConfig:
-    files: list[str] = field(default_factory=list, help=(
-        "Calibration text: files or folders (.txt, .md, .jsonl, ...) cut into token windows (gptq only)."))
-    samples: int = field(64, help="Number of calibration windows.")
-    seq_len: int = field(256, help="Tokens per calibration window (capped at the model's context).")
-    text_field: str = field("text", help="Record field(s) holding the text of .jsonl/.json/.csv files.")
-
-    def __post_init__(self) -> None:
-        if self.samples < 1 or self.seq_len < 2:
-            raise ConfigError(f"calib.samples must be >= 1 and calib.seq_len >= 2, got {self.samples}, {self.seq_len}")
 
 
 @dataclass
