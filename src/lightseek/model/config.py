@@ -92,6 +92,9 @@ class ModelConfig:
     threshold_lr: float = field(
         0.02, help="'dynamic': controller step: threshold += lr * (target_k - measured_k).")
     norm_topk_prob: bool = field(True, help="Renormalise the chosen experts' weights to sum to 1.")
+    expert_weights: Literal["router", "unit"] = field(
+        "router", help="How chosen experts' outputs combine: weighted by their router scores, or summed "
+                       "with weight 1 ('unit': experts cut from one dense FFN, whose sum is that FFN).")
     routed_scaling: float = field(1.0, help="Scale applied to the routed experts' output.")
     router_groups: int = field(
         1, help="Group-limited routing (DeepSeek-V3): experts form this many groups, and a token chooses "
