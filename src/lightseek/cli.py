@@ -133,6 +133,23 @@ def cmd_quant(args, overrides) -> int:
     return 0
 
 
+def cmd_moefy(args, overrides) -> int:
+    from lightseek.moefy.config import load_moefy_config
+    from lightseek.moefy.run import moefy_checkpoint, summary_text
+
+    flags = [f"--moefy.{key}={value}" for key, value in (
+        ("experts", args.experts), ("shared_dim", args.shared), ("split", args.split), ("router", args.router),
+        ("target_k", args.target_k), ("top_k", args.top_k)) if value is not None]
+    if args.calib:
+        import json
+
+        flags.append(f"--moefy.calib.files={json.dumps(args.calib, ensure_ascii=False)}")
+    cfg = load_moefy_config(args.config, overrides + flags)
+    print(summary_text(moefy_checkpoint(args.checkpoint, cfg, args.out, overwrite=args.overwrite,
+                                        show_progress=not args.quiet)))
+    return 0
+
+
 def cmd_generate(args, overrides) -> int:
     from lightseek.data.chat import encode_chat
     from lightseek.model.generate import generate_text
@@ -369,7 +386,8 @@ def _config_kinds() -> dict[str, tuple[str, str]]:
             "distill": ("lightseek.distill.train:DistillConfig", "lightseek.distill.train:load_distill_config"),
             "distiller": ("lightseek.distill.distiller:DistillerConfig", ""),
             "pipeline": ("lightseek.data.pipeline.config:PipelineConfig", "lightseek.data.pipeline.config:load_pipeline_config"),
-            "quant": ("lightseek.quant.run:QuantRunConfig", "")}
+            "quant": ("lightseek.quant.run:QuantRunConfig", ""),
+            "moefy": ("lightseek.moefy.config:MoefyRunConfig", "")}
 
 
 def cmd_config(args, overrides) -> int:
@@ -495,6 +513,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = add("moefy", cmd_moefy, "Convert a dense checkpoint into a dynamic-routing MoE: experts cut from each FFN's "
+            "neurons, routers fitted on calibration text.")
+    p.add_argument("checkpoint", help="dense full-precision checkpoint folder, run folder or fetched model name")
+    p.add_argument("--out", required=True, help="output checkpoint folder (new)")
+    p.add_argument("--experts", type=int, help="same as --moefy.experts (routed experts per FFN)")
+    p.add_argument("--shared", type=int, help="same as --moefy.shared_dim (neurons of the always-on shared expert)")
+    p.add_argument("--split", help="same as --moefy.split (coactivation, weights or random)")
+    p.add_argument("--router", help="same as --moefy.router (dynamic or topk)")
+    p.add_argument("--target-k", type=float, help="same as --moefy.target_k (dynamic: average experts per token)")
+    p.add_argument("--top-k", type=int, help="same as --moefy.top_k (topk: experts per token)")
+    p.add_argument("--calib", nargs="+", metavar="PATH", help="calibration text (same as --moefy.calib.files; "
+                   "default: the standard library's documentation)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = add("generate", cmd_generate, "Generate text from a checkpoint (streams to the terminal).")
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--prompt", required=True)
@@ -541,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="print the resolved config as YAML")
     p.add_argument("--for", dest="kind", default="train", choices=list(_config_kinds()),
                    help="whose config: train (default), finetune (lora train / sft), distill (distill train), "
-                        "distiller (distill data), pipeline (data pipeline), quant")
+                        "distiller (distill data), pipeline (data pipeline), quant, moefy")
     p.add_argument("--finetune", action="store_true", help="same as --for finetune")
     return parser
 

@@ -1,0 +1,97 @@
+"""`lightseek moefy`: convert a dense checkpoint into a dynamic-routing MoE checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lightseek.config import to_dict
+from lightseek.errors import LightseekError
+from lightseek.fileio import check_new_checkpoint_dir
+from lightseek.moefy.config import MoefyConfig
+
+# Default calibration text: the start of this Python's standard-library documentation, so that a
+# conversion needs no data set. Held-out evaluation of converted models reads stdlib text past it.
+CALIB_BYTES = 2_000_000
+
+
+def default_calibration():
+    from lightseek.data.corpus import stdlib_documents
+
+    return stdlib_documents(CALIB_BYTES)
+
+
+def calibration(tokenizer, cfg: MoefyConfig, max_seq_len: int) -> list[torch.Tensor]:
+    from lightseek.data.calib import calibration_windows
+
+    return calibration_windows(tokenizer, cfg.calib, max_seq_len, section="moefy.calib",
+                               default_documents=default_calibration)
+
+
+def moefy_checkpoint(checkpoint: str | Path, cfg: MoefyConfig, out: str | Path, overwrite: bool = False,
+                     show_progress: bool = True) -> dict:
+    """Convert ``checkpoint`` by ``cfg`` into a new MoE checkpoint folder ``out``; the summary."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from lightseek.adapters.store import base_fingerprint
+    from lightseek.data.tokenizer import Tokenizer
+    from lightseek.model.checkpoint import (
+        TOKENIZER,
+        load_model,
+        read_checkpoint_config,
+        resolve_checkpoint,
+        save_checkpoint,
+    )
+    from lightseek.moefy.convert import check_dense, moe_config, moefy_model
+
+    src = resolve_checkpoint(checkpoint)
+    meta = read_checkpoint_config(src)
+    if "quantization" in meta:
+        raise LightseekError(f"checkpoint {src} is quantized; moefy its full-precision source, then quantize the "
+                             f"MoE checkpoint")
+    check_new_checkpoint_dir(out, src, overwrite)
+    dense = load_model(src)
+    check_dense(dense)
+    moe_config(dense.cfg, cfg)  # every setting checked before the calibration pass
+    tokenizer = Tokenizer.load(src)
+    windows = calibration(tokenizer, cfg, dense.cfg.max_seq_len)
+    n_tokens = sum(w.numel() for w in windows)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} layers"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    n_moe = dense.cfg.n_layers - cfg.dense_layers
+    with Progress(*columns, disable=not show_progress, transient=True) as progress:
+        task = progress.add_task(f"moefy ({cfg.split} split, {n_tokens:,} calibration tokens)", total=n_moe)
+        model, layers = moefy_model(dense, windows, cfg, on_layer=lambda r: progress.advance(task))
+    info = {"source": base_fingerprint(src), "config": to_dict(cfg), "calib_tokens": n_tokens, "layers": layers}
+    save_checkpoint(out, model, tokenizer_file=src / TOKENIZER, run_config=meta.get("run"), extra={"moefy": info})
+    params = model.num_params()
+    dense_params = dense.num_params()["total"]
+    return {"out": str(out), "layers": layers, "calib_tokens": n_tokens, "params": params,
+            "dense_params": dense_params, "ffn_active_share": ffn_active_share(model.cfg)}
+
+
+def ffn_active_share(cfg) -> float:
+    """Share of a converted layer's FFN weights a token uses: shared expert plus k routed."""
+    width = cfg.shared_dim + cfg.n_experts * cfg.moe_inter_dim
+    return (cfg.shared_dim + model_k(cfg) * cfg.moe_inter_dim) / width
+
+
+def model_k(cfg) -> float:
+    return float(cfg.top_k) if cfg.router_mode == "topk" else float(cfg.target_k)
+
+
+def summary_text(r: dict) -> str:
+    """What `lightseek moefy` prints: per-layer router recall, error and k, then the totals."""
+    lines = [f"{'layer':>5}  {'recall':>6}  {'rel.err':>7}  {'k':>5}  {'MaxVio':>6}"]
+    for x in r["layers"]:
+        lines.append(f"{x['layer']:>5}  {x['router_recall']:>6.3f}  {x['rel_error']:>7.3f}  {x['avg_k']:>5.2f}  "
+                     f"{x['max_vio']:>6.2f}")
+    n = len(r["layers"])
+    mean = {key: sum(x[key] for x in r["layers"]) / n for key in ("router_recall", "rel_error", "avg_k")}
+    p = r["params"]
+    lines.append(f"{n} layers converted on {r['calib_tokens']:,} calibration tokens: router recall "
+                 f"{mean['router_recall']:.3f}, FFN output error {mean['rel_error']:.3f}, k {mean['avg_k']:.2f} "
+                 f"(held-out calibration tokens); {100 * r['ffn_active_share']:.0f}% of FFN weights active; "
+                 f"{p['active'] / 1e6:.1f}M of {p['total'] / 1e6:.1f}M parameters active per token -> {r['out']}")
+    return "\n".join(lines)
