@@ -1,0 +1,329 @@
+"""Dense to dynamic MoE on a real model: quality against active compute, every method side by side.
+
+SmolLM2-135M-Instruct (`lightseek fetch smollm2-135m-instruct`) is converted by `lightseek
+moefy` and measured on held-out English text (five sources that no step of the conversion
+reads: State of the Union addresses, MedQuAD answers, FiQA answers, CUAD contracts and PubMedQA
+abstracts; --eval-tokens in all, 200k by default) in windows of 512 tokens. Calibration text is
+a different mix (Gutenberg books, Alpaca instructions, the standard library's documentation).
+
+Methods, at each number of routed experts per token k of 16 (k/16 of the FFN's weights active;
+--ks, default 2 4 6 8 10, i.e. 12.5% to 62.5%):
+
+- dense: the original model (once);
+- dynamic: co-activation split, fitted routers, dynamic routing calibrated to an average of k;
+- topk: the same experts and routers, a fixed k per token;
+- random: a random split, routers fitted the same way, dynamic routing at k;
+- teal: the dense model with TEAL-style thresholds zeroing a share 1 - k/16 of each FFN's
+  input and intermediate activations (training-free; quality only: no sparse kernels here).
+
+Each split is converted once (at k = 8) and re-calibrated to every other k (`retarget`: the
+thresholds only). For every point: perplexity and bits per byte per source and overall,
+realised k and MaxVio per layer, active parameters and forward FLOPs per token of the whole
+model (attention at the window length and the output head included).
+
+Evaluations take minutes each on 2 CPU cores, so every point is cached under
+runs/moefy_bench/points/ with the settings it was measured under; a rerun measures only the
+points missing (or measured under other settings), and --only METHOD... limits a run to some
+methods. The result JSON holds every cached point of the current settings.
+
+    python bench/moefy.py [--eval-tokens 200000] [--ks 2 4 6 8 10] [--only dense dynamic ...]
+                          [--result NAME]
+
+Writes bench/results/moefy.json (or a probe's own name) and docs/results/moefy.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
+
+NAME = "smollm2-135m-instruct"
+SHARED = ROOT.parent / "shared" / "data"
+RUNS = ROOT / "runs" / "moefy_bench"
+EXPERTS, CONVERT_K, SEQ_LEN, BATCH = 16, 8.0, 512, 4
+METHODS = ("dense", "dynamic", "topk", "random", "teal")
+
+
+# --- text ----------------------------------------------------------------------------------------
+def _jsonl(path: Path) -> Iterator[dict]:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            yield json.loads(line)
+
+
+def eval_sources() -> dict[str, list[str]]:
+    """Held-out English text, by source: documents in a fixed order."""
+    pubmed = json.loads((SHARED / "medical_pubmedqa_en" / "ori_pqal.json").read_text(encoding="utf-8"))
+    return {
+        "speeches": [f.read_text(encoding="utf-8") for f in
+                     sorted((SHARED / "en_us_presidential_speeches" / "state_union").glob("*.txt"))],
+        "medical": [f"{r['question']}\n{r['answer']}" for f in sorted((SHARED / "medical_medquad_en").glob("*.jsonl"))
+                    for r in _jsonl(f) if r.get("answer")],
+        "finance": [f"{r['question']}\n{r['answer']}" for r in _jsonl(SHARED / "finance_fiqa_en" / "fiqa_648.jsonl")],
+        "legal": [f.read_text(encoding="utf-8") for f in
+                  sorted((SHARED / "legal_cuad_en" / "full_contract_txt_sample").glob("*.txt"))],
+        "science": [" ".join(r["CONTEXTS"]) + "\n" + r["LONG_ANSWER"] for _, r in sorted(pubmed.items())],
+    }
+
+
+def calib_files() -> list[str]:
+    """Calibration text for `lightseek moefy --calib`: books and instructions (the standard
+    library's documentation is added by `calibration_mix`)."""
+    books = sorted((SHARED / "en_gutenberg").glob("*.txt"))
+    return [str(p) for p in books] + [str(SHARED / "instruct_alpaca_en" / "alpaca_data_en_part01.json")]
+
+
+def _spread(docs: list[str], n: int) -> list[str]:
+    """Documents spread evenly over the corpus (a different order than the files')."""
+    step = max(1, len(docs) // max(1, n))
+    return docs[::step]
+
+
+def eval_windows(tokenizer, tokens_per_source: int) -> dict[str, dict]:
+    """Per source: (n, SEQ_LEN + 1) token windows cut from its documents, and their target bytes."""
+    import torch
+
+    out = {}
+    for name, docs in eval_sources().items():
+        ids: list[int] = []
+        for doc in _spread(docs, 400):
+            ids += tokenizer.encode(doc) + [tokenizer.eot_id]
+            if len(ids) >= tokens_per_source + SEQ_LEN + 1:
+                break
+        n = min(len(ids) // (SEQ_LEN + 1), math.ceil(tokens_per_source / SEQ_LEN))
+        if n == 0:
+            raise SystemExit(f"{name}: too little text for one window")
+        windows = torch.tensor(ids[: n * (SEQ_LEN + 1)]).view(n, SEQ_LEN + 1)
+        n_bytes = sum(len(tokenizer.decode(w[1:].tolist()).encode("utf-8")) for w in windows)
+        out[name] = {"windows": windows, "bytes": n_bytes}
+    return out
+
+
+def calibration_mix(tokenizer, max_len: int):
+    """The calibration windows the conversions use: 64 windows of 256 tokens, a third from the
+    standard library's documentation, the rest from books and instructions."""
+    from lightseek.data.calib import CalibConfig, calibration_windows
+    from lightseek.moefy.run import default_calibration
+
+    files = calibration_windows(tokenizer, CalibConfig(files=calib_files(), samples=43, seq_len=256), max_len)
+    docs = calibration_windows(tokenizer, CalibConfig(samples=21, seq_len=256), max_len,
+                               default_documents=default_calibration)
+    return files + docs
+
+
+# --- measuring -------------------------------------------------------------------------------------
+def evaluate(model, data: dict[str, dict]) -> dict:
+    """Perplexity and bits per byte per source and overall; routing statistics per layer."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    model.reset_routing_stats()
+    per, nll_all, tok_all, bytes_all = {}, 0.0, 0, 0
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for name, d in data.items():
+            nll, toks = 0.0, 0
+            for batch in d["windows"].split(BATCH):
+                logits = model(batch[:, :-1]).logits
+                nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                                             reduction="sum"))
+                toks += batch[:, 1:].numel()
+            per[name] = {"ppl": math.exp(nll / toks), "bpb": nll / math.log(2) / d["bytes"], "tokens": toks}
+            nll_all, tok_all, bytes_all = nll_all + nll, tok_all + toks, bytes_all + d["bytes"]
+    report = model.routing_report()
+    return {"ppl": math.exp(nll_all / tok_all), "bpb": nll_all / math.log(2) / bytes_all, "tokens": tok_all,
+            "sources": per, "eval_s": time.perf_counter() - t0,
+            "layers": [{k: r[k] for k in ("layer", "avg_k", "max_vio", "threshold") if k in r} for r in report]}
+
+
+def compute(model, k: float | None, ffn_share: float | None = None) -> dict:
+    """Active parameters and forward FLOPs per token (at the window length), whole model."""
+    cfg = model.cfg
+    flops = model.flops_per_token(seq_len=SEQ_LEN, k=k) if cfg.is_moe else model.flops_per_token(seq_len=SEQ_LEN)
+    params = model.num_params()
+    active_params = params["total"] if not cfg.is_moe else params["active"]
+    if cfg.is_moe and k is not None:  # num_params counts target_k; use the realised k
+        per_expert = 3 * cfg.dim * cfg.moe_inter_dim
+        active_params = params["total"] - len(model.moe_layers()) * per_expert * (cfg.n_experts - k)
+    if ffn_share is not None:  # a thresholded dense model: a share of each FFN's weights used
+        ffn = 3 * cfg.dim * cfg.dense_inter_dim * cfg.n_layers
+        active_params = params["total"] - ffn * (1 - ffn_share)
+        flops = {**flops, "active": flops["active"] - 2 * ffn * (1 - ffn_share)}
+    return {"active_params": int(active_params), "total_params": int(params["total"]),
+            "flops_per_token": float(flops["active"])}
+
+
+# --- points, cached ---------------------------------------------------------------------------------
+def settings_key(ckpt: Path, args) -> dict:
+    from lightseek.fileio import file_sha256
+
+    return {"model_sha256": file_sha256(ckpt / "model.safetensors"), "eval_tokens": args.eval_tokens,
+            "seq_len": SEQ_LEN, "experts": EXPERTS, "convert_k": CONVERT_K, "router_steps": args.router_steps,
+            "calib": "books+alpaca01+stdlib-docs 64x256"}
+
+
+def key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def point_path(method: str, k: float | None, key: dict) -> Path:
+    """Points of different settings live in different folders: a probe never replaces the main run's."""
+    return RUNS / "points" / key_hash(key) / (f"{method}.json" if k is None else f"{method}_k{k:g}.json")
+
+
+def cached(method: str, k: float | None, key: dict) -> dict | None:
+    path = point_path(method, k, key)
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("key") == key:
+            return data
+    return None
+
+
+def save_point(point: dict) -> None:
+    from lightseek.fileio import write_json_atomic
+
+    path = point_path(point["method"], point["k"], point["key"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, point)
+
+
+def converted(split: str, dense, calib, args, key: dict):
+    """The dense model converted with ``split`` at k = 8 (cached as a checkpoint)."""
+    from lightseek.model.checkpoint import load_model, save_checkpoint
+    from lightseek.moefy.config import MoefyConfig
+    from lightseek.moefy.convert import moefy_model
+
+    stamp = key_hash({k: v for k, v in key.items() if k != "eval_tokens"})  # conversion ignores the eval set
+    out = RUNS / f"moe_{split}_E{EXPERTS}_{stamp}"
+    meta = out / "config.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("bench_key") == stamp:
+        return load_model(out), json.loads(meta.read_text())["moefy_layers"]
+    cfg = MoefyConfig(experts=EXPERTS, split=split, target_k=CONVERT_K, router_steps=args.router_steps)
+    t0 = time.perf_counter()
+    model, layers = moefy_model(dense, calib, cfg)
+    seconds = time.perf_counter() - t0
+    print(f"  converted ({split}) in {seconds:.0f} s: router recall "
+          f"{sum(r['router_recall'] for r in layers) / len(layers):.3f}, FFN error "
+          f"{sum(r['rel_error'] for r in layers) / len(layers):.3f}", flush=True)
+    for r in layers:
+        r["convert_s"] = seconds / len(layers)
+    save_checkpoint(out, model, extra={"bench_key": stamp, "moefy_layers": layers})
+    return model, layers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--eval-tokens", type=int, default=200_000, help="held-out tokens in all (5 sources)")
+    ap.add_argument("--ks", type=float, nargs="+", default=[2, 4, 6, 8, 10], help="routed experts per token, of 16")
+    ap.add_argument("--only", nargs="+", choices=METHODS, help="measure only these methods (cached ones are kept)")
+    ap.add_argument("--router-steps", type=int, default=300)
+    ap.add_argument("--result", help="write bench/results/RESULT.json")
+    args = ap.parse_args()
+    stem = result_name("moefy", args, {"eval_tokens": 200_000, "ks": [2, 4, 6, 8, 10], "router_steps": 300})
+
+    import torch
+
+    from lightseek.data.tokenizer import Tokenizer
+    from lightseek.model.checkpoint import load_model, resolve_checkpoint
+    from lightseek.moefy.convert import retarget, set_routing
+    from lightseek.moefy.teal import threshold_ffns
+
+    try:
+        ckpt = resolve_checkpoint(NAME)
+    except Exception as e:  # noqa: BLE001  (the message says what to run)
+        raise SystemExit(f"{e}") from None
+    if not SHARED.is_dir():
+        raise SystemExit(f"{SHARED} is missing: the held-out and calibration text come from there")
+    torch.manual_seed(0)
+    tok = Tokenizer.load(ckpt)
+    dense = load_model(ckpt).eval()
+    key = settings_key(ckpt, args)
+    data = eval_windows(tok, args.eval_tokens // len(eval_sources()))
+    calib = calibration_mix(tok, dense.cfg.max_seq_len)
+    print(f"held-out: {sum(d['windows'][:, 1:].numel() for d in data.values()):,} tokens; calibration: "
+          f"{sum(w.numel() for w in calib):,} tokens", flush=True)
+    methods = args.only or METHODS
+    ks = sorted(args.ks, key=lambda k: (k != CONVERT_K, k))  # the conversion's own k first
+
+    def measure(method: str, k: float | None, model, ffn_share: float | None = None, extra: dict | None = None):
+        if cached(method, k, key):
+            return
+        print(f"  {method}{'' if k is None else f' k={k:g}'} ...", end=" ", flush=True)
+        r = evaluate(model, data)
+        realised = sum(x["avg_k"] for x in r["layers"]) / len(r["layers"]) if r["layers"] else None
+        comp = compute(model, realised, ffn_share)
+        save_point({"method": method, "k": k, "realised_k": realised, "key": key, **comp, **r, **(extra or {})})
+        print(f"ppl {r['ppl']:.3f}, bpb {r['bpb']:.4f} ({r['eval_s']:.0f} s)", flush=True)
+
+    if "dense" in methods:
+        measure("dense", None, dense)
+    for method, split in (("dynamic", "coactivation"), ("topk", "coactivation"), ("random", "random")):
+        if method not in methods or all(cached(method, k, key) for k in ks):
+            continue
+        model, layers = converted(split, dense, calib, args, key)
+        for k in ks:
+            if cached(method, k, key):
+                continue
+            if method == "topk":
+                set_routing(model, router_mode="topk", top_k=int(k))
+            else:
+                retarget(model, calib, k)
+            model.reset_routing_stats()
+            measure(method, k, model, extra={"convert": layers})
+    if "teal" in methods:
+        for k in ks:
+            if cached("teal", k, key):
+                continue
+            model = load_model(ckpt).eval()
+            thresholds = threshold_ffns(model, calib, 1 - k / EXPERTS)
+            measure("teal", k, model, ffn_share=k / EXPERTS, extra={"thresholds": thresholds})
+
+    points = [p for m in METHODS for k in ([None] if m == "dense" else args.ks) if (p := cached(m, k, key))]
+    for p in points:
+        p.pop("key")
+    out = write_result(stem, {**provenance(torch.get_num_threads()), "model": NAME, "settings": key,
+                              "ks": args.ks, "points": points})
+    print(f"wrote {out} ({len(points)} points)")
+    plot(points, ROOT / "docs" / "results" / f"{stem}.png")
+
+
+def plot(points: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, style in (("dynamic", "o-"), ("topk", "s--"), ("random", "x:"), ("teal", "d-.")):
+        pts = sorted((p["flops_per_token"] / 1e6, p["ppl"]) for p in points if p["method"] == method)
+        if pts:
+            ax.plot(*zip(*pts), style, label=method)
+    for p in points:
+        if p["method"] == "dense":
+            ax.axhline(p["ppl"], color="grey", lw=1, label=f"dense ({p['flops_per_token'] / 1e6:.0f} MFLOPs)")
+    ax.set_xlabel("forward MFLOPs per token (whole model, 512-token context)")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("SmolLM2-135M-Instruct as a 16-expert MoE: quality against active compute")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
