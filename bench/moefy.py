@@ -149,12 +149,9 @@ def evaluate(model, data: dict[str, dict]) -> dict:
 def compute(model, k: float | None, ffn_share: float | None = None) -> dict:
     """Active parameters and forward FLOPs per token (at the window length), whole model."""
     cfg = model.cfg
-    flops = model.flops_per_token(seq_len=SEQ_LEN, k=k) if cfg.is_moe else model.flops_per_token(seq_len=SEQ_LEN)
-    params = model.num_params()
-    active_params = params["total"] if not cfg.is_moe else params["active"]
-    if cfg.is_moe and k is not None:  # num_params counts target_k; use the realised k
-        per_expert = 3 * cfg.dim * cfg.moe_inter_dim
-        active_params = params["total"] - len(model.moe_layers()) * per_expert * (cfg.n_experts - k)
+    flops = model.flops_per_token(seq_len=SEQ_LEN, k=k)  # k: the realised mean (None for a dense model)
+    params = model.num_params(k)
+    active_params = params["active"]
     if ffn_share is not None:  # a thresholded dense model: a share of each FFN's weights used
         ffn = 3 * cfg.dim * cfg.dense_inter_dim * cfg.n_layers
         active_params = params["total"] - ffn * (1 - ffn_share)

@@ -248,6 +248,15 @@ def build(cls: type[T], config_path: str | Path | None = None, overrides: list[s
     return from_dict(cls, data)
 
 
+def build_section(cls: type[T], section: str, config_path: str | Path | None = None,
+                  overrides: list[str] | None = None):
+    """The ``section`` of ``cls`` (a dataclass with that one field): the YAML file's section of
+    that name (its other sections ignored, so one recipe can serve several commands), then
+    dotted overrides (``--section.key=value``)."""
+    base = {section: load_yaml(config_path).get(section) or {}} if config_path else None
+    return getattr(build(cls, None, overrides, base=base), section)
+
+
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted key, default, help) for every field, for CLI help and docs."""
     rows = []

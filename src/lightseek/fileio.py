@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from lightseek.errors import CheckpointError
+from lightseek.errors import CheckpointError, LightseekError
 
 
 @contextlib.contextmanager
@@ -178,8 +178,6 @@ def check_new_checkpoint_dir(out: str | os.PathLike, src: str | os.PathLike, ove
                              marker: str = "config.json") -> None:
     """Refuse an output folder that overlaps the source checkpoint, or that exists (unless it is
     a checkpoint, marked by ``marker``, and ``overwrite`` is set)."""
-    from lightseek.errors import LightseekError
-
     out, keep = Path(out).resolve(), Path(src).resolve()
     if out == keep or out in keep.parents or keep in out.parents:
         raise LightseekError(f"--out {out} overlaps the source checkpoint {src}: choose a new folder")

@@ -349,14 +349,15 @@ class Transformer(nn.Module):
             m.set_dispatch(name)
 
     # --- size and compute ----------------------------------------------------------------
-    def num_params(self) -> dict:
-        """Total parameters and parameters active per token (routed experts at the mean k)."""
+    def num_params(self, k: float | None = None) -> dict:
+        """Total parameters and parameters active per token (routed experts at the mean k, or ``k``)."""
         cfg = self.cfg
         # a quantized model keeps most weights as buffers; it records its parameter count
         total = getattr(self, "quant_params", None) or sum(p.numel() for p in self.parameters())
         routed = sum(m.w1_EDH.numel() + m.w3_EDH.numel() + m.w2_EHD.numel() for m in self.moe_layers())
         per_expert = 3 * cfg.dim * cfg.moe_inter_dim
-        active = total - routed + len(self.moe_layers()) * per_expert * self.mean_k()
+        k = self.mean_k() if k is None else k
+        active = total - routed + len(self.moe_layers()) * per_expert * k
         return {"total": total, "active": int(round(active)), "embedding": self.embed.weight.numel()}
 
     def mean_k(self) -> float:

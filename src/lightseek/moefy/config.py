@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lightseek.config import deep_merge, field, from_dict, load_yaml, parse_overrides
+from lightseek.config import build_section, field
 from lightseek.data.calib import CalibConfig
 from lightseek.errors import ConfigError
 
@@ -68,9 +68,4 @@ class MoefyRunConfig:
 
 def load_moefy_config(config_path: str | Path | None = None, overrides: list[str] | None = None) -> MoefyConfig:
     """The ``moefy`` section of a YAML file, then dotted overrides (``--moefy.experts=32``)."""
-    data: dict = {}
-    if config_path:
-        data = {"moefy": load_yaml(config_path).get("moefy") or {}}
-    if overrides:
-        data = deep_merge(data, parse_overrides(overrides))
-    return from_dict(MoefyRunConfig, data).moefy
+    return build_section(MoefyRunConfig, "moefy", config_path, overrides)

@@ -130,8 +130,7 @@ def convert_layer(moe: MoE, ffn: SwiGLU, u_ND: torch.Tensor, cfg: MoefyConfig, g
     norms_NE = expert_output_norms(ffn, groups_EH, u_ND)
     fit_router(moe.router, u_ND[fit_idx], norms_NE[fit_idx], cfg.router_steps, cfg.router_lr)
     if moe.cfg.router_mode == "dynamic":
-        probs = F.linear(u_ND[fit_idx], moe.router.weight).softmax(-1)
-        moe.router.threshold.fill_(calibrate_threshold(probs, moe.cfg.target_k, moe.cfg.min_k, moe.cfg.max_k))
+        set_threshold(moe, u_ND[fit_idx])
     return layer_report(moe, ffn, u_ND[hold_idx], norms_NE[hold_idx], groups_EH)
 
 
@@ -180,6 +179,15 @@ def fit_router(router: nn.Module, u_ND: torch.Tensor, norms_NE: torch.Tensor, st
                 opt.step()
     with torch.no_grad():
         router.weight.copy_(weight.detach())
+
+
+def set_threshold(moe: MoE, u_ND: torch.Tensor) -> float:
+    """Set ``moe``'s dynamic threshold so that its average k on inputs ``u_ND`` is its target_k."""
+    cfg = moe.cfg
+    probs = F.linear(u_ND, moe.router.weight).softmax(-1)
+    t = calibrate_threshold(probs, cfg.target_k, cfg.min_k, cfg.max_k)
+    moe.router.threshold.fill_(t)
+    return t
 
 
 def calibrate_threshold(probs_NE: torch.Tensor, target_k: float, min_k: int, max_k: int, iters: int = 40) -> float:
@@ -243,13 +251,7 @@ def retarget(model: Transformer, windows: list[torch.Tensor], target_k: float) -
     """Dynamic routing at a new average ``target_k``: each layer's threshold recalibrated on
     ``windows``, layer by layer (each on inputs from the recalibrated layers below it). Returns
     the thresholds."""
-    cfg = set_routing(model, router_mode="dynamic", target_k=target_k,
-                      min_k=min(model.cfg.min_k, int(target_k)), max_k=model.cfg.n_experts)
-    thresholds = []
-    for _, block, u_ND in layerwise(model, windows):
-        if isinstance(block.ffn, MoE):
-            probs = F.linear(u_ND, block.ffn.router.weight).softmax(-1)
-            t = calibrate_threshold(probs, cfg.target_k, cfg.min_k, cfg.max_k)
-            block.ffn.router.threshold.fill_(t)
-            thresholds.append(t)
-    return thresholds
+    set_routing(model, router_mode="dynamic", target_k=target_k,
+                min_k=min(model.cfg.min_k, int(target_k)), max_k=model.cfg.n_experts)
+    return [set_threshold(block.ffn, u_ND) for _, block, u_ND in layerwise(model, windows)
+            if isinstance(block.ffn, MoE)]

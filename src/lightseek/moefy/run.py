@@ -65,20 +65,15 @@ def moefy_checkpoint(checkpoint: str | Path, cfg: MoefyConfig, out: str | Path, 
         model, layers = moefy_model(dense, windows, cfg, on_layer=lambda r: progress.advance(task))
     info = {"source": base_fingerprint(src), "config": to_dict(cfg), "calib_tokens": n_tokens, "layers": layers}
     save_checkpoint(out, model, tokenizer_file=src / TOKENIZER, run_config=meta.get("run"), extra={"moefy": info})
-    params = model.num_params()
-    dense_params = dense.num_params()["total"]
-    return {"out": str(out), "layers": layers, "calib_tokens": n_tokens, "params": params,
-            "dense_params": dense_params, "ffn_active_share": ffn_active_share(model.cfg)}
+    return {"out": str(out), "layers": layers, "calib_tokens": n_tokens, "params": model.num_params(),
+            "ffn_active_share": ffn_active_share(model)}
 
 
-def ffn_active_share(cfg) -> float:
+def ffn_active_share(model) -> float:
     """Share of a converted layer's FFN weights a token uses: shared expert plus k routed."""
+    cfg = model.cfg
     width = cfg.shared_dim + cfg.n_experts * cfg.moe_inter_dim
-    return (cfg.shared_dim + model_k(cfg) * cfg.moe_inter_dim) / width
-
-
-def model_k(cfg) -> float:
-    return float(cfg.top_k) if cfg.router_mode == "topk" else float(cfg.target_k)
+    return (cfg.shared_dim + model.mean_k() * cfg.moe_inter_dim) / width
 
 
 def summary_text(r: dict) -> str:

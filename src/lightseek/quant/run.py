@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightseek.config import deep_merge, field, from_dict, load_yaml, parse_overrides
+from lightseek.config import build_section, field
 from lightseek.data.calib import calibration_windows
 from lightseek.errors import LightseekError
 from lightseek.fileio import check_new_checkpoint_dir
@@ -19,12 +19,7 @@ class QuantRunConfig:
 
 def load_quant_config(config_path: str | Path | None = None, overrides: list[str] | None = None) -> QuantConfig:
     """The ``quant`` section of a YAML file, then dotted overrides (``--quant.group_size=32``)."""
-    data: dict = {}
-    if config_path:
-        data = {"quant": load_yaml(config_path).get("quant") or {}}
-    if overrides:
-        data = deep_merge(data, parse_overrides(overrides))
-    return from_dict(QuantRunConfig, data).quant
+    return build_section(QuantRunConfig, "quant", config_path, overrides)
 
 
 def quantize_checkpoint(checkpoint: str | Path, cfg: QuantConfig, out: str | Path, overwrite: bool = False,
