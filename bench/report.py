@@ -153,6 +153,14 @@ def _moe_layer_row(d: dict) -> str:
     return " / ".join(f"{x['vs_hf_eager']:.2f}x; {x['vs_hf_best']:.2f}x; {x['vs_dense']:.2f}x" for x in (a, b))
 
 
+def _adapters_row(d: dict) -> str:
+    by = {(r["domain"], r["config"]): r for r in d["results"]}
+    gains = " / ".join(f"{100 * by[(dom, 'lora')]['gain_recovered']:.0f}%" for dom in ("medical", "finance"))
+    lora = " / ".join(f"{by[(dom, 'lora')]['general_change_pct']:+.1f}%" for dom in ("medical", "finance"))
+    full = " / ".join(f"{by[(dom, 'full')]['general_change_pct']:+.1f}%" for dom in ("medical", "finance"))
+    return f"{gains}; {lora} vs {full} (targets 90% and 2%: not met)"
+
+
 def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
@@ -176,6 +184,9 @@ README_ROWS: list[Row] = [
     Row("shared base model (recipes/base.yaml): training steps / tokens of English, Chinese, medical, finance and "
         "legal text; validation perplexity", "base_model",
         lambda d: f"{d['steps']:,} / {d['tokens'] / 1e6:.1f}M; {d['val_ppl']:.1f}"),
+    Row("LoRA (0.91% of the parameters) against full fine-tuning of the shared base, medical / finance: share of "
+        "full fine-tuning's domain-perplexity gain; general-text perplexity change, LoRA vs full", "lora_vs_full",
+        _adapters_row),
     Row("quantization of the base: int8 / int4 gptq g64 / mixed perplexity change; int4 file size", "quant",
         _quant_quality),
     Row("quantized decode at batch 1 vs fp32, 108M-parameter preset (random weights): int8 / int4", "quant",
@@ -461,6 +472,43 @@ def moe_layer_configs() -> str:
     return "".join(out).rstrip("\n") + "\n"
 
 
+def _mb(x: float) -> str:
+    return f"{x:,.1f} MB" if x < 100 else f"{x:,.0f} MB"
+
+
+def adapters_main() -> str:
+    """Each domain's fine-tuning runs: cost, domain gain, share of full fine-tuning's gain, forgetting."""
+    rows = []
+    for r in result("lora_vs_full")["results"]:
+        mem = r["accounted_memory"]
+        gain = "–" if r["gain_recovered"] is None else f"{100 * r['gain_recovered']:.0f}%"
+        rows.append([r["domain"], r["config"], f"{r['trainable_parameters']:,}", f"{r['trainable_pct']:.2f}%",
+                     _mb(r["optimizer_state_mb"]), f"{r['train_state_mb']:.1f} / {mem['activations_mb']:.0f} MB",
+                     f"{r['step_s_median']:.3f}", f"{r['base_domain_ppl']:.2f} → {r['domain_ppl']:.2f}", gain,
+                     f"{r['base_general_ppl']:.2f} → {r['general_ppl']:.2f}", f"{r['general_change_pct']:+.1f}%",
+                     f"{r['avg_k']:.2f} / {r['max_vio']:.2f}"])
+    return table(["domain", "run", "trainable", "% of model", "optimizer state",
+                  "params+grads+optimizer / saved activations", "s/step", "domain ppl before → after",
+                  "gain recovered", "general ppl before → after", "general change", "avg k / MaxVio"],
+                 rows, "llrrrrrlrlrr")
+
+
+def adapters_scale() -> str:
+    """The scale check: training memory and step time of each set-up on the 108M preset."""
+    runs = result("lora_vs_full")["scale"]
+    full = next(r for r in runs if r["config"] == "full")
+    rows = []
+    for r in runs:
+        m, f = r["accounted_memory"], full["accounted_memory"]
+        rel = "" if r is full else f" ({100 * (m['total_mb'] / f['total_mb'] - 1):+.0f}%)"
+        rel_s = "" if r is full else f" ({100 * (r['step_s_median'] / full['step_s_median'] - 1):+.0f}%)"
+        rows.append([r["config"], f"{r['trainable_parameters']:,}", f"{r['trainable_pct']:.2f}%",
+                     *(_mb(m[k]) for k in ("weights_mb", "grads_mb", "optimizer_mb", "activations_mb")),
+                     f"{m['total_mb']:,.0f} MB{rel}", f"{r['step_s_median']:.2f}{rel_s}"])
+    return table(["run", "trainable", "% of model", "weights", "grads", "optimizer", "saved activations", "total",
+                  "s/step"], rows, "lrrrrrrrr")
+
+
 # document -> {table name: renderer}
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"readme": readme_results},
@@ -472,6 +520,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/routing.md": {"routing_en": routing_table("en"), "routing_zh": routing_table("zh"),
                                 "routing_targets": routing_targets},
     "docs/results/core.md": {"quickstart": quickstart, "train_throughput": train_throughput},
+    "docs/results/adapters.md": {"adapters_main": adapters_main, "adapters_scale": adapters_scale},
     "docs/results/moe_layer.md": {"moe_layer_summary": moe_layer_summary, "moe_layer_configs": moe_layer_configs},
     "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor},
