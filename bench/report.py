@@ -381,6 +381,18 @@ def pipeline() -> str:
     return table(["step", "records in", "MB in", "removed", "seconds", "MB/s", "share of time"], rows, "lrrrrrr")
 
 
+def pipeline_removed() -> str:
+    """What each step of the recipe removed, by reason."""
+    d = result("pipeline")
+    o = d["overall"]
+    rows = [[r["step"], f"{r['records_removed']:,}",
+             ", ".join(f"{why} {n:,}" for why, n in d["removed"].get(r["step"], {}).items()) or "–"]
+            for r in d["steps"] if r["step"] in d["removed"]]  # the recipe's steps, not reading and writing
+    rows.append(["**kept**", f"{o['records_kept']:,} of {o['records_in']:,}",
+                 f"{o['mb_kept']:.2f} of {o['mb_in']:.2f} MB"])
+    return table(["step", "removed", "by reason"], rows, "lrl")
+
+
 def quant_results() -> str:
     quant = bench_module("quant")  # the benchmark prints the same block
     results_block, tables = quant.results_block, quant.tables
@@ -513,7 +525,7 @@ def adapters_scale() -> str:
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"readme": readme_results},
     "docs/results/real_model.md": {"real_model_systems": real_model_systems, "real_model_tasks": real_model_tasks},
-    "docs/results/pipeline.md": {"pipeline": pipeline},
+    "docs/results/pipeline.md": {"pipeline": pipeline, "pipeline_removed": pipeline_removed},
     "docs/results/specialisation.md": {"specialisation_report": specialisation_report},
     "docs/results/domains.md": {"domains_results": domains_results, "domains_by_source": domains_by_source},
     "docs/results/quant.md": {"quant": quant_results},
