@@ -514,8 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("moefy", cmd_moefy, "Convert a dense checkpoint into a dynamic-routing MoE: experts cut from each FFN's "
-            "neurons, routers fitted on calibration text.")
-    p.add_argument("checkpoint", help="dense full-precision checkpoint folder, run folder or fetched model name")
+            "neurons, routers fitted on calibration text. Given a converted MoE (healed or not), re-target its "
+            "routing (--router, --target-k, --top-k) instead.")
+    p.add_argument("checkpoint", help="dense full-precision checkpoint folder, run folder or fetched model name; or "
+                   "a converted MoE to re-target")
     p.add_argument("--out", required=True, help="output checkpoint folder (new)")
     p.add_argument("--experts", type=int, help="same as --moefy.experts (routed experts per FFN)")
     p.add_argument("--shared", type=int, help="same as --moefy.shared_dim (neurons of the always-on shared expert)")

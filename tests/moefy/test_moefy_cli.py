@@ -129,3 +129,88 @@ def test_moefy_output_matches_the_library_call(dense_checkpoint, calib_file, tmp
     saved = load_model(out)
     for k, v in built.state_dict().items():
         assert torch.equal(v, saved.state_dict()[k]), k
+
+
+def test_moefy_retargets_a_converted_checkpoint(capsys, dense_checkpoint, calib_file, tmp_path):
+    """A converted MoE given back to `moefy` keeps its weights and changes only its routing."""
+    from lightseek.model.checkpoint import load_model, read_checkpoint_config
+
+    moe, wide, fixed = tmp_path / "moe", tmp_path / "k3", tmp_path / "top1"
+    common = ["--calib", str(calib_file), *SMALL]
+    assert main(["moefy", str(dense_checkpoint), "--out", str(moe), "--experts", "4", "--target-k", "2", *common]) == 0
+    capsys.readouterr()
+    assert main(["moefy", str(moe), "--out", str(wide), "--target-k", "3", *common]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[0].split() == ["layer", "k", "MaxVio", "threshold"]
+    ks = [float(ln.split()[1]) for ln in printed[1:3]]
+    assert all(abs(k - 3) < 0.35 for k in ks), ks  # calibrated to the new average on the same text
+    assert "2 layers re-targeted" in printed[-1] and "75% of FFN weights active" in printed[-1]
+    a, b = load_model(moe), load_model(wide)
+    assert b.cfg.target_k == 3 and b.cfg.n_experts == 4
+    for name, v in a.state_dict().items():
+        if not name.endswith("threshold"):
+            assert torch.equal(v, b.state_dict()[name]), name
+    meta = read_checkpoint_config(wide)
+    assert meta["moefy"]["config"]["experts"] == 4  # the conversion's record is kept
+    assert meta["moefy_retargets"][-1]["target_k"] == 3
+
+    assert main(["moefy", str(moe), "--out", str(fixed), "--router", "topk", "--top-k", "1", *common]) == 0
+    capsys.readouterr()
+    top1 = load_model(fixed)
+    assert top1.cfg.router_mode == "topk" and top1.cfg.top_k == 1
+    top1.reset_routing_stats()
+    top1(torch.randint(0, top1.cfg.vocab_size, (2, 16)))
+    assert all(r["avg_k"] == 1 for r in top1.routing_report())
+
+
+def _kl_to(teacher, student, ids: torch.Tensor) -> float:
+    with torch.no_grad():
+        t = torch.log_softmax(teacher(ids).logits, -1)
+        s = torch.log_softmax(student(ids).logits, -1)
+    return float((t.exp() * (t - s)).sum(-1).mean())
+
+
+@pytest.fixture(scope="module")
+def heal_file(tmp_path_factory) -> Path:
+    """The calibration text's paragraphs as JSONL documents (distillation splits by document)."""
+    paras = [p.strip() for p in corpus_text()[:40_000].split("\n\n") if len(p.strip()) > 40]
+    path = tmp_path_factory.mktemp("heal") / "heal.jsonl"
+    path.write_text("".join(json.dumps({"text": p}) + "\n" for p in paras), encoding="utf-8")
+    return path
+
+
+def test_healing_by_distillation_trains_only_the_ffns_and_closes_the_gap(capsys, dense_checkpoint, calib_file,
+                                                                         heal_file, tmp_path):
+    """`distill train` with the dense original as teacher and everything but the FFNs frozen:
+    attention, norms and embedding stay bit-identical, and the converted model moves toward the
+    dense one on text it did not train on."""
+    from lightseek.data.tokenizer import Tokenizer
+    from lightseek.model.checkpoint import load_model
+
+    moe, healed = tmp_path / "moe", tmp_path / "heal"
+    assert main(["moefy", str(dense_checkpoint), "--out", str(moe), "--experts", "4", "--router", "topk",
+                 "--top-k", "1", "--calib", str(calib_file), *SMALL]) == 0
+    rc = main(["distill", "train", f"--student={moe}", f"--teachers.general={dense_checkpoint}",
+               f"--data.sources=[general={heal_file}]", "--kd.ce_weight=0", f"--out_dir={healed}",
+               "--freeze=[embed,norm,'*.attn.*','*_norm.*']", "--train.steps=40", "--train.batch_size=8",
+               "--train.seq_len=64", "--train.lr=3e-3", "--train.warmup_steps=2", "--train.eval_every=40",
+               "--train.eval_batches=1", "--train.plots=false", "--eval_windows=1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+
+    dense, before, after = load_model(dense_checkpoint), load_model(moe), load_model(healed / "checkpoint")
+    trained = dict(after.named_parameters())
+    for name, v in before.named_parameters():
+        frozen = ".ffn." not in name
+        assert torch.equal(v, trained[name]) == frozen, name
+    ids = torch.tensor(Tokenizer.load(dense_checkpoint).encode(corpus_text()[-4000:])[:256]).view(4, 64)
+    kl_before, kl_after = _kl_to(dense, before, ids), _kl_to(dense, after, ids)
+    assert kl_after < 0.8 * kl_before, (kl_before, kl_after)
+    assert after.cfg.expert_weights == "unit"  # still a converted model: `moefy` can re-target it
+
+
+def test_freeze_patterns_are_checked_by_name(capsys, dense_checkpoint, heal_file, tmp_path):
+    rc = main(["distill", "train", f"--student={dense_checkpoint}", f"--teachers.general={dense_checkpoint}",
+               f"--data.sources=[general={heal_file}]", f"--out_dir={tmp_path / 'x'}", "--freeze=['*.nope.*']",
+               "--train.steps=1", "--train.seq_len=64", "--quiet"])
+    assert rc == 2 and "freeze: no parameter name starts with or matches '*.nope.*'" in capsys.readouterr().err

@@ -85,7 +85,8 @@ class FinetuneConfig:
     data: SftDataConfig = field(default_factory=SftDataConfig, help="Instruction data.")
     train: TrainConfig = field(default_factory=_finetune_train_defaults, help="Optimisation and schedule.")
     freeze: list[str] = field(default_factory=list, help=(
-        "Full fine-tuning: parameter-name prefixes kept frozen, e.g. [embed] (see `lightseek info`)."))
+        "Full fine-tuning: parameters kept frozen, by name prefix or pattern, e.g. [embed, '*.attn.*'] "
+        "(see `lightseek info`)."))
 
 
 def load_finetune_config(config_path: str | Path | None = None, overrides: list[str] | None = None,
@@ -213,7 +214,7 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
     """Train a LoRA adapter (mode "lora") or the whole model ("full") on instruction data."""
     from lightseek.adapters import store
     from lightseek.train.loop import Job, check_run_folder, fit, restore
-    from lightseek.train.optim import build_optimizer
+    from lightseek.train.optim import build_optimizer, freeze_parameters
     from lightseek.train.parallel import autocast_dtype, init_distributed, resolve_device, shutdown
 
     say = (lambda text: console.print(text, soft_wrap=True, highlight=False)) if console is not None else (lambda text: None)
@@ -260,12 +261,7 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
             report = apply_lora(model, cfg.lora, cfg.name)
             say(format_report(report, total))
         elif cfg.freeze:
-            names = [n for n, _ in model.named_parameters()]
-            for prefix in cfg.freeze:
-                if not any(n.startswith(prefix) for n in names):
-                    raise ConfigError(f"freeze: no parameter starts with {prefix!r} (e.g. {names[0]}, {names[-1]})")
-            for n, p in model.named_parameters():
-                p.requires_grad = not any(n.startswith(prefix) for prefix in cfg.freeze)
+            freeze_parameters(model, cfg.freeze)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         opt = build_optimizer(model, tc)
         start, tokens_seen = 0, 0

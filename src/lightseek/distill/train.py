@@ -30,7 +30,7 @@ from lightseek.errors import ConfigError
 from lightseek.model.config import PRESETS, ModelConfig
 from lightseek.train.config import TrainConfig
 
-RESUME_KEYS = ("student", "preset", "model", "teachers", "kd", "data.sources", "data.text_field", "data.val_fraction",
+RESUME_KEYS = ("student", "preset", "model", "teachers", "kd", "freeze", "data.sources", "data.text_field", "data.val_fraction",
                "data.split_seed", "data.weights", "train.seed", "train.batch_size", "train.seq_len",
                "train.grad_accum", "train.steps", "train.lr", "train.warmup_steps", "train.min_lr_ratio")
 
@@ -55,6 +55,9 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=_distill_train_defaults, help="Optimisation and schedule.")
     out_dir: str = field("runs/distill", help="Run folder (checkpoint/, metrics.jsonl, config.yaml).")
     eval_windows: int = field(64, help="Validation windows per domain in the final per-domain report (0 = all).")
+    freeze: list[str] = field(default_factory=list, help=(
+        "Student parameters kept frozen, by name prefix or pattern, e.g. [embed, norm, '*.attn.*', '*_norm.*'] "
+        "to heal only a moefied model's experts and routers (see `lightseek info`)."))
 
     def __post_init__(self) -> None:
         if not self.student and self.preset not in PRESETS:
@@ -107,7 +110,7 @@ def distill_train(cfg: DistillConfig, resume: bool = False, show_progress: bool 
     from lightseek.fileio import atomic_write_text
     from lightseek.model.checkpoint import save_checkpoint
     from lightseek.train.loop import Job, check_run_folder, fit, restore
-    from lightseek.train.optim import build_optimizer
+    from lightseek.train.optim import build_optimizer, freeze_parameters
     from lightseek.train.parallel import autocast_dtype, init_distributed, resolve_device, shutdown
 
     say = (lambda text: console.print(text, soft_wrap=True, highlight=False)) if console is not None else (lambda t: None)
@@ -135,6 +138,8 @@ def distill_train(cfg: DistillConfig, resume: bool = False, show_progress: bool 
         probs = domain_weights(list(streams.train), cfg.data.weights)
         say(f"data: {streams.describe()}; teachers: "
             + (", ".join(f"{k} <- {m.spec}" for k, m in loaded.items()) or "none (no distillation)"))
+        trainable = freeze_parameters(model, cfg.freeze) if cfg.freeze else model.num_params()["total"]
+        say(f"student: {trainable:,} of {model.num_params()['total']:,} parameters train")
         opt = build_optimizer(model, tc)
         start, tokens_seen = 0, 0
         ckpt_dir = out / "checkpoint"

@@ -15,9 +15,8 @@ import zipfile
 from pathlib import Path
 
 from lightseek.errors import CheckpointError, LightseekError
-from lightseek.fileio import atomic_open
+from lightseek.fileio import atomic_open, file_sha256
 from lightseek.known_models import KNOWN_MODELS, KnownModel, cache_dir, cached_model_dir
-from lightseek.fileio import file_sha256
 from lightseek.model.checkpoint import CONFIG
 
 

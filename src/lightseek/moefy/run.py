@@ -1,7 +1,9 @@
-"""`lightseek moefy`: convert a dense checkpoint into a dynamic-routing MoE checkpoint."""
+"""`lightseek moefy`: convert a dense checkpoint into a dynamic-routing MoE checkpoint, or
+re-target a converted one (after healing, or for another average k)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,7 +33,12 @@ def calibration(tokenizer, cfg: MoefyConfig, max_seq_len: int) -> list[torch.Ten
 
 def moefy_checkpoint(checkpoint: str | Path, cfg: MoefyConfig, out: str | Path, overwrite: bool = False,
                      show_progress: bool = True) -> dict:
-    """Convert ``checkpoint`` by ``cfg`` into a new MoE checkpoint folder ``out``; the summary."""
+    """Convert ``checkpoint`` by ``cfg`` into a new MoE checkpoint folder ``out``; the summary.
+
+    A checkpoint that is already a converted MoE (experts combined with unit weights, as
+    conversion makes them; healed or not) is re-targeted instead: only its routing changes, to
+    ``cfg.router`` at ``cfg.target_k`` (thresholds recalibrated on the calibration text) or
+    ``cfg.top_k``."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from lightseek.adapters.store import base_fingerprint
@@ -52,6 +59,8 @@ def moefy_checkpoint(checkpoint: str | Path, cfg: MoefyConfig, out: str | Path, 
                              f"MoE checkpoint")
     check_new_checkpoint_dir(out, src, overwrite)
     dense = load_model(src)
+    if dense.cfg.is_moe and dense.cfg.expert_weights == "unit":
+        return _retarget_checkpoint(src, meta, dense, cfg, out)
     check_dense(dense)
     moe_config(dense.cfg, cfg)  # every setting checked before the calibration pass
     tokenizer = Tokenizer.load(src)
@@ -69,6 +78,34 @@ def moefy_checkpoint(checkpoint: str | Path, cfg: MoefyConfig, out: str | Path, 
             "ffn_active_share": ffn_active_share(model)}
 
 
+def _retarget_checkpoint(src: Path, meta: dict, model, cfg: MoefyConfig, out: str | Path) -> dict:
+    from lightseek.data.tokenizer import Tokenizer
+    from lightseek.model.checkpoint import TOKENIZER, save_checkpoint
+    from lightseek.moefy.convert import retarget, set_routing
+
+    cfg = replace(cfg, experts=model.cfg.n_experts)
+    top_k, _, _ = cfg.resolved_k()
+    windows = calibration(Tokenizer.load(src), cfg, model.cfg.max_seq_len)
+    model.eval()
+    with torch.inference_mode():
+        if cfg.router == "dynamic":
+            retarget(model, windows, cfg.target_k)
+        else:
+            set_routing(model, router_mode="topk", top_k=top_k, target_k=float(top_k))
+        model.reset_routing_stats()
+        for w in windows:
+            model(w)
+    layers = model.routing_report()
+    n_tokens = sum(w.numel() for w in windows)
+    history = [*meta.get("moefy_retargets", []), {"router": cfg.router, "target_k": cfg.target_k, "top_k": top_k,
+                                                   "calib_tokens": n_tokens}]
+    extra = {key: meta[key] for key in ("moefy", "distilled") if key in meta}
+    save_checkpoint(out, model, tokenizer_file=src / TOKENIZER, run_config=meta.get("run"),
+                    extra={**extra, "moefy_retargets": history})
+    return {"out": str(out), "layers": layers, "calib_tokens": n_tokens, "params": model.num_params(),
+            "ffn_active_share": ffn_active_share(model), "retargeted": True}
+
+
 def ffn_active_share(model) -> float:
     """Share of a converted layer's FFN weights a token uses: shared expert plus k routed."""
     cfg = model.cfg
@@ -78,6 +115,8 @@ def ffn_active_share(model) -> float:
 
 def summary_text(r: dict) -> str:
     """What `lightseek moefy` prints: per-layer router recall, error and k, then the totals."""
+    if r.get("retargeted"):
+        return _retarget_text(r)
     lines = [f"{'layer':>5}  {'recall':>6}  {'rel.err':>7}  {'k':>5}  {'MaxVio':>6}"]
     for x in r["layers"]:
         lines.append(f"{x['layer']:>5}  {x['router_recall']:>6.3f}  {x['rel_error']:>7.3f}  {x['avg_k']:>5.2f}  "
@@ -89,4 +128,16 @@ def summary_text(r: dict) -> str:
                  f"{mean['router_recall']:.3f}, FFN output error {mean['rel_error']:.3f}, k {mean['avg_k']:.2f} "
                  f"(held-out calibration tokens); {100 * r['ffn_active_share']:.0f}% of FFN weights active; "
                  f"{p['active'] / 1e6:.1f}M of {p['total'] / 1e6:.1f}M parameters active per token -> {r['out']}")
+    return "\n".join(lines)
+
+
+def _retarget_text(r: dict) -> str:
+    lines = [f"{'layer':>5}  {'k':>5}  {'MaxVio':>6}  {'threshold':>9}"]
+    for x in r["layers"]:
+        threshold = f"{x['threshold']:>9.4f}" if x.get("threshold") is not None else f"{'-':>9}"
+        lines.append(f"{x['layer']:>5}  {x['avg_k']:>5.2f}  {x['max_vio']:>6.2f}  {threshold}")
+    n, p = len(r["layers"]), r["params"]
+    lines.append(f"{n} layers re-targeted on {r['calib_tokens']:,} calibration tokens: k "
+                 f"{sum(x['avg_k'] for x in r['layers']) / n:.2f}; {100 * r['ffn_active_share']:.0f}% of FFN weights "
+                 f"active; {p['active'] / 1e6:.1f}M of {p['total'] / 1e6:.1f}M parameters active per token -> {r['out']}")
     return "\n".join(lines)

@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import math
+from fnmatch import fnmatchcase
 
 import torch
 
+from lightseek.errors import ConfigError
 from lightseek.train.config import TrainConfig
+
+
+def freeze_parameters(model: torch.nn.Module, patterns: list[str], key: str = "freeze") -> int:
+    """Freeze every parameter whose name starts with, or matches (fnmatch), one of ``patterns``
+    (``embed``, ``*.attn.*``); returns the number of parameters left to train. A pattern that
+    matches nothing is a ConfigError naming ``key``."""
+    names = [n for n, _ in model.named_parameters()]
+
+    def hit(name: str, pattern: str) -> bool:
+        return name.startswith(pattern) or fnmatchcase(name, pattern)
+
+    for pattern in patterns:
+        if not any(hit(n, pattern) for n in names):
+            raise ConfigError(f"{key}: no parameter name starts with or matches {pattern!r} "
+                              f"(e.g. {names[0]}, {names[-1]}; `lightseek info CKPT` lists them)")
+    for n, p in model.named_parameters():
+        p.requires_grad = not any(hit(n, pattern) for pattern in patterns)
+    left = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if left == 0:
+        raise ConfigError(f"{key}: every parameter is frozen, nothing would train")
+    return left
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

@@ -144,8 +144,7 @@ class DomainClassifier:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the classifier folder atomically (an existing one is replaced whole)."""
         joblib = require("joblib")
-        from lightseek.fileio import write_json_atomic
-        from lightseek.fileio import write_dir_atomic
+        from lightseek.fileio import write_dir_atomic, write_json_atomic
 
         meta = self.metadata()
 
