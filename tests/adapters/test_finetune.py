@@ -271,6 +271,6 @@ def test_full_finetuning_can_freeze_parts(debug_checkpoint, instruction_file, tm
     tuned, base = load_model(tmp_path / "f"), load_model(debug_checkpoint)
     assert torch.equal(tuned.embed.weight, base.embed.weight)
     assert not torch.equal(tuned.layers[0].attn.wq.weight, base.layers[0].attn.wq.weight)
-    with pytest.raises(ConfigError, match="no parameter starts with 'embd'"):
+    with pytest.raises(ConfigError, match="no parameter name starts with or matches 'embd'"):
         finetune(config(debug_checkpoint, instruction_file, tmp_path / "g", "--freeze=[embd]"), "full",
                  show_progress=False)
