@@ -7,7 +7,7 @@ import torch
 
 from lightseek.data.tokenizer import Tokenizer
 from lightseek.errors import DataError
-from lightseek.eval.routing import specialisation
+from lightseek.eval.routing import load_shares, specialisation
 from lightseek.eval.run import parse_corpora, run_eval
 from lightseek.model.checkpoint import save_checkpoint
 from lightseek.model.config import preset
@@ -70,3 +70,24 @@ def test_eval_refuses_shards_from_another_tokenizer(tmp_path):
     cfg = load_run_config(None, ["--preset=debug", "--train.seq_len=16"])
     with pytest.raises(DataError, match="another tokenizer"):
         run_eval(str(tmp_path / "ckpt"), cfg, data=[str(tmp_path / "shards")])
+
+
+def test_many_layers_get_one_compact_panel_per_corpus(tmp_path):
+    """A 30-layer MoE's heatmap stays a readable size: one panel per corpus, layers as rows."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    from lightseek.eval.routing import COMPACT_LAYERS, plot_by_corpus
+
+    layers = list(range(30))
+    assert len(layers) > COMPACT_LAYERS
+
+    def routing(skew: int) -> list[dict]:
+        return [{"layer": i, "tokens_per_expert": [10 + 30 * ((e + skew) % 16 == i % 16) for e in range(16)]}
+                for i in layers]
+
+    results = {name: {"routing": routing(skew)} for skew, name in enumerate(["medical", "code", "zh"])}
+    spec = specialisation({n: load_shares(r["routing"]) for n, r in results.items()})
+    path = plot_by_corpus(results, spec, layers, tmp_path / "spec.png")
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert 300 < height < 1200 and width > height  # one row of panels, not 30 stacked heatmaps

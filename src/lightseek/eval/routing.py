@@ -64,6 +64,37 @@ def format_by_corpus(results: dict[str, dict], spec: dict, layers: list[int]) ->
     return "\n".join(lines)
 
 
+COMPACT_LAYERS = 6  # more MoE layers than this: one panel per corpus instead of one per layer
+
+
+def _plot_compact(plt, names: list[str], shares: dict, spec: dict, layers: list[int], path: Path) -> Path:
+    """One panel per corpus, layers as rows and experts as columns, on one colour scale; the
+    last panel is each layer's specialisation."""
+    top = max(v for n in names for row in shares[n] for v in row)
+    n_experts = len(shares[names[0]][0])
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(1.2 + 0.16 * n_experts * len(names) + 1.5,
+                                                         1.5 + 0.16 * len(layers)),
+                             gridspec_kw={"width_ratios": [n_experts] * len(names) + [4]}, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        im = ax.imshow(shares[name], aspect="auto", cmap="magma", vmin=0, vmax=top)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("expert", fontsize=8)
+        ax.set_yticks(range(len(layers)), layers if ax is axes[0, 0] else [""] * len(layers), fontsize=6)
+    axes[0, 0].set_ylabel("layer")
+    spec_ax = axes[0, -1]
+    spec_ax.barh(range(len(layers)), spec["per_layer"], color="grey")
+    spec_ax.set_ylim(len(layers) - 0.5, -0.5)
+    spec_ax.set_yticks([])
+    spec_ax.set_title("specialisation", fontsize=9)
+    fig.colorbar(im, ax=axes[0, :-1].tolist(), orientation="horizontal", fraction=0.03, pad=0.12,
+                 label="share of the corpus's routed slots")
+    fig.suptitle(f"expert share by corpus, every MoE layer: specialisation score {spec['score']:.3f}", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def plot_by_corpus(results: dict[str, dict], spec: dict, layers: list[int], path: str | Path) -> Path | None:
     """One heatmap per MoE layer: rows are corpora, columns experts, colour the share."""
     try:
@@ -76,6 +107,8 @@ def plot_by_corpus(results: dict[str, dict], spec: dict, layers: list[int], path
         return None
     names = list(results)
     shares = {name: load_shares(results[name]["routing"]) for name in names}
+    if len(layers) > COMPACT_LAYERS:
+        return _plot_compact(plt, names, shares, spec, layers, Path(path))
     fig, axes = plt.subplots(len(layers), 1, figsize=(9, 0.9 + 0.35 * len(names) * len(layers) + 0.6 * len(layers)),
                              squeeze=False)
     for i, (ax, layer) in enumerate(zip(axes[:, 0], layers)):
