@@ -7,14 +7,19 @@ abstracts; --eval-tokens in all, 200k by default) in windows of 512 tokens. Cali
 a different mix (Gutenberg books, Alpaca instructions, the standard library's documentation).
 
 Methods, at each number of routed experts per token k of 16 (k/16 of the FFN's weights active;
---ks, default 2 4 6 8 10, i.e. 12.5% to 62.5%):
+--ks, default 3 5 8 10, i.e. 19% to 62.5%; the top-k and random-split ablations at --ablation-ks,
+default 5 8):
 
 - dense: the original model (once);
 - dynamic: co-activation split, fitted routers, dynamic routing calibrated to an average of k;
 - topk: the same experts and routers, a fixed k per token;
 - random: a random split, routers fitted the same way, dynamic routing at k;
 - teal: the dense model with TEAL-style thresholds zeroing a share 1 - k/16 of each FFN's
-  input and intermediate activations (training-free; quality only: no sparse kernels here).
+  input and intermediate activations (training-free; quality only: no sparse kernels here);
+- healed: the dynamic model at --heal-k (default 5, 31% of the FFN) after `distill train` with
+  the dense original as teacher (KL only), everything but the FFNs (experts and routers)
+  frozen, --heal-steps of 4 x 256 tokens of the calibration sources (never the held-out ones),
+  then re-targeted to --heal-k.
 
 Each split is converted once (at k = 8) and re-calibrated to every other k (`retarget`: the
 thresholds only). For every point: perplexity and bits per byte per source and overall,
@@ -26,8 +31,8 @@ runs/moefy_bench/points/ with the settings it was measured under; a rerun measur
 points missing (or measured under other settings), and --only METHOD... limits a run to some
 methods. The result JSON holds every cached point of the current settings.
 
-    python bench/moefy.py [--eval-tokens 200000] [--ks 2 4 6 8 10] [--only dense dynamic ...]
-                          [--result NAME]
+    python bench/moefy.py [--eval-tokens 200000] [--ks 3 5 8 10] [--ablation-ks 5 8]
+                          [--heal-k 5] [--heal-steps 200] [--only dense dynamic ...] [--result NAME]
 
 Writes bench/results/moefy.json (or a probe's own name) and docs/results/moefy.png.
 """
@@ -50,7 +55,8 @@ NAME = "smollm2-135m-instruct"
 SHARED = ROOT.parent / "shared" / "data"
 RUNS = ROOT / "runs" / "moefy_bench"
 EXPERTS, CONVERT_K, SEQ_LEN, BATCH = 16, 8.0, 512, 4
-METHODS = ("dense", "dynamic", "topk", "random", "teal")
+METHODS = ("dense", "dynamic", "topk", "random", "teal", "healed")
+HEAL_BATCH, HEAL_SEQ = 4, 256
 
 
 # --- text ----------------------------------------------------------------------------------------
@@ -195,9 +201,9 @@ def save_point(point: dict) -> None:
     write_json_atomic(path, point)
 
 
-def converted(split: str, dense, calib, args, key: dict):
+def converted(split: str, dense, dense_dir: Path, calib, args, key: dict):
     """The dense model converted with ``split`` at k = 8 (cached as a checkpoint)."""
-    from lightseek.model.checkpoint import load_model, save_checkpoint
+    from lightseek.model.checkpoint import TOKENIZER, load_model, save_checkpoint
     from lightseek.moefy.config import MoefyConfig
     from lightseek.moefy.convert import moefy_model
 
@@ -215,19 +221,90 @@ def converted(split: str, dense, calib, args, key: dict):
           f"{sum(r['rel_error'] for r in layers) / len(layers):.3f}", flush=True)
     for r in layers:
         r["convert_s"] = seconds / len(layers)
-    save_checkpoint(out, model, extra={"bench_key": stamp, "moefy_layers": layers})
+    save_checkpoint(out, model, tokenizer_file=dense_dir / TOKENIZER,
+                    extra={"bench_key": stamp, "moefy_layers": layers})
     return model, layers
+
+
+def conversion_k_first(ks: list[float]) -> list[float]:
+    """``ks`` with the conversion's own k first (it needs no re-targeting)."""
+    return sorted(ks, key=lambda k: (k != CONVERT_K, k))
+
+
+def heal_corpus(path: Path) -> Path:
+    """The healing text as JSONL documents: the calibration sources (books in ~4,000-character
+    passages, Alpaca instructions with their answers, the standard library's documentation),
+    never the held-out ones."""
+    from lightseek.fileio import atomic_write_text
+    from lightseek.moefy.run import default_calibration
+
+    if path.is_file():
+        return path
+    texts = []
+    for book in sorted((SHARED / "en_gutenberg").glob("*.txt")):
+        text = book.read_text(encoding="utf-8")
+        texts += [text[i:i + 4000] for i in range(0, len(text), 4000)]
+    alpaca = json.loads((SHARED / "instruct_alpaca_en" / "alpaca_data_en_part01.json").read_text(encoding="utf-8"))
+    texts += ["\n".join(x for x in (r["instruction"], r.get("input", ""), r["output"]) if x) for r in alpaca]
+    texts += [doc.text for doc in default_calibration()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts if t.strip()))
+    return path
+
+
+def healed(moe_dir: Path, dense_dir: Path, calib, args, key: dict):
+    """The converted model at --heal-k, healed by distillation from the dense original, then
+    re-targeted to --heal-k (cached as a run folder); the model and the run's summary."""
+    import torch
+
+    from lightseek.distill.train import distill_train, load_distill_config
+    from lightseek.model.checkpoint import TOKENIZER, load_model, save_checkpoint
+    from lightseek.moefy.convert import retarget
+
+    stamp = key_hash({**{k: v for k, v in key.items() if k != "eval_tokens"}, "heal_k": args.heal_k,
+                      "heal_steps": args.heal_steps, "heal_lr": args.heal_lr})
+    run = RUNS / f"heal_k{args.heal_k:g}_{stamp}"
+    summary_file = run / "heal_summary.json"
+    if not summary_file.is_file():
+        student = RUNS / f"heal_k{args.heal_k:g}_{stamp}_student"
+        if not (student / "config.json").is_file():
+            model = load_model(moe_dir).eval()
+            with torch.inference_mode():
+                retarget(model, calib, args.heal_k)
+            save_checkpoint(student, model, tokenizer_file=dense_dir / TOKENIZER)
+        cfg = load_distill_config(None, [
+            f"--student={student}", f"--teachers.general={dense_dir}",
+            f"--data.sources=[general={heal_corpus(RUNS / 'heal_corpus.jsonl')}]", "--kd.ce_weight=0",
+            "--freeze=[embed,norm,'*.attn.*','*_norm.*']", f"--out_dir={run}", f"--train.steps={args.heal_steps}",
+            f"--train.batch_size={HEAL_BATCH}", f"--train.seq_len={HEAL_SEQ}", f"--train.lr={args.heal_lr}",
+            f"--train.warmup_steps={max(1, args.heal_steps // 20)}", f"--train.eval_every={args.heal_steps}",
+            "--train.eval_batches=4", f"--train.ckpt_every={args.heal_steps}", "--train.plots=false",
+            "--train.weight_decay=0", "--eval_windows=8"])
+        t0 = time.perf_counter()
+        summary = distill_train(cfg, show_progress=True)
+        summary["heal_wall_s"] = time.perf_counter() - t0
+        summary_file.write_text(json.dumps(summary, indent=1, default=str))
+    summary = json.loads(summary_file.read_text())
+    model = load_model(run / "checkpoint").eval()
+    with torch.inference_mode():
+        retarget(model, calib, args.heal_k)
+    return model, summary
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval-tokens", type=int, default=200_000, help="held-out tokens in all (5 sources)")
-    ap.add_argument("--ks", type=float, nargs="+", default=[2, 4, 6, 8, 10], help="routed experts per token, of 16")
+    ap.add_argument("--ks", type=float, nargs="+", default=[3, 5, 8, 10], help="routed experts per token, of 16")
+    ap.add_argument("--ablation-ks", type=float, nargs="+", default=[5, 8], help="the same, for topk and random")
+    ap.add_argument("--heal-k", type=float, default=5.0, help="average k of the healed model")
+    ap.add_argument("--heal-steps", type=int, default=200, help="healing steps of 4 x 256 tokens")
+    ap.add_argument("--heal-lr", type=float, default=3e-4)
     ap.add_argument("--only", nargs="+", choices=METHODS, help="measure only these methods (cached ones are kept)")
     ap.add_argument("--router-steps", type=int, default=300)
     ap.add_argument("--result", help="write bench/results/RESULT.json")
     args = ap.parse_args()
-    stem = result_name("moefy", args, {"eval_tokens": 200_000, "ks": [2, 4, 6, 8, 10], "router_steps": 300})
+    stem = result_name("moefy", args, {"eval_tokens": 200_000, "ks": [3, 5, 8, 10], "ablation_ks": [5, 8],
+                                       "heal_k": 5.0, "heal_steps": 200, "heal_lr": 3e-4, "router_steps": 300})
 
     import torch
 
@@ -251,7 +328,9 @@ def main() -> None:
     print(f"held-out: {sum(d['windows'][:, 1:].numel() for d in data.values()):,} tokens; calibration: "
           f"{sum(w.numel() for w in calib):,} tokens", flush=True)
     methods = args.only or METHODS
-    ks = sorted(args.ks, key=lambda k: (k != CONVERT_K, k))  # the conversion's own k first
+    method_ks = {"dynamic": conversion_k_first(args.ks), "teal": conversion_k_first(args.ks),
+                 "topk": conversion_k_first(args.ablation_ks), "random": conversion_k_first(args.ablation_ks),
+                 "healed": [args.heal_k], "dense": [None]}
 
     def measure(method: str, k: float | None, model, ffn_share: float | None = None, extra: dict | None = None):
         if cached(method, k, key):
@@ -266,9 +345,10 @@ def main() -> None:
     if "dense" in methods:
         measure("dense", None, dense)
     for method, split in (("dynamic", "coactivation"), ("topk", "coactivation"), ("random", "random")):
+        ks = method_ks[method]
         if method not in methods or all(cached(method, k, key) for k in ks):
             continue
-        model, layers = converted(split, dense, calib, args, key)
+        model, layers = converted(split, dense, ckpt, calib, args, key)
         for k in ks:
             if cached(method, k, key):
                 continue
@@ -279,18 +359,27 @@ def main() -> None:
             model.reset_routing_stats()
             measure(method, k, model, extra={"convert": layers})
     if "teal" in methods:
-        for k in ks:
+        for k in method_ks["teal"]:
             if cached("teal", k, key):
                 continue
             model = load_model(ckpt).eval()
             thresholds = threshold_ffns(model, calib, 1 - k / EXPERTS)
             measure("teal", k, model, ffn_share=k / EXPERTS, extra={"thresholds": thresholds})
 
-    points = [p for m in METHODS for k in ([None] if m == "dense" else args.ks) if (p := cached(m, k, key))]
+    if "healed" in methods and not cached("healed", args.heal_k, key):
+        converted("coactivation", dense, ckpt, calib, args, key)
+        stamp = key_hash({k: v for k, v in key.items() if k != "eval_tokens"})
+        model, summary = healed(RUNS / f"moe_coactivation_E{EXPERTS}_{stamp}", ckpt, calib, args, key)
+        measure("healed", args.heal_k, model, extra={"heal": {
+            "steps": args.heal_steps, "tokens": args.heal_steps * HEAL_BATCH * HEAL_SEQ, "lr": args.heal_lr,
+            "wall_s": summary["heal_wall_s"], "trained": "experts and routers (FFNs)", "teacher": NAME,
+            "loss": "KL(teacher || student)", "corpus": "books + alpaca01 + stdlib docs"}})
+
+    points = [p for m in METHODS for k in method_ks[m] if (p := cached(m, k, key))]
     for p in points:
         p.pop("key")
     out = write_result(stem, {**provenance(torch.get_num_threads()), "model": NAME, "settings": key,
-                              "ks": args.ks, "points": points})
+                              "ks": method_ks, "points": points})
     print(f"wrote {out} ({len(points)} points)")
     plot(points, ROOT / "docs" / "results" / f"{stem}.png")
 
@@ -305,7 +394,7 @@ def plot(points: list[dict], path: Path) -> None:
         print("matplotlib is not installed: no plot")
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, style in (("dynamic", "o-"), ("topk", "s--"), ("random", "x:"), ("teal", "d-.")):
+    for method, style in (("dynamic", "o-"), ("topk", "s--"), ("random", "x:"), ("teal", "d-."), ("healed", "*")):
         pts = sorted((p["flops_per_token"] / 1e6, p["ppl"]) for p in points if p["method"] == method)
         if pts:
             ax.plot(*zip(*pts), style, label=method)

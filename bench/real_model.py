@@ -37,9 +37,15 @@ NAME = "smollm2-135m-instruct"
 PROMPT, NEW, PREFILL, ROWS, ROW_NEW = 64, 64, 512, 16, 32
 
 
-def prompts(n: int, length: int, seed: int = 0) -> list[list[int]]:
+def prompts(n: int, length: int, seed: int = 0, text_ids: list[int] | None = None) -> list[list[int]]:
+    """``n`` prompts of ``length`` token ids: random ids, or consecutive windows of ``text_ids``
+    (real text, where routing depends on what is read)."""
     import torch
 
+    if text_ids is not None:
+        if len(text_ids) < n * length:
+            raise SystemExit(f"--text holds {len(text_ids)} tokens; {n} prompts of {length} need more")
+        return [text_ids[i * length:(i + 1) * length] for i in range(n)]
     g = torch.Generator().manual_seed(seed)
     return torch.randint(100, 40000, (n, length), generator=g).tolist()
 
@@ -65,9 +71,10 @@ def peak_mib() -> float:
 
 
 # --- one system per process -------------------------------------------------------------------------
-def run_lightseek(ckpt: str, repeats: int) -> dict:
+def run_lightseek(ckpt: str, repeats: int, text: str | None = None) -> dict:
     import torch
 
+    from lightseek.data.tokenizer import Tokenizer
     from lightseek.model.checkpoint import load_model
     from lightseek.model.generate import generate_ids
     from lightseek.model.kv_cache import KVCache
@@ -76,10 +83,11 @@ def run_lightseek(ckpt: str, repeats: int) -> dict:
     t = time.perf_counter()
     model = load_model(ckpt)
     load_s = time.perf_counter() - t
-    long = torch.tensor(prompts(1, PREFILL))
+    ids = Tokenizer.load(ckpt).encode(Path(text).read_text(encoding="utf-8")) if text else None
+    long = torch.tensor(prompts(1, PREFILL, text_ids=ids))
     greedy = SamplingParams(temperature=0.0, max_new_tokens=NEW)
-    one = prompts(1, PROMPT)[0]
-    rows = torch.tensor(prompts(ROWS, PROMPT))
+    one = prompts(1, PROMPT, text_ids=ids)[0]
+    rows = torch.tensor(prompts(ROWS, PROMPT, text_ids=ids))
 
     def prefill():
         with torch.inference_mode():
@@ -95,9 +103,14 @@ def run_lightseek(ckpt: str, repeats: int) -> dict:
             for _ in range(ROW_NEW - 1):
                 nxt = model(nxt, cache=cache, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
 
-    return {"load_s": load_s, "prefill_tok_s": PREFILL / timed(prefill, repeats),
-            "decode_b1_tok_s": NEW / timed(decode1, repeats),
-            "decode_b16_tok_s": ROWS * ROW_NEW / timed(decode16, repeats), "peak_mib": peak_mib()}
+    model.reset_routing_stats()
+    row = {"load_s": load_s, "prefill_tok_s": PREFILL / timed(prefill, repeats),
+           "decode_b1_tok_s": NEW / timed(decode1, repeats),
+           "decode_b16_tok_s": ROWS * ROW_NEW / timed(decode16, repeats), "peak_mib": peak_mib()}
+    if model.cfg.is_moe:  # experts per token actually used, over every timed call
+        report = model.routing_report()
+        row["avg_k"] = sum(r["avg_k"] for r in report) / len(report)
+    return row
 
 
 def run_transformers(gguf: str, repeats: int) -> dict:
@@ -159,7 +172,7 @@ def child(args) -> None:
     elif args.system == "llama.cpp":
         row = run_llama_cpp(args.source, args.repeats, args.threads)
     else:
-        row = run_lightseek(args.source, args.repeats)
+        row = run_lightseek(args.source, args.repeats, args.text)
     print(json.dumps(row))
 
 
@@ -178,6 +191,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--system", help=argparse.SUPPRESS)
     ap.add_argument("--source", help=argparse.SUPPRESS)
+    ap.add_argument("--text", help=argparse.SUPPRESS)  # lightseek child: prompts cut from this text file
     args = ap.parse_args()
     if args.system:
         return child(args)

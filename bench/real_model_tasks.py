@@ -8,7 +8,10 @@ Task files (written to runs/tasks/, never committed: they are derived from the s
   yes / no / maybe (MIT).
 Items are drawn with a fixed seed, so the files are the same on every machine with the data.
 
-    python bench/real_model_tasks.py [--items 200]
+    python bench/real_model_tasks.py [--items 200] [--ckpt CKPT]
+
+--ckpt scores another checkpoint of the same tokenizer (a converted or healed MoE, a quantized
+copy) on the same items, into real_model_tasks_ckpt-<folder>.json.
 
 Scores with `lightseek eval smollm2-135m-instruct --tasks runs/tasks/*.jsonl`, prints a markdown
 table and writes bench/results/real_model_tasks.json.
@@ -84,7 +87,9 @@ def build(n: int) -> dict[str, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=200, help="items per task")
+    ap.add_argument("--ckpt", help="score this checkpoint instead of SmolLM2 itself")
     args = ap.parse_args()
+    stem = "real_model_tasks" + (f"_ckpt-{Path(args.ckpt).name}" if args.ckpt else "")
     if not SHARED.is_dir():
         sys.exit(f"the shared data is not at {SHARED}: nothing to build the tasks from")
     from lightseek.eval.run import run_tasks
@@ -93,13 +98,14 @@ def main() -> None:
     fetch(NAME)
     files = build(args.items)
     t = time.perf_counter()
-    result = run_tasks(NAME, [str(f) for f in files.values()])
+    result = run_tasks(args.ckpt or NAME, [str(f) for f in files.values()])
     wall = time.perf_counter() - t
     print("| task | items | acc | acc_norm | chance |\n|---|---:|---:|---:|---:|")
     for task, r in result["tasks"].items():
         print(f"| {task} | {r['items']} | {r['acc']:.3f} ± {r['acc_ci95']:.3f} | "
               f"{r['acc_norm']:.3f} ± {r['acc_norm_ci95']:.3f} | {r['chance']:.3f} |")
-    write_result("real_model_tasks", {**provenance(), "model": NAME, "wall_s": wall, "tasks": result["tasks"]})
+    write_result(stem, {**provenance(), "model": NAME, "checkpoint": Path(args.ckpt).name if args.ckpt else NAME,
+                        "wall_s": wall, "tasks": result["tasks"]})
 
 if __name__ == "__main__":
     main()

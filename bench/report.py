@@ -521,6 +521,110 @@ def adapters_scale() -> str:
                   "s/step"], rows, "lrrrrrrrr")
 
 
+MOEFY = "moefy_eval-tokens-100000"   # the run docs/results/moefy.md reports (100k held-out tokens)
+SOURCES = ("speeches", "medical", "finance", "legal", "science")
+
+
+def _moefy_points() -> tuple[dict, list[dict]]:
+    points = result(MOEFY)["points"]
+    dense = next(p for p in points if p["method"] == "dense")
+    return dense, points
+
+
+def _ffn_share(p: dict) -> str:
+    return "100%" if p["method"] == "dense" else f"{100 * p['k'] / 16:.0f}%"
+
+
+def moefy_curve() -> str:
+    """Every method at every share: perplexity and bits per byte, overall and per source, and compute."""
+    dense, points = _moefy_points()
+    rows = []
+    for p in points:
+        k = "-" if p["k"] is None else f"{p['k']:g}"
+        if p["realised_k"] is not None:
+            k += f" ({p['realised_k']:.2f})"
+        rows.append([p["method"], k, _ffn_share(p), f"{p['active_params'] / 1e6:.1f}M",
+                     f"{p['flops_per_token'] / 1e6:.0f}", f"{p['ppl']:.2f}",
+                     f"{100 * (p['ppl'] / dense['ppl'] - 1):+.0f}%",
+                     f"{p['bpb']:.3f}", *(f"{p['sources'][s]['ppl']:.1f}" for s in SOURCES)])
+    return table(["method", "k of 16 (realised)", "FFN active", "active params", "MFLOPs/token", "ppl", "vs dense",
+                  "bits/byte", *SOURCES], rows, "llrrrrrr" + "r" * len(SOURCES))
+
+
+def _point(points: list[dict], method: str, k: float) -> dict | None:
+    return next((p for p in points if p["method"] == method and p["k"] == k), None)
+
+
+def moefy_targets() -> str:
+    """The issue's targets against the measured points."""
+    dense, points = _moefy_points()
+    rows = []
+    for k in sorted({p["k"] for p in points if p["method"] == "topk"}):
+        dyn, top = _point(points, "dynamic", k), _point(points, "topk", k)
+        if dyn and top:
+            rows.append([f"dynamic beats static top-k at k = {k:g}", f"{dyn['ppl']:.2f} vs {top['ppl']:.2f}",
+                         "yes" if dyn["ppl"] < top["ppl"] else "**no**"])
+    for k in sorted({p["k"] for p in points if p["method"] == "random"}):
+        dyn, rnd = _point(points, "dynamic", k), _point(points, "random", k)
+        if dyn and rnd:
+            rows.append([f"co-activation split beats a random split at k = {k:g}",
+                         f"{dyn['ppl']:.2f} vs {rnd['ppl']:.2f}", "yes" if dyn["ppl"] < rnd["ppl"] else "**no**"])
+    half, teal = _point(points, "dynamic", 8.0), _point(points, "teal", 8.0)
+    if half:
+        rows.append(["training-free, 50% of the FFN: within +10% of dense",
+                     f"{half['ppl']:.2f} vs {dense['ppl']:.2f} ({100 * (half['ppl'] / dense['ppl'] - 1):+.0f}%)",
+                     "yes" if half["ppl"] <= 1.1 * dense["ppl"] else "**no**"])
+    if half and teal:
+        rows.append(["training-free, 50% of the FFN: lower than TEAL-style thresholding",
+                     f"{half['ppl']:.2f} vs {teal['ppl']:.2f}", "yes" if half["ppl"] < teal["ppl"] else "**no**"])
+    for h in (p for p in points if p["method"] == "healed"):
+        rows.append([f"healed, {_ffn_share(h)} of the FFN ({h['heal']['tokens']:,} tokens, "
+                     f"{h['heal']['wall_s'] / 60:.0f} min): within +15% of dense",
+                     f"{h['ppl']:.2f} vs {dense['ppl']:.2f} ({100 * (h['ppl'] / dense['ppl'] - 1):+.0f}%)",
+                     "yes" if h["ppl"] <= 1.15 * dense["ppl"] else "**no**"])
+    return table(["target", "measured (held-out perplexity)", "met?"], rows, "lll")
+
+
+def moefy_layers() -> str:
+    """The conversion, layer by layer (k = 8): router recall, FFN error, oracle mass; held-out k and MaxVio."""
+    _, points = _moefy_points()
+    p = _point(points, "dynamic", 8.0)
+    rows = [[str(c["layer"]), f"{c['router_recall']:.3f}", f"{c['rel_error']:.3f}", f"{c['oracle_mass']:.3f}",
+             f"{h['avg_k']:.2f}", f"{h['max_vio']:.2f}"] for c, h in zip(p["convert"], p["layers"])]
+    return table(["layer", "router recall", "FFN output error", "top-8 experts' share of output", "k held out",
+                  "MaxVio held out"], rows, "rrrrrr")
+
+
+def moefy_granularity() -> str:
+    """Oracle-routed FFN error by granularity and shared expert, against neuron-level sparsity."""
+    rows = [[f"{100 * x['share']:.0f}%", x["method"], f"{x['mean_rel_error']:.3f}"]
+            for x in result("moefy_granularity")["summary"]]
+    return table(["FFN share", "cut (oracle routing)", "mean FFN output error"], rows, "llr")
+
+
+def moefy_speed() -> str:
+    d = result("moefy_speed")
+    rows = [[r["model"], r["precision"], f"{r['prefill_tok_s']:.0f}", f"{r['decode_b1_tok_s']:.1f}",
+             f"{r['decode_b16_tok_s']:.1f}", f"{r['avg_k']:.2f}" if "avg_k" in r else "-", f"{r['peak_mib']:.0f}"]
+            for r in d["rows"]]
+    rows += [["MoE / dense", p, _x(r["prefill_tok_s"]), _x(r["decode_b1_tok_s"]), _x(r["decode_b16_tok_s"]), "", ""]
+             for p, r in d["ratios"].items()]
+    return table(["model", "precision", "prefill tok/s", "decode b1 tok/s", "decode 16 rows tok/s", "k",
+                  "peak MiB"], rows, "llrrrrr")
+
+
+def moefy_profile() -> str:
+    d = result("moefy_speed")
+    out = []
+    for name, ops in d["profiles"].items():
+        out.append(f"**{name}**, one 64-token greedy decode:\n\n")
+        out.append(table(["operator", "calls", "self ms", "share"],
+                         [[f"`{o['op']}`", f"{o['calls']:,}", f"{o['self_ms']:.0f}", f"{100 * o['share']:.0f}%"]
+                          for o in ops], "lrrr"))
+        out.append("\n")
+    return "".join(out).rstrip("\n") + "\n"
+
+
 # document -> {table name: renderer}
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"readme": readme_results},
