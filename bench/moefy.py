@@ -32,7 +32,7 @@ points missing (or measured under other settings), and --only METHOD... limits a
 methods. The result JSON holds every cached point of the current settings.
 
     python bench/moefy.py [--eval-tokens 200000] [--ks 3 5 8 10] [--ablation-ks 5 8]
-                          [--heal-k 5] [--heal-steps 200] [--only dense dynamic ...] [--result NAME]
+                          [--heal-k 5] [--heal-steps 150] [--only dense dynamic ...] [--result NAME]
 
 Writes bench/results/moefy.json (or a probe's own name) and docs/results/moefy.png.
 """
@@ -297,14 +297,14 @@ def main() -> None:
     ap.add_argument("--ks", type=float, nargs="+", default=[3, 5, 8, 10], help="routed experts per token, of 16")
     ap.add_argument("--ablation-ks", type=float, nargs="+", default=[5, 8], help="the same, for topk and random")
     ap.add_argument("--heal-k", type=float, default=5.0, help="average k of the healed model")
-    ap.add_argument("--heal-steps", type=int, default=200, help="healing steps of 4 x 256 tokens")
+    ap.add_argument("--heal-steps", type=int, default=150, help="healing steps of 4 x 256 tokens")
     ap.add_argument("--heal-lr", type=float, default=3e-4)
     ap.add_argument("--only", nargs="+", choices=METHODS, help="measure only these methods (cached ones are kept)")
     ap.add_argument("--router-steps", type=int, default=300)
     ap.add_argument("--result", help="write bench/results/RESULT.json")
     args = ap.parse_args()
     stem = result_name("moefy", args, {"eval_tokens": 200_000, "ks": [3, 5, 8, 10], "ablation_ks": [5, 8],
-                                       "heal_k": 5.0, "heal_steps": 200, "heal_lr": 3e-4, "router_steps": 300})
+                                       "heal_k": 5.0, "heal_steps": 150, "heal_lr": 3e-4, "router_steps": 300})
 
     import torch
 
@@ -332,7 +332,13 @@ def main() -> None:
                  "topk": conversion_k_first(args.ablation_ks), "random": conversion_k_first(args.ablation_ks),
                  "healed": [args.heal_k], "dense": [None]}
 
+    heal_key = {**key, "heal_steps": args.heal_steps, "heal_lr": args.heal_lr}  # a healed point's own settings
+
+    def point_key(method: str) -> dict:
+        return heal_key if method == "healed" else key
+
     def measure(method: str, k: float | None, model, ffn_share: float | None = None, extra: dict | None = None):
+        key = point_key(method)
         if cached(method, k, key):
             return
         print(f"  {method}{'' if k is None else f' k={k:g}'} ...", end=" ", flush=True)
@@ -366,7 +372,7 @@ def main() -> None:
             thresholds = threshold_ffns(model, calib, 1 - k / EXPERTS)
             measure("teal", k, model, ffn_share=k / EXPERTS, extra={"thresholds": thresholds})
 
-    if "healed" in methods and not cached("healed", args.heal_k, key):
+    if "healed" in methods and not cached("healed", args.heal_k, heal_key):
         converted("coactivation", dense, ckpt, calib, args, key)
         stamp = key_hash({k: v for k, v in key.items() if k != "eval_tokens"})
         model, summary = healed(RUNS / f"moe_coactivation_E{EXPERTS}_{stamp}", ckpt, calib, args, key)
@@ -375,7 +381,7 @@ def main() -> None:
             "wall_s": summary["heal_wall_s"], "trained": "experts and routers (FFNs)", "teacher": NAME,
             "loss": "KL(teacher || student)", "corpus": "books + alpaca01 + stdlib docs"}})
 
-    points = [p for m in METHODS for k in method_ks[m] if (p := cached(m, k, key))]
+    points = [p for m in METHODS for k in method_ks[m] if (p := cached(m, k, point_key(m)))]
     for p in points:
         p.pop("key")
     out = write_result(stem, {**provenance(torch.get_num_threads()), "model": NAME, "settings": key,

@@ -1,4 +1,4 @@
-"""`make demo` as a benchmark: `lightseek quickstart --fresh`, timed, with the figures it reports.
+"""The from-scratch quickstart as a benchmark: `lightseek quickstart --from-scratch --fresh`, timed.
 
     python bench/quickstart.py [--out runs/quickstart]
 
@@ -26,8 +26,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/quickstart")
     args = ap.parse_args()
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "lightseek", "quickstart", "--fresh", f"--out_dir={args.out}"],
-                   check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "lightseek", "quickstart", "--from-scratch", "--fresh",
+                    f"--out_dir={args.out}"], check=True, cwd=ROOT)
     wall = time.time() - t0
     summary = json.loads((ROOT / args.out / "quickstart.json").read_text())
     result = {**provenance(), "wall_s": wall, **{k: summary[k] for k in (

@@ -43,7 +43,7 @@ def sha(path: Path) -> str:
 
 
 def quickstart(capsys, out: Path, *extra: str) -> str:
-    assert main(["quickstart", f"--out_dir={out}", *QUICK, *extra]) == 0
+    assert main(["quickstart", "--from-scratch", f"--out_dir={out}", *QUICK, *extra]) == 0
     return " ".join(capsys.readouterr().out.split())  # rich may wrap long paths: compare words
 
 

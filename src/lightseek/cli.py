@@ -28,9 +28,17 @@ def _run_config(args: argparse.Namespace, overrides: list[str], base: dict | Non
 # --- subcommands -----------------------------------------------------------------------------
 
 def cmd_quickstart(args, overrides) -> int:
-    from lightseek.quickstart import quickstart
+    if args.from_scratch:
+        from lightseek.quickstart import quickstart
 
-    quickstart(_run_config(args, overrides, base=_quickstart_base()), fresh=args.fresh)
+        quickstart(_run_config(args, overrides, base=_quickstart_base()), fresh=args.fresh)
+        return 0
+    from lightseek.quickstart_real import real_quickstart
+
+    if overrides or args.config:
+        raise LightseekError("--config and dotted overrides set the --from-scratch run; the real-model quickstart "
+                             "takes --model, --target-k and --out")
+    real_quickstart(args.out, args.model, args.target_k, fresh=args.fresh)
     return 0
 
 
@@ -436,8 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("quickstart", cmd_quickstart,
-            "Train a tokenizer and the tiny dynamic MoE on Python's own docs and source, report, sample.")
+            "Fetch SmolLM2-135M-Instruct, turn it into a dynamic MoE and compare it with the dense model "
+            "(--from-scratch: train a tokenizer and the tiny MoE on Python's own docs and source instead).")
     p.add_argument("--fresh", action="store_true", help="delete an earlier quickstart run first")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="the tiny pretraining loop (corpus, tokenizer, training, report, sample) instead")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="a known model's name or a dense checkpoint")
+    p.add_argument("--target-k", type=float, default=12.0, help="experts per token on average, of 16")
+    p.add_argument("--out", default="runs/quickstart_moe", help="run folder of the real-model quickstart")
 
     tok = sub.add_parser("tokenizer", help="Tokenizer tools.").add_subparsers(dest="sub", metavar="SUB")
     p = add("train", cmd_tokenizer_train, "Train a byte-level BPE tokenizer on text files.", tok)

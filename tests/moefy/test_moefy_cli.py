@@ -214,3 +214,24 @@ def test_freeze_patterns_are_checked_by_name(capsys, dense_checkpoint, heal_file
                f"--data.sources=[general={heal_file}]", f"--out_dir={tmp_path / 'x'}", "--freeze=['*.nope.*']",
                "--train.steps=1", "--train.seq_len=64", "--quiet"])
     assert rc == 2 and "freeze: no parameter name starts with or matches '*.nope.*'" in capsys.readouterr().err
+
+
+def test_real_quickstart_converts_compares_and_reuses(capsys, dense_checkpoint, tmp_path):
+    """`lightseek quickstart --model CKPT`: the conversion, the dense-vs-MoE table and an answer
+    from each, a summary file; a second run reuses the conversion."""
+    out = tmp_path / "qs"
+    args = ["quickstart", "--model", str(dense_checkpoint), "--target-k", "8", "--out", str(out)]
+    assert main(args) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "moefy: 16 experts per FFN" in printed and "dense:" in printed and "moe:" in printed
+    summary = json.loads((out / "quickstart.json").read_text())
+    dense, moe = summary["rows"]["dense"], summary["rows"]["moe"]
+    assert moe["active_params"] < dense["active_params"] == dense["total_params"] <= moe["total_params"]  # + routers
+    assert dense["avg_k"] is None and 6 <= moe["avg_k"] <= 10  # calibrated to 8 on other text
+    assert summary["eval_tokens"] > 1000 and all(r["ppl"] > 1 and r["decode_tok_s"] > 0 for r in (dense, moe))
+    assert (out / "moe_k8" / "config.json").is_file()
+
+    assert main(args) == 0
+    assert "already converted" in " ".join(capsys.readouterr().out.split())
+    assert main(["quickstart", "--preset=debug"]) == 2  # overrides belong to --from-scratch
+    assert "--from-scratch" in capsys.readouterr().err
