@@ -69,7 +69,7 @@ def main() -> None:
             raise SystemExit("no converted checkpoint under runs/moefy_bench: run `python bench/moefy.py` first")
         ckpt = str(found[-1].parent)
     plot = ROOT / "docs" / "results" / f"{stem}.png"
-    cfg = load_run_config(None, ["--train.seq_len=512", "--train.batch_size=4"])
+    cfg = load_run_config(None, ["--train.seq_len=256", "--train.batch_size=8"])
     out = run_eval(ckpt, cfg, data=corpora(args.chars, RUNS / "routing_text"), routing=True, plot=str(plot))
     print(out["text"])
     kinds = {name: {"ppl": r["ppl"], "avg_k": r["avg_k"], "tokens": r["tokens"],

@@ -161,12 +161,25 @@ def _adapters_row(d: dict) -> str:
     return f"{gains}; {lora} vs {full} (targets 90% and 2%: not met)"
 
 
+def _moefy_row(d: dict) -> str:
+    pts = {(p["method"], p["k"]): p for p in d["points"]}
+    dense = pts[("dense", None)]["ppl"]
+    parts = [f"dense {dense:.1f}"]
+    for method, k in (("dynamic", 8.0), ("teal", 8.0), ("dynamic", 5.0), ("healed", 5.0)):
+        if (method, k) in pts:
+            parts.append(f"{method} at {100 * k / 16:.0f}% {pts[(method, k)]['ppl']:.1f}")
+    return "; ".join(parts) + " (targets: +10% at 50% training-free, +15% at ≤35% healed: not met)"
+
+
 def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
+MOEFY = "moefy_eval-tokens-100000"   # the run docs/results/moefy.md reports (100k held-out tokens)
+
 README_ROWS: list[Row] = [
-    Row("`make demo` wall time (corpus, tokenizer, 600 training steps, evaluation, plots, sample)", "quickstart",
+    Row("`lightseek quickstart --from-scratch` wall time (corpus, tokenizer, 600 training steps, evaluation, "
+        "plots, sample)", "quickstart",
         lambda d: _minutes(d["wall_s"])),
     Row("quickstart validation perplexity / experts per token / dead experts; MaxVio on training text / on "
         "held-out documents (target 0.10)", "quickstart",
@@ -176,6 +189,9 @@ README_ROWS: list[Row] = [
     Row("MoE layer forward+backward, dynamic routing (k 2.5), dim 512 with 16 / 64 experts: speed vs transformers "
         "`DeepseekV3MoE` eager; vs its best implementation; vs a dense FFN of equal active parameters",
         "moe_layer", _moe_layer_row),
+    Row("SmolLM2-135M-Instruct as a 16-expert dynamic MoE: held-out perplexity of dense; converted at 50% of the "
+        "FFN; TEAL-style thresholding at 50%; converted at 31%; healed at 31% ([moefy.md](docs/results/moefy.md))",
+        MOEFY, _moefy_row),
     Row("routing study, 7 variants x 2 corpora at an equal token budget: validation loss of dynamic routing "
         "(k~2.5) against topk k=2 and k=3; its MaxVio on training text / held-out text (target 0.10)",
         "routing_study", _routing_row),
@@ -521,7 +537,6 @@ def adapters_scale() -> str:
                   "s/step"], rows, "lrrrrrrrr")
 
 
-MOEFY = "moefy_eval-tokens-100000"   # the run docs/results/moefy.md reports (100k held-out tokens)
 SOURCES = ("speeches", "medical", "finance", "legal", "science")
 
 
@@ -597,9 +612,23 @@ def moefy_layers() -> str:
 
 def moefy_granularity() -> str:
     """Oracle-routed FFN error by granularity and shared expert, against neuron-level sparsity."""
-    rows = [[f"{100 * x['share']:.0f}%", x["method"], f"{x['mean_rel_error']:.3f}"]
-            for x in result("moefy_granularity")["summary"]]
-    return table(["FFN share", "cut (oracle routing)", "mean FFN output error"], rows, "llr")
+    summary = result("moefy_granularity")["summary"]
+    shares = sorted({x["share"] for x in summary})
+    err = {(x["method"], x["share"]): x["mean_rel_error"] for x in summary}
+    methods = sorted({x["method"] for x in summary}, key=lambda m: err.get((m, shares[-1]), 1.0))
+    rows = [[m, *(f"{err[(m, sh)]:.3f}" if (m, sh) in err else "-" for sh in shares)] for m in methods]
+    return table(["cut (oracle routing)", *(f"error at {100 * sh:.0f}% of the FFN" for sh in shares)], rows,
+                 "l" + "r" * len(shares))
+
+
+def moefy_kinds() -> str:
+    """Per kind of text: perplexity, experts per token, tokens; and the specialisation score."""
+    d = result("moefy_routing")
+    rows = [[name, f"{k['ppl']:.1f}", f"{k['avg_k']:.2f}", f"{k['tokens']:,}"] for name, k in d["kinds"].items()]
+    spec = d["specialisation"]
+    return (table(["kind of text", "perplexity", "experts per token", "tokens"], rows, "lrrr")
+            + f"\nSpecialisation score {spec['score']:.3f} (per layer {min(spec['per_layer']):.3f} to "
+              f"{max(spec['per_layer']):.3f}; 0 = every kind uses the experts alike, 1 = each has its own).\n")
 
 
 def moefy_speed() -> str:
@@ -637,6 +666,9 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
                                 "routing_targets": routing_targets},
     "docs/results/core.md": {"quickstart": quickstart, "train_throughput": train_throughput},
     "docs/results/adapters.md": {"adapters_main": adapters_main, "adapters_scale": adapters_scale},
+    "docs/results/moefy.md": {"moefy_curve": moefy_curve, "moefy_targets": moefy_targets,
+                              "moefy_granularity": moefy_granularity, "moefy_layers": moefy_layers,
+                              "moefy_kinds": moefy_kinds},
     "docs/results/moe_layer.md": {"moe_layer_summary": moe_layer_summary, "moe_layer_configs": moe_layer_configs},
     "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor},
