@@ -201,14 +201,31 @@ def save_point(point: dict) -> None:
     write_json_atomic(path, point)
 
 
+def conversion_stamp(key: dict) -> str:
+    return key_hash({k: v for k, v in key.items() if k != "eval_tokens"})  # conversion ignores the eval set
+
+
+def conversion_dir(split: str, key: dict) -> Path:
+    """Where the conversion with ``split`` under the settings ``key`` is cached."""
+    return RUNS / f"moe_{split}_E{EXPERTS}_{conversion_stamp(key)}"
+
+
+def latest_conversion(split: str = "coactivation") -> Path:
+    """The newest cached conversion, for the benchmarks that measure it further."""
+    found = sorted(RUNS.glob(f"moe_{split}_E{EXPERTS}_*/config.json"), key=lambda f: f.stat().st_mtime)
+    if not found:
+        raise SystemExit("no converted checkpoint under runs/moefy_bench: run `python bench/moefy.py` first")
+    return found[-1].parent
+
+
 def converted(split: str, dense, dense_dir: Path, calib, args, key: dict):
     """The dense model converted with ``split`` at k = 8 (cached as a checkpoint)."""
     from lightseek.model.checkpoint import TOKENIZER, load_model, save_checkpoint
     from lightseek.moefy.config import MoefyConfig
     from lightseek.moefy.convert import moefy_model
 
-    stamp = key_hash({k: v for k, v in key.items() if k != "eval_tokens"})  # conversion ignores the eval set
-    out = RUNS / f"moe_{split}_E{EXPERTS}_{stamp}"
+    stamp = conversion_stamp(key)
+    out = conversion_dir(split, key)
     meta = out / "config.json"
     if meta.is_file() and json.loads(meta.read_text()).get("bench_key") == stamp:
         return load_model(out), json.loads(meta.read_text())["moefy_layers"]
@@ -261,8 +278,8 @@ def healed(moe_dir: Path, dense_dir: Path, calib, args, key: dict):
     from lightseek.model.checkpoint import TOKENIZER, load_model, save_checkpoint
     from lightseek.moefy.convert import retarget
 
-    stamp = key_hash({**{k: v for k, v in key.items() if k != "eval_tokens"}, "heal_k": args.heal_k,
-                      "heal_steps": args.heal_steps, "heal_lr": args.heal_lr})
+    stamp = key_hash({conversion_stamp(key): 1, "heal_k": args.heal_k, "heal_steps": args.heal_steps,
+                      "heal_lr": args.heal_lr})
     run = RUNS / f"heal_k{args.heal_k:g}_{stamp}"
     summary_file = run / "heal_summary.json"
     if not summary_file.is_file():
@@ -373,9 +390,10 @@ def main() -> None:
             measure("teal", k, model, ffn_share=k / EXPERTS, extra={"thresholds": thresholds})
 
     if "healed" in methods and not cached("healed", args.heal_k, heal_key):
-        converted("coactivation", dense, ckpt, calib, args, key)
-        stamp = key_hash({k: v for k, v in key.items() if k != "eval_tokens"})
-        model, summary = healed(RUNS / f"moe_coactivation_E{EXPERTS}_{stamp}", ckpt, calib, args, key)
+        moe_dir = conversion_dir("coactivation", key)
+        if not (moe_dir / "config.json").is_file():
+            converted("coactivation", dense, ckpt, calib, args, key)
+        model, summary = healed(moe_dir, ckpt, calib, args, key)
         measure("healed", args.heal_k, model, extra={"heal": {
             "steps": args.heal_steps, "tokens": args.heal_steps * HEAL_BATCH * HEAL_SEQ, "lr": args.heal_lr,
             "wall_s": summary["heal_wall_s"], "trained": "experts and routers (FFNs)", "teacher": NAME,

@@ -58,16 +58,12 @@ def main() -> None:
     stem = result_name("moefy_routing", args, {"ckpt": None, "chars": 40_000})
 
     import torch
+    from moefy import latest_conversion
 
     from lightseek.eval.run import run_eval
     from lightseek.train.config import load_run_config
 
-    ckpt = args.ckpt
-    if ckpt is None:
-        found = sorted(RUNS.glob("moe_coactivation_E16_*/config.json"))
-        if not found:
-            raise SystemExit("no converted checkpoint under runs/moefy_bench: run `python bench/moefy.py` first")
-        ckpt = str(found[-1].parent)
+    ckpt = args.ckpt or str(latest_conversion())
     plot = ROOT / "docs" / "results" / f"{stem}.png"
     cfg = load_run_config(None, ["--train.seq_len=256", "--train.batch_size=8"])
     out = run_eval(ckpt, cfg, data=corpora(args.chars, RUNS / "routing_text"), routing=True, plot=str(plot))

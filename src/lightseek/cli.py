@@ -431,6 +431,8 @@ def cmd_domains(args, overrides) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from lightseek import quickstart_real  # its defaults; it imports no model code
+
     parser = argparse.ArgumentParser(
         prog="lightseek", epilog=EPILOG,
         description="Efficient dynamic Mixture-of-Experts language models: data, training, generation.")
@@ -449,9 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="delete an earlier quickstart run first")
     p.add_argument("--from-scratch", action="store_true",
                    help="the tiny pretraining loop (corpus, tokenizer, training, report, sample) instead")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="a known model's name or a dense checkpoint")
-    p.add_argument("--target-k", type=float, default=12.0, help="experts per token on average, of 16")
-    p.add_argument("--out", default="runs/quickstart_moe", help="run folder of the real-model quickstart")
+    p.add_argument("--model", default=quickstart_real.DEFAULT_MODEL, help="a known model's name or a dense checkpoint")
+    p.add_argument("--target-k", type=float, default=quickstart_real.DEFAULT_TARGET_K,
+                   help="experts per token on average, of 16")
+    p.add_argument("--out", default=quickstart_real.DEFAULT_OUT, help="run folder of the real-model quickstart")
 
     tok = sub.add_parser("tokenizer", help="Tokenizer tools.").add_subparsers(dest="sub", metavar="SUB")
     p = add("train", cmd_tokenizer_train, "Train a byte-level BPE tokenizer on text files.", tok)

@@ -23,6 +23,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # 12 of 16 experts: the conversion's quality falls fast below that without healing (see
 # docs/results/moefy.md); the table says what it keeps.
 DEFAULT_TARGET_K = 12.0
+DEFAULT_OUT = "runs/quickstart_moe"
 EVAL_BYTES = 120_000          # held-out documentation after the calibration text
 EVAL_WINDOWS, EVAL_LEN = 24, 256
 DECODE_TOKENS = 32
@@ -72,7 +73,7 @@ def measure(ckpt: Path, windows, question: str) -> dict:
             "avg_k": ev.get("avg_k"), "decode_tok_s": decode, "answer": answer.strip()}
 
 
-def real_quickstart(out: str | Path = "runs/quickstart_moe", model: str = DEFAULT_MODEL,
+def real_quickstart(out: str | Path = DEFAULT_OUT, model: str = DEFAULT_MODEL,
                     target_k: float = DEFAULT_TARGET_K, fresh: bool = False, console: Console | None = None) -> dict:
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.model.checkpoint import read_checkpoint_config, resolve_checkpoint

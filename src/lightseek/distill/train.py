@@ -30,9 +30,10 @@ from lightseek.errors import ConfigError
 from lightseek.model.config import PRESETS, ModelConfig
 from lightseek.train.config import TrainConfig
 
-RESUME_KEYS = ("student", "preset", "model", "teachers", "kd", "freeze", "data.sources", "data.text_field", "data.val_fraction",
-               "data.split_seed", "data.weights", "train.seed", "train.batch_size", "train.seq_len",
-               "train.grad_accum", "train.steps", "train.lr", "train.warmup_steps", "train.min_lr_ratio")
+RESUME_KEYS = ("student", "preset", "model", "teachers", "kd", "freeze", "data.sources", "data.text_field",
+               "data.val_fraction", "data.split_seed", "data.weights", "train.seed", "train.batch_size",
+               "train.seq_len", "train.grad_accum", "train.steps", "train.lr", "train.warmup_steps",
+               "train.min_lr_ratio")
 
 
 def _distill_train_defaults() -> TrainConfig:
@@ -138,8 +139,9 @@ def distill_train(cfg: DistillConfig, resume: bool = False, show_progress: bool 
         probs = domain_weights(list(streams.train), cfg.data.weights)
         say(f"data: {streams.describe()}; teachers: "
             + (", ".join(f"{k} <- {m.spec}" for k, m in loaded.items()) or "none (no distillation)"))
-        trainable = freeze_parameters(model, cfg.freeze) if cfg.freeze else model.num_params()["total"]
-        say(f"student: {trainable:,} of {model.num_params()['total']:,} parameters train")
+        total = model.num_params()["total"]
+        trainable = freeze_parameters(model, cfg.freeze) if cfg.freeze else total
+        say(f"student: {trainable:,} of {total:,} parameters train")
         opt = build_optimizer(model, tc)
         start, tokens_seen = 0, 0
         ckpt_dir = out / "checkpoint"
