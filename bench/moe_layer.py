@@ -4,7 +4,8 @@ For each configuration (dims x routed experts; expert width, 1 shared expert, fp
 
   - lightseek ``MoE``, sigmoid scores, normalised top-k weights: topk k=2 and k=3, and dynamic
     (threshold bisected on the benchmark input until the realised average k is 2.5 +- 0.05),
-    once per dispatch path in ``DISPATCH`` except 'reference' ('auto' marks the default);
+    once per dispatch path in ``DISPATCH`` except 'reference' and the decode path 'few_tokens'
+    ('auto' marks the default);
   - ``transformers`` ``DeepseekV3MoE`` (k=2, k=3) with the same weights, once per experts
     implementation (eager, grouped_mm, batched_mm); before any timing, every implementation's
     output must equal lightseek's topk output (the run aborts otherwise), and a profiler trace
@@ -375,7 +376,9 @@ def profile_shares(layer: MoE, path: str, x: torch.Tensor, g: torch.Tensor, iter
 # ----------------------------------------------------------------------------- one configuration
 
 def our_paths() -> list[str]:
-    return [name for name in dispatch_mod.DISPATCH if name != "reference"]
+    # few_tokens is the decode path (a handful of rows): at training batch sizes it is a Python
+    # loop over every token, which 'auto' never picks there
+    return [name for name in dispatch_mod.DISPATCH if name not in ("reference", "few_tokens")]
 
 
 def auto_path(x: torch.Tensor) -> str:

@@ -71,7 +71,7 @@ def peak_mib() -> float:
 
 
 # --- one system per process -------------------------------------------------------------------------
-def run_lightseek(ckpt: str, repeats: int, text: str | None = None) -> dict:
+def run_lightseek(ckpt: str, repeats: int, text: str | None = None, dispatch: str = "auto") -> dict:
     import torch
 
     from lightseek.data.tokenizer import Tokenizer
@@ -83,6 +83,7 @@ def run_lightseek(ckpt: str, repeats: int, text: str | None = None) -> dict:
     t = time.perf_counter()
     model = load_model(ckpt)
     load_s = time.perf_counter() - t
+    model.set_dispatch(dispatch)  # the MoE layers' expert dispatch (a dense model has none)
     ids = Tokenizer.load(ckpt).encode(Path(text).read_text(encoding="utf-8")) if text else None
     long = torch.tensor(prompts(1, PREFILL, text_ids=ids))
     greedy = SamplingParams(temperature=0.0, max_new_tokens=NEW)
@@ -172,7 +173,7 @@ def child(args) -> None:
     elif args.system == "llama.cpp":
         row = run_llama_cpp(args.source, args.repeats, args.threads)
     else:
-        row = run_lightseek(args.source, args.repeats, args.text)
+        row = run_lightseek(args.source, args.repeats, args.text, args.dispatch)
     print(json.dumps(row))
 
 
@@ -192,6 +193,7 @@ def main() -> None:
     ap.add_argument("--system", help=argparse.SUPPRESS)
     ap.add_argument("--source", help=argparse.SUPPRESS)
     ap.add_argument("--text", help=argparse.SUPPRESS)  # lightseek child: prompts cut from this text file
+    ap.add_argument("--dispatch", default="auto", help=argparse.SUPPRESS)  # lightseek child: MoE dispatch
     args = ap.parse_args()
     if args.system:
         return child(args)

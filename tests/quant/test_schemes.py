@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightseek.kernels.dispatch import moe_reference
-from lightseek.quant.modules import QuantLinear, _QuantWeights, quant_segments
+from lightseek.quant.modules import QuantLinear, _QuantWeights, quant_few_tokens, quant_segments
 from lightseek.quant.schemes import dequantize, pack_nibbles, quantize_rtn, unpack_nibbles
 
 
@@ -93,6 +93,14 @@ def test_packed_experts_equal_the_reference_dispatch() -> None:
     for m in q.values():
         m.kernel = "dequant"
     assert torch.allclose(quant_segments(x, ids, wts, q), ref, atol=1e-5)
+    # the decode path (a few tokens, no sorting) computes the same rows as the segment path
+    for kernel in ("packed", "dequant"):
+        for m in q.values():
+            m.kernel = kernel
+        with torch.no_grad():
+            for rows in (slice(0, 1), slice(0, 3)):  # row 0 has an unused slot
+                torch.testing.assert_close(quant_few_tokens(x[rows], ids[rows], wts[rows], q),
+                                           quant_segments(x[rows], ids[rows], wts[rows], q), atol=1e-5, rtol=1e-4)
 
 
 def test_a_short_last_group_is_stored_unpadded_and_computed_alike() -> None:

@@ -1,13 +1,15 @@
-"""Dropless expert dispatch: the readable reference loop and the fast sorted-segment path.
+"""Dropless expert dispatch: the readable reference loop, the sorted-segment paths for many
+tokens (a Python loop over experts, or one grouped GEMM per projection), and a per-row path for
+the few tokens of a decode step.
 
-Both take the router's padded output, ``expert_ids_TK`` (sentinel id ``E`` in unused slots) and
+All take the router's padded output, ``expert_ids_TK`` (sentinel id ``E`` in unused slots) and
 fp32 ``weights_TK``, and the experts' stacked SwiGLU weights::
 
     w1_EDH, w3_EDH   gate and up projections, (E, D, H)
     w2_EHD           down projection,         (E, H, D)
 
 and return ``sum_k weights_TK[t, k] * expert_{ids[t, k]}(x_TD[t])`` for every token, with no
-token dropped. The fast path is differentiable through autograd and is tested against the
+token dropped. Every path is differentiable through autograd and is tested against the
 reference forward and backward.
 """
 
@@ -75,6 +77,36 @@ def moe_sorted_segments(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights
     return _combine(x_TD, token_idx, torch.cat(outputs), weights_TK.reshape(-1)[order])
 
 
+def moe_few_tokens(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor,
+                   w1_EDH: torch.Tensor, w3_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
+    """Decode-sized batches: the (token, slot) pairs are grouped by expert on the host, and each
+    chosen expert runs once on its rows. Nothing is sorted or gathered on the device; with a
+    handful of tokens those steps cost more than the experts' matmuls. One host synchronisation
+    (the ids). Differentiable; without autograd the results accumulate in place."""
+    n_experts = w1_EDH.shape[0]
+    ids = expert_ids_TK.tolist()                                          # the one host sync
+    pairs: dict[int, list[tuple[int, int]]] = {}
+    for t, row in enumerate(ids):
+        for slot, e in enumerate(row):
+            if e < n_experts:
+                pairs.setdefault(e, []).append((t, slot))
+    grad = torch.is_grad_enabled()
+    scale = None if grad else weights_TK.tolist()
+    out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+    for e, routed in pairs.items():
+        if len(routed) == 1 and not grad:  # the decode case: one row, a view, an in-place add
+            t, slot = routed[0]
+            y = _swiglu(x_TD[t:t + 1], w1_EDH[e], w3_EDH[e], w2_EHD[e])
+            out_TD[t:t + 1].add_(y.float(), alpha=scale[t][slot])
+            continue
+        tok = torch.tensor([t for t, _ in routed], device=x_TD.device)
+        slots = torch.tensor([s for _, s in routed], device=x_TD.device)
+        y = _swiglu(x_TD.index_select(0, tok), w1_EDH[e], w3_EDH[e], w2_EHD[e]).float()
+        y = y * weights_TK[tok, slots][:, None]
+        out_TD = out_TD.index_add(0, tok, y) if grad else out_TD.index_add_(0, tok, y)
+    return out_TD.to(x_TD.dtype)
+
+
 def _grouped_mm_fn():
     return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
@@ -99,7 +131,14 @@ DISPATCH = {
     "reference": moe_reference,
     "segments": moe_sorted_segments,
     "grouped_mm": moe_grouped_mm,
+    "few_tokens": moe_few_tokens,
 }
+
+# 'auto' runs up to this many tokens through moe_few_tokens: batch-1 decode. Timed on 2 CPU
+# cores with SmolLM2's expert shapes (16 experts of 96 neurons, k = 5, 30 layers' weights, cold
+# caches), it beats grouped_mm for one token and falls behind from two (bench/moefy_speed.py
+# --dispatch compares the paths in the whole model).
+FEW_TOKENS = 1
 
 
 @functools.cache
@@ -137,6 +176,8 @@ def get_dispatch(name: str):
     (cached), so a model moved to another device picks that device's best path."""
     if name == "auto":
         def auto(x_TD, *args):
+            if x_TD.shape[0] <= FEW_TOKENS and x_TD.device.type == "cpu":
+                return moe_few_tokens(x_TD, *args)
             return DISPATCH[auto_dispatch(x_TD.device.type, x_TD.dtype)](x_TD, *args)
 
         return auto

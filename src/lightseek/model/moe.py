@@ -90,13 +90,15 @@ class Router(nn.Module):
             k_T = ((mass_TK < threshold).sum(-1) + 1).clamp(cfg.min_k, cfg.max_k)
             keep_TK = torch.arange(cfg.max_k, device=x_BTD.device) < k_T[:, None]
 
-        chosen_TK = scores_TE.gather(1, expert_ids_TK)
-        if cfg.expert_weights == "unit":  # experts are slices of one FFN: their plain sum is that FFN
+        if cfg.expert_weights == "unit" and not torch.is_grad_enabled():  # inference: no scores needed
+            weights_TK = keep_TK.float()
+        elif cfg.expert_weights == "unit":  # experts are slices of one FFN: their plain sum is that FFN
             # value 1 for each chosen expert; the router still gets the gradient of its scores
             # (straight-through), so fine-tuning can train it
+            chosen_TK = scores_TE.gather(1, expert_ids_TK)
             weights_TK = (1.0 + chosen_TK - chosen_TK.detach()) * keep_TK
         else:
-            weights_TK = chosen_TK * keep_TK
+            weights_TK = scores_TE.gather(1, expert_ids_TK) * keep_TK
             if cfg.norm_topk_prob:
                 weights_TK = weights_TK / weights_TK.sum(-1, keepdim=True).clamp_min(1e-20)
         weights_TK = weights_TK * cfg.routed_scaling

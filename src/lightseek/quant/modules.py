@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightseek.errors import ConfigError
+from lightseek.kernels.dispatch import FEW_TOKENS
 from lightseek.model.moe import MoE
 from lightseek.quant.schemes import SCALE_DTYPE, QTensor, dequantize, group_codes
 
@@ -201,7 +202,28 @@ class QuantMoE(MoE):
     def _experts(self, x_TD, expert_ids_TK, weights_TK, adapter: str | None) -> torch.Tensor:
         if self.lora is not None and adapter is not None and self.lora.has(adapter):
             return super()._experts(x_TD, expert_ids_TK, weights_TK, adapter)
+        few = self.dispatch_name in ("auto", "few_tokens") and x_TD.shape[0] <= FEW_TOKENS
+        if few and not torch.is_grad_enabled():
+            return quant_few_tokens(x_TD, expert_ids_TK, weights_TK, self.qexperts)
         return quant_segments(x_TD, expert_ids_TK, weights_TK, self.qexperts)
+
+
+def quant_few_tokens(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor,
+                     qexperts: nn.ModuleDict) -> torch.Tensor:
+    """Decode-sized batches (`kernels.dispatch.moe_few_tokens`): each token's chosen experts run
+    on its row through their quantized weights, with nothing sorted or gathered. Inference only."""
+    w1, w3, w2 = qexperts["w1"], qexperts["w3"], qexperts["w2"]
+    n_experts = w1.qweight.shape[0]
+    ids, scale = expert_ids_TK.tolist(), weights_TK.tolist()               # the one host sync
+    rows = []
+    for t, row in enumerate(ids):
+        x = x_TD[t:t + 1]
+        y = torch.zeros(1, x_TD.shape[1], dtype=torch.float32, device=x_TD.device)
+        for slot, e in enumerate(row):
+            if e < n_experts:
+                y.add_(w2.matmul(F.silu(w1.matmul(x, e)) * w3.matmul(x, e), e).float(), alpha=scale[t][slot])
+        rows.append(y)
+    return (rows[0] if len(rows) == 1 else torch.cat(rows)).to(x_TD.dtype)
 
 
 def quant_segments(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor,
