@@ -302,9 +302,13 @@ def healed(moe_dir: Path, dense_dir: Path, calib, args, key: dict):
         summary["heal_wall_s"] = time.perf_counter() - t0
         summary_file.write_text(json.dumps(summary, indent=1, default=str))
     summary = json.loads(summary_file.read_text())
+    final = run / "healed"  # the healed model re-targeted: what the task scores and speed runs load
+    if (final / "config.json").is_file():
+        return load_model(final).eval(), summary
     model = load_model(run / "checkpoint").eval()
     with torch.inference_mode():
         retarget(model, calib, args.heal_k)
+    save_checkpoint(final, model, tokenizer_file=dense_dir / TOKENIZER, extra={"heal_k": args.heal_k})
     return model, summary
 
 

@@ -2,14 +2,16 @@
 
 SmolLM2-135M-Instruct and the 16-expert MoE that `bench/moefy.py` converts (co-activation split,
 fitted routers), re-targeted to --k experts per token on average (default 5 of 16, 31% of the
-FFN), each in fp32, int8 (per channel) and int4 (group 64) through `lightseek quant`. Each system
-runs in a process of its own through `bench/real_model.py`'s lightseek runner (prefill of one
-512-token prompt, greedy batch-1 decode of 64 tokens after a 64-token prompt, 16 rows decoding
-32 tokens each; medians of --repeats), with prompts cut from held-out English text, so the
-routers see real text. Then a torch.profiler pass of one batch-1 decode per precision says where
-the time goes (top operators by self CPU time).
+FFN), each in fp32, int8 (per channel) and int4 (group 32: the experts are 96 neurons wide, and
+64 does not divide 96) through `lightseek quant`. Each system runs in a process of its own
+through `bench/real_model.py`'s lightseek runner (prefill of one 512-token prompt, greedy
+batch-1 decode of 64 tokens after a 64-token prompt, 16 rows decoding 32 tokens each; medians of
+--repeats), with prompts cut from held-out English text, so the routers see real text. Then a
+torch.profiler pass of one batch-1 decode of each fp32 model says where the time goes (top
+operators by self CPU time). --dispatch runs the MoE with another expert dispatch (for example
+grouped_mm, which 'auto' used for every batch size before the per-row decode path).
 
-    python bench/moefy_speed.py [--k 5] [--repeats 3] [--threads 2]
+    python bench/moefy_speed.py [--k 5] [--repeats 3] [--threads 2] [--dispatch auto]
 
 Needs the converted checkpoint of `python bench/moefy.py` (runs/moefy_bench/moe_coactivation_*).
 Writes bench/results/moefy_speed.json.
@@ -43,7 +45,7 @@ def prompt_text(path: Path) -> Path:
 def moe_at(k: float) -> Path:
     """The converted checkpoint re-targeted to an average of ``k`` (on the benchmark's calibration mix)."""
     import torch
-    from moefy import calibration_mix
+    from moefy import calibration_mix, latest_conversion
 
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.model.checkpoint import TOKENIZER, load_model, resolve_checkpoint, save_checkpoint
@@ -52,10 +54,7 @@ def moe_at(k: float) -> Path:
     out = RUNS / f"speed_moe_k{k:g}"
     if (out / "config.json").is_file():
         return out
-    found = sorted(RUNS.glob("moe_coactivation_E16_*/config.json"))
-    if not found:
-        raise SystemExit("no converted checkpoint under runs/moefy_bench: run `python bench/moefy.py` first")
-    src = found[-1].parent
+    src = latest_conversion()
     model = load_model(src).eval()
     dense = resolve_checkpoint(NAME)
     with torch.inference_mode():
@@ -73,7 +72,7 @@ def quantized(src: Path, name: str, flags: list[str]) -> Path:
     return out
 
 
-def profile(ckpt: Path, text: Path, threads: int, top: int = 8) -> list[dict]:
+def profile(ckpt: Path, text: Path, threads: int, dispatch: str, top: int = 8) -> list[dict]:
     """Top operators by self CPU time over one 64-token greedy decode (in this process)."""
     import torch
     from real_model import NEW, PROMPT, prompts
@@ -87,6 +86,7 @@ def profile(ckpt: Path, text: Path, threads: int, top: int = 8) -> list[dict]:
 
     torch.set_num_threads(threads)
     model = load_model(ckpt)
+    model.set_dispatch(dispatch)
     one = prompts(1, PROMPT, text_ids=Tokenizer.load(ckpt).encode(text.read_text(encoding="utf-8")))[0]
     greedy = SamplingParams(temperature=0.0, max_new_tokens=NEW)
     list(generate_ids(model, one, greedy))  # warm-up
@@ -103,33 +103,36 @@ def main() -> None:
     ap.add_argument("--k", type=float, default=5.0, help="average routed experts per token, of 16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dispatch", default="auto",
+                    help="the MoE's expert dispatch (auto: per-row for one token, grouped GEMM for more)")
     ap.add_argument("--result")
     args = ap.parse_args()
-    stem = result_name("moefy_speed", args, {"k": 5.0, "repeats": 3, "threads": 2})
+    stem = result_name("moefy_speed", args, {"k": 5.0, "repeats": 3, "threads": 2, "dispatch": "auto"})
 
     from lightseek.model.checkpoint import resolve_checkpoint
 
     dense = resolve_checkpoint(NAME)
     moe = moe_at(args.k)
     text = prompt_text(RUNS / "speed_prompts.txt")
-    int8, int4 = ["--quant.bits=8"], ["--quant.bits=4", "--quant.group_size=64"]
+    int8, int4 = ["--quant.bits=8"], ["--quant.bits=4", "--quant.group_size=32"]
     systems = [("dense", "fp32", dense), ("moe", "fp32", moe),
                ("dense", "int8", quantized(dense, "dense_int8", int8)),
                ("moe", "int8", quantized(moe, "moe_int8", int8)),
-               ("dense", "int4 g64", quantized(dense, "dense_int4", int4)),
-               ("moe", "int4 g64", quantized(moe, "moe_int4", int4))]
+               ("dense", "int4 g32", quantized(dense, "dense_int4_g32", int4)),
+               ("moe", "int4 g32", quantized(moe, "moe_int4_g32", int4))]
     rows = []
     for model, precision, ckpt in systems:
         cmd = [sys.executable, str(ROOT / "bench" / "real_model.py"), "--system", "lightseek", "--source", str(ckpt),
-               "--text", str(text), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+               "--text", str(text), "--repeats", str(args.repeats), "--threads", str(args.threads),
+               "--dispatch", args.dispatch]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append({"model": model, "precision": precision, **json.loads(out)})
         print(f"{model} {precision}: {rows[-1]}", file=sys.stderr, flush=True)
     by = {(r["model"], r["precision"]): r for r in rows}
     ratios = {p: {m: by[("moe", p)][m] / by[("dense", p)][m] for m in ("prefill_tok_s", "decode_b1_tok_s",
                                                                          "decode_b16_tok_s")}
-              for p in ("fp32", "int8", "int4 g64")}
-    profiles = {f"{m} fp32": profile(c, text, args.threads) for m, p, c in systems if p == "fp32"}
+              for p in ("fp32", "int8", "int4 g32")}
+    profiles = {f"{m} fp32": profile(c, text, args.threads, args.dispatch) for m, p, c in systems if p == "fp32"}
     print("\n| model | precision | prefill tok/s | decode b1 tok/s | decode 16 rows tok/s | k | peak MiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -138,7 +141,7 @@ def main() -> None:
     for p, r in ratios.items():
         print(f"MoE / dense, {p}: " + ", ".join(f"{m} {v:.2f}x" for m, v in r.items()))
     out = write_result(stem, {**provenance(args.threads), "model": NAME, "k": args.k,
-                              "settings": {"repeats": args.repeats, "threads": args.threads,
+                              "settings": {"repeats": args.repeats, "threads": args.threads, "dispatch": args.dispatch,
                                            "prompts": "held-out MedQuAD answers and State of the Union text"},
                               "rows": rows, "ratios": ratios, "profiles": profiles})
     print(f"wrote {out}")

@@ -631,6 +631,20 @@ def moefy_kinds() -> str:
               f"{max(spec['per_layer']):.3f}; 0 = every kind uses the experts alike, 1 = each has its own).\n")
 
 
+def moefy_healed_tasks() -> str:
+    """Multiple-choice accuracy of the healed MoE against the dense model, the same items."""
+    dense, healed = result("real_model_tasks")["tasks"], result("real_model_tasks_ckpt-healed")["tasks"]
+    rows = []
+    for task, h in healed.items():
+        d = dense[task]
+        diff = 100 * (h["acc"] - d["acc"])
+        rows.append([task, str(h["items"]), f"{d['acc']:.3f}", f"{h['acc']:.3f} ± {h['acc_ci95']:.3f}",
+                     f"{diff:+.1f}", "yes" if diff >= -2 else "**no**",
+                     f"{d['acc_norm']:.3f}", f"{h['acc_norm']:.3f}"])
+    return table(["task", "items", "dense acc", "healed acc", "points", "within 2 points?", "dense acc_norm",
+                  "healed acc_norm"], rows, "lrrrrlrr")
+
+
 def moefy_speed() -> str:
     d = result("moefy_speed")
     rows = [[r["model"], r["precision"], f"{r['prefill_tok_s']:.0f}", f"{r['decode_b1_tok_s']:.1f}",
@@ -646,7 +660,8 @@ def moefy_profile() -> str:
     d = result("moefy_speed")
     out = []
     for name, ops in d["profiles"].items():
-        out.append(f"**{name}**, one 64-token greedy decode:\n\n")
+        total = ops[0]["self_ms"] / ops[0]["share"]
+        out.append(f"**{name}**, one 64-token greedy decode ({total:,.0f} ms of CPU time under the profiler):\n\n")
         out.append(table(["operator", "calls", "self ms", "share"],
                          [[f"`{o['op']}`", f"{o['calls']:,}", f"{o['self_ms']:.0f}", f"{100 * o['share']:.0f}%"]
                           for o in ops], "lrrr"))
@@ -668,7 +683,8 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/adapters.md": {"adapters_main": adapters_main, "adapters_scale": adapters_scale},
     "docs/results/moefy.md": {"moefy_curve": moefy_curve, "moefy_targets": moefy_targets,
                               "moefy_granularity": moefy_granularity, "moefy_layers": moefy_layers,
-                              "moefy_kinds": moefy_kinds},
+                              "moefy_kinds": moefy_kinds, "moefy_healed_tasks": moefy_healed_tasks,
+                              "moefy_speed": moefy_speed, "moefy_profile": moefy_profile},
     "docs/results/moe_layer.md": {"moe_layer_summary": moe_layer_summary, "moe_layer_configs": moe_layer_configs},
     "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor},
