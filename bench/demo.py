@@ -45,6 +45,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="lightseek-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
     clone = work / "lightseek"
     if clone.exists():
         raise SystemExit(f"{clone} exists: give --keep an empty folder")
@@ -66,6 +67,8 @@ def main() -> None:
     rows = summary["rows"]
     out = write_result("demo", {**provenance(), "wall_s": total, "clone_s": clone_s, "setup_s": setup_s,
                                 "demo_s": demo_s, "pip_cache": "warm" if args.warm_pip else "empty",
+                                # a local wheel folder pip reads first (set on some machines) makes set-up faster
+                                "pip_find_links": os.environ.get("PIP_FIND_LINKS"),
                                 "quickstart": summary, "output_tail": output[-4000:]})
     print(f"clone {clone_s:.0f} s, make setup {setup_s:.0f} s, make demo {demo_s:.0f} s: {total / 60:.1f} min "
           f"(target 10)")

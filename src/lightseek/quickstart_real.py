@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lightseek.fileio import write_json_atomic
 
@@ -108,7 +109,7 @@ def real_quickstart(out: str | Path = DEFAULT_OUT, model: str = DEFAULT_MODEL,
     console.print(table)
     console.print(f"[bold]4/4[/] {QUESTION}")
     for name, r in rows.items():
-        console.print(f"[bold]{name}:[/] {r['answer']}", highlight=False, markup=False)
+        console.print(Text.assemble((f"{name}: ", "bold"), r["answer"]), highlight=False)  # the answer as written
     summary = {"model": model, "target_k": target_k, "windows": int(windows.shape[0]),
                "eval_tokens": int(windows[:, 1:].numel()), "rows": rows, "wall_s": time.time() - t0}
     write_json_atomic(out / "quickstart.json", summary)

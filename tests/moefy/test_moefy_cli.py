@@ -224,6 +224,7 @@ def test_real_quickstart_converts_compares_and_reuses(capsys, dense_checkpoint, 
     assert main(args) == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert "moefy: 16 experts per FFN" in printed and "dense:" in printed and "moe:" in printed
+    assert "[bold]" not in printed  # styles render; the answers themselves print as written
     summary = json.loads((out / "quickstart.json").read_text())
     dense, moe = summary["rows"]["dense"], summary["rows"]["moe"]
     assert moe["active_params"] < dense["active_params"] == dense["total_params"] <= moe["total_params"]  # + routers
