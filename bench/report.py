@@ -177,7 +177,22 @@ def _minutes(seconds: float) -> str:
 
 MOEFY = "moefy_eval-tokens-100000"   # the run docs/results/moefy.md reports (100k held-out tokens)
 
+def _demo_row(d: dict) -> str:
+    rows = d["quickstart"]["rows"]
+    dense, moe = rows["dense"], rows["moe"]
+    return (f"{_minutes(d['wall_s'])} (set-up {d['setup_s']:.0f} s, quickstart {d['demo_s']:.0f} s; target 10 min); "
+            f"ppl {dense['ppl']:.2f} / {moe['ppl']:.2f}; {dense['decode_tok_s']:.1f} / {moe['decode_tok_s']:.1f} tok/s")
+
+
+def _moefy_speed_row(d: dict) -> str:
+    r = d["ratios"]["fp32"]
+    return (f"{r['prefill_tok_s']:.2f}x; {r['decode_b1_tok_s']:.2f}x; {r['decode_b16_tok_s']:.2f}x "
+            f"(targets 1.3x prefill: met, 1.4x batch-1 decode: not met)")
+
+
 README_ROWS: list[Row] = [
+    Row("`make demo` from a fresh clone, set-up included: wall time; held-out stdlib perplexity dense / MoE at 12 of "
+        "16 experts; batch-1 decode dense / MoE", "demo", _demo_row),
     Row("`lightseek quickstart --from-scratch` wall time (corpus, tokenizer, 600 training steps, evaluation, "
         "plots, sample)", "quickstart",
         lambda d: _minutes(d["wall_s"])),
@@ -192,6 +207,8 @@ README_ROWS: list[Row] = [
     Row("SmolLM2-135M-Instruct as a 16-expert dynamic MoE: held-out perplexity of dense; converted at 50% of the "
         "FFN; TEAL-style thresholding at 50%; converted at 31%; healed at 31% ([moefy.md](docs/results/moefy.md))",
         MOEFY, _moefy_row),
+    Row("SmolLM2 MoE at 31% of the FFN against dense, fp32, lightseek's generation path: prefill; batch-1 decode; "
+        "16-row decode ([moefy.md](docs/results/moefy.md))", "moefy_speed", _moefy_speed_row),
     Row("routing study, 7 variants x 2 corpora at an equal token budget: validation loss of dynamic routing "
         "(k~2.5) against topk k=2 and k=3; its MaxVio on training text / held-out text (target 0.10)",
         "routing_study", _routing_row),
