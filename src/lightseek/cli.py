@@ -610,6 +610,8 @@ def _domains_parser(sub, add: Callable) -> None:
     p.add_argument("--out", required=True, help="classifier folder to write (replaced whole)")
     p.add_argument("--eval", nargs="*", help="labelled files to report on (default: the build folder's held-out sets)")
     p.add_argument("--encoder", help="local Hugging Face encoder folder: embeddings instead of TF-IDF")
+    p.add_argument("--model", help="lightseek checkpoint or fetched model's name: its hidden states as features "
+                                   "(beside TF-IDF; see --domains.model_layer, --domains.model_tfidf)")
     train = p
     p = add("eval", cmd_domains, "Per-domain P/R/F1, macro-F1, confusion matrix.", dom)
     p.add_argument("model", help="classifier folder")

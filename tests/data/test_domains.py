@@ -191,6 +191,57 @@ def test_local_random_encoder(tmp_path: Path) -> None:
         DomainClassifier.fit(texts, labels, DomainConfig(encoder=str(tmp_path / "missing")))
 
 
+def test_model_features_from_a_lightseek_checkpoint(debug_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """A lightseek checkpoint's pooled hidden states as features: the forward stops at the chosen
+    block, each text is embedded once (the cache), a saved classifier reloads with the same
+    probabilities, and bad settings are clear errors."""
+    from lightseek.data.domains.lm_features import ModelFeatures
+
+    texts, labels = synthetic(20, seed=3)
+    cache = tmp_path / "features"
+    cfg = DomainConfig(model=str(debug_checkpoint), model_layer=0, model_tfidf=False, threshold=0.0,
+                       feature_cache=str(cache))
+    clf = DomainClassifier.fit(texts, labels, cfg)
+    accuracy = np.mean([d == t for (d, _), t in zip(clf.predict(texts), labels)])
+    assert accuracy >= 0.8  # a barely trained model, but token identity survives mean pooling
+    assert len(list(cache.rglob("*.npy"))) == len(set(texts))
+
+    # the cached features are what the model computes, and a second pass runs no model at all
+    embed = ModelFeatures(str(debug_checkpoint), layer=0, cache=str(cache))
+    fresh = ModelFeatures(str(debug_checkpoint), layer=0, cache="off").transform(texts[:5])
+    assert np.allclose(embed.transform(texts[:5]), fresh, atol=1e-5)
+    calls = []
+    embed._load()["block"].register_forward_hook(lambda *a: calls.append(1))
+    embed.transform(texts)
+    assert not calls
+    # another block gives other features; the blocks after the chosen one never run
+    other = ModelFeatures(str(debug_checkpoint), layer=-1, cache="off")
+    state = other._load()
+    ran = []
+    state["model"].layers[0].register_forward_hook(lambda *a: ran.append(0))
+    assert not np.allclose(other.transform(texts[:5]), fresh, atol=1e-3) and ran
+    last = ModelFeatures(str(debug_checkpoint), layer=0, cache="off")
+    after = []
+    last._load()["model"].layers[-1].register_forward_hook(lambda *a: after.append(1))
+    last.transform(texts[:3])
+    assert not after
+
+    loaded = DomainClassifier.load(clf.save(tmp_path / "clf"))
+    assert np.allclose(loaded.predict_proba(texts[:6]), clf.predict_proba(texts[:6]), atol=1e-6)
+    assert json.loads((tmp_path / "clf" / "domains.json").read_text())["features"] == "model"
+    both = DomainClassifier.fit(texts, labels, DomainConfig(model=str(debug_checkpoint), threshold=0.0,
+                                                            feature_cache=str(cache)))
+    assert both.metadata()["features"] == "model+tfidf"
+    assert np.mean([d == t for (d, _), t in zip(both.predict(texts), labels)]) >= 0.9
+
+    with pytest.raises(ConfigError, match="has 2 blocks"):
+        DomainClassifier.fit(texts, labels, DomainConfig(model=str(debug_checkpoint), model_layer=5))
+    with pytest.raises(ConfigError, match="domains.model"):
+        DomainClassifier.fit(texts, labels, DomainConfig(model=str(tmp_path / "missing")))
+    with pytest.raises(ConfigError, match="choose one"):
+        DomainConfig(model=str(debug_checkpoint), encoder=str(tmp_path))
+
+
 def test_passages_and_share() -> None:
     from lightseek.data.domains.build import passages, share
 

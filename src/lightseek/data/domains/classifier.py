@@ -1,8 +1,10 @@
 """`DomainClassifier`: tells which domain (medical, finance, legal, general, ...) a text is from.
 
 Features are TF-IDF character n-grams (char_wb, so Chinese needs no word segmenter) in union
-with word n-grams, or, with ``DomainConfig.encoder``, mean-pooled embeddings of a local Hugging
-Face encoder; the model on top is a logistic regression, so every prediction has a probability.
+with word n-grams; or, with ``DomainConfig.model``, the mean-pooled hidden states of one block
+of a lightseek checkpoint (by default beside the n-grams); or, with ``DomainConfig.encoder``,
+mean-pooled embeddings of a local Hugging Face encoder. The model on top is a logistic
+regression, so every prediction has a probability.
 A text whose top probability is below ``threshold`` is labelled ``fallback`` (``general``).
 
 A saved classifier is a folder: ``model.joblib`` (the scikit-learn pipeline) and
@@ -138,7 +140,7 @@ class DomainClassifier:
         return {"format": FORMAT, "format_version": 1, "lightseek_version": __version__,
                 "sklearn_version": sklearn.__version__, "domains": self.domains,
                 "threshold": self.threshold, "fallback": self.config.fallback,
-                "features": "encoder" if self.config.encoder else "tfidf",
+                "features": feature_kind(self.config),
                 "config": to_dict(self.config), **{k: v for k, v in self.meta.items()}}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -207,7 +209,9 @@ def _pipeline(config: DomainConfig):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    if config.encoder:
+    if config.model:
+        features = _model_features(config)
+    elif config.encoder:
         from sklearn.preprocessing import StandardScaler
 
         from lightseek.data.domains.encoder import EncoderFeatures
@@ -220,6 +224,28 @@ def _pipeline(config: DomainConfig):
     model = LogisticRegression(C=config.C, max_iter=config.max_iter,
                                class_weight="balanced" if config.balanced else None)
     return Pipeline([("features", features), ("model", model)])
+
+
+def _model_features(config: DomainConfig):
+    """A lightseek model's pooled hidden states, standardised; with `model_tfidf`, beside the
+    TF-IDF n-grams, each block scaled to unit length per text so that neither outweighs the other."""
+    from sklearn.pipeline import FeatureUnion, Pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    from lightseek.data.domains.lm_features import ModelFeatures
+
+    embed = ModelFeatures(config.model, config.model_layer, config.encoder_batch_size, config.encoder_max_length,
+                          config.feature_cache)
+    steps = [("embed", embed), ("scale", StandardScaler())]
+    if not config.model_tfidf:
+        return Pipeline(steps)
+    return FeatureUnion([("model", Pipeline([*steps, ("unit", Normalizer())])), ("tfidf", _tfidf(config))])
+
+
+def feature_kind(config: DomainConfig) -> str:
+    if config.model:
+        return "model+tfidf" if config.model_tfidf else "model"
+    return "encoder" if config.encoder else "tfidf"
 
 
 def _tfidf(config: DomainConfig):

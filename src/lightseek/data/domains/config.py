@@ -32,8 +32,16 @@ class DomainConfig:
     max_iter: int = field(1000, help="iteration limit of the logistic regression solver")
     balanced: bool = field(True, help="weight classes inversely to their frequency")
     encoder: str = field("", help="local folder of a Hugging Face encoder: mean-pooled embeddings replace TF-IDF")
-    encoder_batch_size: int = field(32, help="texts per encoder forward pass")
-    encoder_max_length: int = field(256, help="encoder tokens per text (longer texts are truncated)")
+    encoder_batch_size: int = field(32, help="texts per encoder (or model) forward pass")
+    encoder_max_length: int = field(256, help="encoder (or model) tokens per text (longer texts are truncated)")
+    model: str = field("", help="a lightseek checkpoint or a fetched model's name (smollm2-135m-instruct): the "
+                                "mean of one block's hidden states is the features")
+    model_layer: int = field(-1, help="the block of `model` whose output is pooled (0-based; negative counts "
+                                      "from the end)")
+    model_tfidf: bool = field(True, help="with `model`: keep the TF-IDF n-grams beside its features (rare terms, "
+                                         "and Chinese, which an English-first model reads poorly)")
+    feature_cache: str = field("", help="folder caching `model` features per text (empty: "
+                                        "$LIGHTSEEK_CACHE/features; off: no cache)")
 
     def __post_init__(self) -> None:
         for name in ("text_field", "label_field", "fallback"):
@@ -46,6 +54,8 @@ class DomainConfig:
                               f"{self.char_ngram_min}..{self.char_ngram_max}")
         if self.word_ngram_max < 0:
             raise ConfigError(f"config key 'domains.word_ngram_max': must be >= 0, got {self.word_ngram_max}")
+        if self.encoder and self.model:
+            raise ConfigError("config keys 'domains.encoder' and 'domains.model': choose one source of features")
         for name in ("min_df", "max_features", "max_chars", "C", "max_iter", "encoder_batch_size",
                      "encoder_max_length"):
             _positive(name, getattr(self, name))
