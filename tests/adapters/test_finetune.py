@@ -70,6 +70,16 @@ def test_lora_resume_is_exact(debug_checkpoint, instruction_file, tmp_path) -> N
     assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")
 
 
+def test_gradient_checkpointing_trains_the_same_adapter(debug_checkpoint, instruction_file, tmp_path) -> None:
+    """train.grad_checkpoint recomputes each block in backward: the same losses, step by step."""
+    short = ("--train.steps=4", "--train.log_every=1", "--train.eval_every=4")
+    finetune(config(debug_checkpoint, instruction_file, tmp_path / "plain", *short), "lora", show_progress=False)
+    finetune(config(debug_checkpoint, instruction_file, tmp_path / "remat", *short, "--train.grad_checkpoint=true"),
+             "lora", show_progress=False)
+    plain, remat = train_losses(tmp_path / "plain"), train_losses(tmp_path / "remat")
+    assert len(plain) == 4 and remat == pytest.approx(plain, rel=1e-5)
+
+
 def test_full_finetuning_writes_a_plain_checkpoint(debug_checkpoint, instruction_file, tmp_path) -> None:
     summary = finetune(config(debug_checkpoint, instruction_file, tmp_path / "sft", "--train.lr=3e-3"), "full",
                        show_progress=False)

@@ -131,3 +131,31 @@ def test_slot_cache_rows_equal_separate_runs(slots):
             ref = model(nxt[i:i + 1], cache=alone).logits[0, -1]
             torch.testing.assert_close(batched[i], ref, atol=1e-5, rtol=1e-5)
     assert [cache.lengths[s] for s in slots] == [6, 12, 3]
+
+
+@pytest.mark.parametrize("router_mode", ["dense", "dynamic"])
+def test_gradient_checkpointing_changes_memory_not_results(router_mode):
+    """With grad_checkpoint each block runs again in backward: the loss, every gradient and the
+    routers' statistics (each token counted once) are those of the plain forward."""
+    cfg = preset("debug", router_mode=router_mode)
+    torch.manual_seed(0)
+    model = Transformer(cfg).train()
+    x = torch.randint(0, cfg.vocab_size, (2, 24))
+    results = []
+    for remat in (False, True):
+        model.zero_grad()
+        model.reset_routing_stats()
+        model.grad_checkpoint = remat
+        out = model(x, targets_BT=x)
+        loss = out.loss + (out.aux_loss if out.aux_loss is not None else 0)
+        loss.backward()
+        stats = [(m.router.load_E.clone(), m.router.stat_sums.clone()) for m in model.moe_layers()]
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, stats))
+    (loss0, grads0, stats0), (loss1, grads1, stats1) = results
+    torch.testing.assert_close(loss1, loss0)
+    for name, g in grads0.items():
+        torch.testing.assert_close(grads1[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    assert bool(stats1) == (router_mode == "dynamic")
+    for (load0, sums0), (load1, sums1) in zip(stats0, stats1):
+        assert torch.equal(load1, load0) and torch.equal(sums1, sums0)
+        assert sums0[0] == x.numel()  # every token counted once, not twice

@@ -249,6 +249,7 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
             raise ConfigError(f"train.seq_len ({tc.seq_len}) exceeds the base model's max_seq_len "
                               f"({model.cfg.max_seq_len})")
         model.set_dispatch(tc.dispatch)
+        model.grad_checkpoint = tc.grad_checkpoint
         text_field = str(base_run.get("data", {}).get("text_field", "text"))
         sft = prepare_sft_data(cfg.data, tokenizer, tc.seq_len, split_seed, text_field)
         say(f"data: {sft.describe()}")

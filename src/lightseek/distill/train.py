@@ -130,6 +130,7 @@ def distill_train(cfg: DistillConfig, resume: bool = False, show_progress: bool 
         if tc.seq_len > model.cfg.max_seq_len:
             raise ConfigError(f"train.seq_len ({tc.seq_len}) exceeds the student's max_seq_len ({model.cfg.max_seq_len})")
         model.set_dispatch(tc.dispatch)
+        model.grad_checkpoint = tc.grad_checkpoint
         split_seed = cfg.data.split_seed if cfg.data.split_seed >= 0 else int(
             student_run.get("train", {}).get("seed", tc.seed))
         streams = build_streams(cfg.data, tokenizer, split_seed)

@@ -15,6 +15,9 @@ gradient accumulation and, after an all-reduce, under data parallelism.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +27,20 @@ from torch import nn
 from lightseek.kernels.dispatch import get_dispatch
 from lightseek.model.config import ModelConfig
 from lightseek.model.variants import ExpertWeights, LinearUpdate, Selection, apply_updates, token_rows
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def recomputing() -> Iterator[None]:
+    """Forward passes inside are gradient checkpointing's recomputation of one already counted:
+    routers leave their statistics alone (the load, k and threshold updates see each token once)."""
+    before = getattr(_state, "recomputing", False)
+    _state.recomputing = True
+    try:
+        yield
+    finally:
+        _state.recomputing = before
 
 
 @dataclass
@@ -143,6 +160,8 @@ class Router(nn.Module):
 
     @torch.no_grad()
     def _accumulate(self, scores_TE: torch.Tensor, expert_ids_TK: torch.Tensor) -> None:
+        if getattr(_state, "recomputing", False):
+            return
         if self.token_mask_T is not None:  # padding does not count toward load, k or entropy
             scores_TE, expert_ids_TK = scores_TE[self.token_mask_T], expert_ids_TK[self.token_mask_T]
         counts = torch.bincount(expert_ids_TK.reshape(-1), minlength=self.n_experts + 1)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lightseek.model.config import ModelConfig
 from lightseek.model.kv_cache import KVCache
-from lightseek.model.moe import MoE, SwiGLU, routing_stats
+from lightseek.model.moe import MoE, SwiGLU, recomputing, routing_stats
 
 
 def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
@@ -223,6 +225,12 @@ class ModelOutput:
     hidden: torch.Tensor | None = None    # (B, T, D) final normed hidden states, when asked for
 
 
+def _recompute_context():
+    """Checkpointing's contexts: none for the forward; during the recomputation in backward the
+    routers do not count their statistics a second time."""
+    return contextlib.nullcontext(), recomputing()
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -233,6 +241,9 @@ class Transformer(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+        # gradient checkpointing (train.grad_checkpoint): activations inside each block are
+        # recomputed in backward instead of stored, for models whose activations do not fit
+        self.grad_checkpoint = False
         cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -282,9 +293,14 @@ class Transformer(nn.Module):
         routers = [m.router for m in self.moe_layers()] if token_mask_BT is not None else []
         for r in routers:
             r.token_mask_T = token_mask_BT.reshape(-1)
+        remat = self.grad_checkpoint and self.training and torch.is_grad_enabled() and cache is None
         try:
             for block in self.layers:
-                x = block(x, cos, sin, cache, start_pos)
+                if remat:  # keep only block inputs; backward runs each block again
+                    x = checkpoint(block, x, cos, sin, cache, start_pos, use_reentrant=False,
+                                   context_fn=_recompute_context)
+                else:
+                    x = block(x, cos, sin, cache, start_pos)
         finally:
             for r in routers:
                 r.token_mask_T = None

@@ -70,6 +70,9 @@ class TrainConfig:
     device: str = field("auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     dispatch: Literal["auto", "grouped_mm", "segments", "reference"] = field(
         "auto", help="Expert dispatch: 'auto' (best for the device), 'grouped_mm', 'segments' or 'reference'.")
+    grad_checkpoint: bool = field(
+        False, help="Gradient checkpointing: keep only each block's input and recompute the block in backward "
+                    "(less activation memory for about a third more compute).")
     stop_after: int = field(0, help="Stop (with a checkpoint) after this step; resume later (0 = off).")
     plots: bool = field(True, help="Write PNG plots of loss curves and expert load at the end.")
 

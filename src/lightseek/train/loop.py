@@ -266,6 +266,7 @@ def run_training(cfg: RunConfig, data_dir: str | Path, tokenizer_file: str | Pat
         torch.manual_seed(tc.seed)
         model = Transformer(cfg.model).to(device)
         model.set_dispatch(tc.dispatch)
+        model.grad_checkpoint = tc.grad_checkpoint
         opt = build_optimizer(model, tc)
         start, tokens_seen = 0, 0
         if resume:
