@@ -54,14 +54,17 @@ def main() -> None:
     if not args.warm_pip:
         env["PIP_CACHE_DIR"] = str(work / "pip-cache")
     log = work / "demo.log"
+    log.unlink(missing_ok=True)  # a reused --keep folder: this run's output only
+    ok = False
     try:
         clone_s = timed(["git", "clone", "--quiet", str(ROOT), str(clone)], work, env, log)
         setup_s = timed(["make", "setup"], clone, env, log)
         demo_s = timed(["make", "demo"], clone, env, log)
         summary = json.loads((clone / "runs" / "quickstart_moe" / "quickstart.json").read_text())
         output = log.read_text(errors="replace")
+        ok = True
     finally:
-        if not args.keep:
+        if not args.keep and ok:  # a failed run keeps its folder: the error message points into it
             shutil.rmtree(work, ignore_errors=True)
     total = clone_s + setup_s + demo_s
     rows = summary["rows"]

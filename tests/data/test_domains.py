@@ -214,6 +214,8 @@ def test_model_features_from_a_lightseek_checkpoint(debug_checkpoint: Path, tmp_
     embed._load()["block"].register_forward_hook(lambda *a: calls.append(1))
     embed.transform(texts)
     assert not calls
+    embed.set_params(layer=-1)  # another block after a fit: the features follow it
+    assert not np.allclose(embed.transform(texts[:5]), fresh, atol=1e-3)
     # another block gives other features; the blocks after the chosen one never run
     other = ModelFeatures(str(debug_checkpoint), layer=-1, cache="off")
     state = other._load()

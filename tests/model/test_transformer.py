@@ -159,3 +159,23 @@ def test_gradient_checkpointing_changes_memory_not_results(router_mode):
     for (load0, sums0), (load1, sums1) in zip(stats0, stats1):
         assert torch.equal(load1, load0) and torch.equal(sums1, sums0)
         assert sums0[0] == x.numel()  # every token counted once, not twice
+
+
+def test_gradient_checkpointing_on_the_first_forward_and_a_second_backward():
+    """The dispatch probe may run first inside a checkpointed block (a fresh process's first
+    training step), and a retained graph may be recomputed twice: both work."""
+    from lightseek.kernels.dispatch import grouped_mm_works
+
+    cfg = preset("debug", router_mode="dynamic")
+    torch.manual_seed(0)
+    model = Transformer(cfg).train()
+    model.grad_checkpoint = True
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    grouped_mm_works.cache_clear()  # as in a fresh process: the probe runs inside the first block
+    out = model(x, targets_BT=x)
+    out.loss.backward(retain_graph=True)
+    first = {n: p.grad.clone() for n, p in model.named_parameters()}
+    out.loss.backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * first[n], atol=1e-6, rtol=1e-5, msg=n)
+    assert model.moe_layers()[0].router.stat_sums[0] == x.numel()  # counted once, recomputed twice

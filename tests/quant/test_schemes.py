@@ -101,6 +101,7 @@ def test_packed_experts_equal_the_reference_dispatch() -> None:
             for rows in (slice(0, 1), slice(0, 3)):  # row 0 has an unused slot
                 torch.testing.assert_close(quant_few_tokens(x[rows], ids[rows], wts[rows], q),
                                            quant_segments(x[rows], ids[rows], wts[rows], q), atol=1e-5, rtol=1e-4)
+            assert quant_few_tokens(x[:0], ids[:0], wts[:0], q).shape == (0, D)
 
 
 def test_a_short_last_group_is_stored_unpadded_and_computed_alike() -> None:

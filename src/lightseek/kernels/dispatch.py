@@ -81,8 +81,8 @@ def moe_few_tokens(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: 
                    w1_EDH: torch.Tensor, w3_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
     """Decode-sized batches: the (token, slot) pairs are grouped by expert on the host, and each
     chosen expert runs once on its rows. Nothing is sorted or gathered on the device; with a
-    handful of tokens those steps cost more than the experts' matmuls. One host synchronisation
-    (the ids). Differentiable; without autograd the results accumulate in place."""
+    handful of tokens those steps cost more than the experts' matmuls. Host synchronisations:
+    the ids (and, without autograd, the weights, which then scale in place)."""
     n_experts = w1_EDH.shape[0]
     ids = expert_ids_TK.tolist()                                          # the one host sync
     pairs: dict[int, list[tuple[int, int]]] = {}
@@ -149,8 +149,9 @@ def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
     if gmm is None:
         return False
     # the probe needs autograd even when the first call comes from inference under no_grad
-    # (the answer is cached for the process)
-    with torch.enable_grad():
+    # (the answer is cached for the process), and must keep its own tensors even when the first
+    # call comes from inside a checkpointed block (identity hooks shadow checkpointing's)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         return _probe_grouped_mm(gmm, device_type, dtype)
 
 

@@ -15,9 +15,7 @@ gradient accumulation and, after an all-reduce, under data parallelism.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -31,16 +29,23 @@ from lightseek.model.variants import ExpertWeights, LinearUpdate, Selection, app
 _state = threading.local()
 
 
-@contextlib.contextmanager
-def recomputing() -> Iterator[None]:
+def is_recomputing() -> bool:
+    return getattr(_state, "recomputing", False)
+
+
+class recomputing:  # used like a function: `with recomputing():`
     """Forward passes inside are gradient checkpointing's recomputation of one already counted:
-    routers leave their statistics alone (the load, k and threshold updates see each token once)."""
-    before = getattr(_state, "recomputing", False)
-    _state.recomputing = True
-    try:
-        yield
-    finally:
-        _state.recomputing = before
+    routers leave their statistics alone (the load, k and threshold updates see each token once)
+    and layers keep the auxiliary loss of the first pass. Re-entrant and reusable: checkpointing
+    may enter one instance more than once (a second backward over a retained graph)."""
+
+    def __enter__(self) -> None:
+        self._before = getattr(self, "_before", [])
+        self._before.append(is_recomputing())
+        _state.recomputing = True
+
+    def __exit__(self, *exc) -> None:
+        _state.recomputing = self._before.pop()
 
 
 @dataclass
@@ -160,7 +165,7 @@ class Router(nn.Module):
 
     @torch.no_grad()
     def _accumulate(self, scores_TE: torch.Tensor, expert_ids_TK: torch.Tensor) -> None:
-        if getattr(_state, "recomputing", False):
+        if is_recomputing():
             return
         if self.token_mask_T is not None:  # padding does not count toward load, k or entropy
             scores_TE, expert_ids_TK = scores_TE[self.token_mask_T], expert_ids_TK[self.token_mask_T]
@@ -248,7 +253,8 @@ class MoE(nn.Module):
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         B, T, D = x_BTD.shape
         route = self.router(x_BTD)
-        self.aux_loss = route.aux_loss
+        if not is_recomputing():  # the first pass's loss is the one in the graph
+            self.aux_loss = route.aux_loss
         x_TD = x_BTD.reshape(B * T, D)
         if torch.is_autocast_enabled(x_TD.device.type):  # grouped_mm has no autocast rule: cast here
             x_TD = x_TD.to(torch.get_autocast_dtype(x_TD.device.type))

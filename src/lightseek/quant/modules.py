@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightseek.errors import ConfigError
-from lightseek.kernels.dispatch import FEW_TOKENS
+from lightseek.kernels import dispatch
 from lightseek.model.moe import MoE
 from lightseek.quant.schemes import SCALE_DTYPE, QTensor, dequantize, group_codes
 
@@ -202,7 +202,8 @@ class QuantMoE(MoE):
     def _experts(self, x_TD, expert_ids_TK, weights_TK, adapter: str | None) -> torch.Tensor:
         if self.lora is not None and adapter is not None and self.lora.has(adapter):
             return super()._experts(x_TD, expert_ids_TK, weights_TK, adapter)
-        few = self.dispatch_name in ("auto", "few_tokens") and x_TD.shape[0] <= FEW_TOKENS
+        few = (self.dispatch_name == "few_tokens" or self.dispatch_name == "auto" and x_TD.device.type == "cpu"
+               and x_TD.shape[0] <= dispatch.FEW_TOKENS)  # as 'auto' decides for unquantized experts
         if few and not torch.is_grad_enabled():
             return quant_few_tokens(x_TD, expert_ids_TK, weights_TK, self.qexperts)
         return quant_segments(x_TD, expert_ids_TK, weights_TK, self.qexperts)
@@ -214,7 +215,9 @@ def quant_few_tokens(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK
     on its row through their quantized weights, with nothing sorted or gathered. Inference only."""
     w1, w3, w2 = qexperts["w1"], qexperts["w3"], qexperts["w2"]
     n_experts = w1.qweight.shape[0]
-    ids, scale = expert_ids_TK.tolist(), weights_TK.tolist()               # the one host sync
+    if not x_TD.shape[0]:
+        return torch.zeros_like(x_TD)
+    ids, scale = expert_ids_TK.tolist(), weights_TK.tolist()               # host syncs
     rows = []
     for t, row in enumerate(ids):
         x = x_TD[t:t + 1]

@@ -228,7 +228,8 @@ def _pipeline(config: DomainConfig):
 
 def _model_features(config: DomainConfig):
     """A lightseek model's pooled hidden states, standardised; with `model_tfidf`, beside the
-    TF-IDF n-grams, each block scaled to unit length per text so that neither outweighs the other."""
+    TF-IDF n-grams, the model's part scaled to unit length per text (the n-grams' analyzers are
+    each of unit length already), so that neither kind of feature swamps the other."""
     from sklearn.pipeline import FeatureUnion, Pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
 

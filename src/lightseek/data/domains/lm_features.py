@@ -10,6 +10,7 @@ its weights, so a saved classifier needs the same checkpoint when it is loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -103,7 +104,7 @@ class ModelFeatures(TransformerMixin, BaseEstimator):
         from lightseek.known_models import cache_dir
 
         root = Path(self.cache).expanduser() if self.cache else cache_dir() / "features"
-        return root / f"{state['weights'][:16]}-L{state['layer']}-T{self.max_length}"
+        return root / f"{state['fingerprint'][:16]}-L{state['layer']}-T{self.max_length}"
 
     def _path(self, state: dict, text: str) -> Path | None:
         folder = self._folder(state)
@@ -137,8 +138,9 @@ class ModelFeatures(TransformerMixin, BaseEstimator):
         os.replace(tmp, path)  # readers see a whole file or none
 
     def _load(self) -> dict:
-        if getattr(self, "_state", None) is None:
-            self._state = load_feature_model(self.model, self.layer)
+        key = (self.model, self.layer)  # set_params may change either after a fit
+        if getattr(self, "_state", None) is None or self._state["key"] != key:
+            self._state = {**load_feature_model(self.model, self.layer), "key": key}
         return self._state
 
     def __getstate__(self) -> dict:
@@ -147,13 +149,22 @@ class ModelFeatures(TransformerMixin, BaseEstimator):
         return state
 
 
+FORMAT = "mean-pooled block output v1"  # part of the cache key: a change of pooling is a new key
+
+
 def load_feature_model(name: str, layer: int) -> dict:
     """The checkpoint ``name`` (folder or fetched model) in eval mode, its tokenizer, the block
-    whose output is pooled, and an id of its weights; clear errors for what is wrong."""
+    whose output is pooled, and a fingerprint of everything the features depend on (weights,
+    config, tokenizer, the pooling); clear errors for what is wrong."""
+    return dict(_feature_model(name, layer))
+
+
+@functools.lru_cache(maxsize=2)  # classifiers fit one after another on the same model share it
+def _feature_model(name: str, layer: int) -> tuple:
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.errors import CheckpointError
     from lightseek.fileio import file_sha256
-    from lightseek.model.checkpoint import WEIGHTS, load_model, resolve_checkpoint
+    from lightseek.model.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_model, resolve_checkpoint
 
     try:
         path = resolve_checkpoint(name)
@@ -165,5 +176,8 @@ def load_feature_model(name: str, layer: int) -> dict:
     index = layer + n if layer < 0 else layer
     if not 0 <= index < n:
         raise ConfigError(f"domains.model_layer {layer}: {name} has {n} blocks (0..{n - 1}, or -1..-{n})")
-    return {"model": model, "tokenizer": tokenizer, "block": model.layers[index], "layer": index,
-            "dim": model.cfg.dim, "weights": file_sha256(path / WEIGHTS)}
+    parts = [FORMAT, file_sha256(path / WEIGHTS), *(file_sha256(path / f) for f in (CONFIG, TOKENIZER)
+                                                    if (path / f).is_file())]
+    fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return tuple({"model": model, "tokenizer": tokenizer, "block": model.layers[index], "layer": index,
+                  "dim": model.cfg.dim, "fingerprint": fingerprint}.items())
