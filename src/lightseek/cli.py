@@ -158,6 +158,25 @@ def cmd_moefy(args, overrides) -> int:
     return 0
 
 
+def cmd_shrink(args, overrides) -> int:
+    from lightseek.model.shrink import shrink_checkpoint
+
+    if overrides:
+        raise LightseekError(f"shrink takes no config overrides, got {' '.join(overrides)}")
+    r = shrink_checkpoint(args.checkpoint, args.out, layers=args.layers, ffn_share=args.ffn_share,
+                          calib=args.calib, overwrite=args.overwrite)
+    if "layers_kept" in r:
+        print(f"blocks kept: {', '.join(map(str, r['layers_kept']))}")
+    for layer in r.get("ffn_layers", []):
+        print(f"layer {layer['layer']:3d}  FFN importance kept {layer['importance_kept']:.3f}  "
+              f"output error {layer['rel_error']:.3f}")
+    p = r["params"]
+    print(f"{p['before'] / 1e6:.1f}M -> {p['after'] / 1e6:.1f}M parameters ({p['after'] / p['before']:.0%}); "
+          f"written to {r['out']}; train it against the original with `lightseek distill train --student={r['out']} "
+          f"--teachers.general={args.checkpoint} ...`")
+    return 0
+
+
 def cmd_generate(args, overrides) -> int:
     from lightseek.data.chat import encode_chat
     from lightseek.model.generate import generate_text
@@ -546,6 +565,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the standard library's documentation)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("shrink", cmd_shrink, "Cut a dense checkpoint into a smaller student for distillation: keep some "
+            "blocks, and/or each FFN's most important neurons (measured on calibration text).")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--out", required=True, help="output checkpoint folder (new)")
+    p.add_argument("--layers", help="blocks to keep: every-other, or indices such as 0,2,4,-1")
+    p.add_argument("--ffn-share", type=float, help="share of each FFN's neurons to keep (0-1], the most important")
+    p.add_argument("--calib", nargs="+", metavar="PATH", help="calibration text for --ffn-share (default: the "
+                   "standard library's documentation)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
 
     p = add("generate", cmd_generate, "Generate text from a checkpoint (streams to the terminal).")
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
