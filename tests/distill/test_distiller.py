@@ -128,6 +128,7 @@ def test_bad_configs_are_clear_errors(tmp_path, prompts, debug_checkpoint):
 class _Fake(BaseHTTPRequestHandler):
     seen: ClassVar[list] = []
     fail = False
+    reply: ClassVar[str | None] = None  # the expert's answer (default: its seed)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -137,7 +138,8 @@ class _Fake(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"error": {"message": "loading"}}')
             return
-        answer = {"choices": [{"message": {"role": "assistant", "content": f" seed {body['seed']} "},
+        content = _Fake.reply if _Fake.reply is not None else f" seed {body['seed']} "
+        answer = {"choices": [{"message": {"role": "assistant", "content": content},
                                "finish_reason": "stop"}], "usage": {"completion_tokens": 3}}
         data = json.dumps(answer).encode()
         self.send_response(200)
@@ -168,6 +170,40 @@ def test_an_openai_compatible_endpoint_can_be_the_expert(tmp_path, prompts):
     finally:
         _Fake.fail = False
         server.shutdown()
+
+
+def test_repetition_measures_loops_in_words_and_chinese_characters():
+    from lightseek.distill.distiller import repetition
+
+    assert repetition("Glaucoma is a group of eye diseases that damage the optic nerve.") == 0.0
+    assert repetition("the cat sat on the mat " * 10) > 0.8
+    assert repetition("青光眼是一组损害视神经的眼病。") == 0.0
+    assert repetition("患者应该多喝水" * 8) > 0.8
+    assert repetition("too short") == 0.0
+
+
+def test_loops_and_overlong_answers_are_rejected_with_their_reason(tmp_path, prompts):
+    server = HTTPServer(("127.0.0.1", 0), _Fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1#expert"
+    try:
+        _Fake.reply = "A generator is a function that returns a generator. " * 6
+        r = distill_data(_cfg(tmp_path / "loop", prompts, url), show_progress=False)
+        assert r["kept"] == 0 and r["rejected_by_stage"] == {"expert": 10}
+        row = json.loads((tmp_path / "loop" / "rejected.jsonl").read_text().splitlines()[0])
+        assert "repeats itself" in row["reason"] and row["answer"] == _Fake.reply.strip()
+        assert distill_data(_cfg(tmp_path / "off", prompts, url, "--max_repetition=1"),
+                            show_progress=False)["kept"] == 10
+        r = distill_data(_cfg(tmp_path / "long", prompts, url, "--max_repetition=1", "--max_chars=100"),
+                         show_progress=False)
+        assert r["kept"] == 0 and "max_chars 100" in (tmp_path / "long" / "rejected.jsonl").read_text()
+    finally:
+        _Fake.reply = None
+        server.shutdown()
+    with pytest.raises(ConfigError, match="max_repetition"):
+        _cfg(tmp_path, prompts, url, "--max_repetition=1.5")
+    with pytest.raises(ConfigError, match="max_chars"):
+        _cfg(tmp_path, prompts, url, "--min_chars=50", "--max_chars=10")
 
 
 def test_a_domain_classifier_routes_each_input_to_its_experts(tmp_path, debug_checkpoint):

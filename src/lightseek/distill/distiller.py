@@ -64,6 +64,10 @@ class DistillerConfig:
     prompts: PromptConfig = field(default_factory=PromptConfig, help="Prompt templates.")
     generate: GenerationConfig = field(default_factory=GenerationConfig, help="Generation settings (all models).")
     min_chars: int = field(1, help="Answers shorter than this many characters are rejected.")
+    max_chars: int = field(0, help="Answers longer than this many characters are rejected (0 = no limit).")
+    max_repetition: float = field(0.5, help=(
+        "Answers whose share of repeated 4-grams (of words; of characters in Chinese text) is above this are "
+        "rejected as degenerate loops (1 = off)."))
     max_inputs: int = field(0, help="Process at most this many inputs (0 = all).")
     max_per_source: int = field(0, help="Take at most this many inputs from each file (0 = all).")
     seed: int = field(0, help="Run seed: each record's seed derives from it and the input's hash.")
@@ -88,6 +92,10 @@ class DistillerConfig:
                                   f"e.g. http://127.0.0.1:8000/v1#base")
         if self.chunk < 1 or self.min_chars < 0 or self.max_inputs < 0 or self.max_per_source < 0:
             raise ConfigError("chunk must be >= 1, min_chars, max_inputs and max_per_source >= 0")
+        if self.max_chars < 0 or 0 < self.max_chars < self.min_chars:
+            raise ConfigError(f"max_chars must be 0 (no limit) or >= min_chars ({self.min_chars}), got {self.max_chars}")
+        if not 0.0 <= self.max_repetition <= 1.0:
+            raise ConfigError(f"max_repetition must be in [0, 1], got {self.max_repetition}")
         try:
             re.compile(self.prompts.accept)
         except re.error as e:
@@ -268,12 +276,34 @@ def _slug(spec: str) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def repetition(text: str, n: int = 4) -> float:
+    """Share of the text's n-grams that repeat an earlier one: 0 for text that never repeats
+    itself, near 1 for a loop. Units are words, or characters where the text is mostly Chinese
+    (which has no spaces between words)."""
+    units = list(text.replace(" ", "")) if len(_CJK.findall(text)) > len(text) / 3 else text.lower().split()
+    grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _reject_text(text: str, dc: DistillerConfig, what: str = "answer") -> str | None:
+    """Why a generated text cannot be used (too short, too long, a loop), or None."""
+    n = len(text)
+    if n < max(dc.min_chars, 1):
+        return f"{what} of {n} characters (min_chars {max(dc.min_chars, 1)})"
+    if dc.max_chars and n > dc.max_chars:
+        return f"{what} of {n} characters (max_chars {dc.max_chars})"
+    rep = repetition(text)
+    if rep > dc.max_repetition:
+        return f"{what} repeats itself: {rep:.0%} of its 4-grams are repeats (max_repetition {dc.max_repetition:g})"
+    return None
+
+
 def _reject_answer(answer: dict, dc: DistillerConfig) -> str | None:
     """Why an expert's answer cannot be used, or None."""
-    n = len(answer["text"])
-    if n < max(dc.min_chars, 1):
-        return f"answer of {n} characters (min_chars {max(dc.min_chars, 1)})"
-    return None
+    return _reject_text(answer["text"], dc)
 
 
 def assemble(items: list[Item], dc: DistillerConfig, expert_cache, models: Models,
@@ -308,9 +338,8 @@ def assemble(items: list[Item], dc: DistillerConfig, expert_cache, models: Model
                     rejected.append({**trace, "stage": "judge", "prompt": prompt,
                                      "reason": f"verdict {verdict[:60]!r} does not match {dc.prompts.accept!r}"})
                     continue
-            elif len(verdict) < max(dc.min_chars, 1):
-                rejected.append({**trace, "stage": "refine", "prompt": prompt,
-                                 "reason": f"the refiner returned {len(verdict)} characters"})
+            elif why := _reject_text(verdict, dc, "rewrite"):
+                rejected.append({**trace, "stage": "refine", "prompt": prompt, "reason": why, "rewrite": verdict})
                 continue
             else:
                 final = verdict
