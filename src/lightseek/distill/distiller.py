@@ -93,7 +93,8 @@ class DistillerConfig:
         if self.chunk < 1 or self.min_chars < 0 or self.max_inputs < 0 or self.max_per_source < 0:
             raise ConfigError("chunk must be >= 1, min_chars, max_inputs and max_per_source >= 0")
         if self.max_chars < 0 or 0 < self.max_chars < self.min_chars:
-            raise ConfigError(f"max_chars must be 0 (no limit) or >= min_chars ({self.min_chars}), got {self.max_chars}")
+            raise ConfigError(f"max_chars must be 0 (no limit) or >= min_chars ({self.min_chars}), "
+                              f"got {self.max_chars}")
         if not 0.0 <= self.max_repetition <= 1.0:
             raise ConfigError(f"max_repetition must be in [0, 1], got {self.max_repetition}")
         try:
