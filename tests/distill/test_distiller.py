@@ -172,6 +172,36 @@ def test_an_openai_compatible_endpoint_can_be_the_expert(tmp_path, prompts):
         server.shutdown()
 
 
+def test_a_scorer_records_each_answers_likelihood_and_can_reject(tmp_path, prompts, debug_checkpoint):
+    import torch
+
+    from lightseek.data.chat import encode_chat
+    from lightseek.distill.generators import answer_logprob
+    from lightseek.distill.models import load_local
+
+    a = distill_data(_cfg(tmp_path / "a", prompts, debug_checkpoint, f"--scorer={debug_checkpoint}"),
+                     show_progress=False)
+    rows = [json.loads(ln) for ln in (tmp_path / "a" / "data.jsonl").read_text().splitlines()]
+    assert a["kept"] == len(rows) > 0
+    local = load_local(str(debug_checkpoint))
+    for rec in rows[:3]:
+        prompt, answer = (m["content"] for m in rec["messages"])
+        lp = rec["quality"]["logprob"]
+        assert lp < 0 and lp == round(answer_logprob(local, prompt, answer), 4)
+        # the same as the model's own loss on the answer's tokens
+        ids, learn = encode_chat(local.tokenizer, rec["messages"])
+        x = torch.tensor([ids])
+        targets = torch.tensor([[t if m else -100 for t, m in zip(ids[1:], learn[1:])] + [-100]])
+        with torch.no_grad():
+            assert -float(local.model(x, targets_BT=targets).loss) == pytest.approx(lp, abs=1e-3)
+    assert rows[0]["quality"]["scorer"]["sha256"]
+    b = distill_data(_cfg(tmp_path / "b", prompts, debug_checkpoint, f"--scorer={debug_checkpoint}",
+                          "--min_logprob=0"), show_progress=False)
+    assert b["kept"] == 0 and b["rejected_by_stage"].get("score") == a["kept"]
+    with pytest.raises(ConfigError, match="scorer: a local checkpoint"):
+        _cfg(tmp_path, prompts, debug_checkpoint, "--scorer=http://127.0.0.1:1/v1#m")
+
+
 def test_repetition_measures_loops_in_words_and_chinese_characters():
     from lightseek.distill.distiller import repetition
 

@@ -70,6 +70,10 @@ class DistillerConfig:
         "rejected as degenerate loops (1 = off)."))
     max_inputs: int = field(0, help="Process at most this many inputs (0 = all).")
     max_per_source: int = field(0, help="Take at most this many inputs from each file (0 = all).")
+    scorer: str = field("", help=(
+        "A local model (usually the base) that scores each accepted answer by its mean log-probability per token "
+        "as the reply to its prompt, recorded as quality.logprob (empty: no score)."))
+    min_logprob: float = field(-100.0, help="With a scorer: answers scoring below this are rejected (-100: none).")
     seed: int = field(0, help="Run seed: each record's seed derives from it and the input's hash.")
     out: str = field("runs/distilled", help="Output folder: data.jsonl, rejected.jsonl, manifest.json, cache/.")
     chunk: int = field(64, help="Inputs per unit of work (the cache is written after each).")
@@ -92,6 +96,8 @@ class DistillerConfig:
                                   f"e.g. http://127.0.0.1:8000/v1#base")
         if self.chunk < 1 or self.min_chars < 0 or self.max_inputs < 0 or self.max_per_source < 0:
             raise ConfigError("chunk must be >= 1, min_chars, max_inputs and max_per_source >= 0")
+        if self.scorer.startswith(("http://", "https://")):
+            raise ConfigError("scorer: a local checkpoint is needed (an endpoint's log-probabilities are not read)")
         if self.max_chars < 0 or 0 < self.max_chars < self.min_chars:
             raise ConfigError(f"max_chars must be 0 (no limit) or >= min_chars ({self.min_chars}), "
                               f"got {self.max_chars}")
@@ -267,7 +273,15 @@ def distill_data(dc: DistillerConfig, show_progress: bool = True, console=None) 
                     usable = [it for it in mine if _reject_answer(expert_answer(it), dc) is None]
                     generated += run_stage(usable, refine_cache, refine_prompt, refiner, after=expert_cache(spec).tag)
             advance(len(chunk))
-    kept, rejected = assemble(items, dc, expert_cache, models, refine_cache)
+    score = None
+    if dc.scorer:
+        from lightseek.distill.generators import answer_logprob
+
+        scorer = models(dc.scorer)
+
+        def score(prompt: str, answer: str) -> float:
+            return answer_logprob(scorer.local, prompt, answer)
+    kept, rejected = assemble(items, dc, expert_cache, models, refine_cache, score)
     return write_outputs(out, dc, kept, rejected, {
         "classifier": classifier, "experts": {s: c.tag for s, c in expert_caches.items()},
         "models": {s: g.version for s, g in models.loaded.items()}, "generated_now": generated})
@@ -307,9 +321,9 @@ def _reject_answer(answer: dict, dc: DistillerConfig) -> str | None:
     return _reject_text(answer["text"], dc)
 
 
-def assemble(items: list[Item], dc: DistillerConfig, expert_cache, models: Models,
-             refine_cache: StageCache | None) -> tuple[list, list]:
-    """Accepted records and rejections, in input order, from the caches."""
+def assemble(items: list[Item], dc: DistillerConfig, expert_cache, models: Models, refine_cache: StageCache | None,
+             score: Callable[[str, str], float] | None = None) -> tuple[list, list]:
+    """Accepted records and rejections, in input order, from the caches (and the scorer)."""
     kept, rejected = [], []
     for it in items:
         base = {"source": {"file": it.source, "index": it.index, "sha256": it.sha256},
@@ -344,6 +358,14 @@ def assemble(items: list[Item], dc: DistillerConfig, expert_cache, models: Model
                 continue
             else:
                 final = verdict
+        if score is not None:
+            logprob = round(score(prompt, final), 4)
+            trace["quality"] = {"logprob": logprob, "scorer": models(dc.scorer).version}
+            if not logprob >= dc.min_logprob:  # a NaN score (nothing to score) is rejected too
+                rejected.append({**trace, "stage": "score", "prompt": prompt, "answer": final,
+                                 "reason": f"mean log-probability {logprob} under the scorer (min_logprob "
+                                           f"{dc.min_logprob:g})"})
+                continue
         kept.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": final}],
                      **trace})
     return kept, rejected

@@ -104,6 +104,26 @@ class EndpointGenerator:
             raise DataError(f"endpoint {self.url}: not an OpenAI chat completion: {str(answer)[:200]}") from None
 
 
+def answer_logprob(local, prompt: str, answer: str) -> float:
+    """Mean log-probability per token that ``local`` (a loaded checkpoint) gives ``answer`` as
+    its reply to ``prompt`` in its chat template: the answer's tokens and the end of its turn."""
+    import torch
+
+    from lightseek.data.chat import encode_chat
+
+    model, tok = local.model, local.tokenizer
+    ids, learn = encode_chat(tok, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
+    if len(ids) > model.cfg.max_seq_len:  # keep the answer whole, cut the prompt's head
+        cut = len(ids) - model.cfg.max_seq_len
+        ids, learn = ids[cut:], learn[cut:]
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logp = model.eval()(x).logits[0, :-1].float().log_softmax(-1)
+    picked = logp.gather(1, x[0, 1:, None])[:, 0]
+    mask = torch.tensor(learn[1:])
+    return float(picked[mask].mean()) if mask.any() else float("nan")
+
+
 def make_generator(spec: str, gc: GenerationConfig):
     from lightseek.distill.models import is_endpoint
 
