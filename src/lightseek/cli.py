@@ -641,6 +641,8 @@ def _domains_parser(sub, add: Callable) -> None:
     p.add_argument("--encoder", help="local Hugging Face encoder folder: embeddings instead of TF-IDF")
     p.add_argument("--model", help="lightseek checkpoint or fetched model's name: its hidden states as features "
                                    "(beside TF-IDF; see --domains.model_layer, --domains.model_tfidf)")
+    p.add_argument("--zero-shot", help="an instruct model (checkpoint or fetched name) asked for each text's domain; "
+                                       "the data only gives the label set")
     train = p
     p = add("eval", cmd_domains, "Per-domain P/R/F1, macro-F1, confusion matrix.", dom)
     p.add_argument("model", help="classifier folder")

@@ -244,6 +244,40 @@ def test_model_features_from_a_lightseek_checkpoint(debug_checkpoint: Path, tmp_
         DomainConfig(model=str(debug_checkpoint), encoder=str(tmp_path))
 
 
+def test_zero_shot_asks_the_model_behind_the_same_interface(debug_checkpoint: Path, tmp_path: Path) -> None:
+    """The zero-shot mode scores each domain's name as the model's whole answer: the scores equal
+    a plain forward pass over prompt + answer, and the classifier saves, loads and predicts like
+    a trained one."""
+    import torch
+
+    from lightseek.data.chat import encode_chat
+    from lightseek.data.domains.zero_shot import QUESTION, ZeroShotDomains, _answer_scores
+
+    texts, labels = synthetic(3, seed=5)
+    clf = DomainClassifier.fit(texts, labels, DomainConfig(zero_shot=str(debug_checkpoint), threshold=0.0))
+    assert clf.domains == sorted(set(labels)) and clf.metadata()["features"] == "zero-shot"
+    proba = clf.predict_proba(texts[:4])
+    assert proba.shape == (4, 3) and np.allclose(proba.sum(1), 1.0) and (proba > 0).all()
+
+    zs = ZeroShotDomains(str(debug_checkpoint))
+    model, tok = zs._load()
+    messages = [{"role": "user", "content": QUESTION.format(domains="finance, legal, medical", text=texts[0])}]
+    prompt = encode_chat(tok, messages, add_generation_prompt=True)[0]
+    answers = [encode_chat(tok, [*messages, {"role": "assistant", "content": d}]) for d in clf.domains]
+    with torch.no_grad():
+        fast = _answer_scores(model, prompt, answers)
+        for (ids, learn), got in zip(answers, fast):  # the cached continuation = a full forward pass
+            logp = model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+            want = sum(float(logp[i - 1, ids[i]]) for i in range(len(prompt), len(ids)) if learn[i])
+            assert got == pytest.approx(want, abs=1e-4)
+    assert np.allclose(np.exp(fast - np.max(fast)) / np.exp(fast - np.max(fast)).sum(), proba[0], atol=1e-6)
+
+    loaded = DomainClassifier.load(clf.save(tmp_path / "zs"))
+    assert np.allclose(loaded.predict_proba(texts[:4]), proba, atol=1e-6)
+    with pytest.raises(ConfigError, match="choose one"):
+        DomainConfig(zero_shot=str(debug_checkpoint), model=str(debug_checkpoint))
+
+
 def test_passages_and_share() -> None:
     from lightseek.data.domains.build import passages, share
 

@@ -4,7 +4,8 @@ Features are TF-IDF character n-grams (char_wb, so Chinese needs no word segment
 with word n-grams; or, with ``DomainConfig.model``, the mean-pooled hidden states of one block
 of a lightseek checkpoint (by default beside the n-grams); or, with ``DomainConfig.encoder``,
 mean-pooled embeddings of a local Hugging Face encoder. The model on top is a logistic
-regression, so every prediction has a probability.
+regression, so every prediction has a probability. With ``DomainConfig.zero_shot`` an instruct
+model is asked instead (`zero_shot.ZeroShotDomains`), behind the same interface.
 A text whose top probability is below ``threshold`` is labelled ``fallback`` (``general``).
 
 A saved classifier is a folder: ``model.joblib`` (the scikit-learn pipeline) and
@@ -209,6 +210,10 @@ def _pipeline(config: DomainConfig):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
+    if config.zero_shot:
+        from lightseek.data.domains.zero_shot import ZeroShotDomains
+
+        return Pipeline([("model", ZeroShotDomains(config.zero_shot, config.max_chars))])
     if config.model:
         features = _model_features(config)
     elif config.encoder:
@@ -244,6 +249,8 @@ def _model_features(config: DomainConfig):
 
 
 def feature_kind(config: DomainConfig) -> str:
+    if config.zero_shot:
+        return "zero-shot"
     if config.model:
         return "model+tfidf" if config.model_tfidf else "model"
     return "encoder" if config.encoder else "tfidf"

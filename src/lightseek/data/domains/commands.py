@@ -54,7 +54,8 @@ def _train_files(data: str) -> tuple[Path, list[Path]]:
 
 def run_train(args, overrides: list[str]) -> DomainClassifier:
     cfg = domain_config(DomainConfig, args, overrides, {
-        "encoder": args.encoder, "model": args.model, "threshold": args.threshold, "text_field": args.text_field,
+        "encoder": args.encoder, "model": args.model, "zero_shot": args.zero_shot, "threshold": args.threshold,
+        "text_field": args.text_field,
         "label_field": args.label_field})
     train, evals = _train_files(args.data)
     evals += [Path(p) for p in args.eval or []]

@@ -40,6 +40,8 @@ class DomainConfig:
                                       "from the end)")
     model_tfidf: bool = field(True, help="with `model`: keep the TF-IDF n-grams beside its features (rare terms, "
                                          "and Chinese, which an English-first model reads poorly)")
+    zero_shot: str = field("", help="an instruct model (checkpoint or fetched name) asked which domain each text "
+                                    "is from; nothing is trained but the label set")
     feature_cache: str = field("", help="folder caching `model` features per text (empty: "
                                         "$LIGHTSEEK_CACHE/features; off: no cache)")
 
@@ -54,8 +56,8 @@ class DomainConfig:
                               f"{self.char_ngram_min}..{self.char_ngram_max}")
         if self.word_ngram_max < 0:
             raise ConfigError(f"config key 'domains.word_ngram_max': must be >= 0, got {self.word_ngram_max}")
-        if self.encoder and self.model:
-            raise ConfigError("config keys 'domains.encoder' and 'domains.model': choose one source of features")
+        if sum(map(bool, (self.encoder, self.model, self.zero_shot))) > 1:
+            raise ConfigError("config keys 'domains.encoder', 'domains.model' and 'domains.zero_shot': choose one")
         for name in ("min_df", "max_features", "max_chars", "C", "max_iter", "encoder_batch_size",
                      "encoder_max_length"):
             _positive(name, getattr(self, name))
