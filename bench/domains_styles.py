@@ -16,7 +16,8 @@ separately, so that the figure for styles with a same-language sibling is not hi
 
 Features: TF-IDF n-grams (default), or --model (a lightseek checkpoint or fetched model such as
 smollm2-135m-instruct: the mean of block --layer's hidden states beside the n-grams; features are
-cached per text, so the sixteen runs embed each text once). Predictions are the plain argmax
+cached per text, so the sixteen runs embed each text once), or --zero-shot MODEL (the instruct
+model is asked; nothing is trained, so leaving a source out changes only the label set). Predictions are the plain argmax
 (threshold 0: no `general` fallback). Writes bench/results/domains_styles[_...].json.
 """
 
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--data", default="runs/domains/data", help="a folder made by `lightseek domains build`")
     ap.add_argument("--model", help="lightseek checkpoint or fetched model: its hidden states beside TF-IDF")
     ap.add_argument("--layer", type=int, default=-1, help="the block of --model whose output is pooled")
+    ap.add_argument("--zero-shot", help="an instruct model asked for each text's domain (nothing trained)")
     ap.add_argument("--max-test", type=int, default=300, help="test texts per left-out source")
     ap.add_argument("--result")
     args = ap.parse_args()
@@ -75,7 +77,7 @@ def main() -> None:
     domain_of = {r["source"]: r["domain"] for r in train}
     alone = {s for s in sources if not any(o != s and domain_of[o] == domain_of[s] and language(o) == language(s)
                                            for o in sources)}
-    cfg = DomainConfig(threshold=0.0, model=args.model or "", model_layer=args.layer)
+    cfg = DomainConfig(threshold=0.0, model=args.model or "", model_layer=args.layer, zero_shot=args.zero_shot or "")
     per_source, pooled = {}, defaultdict(lambda: ([], []))
     t0 = time.perf_counter()
     for source in sources:
@@ -104,7 +106,8 @@ def main() -> None:
     print("\n| pooled left-out sources | macro-F1 | accuracy | texts |\n|---|---:|---:|---:|")
     for g, r in reports.items():
         print(f"| {g} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {r['n']} |")
-    features = ("model+tfidf " + args.model) if args.model else "tfidf"
+    features = (f"zero-shot {args.zero_shot}" if args.zero_shot else f"model+tfidf {args.model}" if args.model
+                else "tfidf")
     out = write_result(stem, {**provenance(), "features": features, "layer": args.layer if args.model else None,
                               "max_test": args.max_test, "wall_s": time.perf_counter() - t0,
                               "sources": per_source, "pooled": reports})
