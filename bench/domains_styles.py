@@ -17,8 +17,9 @@ separately, so that the figure for styles with a same-language sibling is not hi
 Features: TF-IDF n-grams (default), or --model (a lightseek checkpoint or fetched model such as
 smollm2-135m-instruct: the mean of block --layer's hidden states beside the n-grams; features are
 cached per text, so the sixteen runs embed each text once), or --zero-shot MODEL (the instruct
-model is asked; nothing is trained, so leaving a source out changes only the label set). Predictions are the plain argmax
-(threshold 0: no `general` fallback). Writes bench/results/domains_styles[_...].json.
+model is asked; nothing is trained, so leaving a source out changes only the label set).
+Predictions are the plain argmax (threshold 0: no `general` fallback). Writes
+bench/results/domains_styles[_...].json.
 """
 
 from __future__ import annotations
