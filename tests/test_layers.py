@@ -10,7 +10,7 @@ import lightseek
 SRC = Path(lightseek.__file__).resolve().parent
 # what builds on the model: the model layer imports none of it
 ABOVE_MODEL = ("adapters", "quant", "train", "serve", "distill", "models", "eval", "cli", "quickstart", "moefy",
-               "platform", "safety", "label")  # the last three: packages the open issues add
+               "classify", "platform", "safety", "label")  # the last three: packages the open issues add
 
 
 def _package(module: str) -> str | None:

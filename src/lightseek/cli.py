@@ -159,7 +159,7 @@ def cmd_moefy(args, overrides) -> int:
 
 
 def cmd_shrink(args, overrides) -> int:
-    from lightseek.model.shrink import shrink_checkpoint
+    from lightseek.moefy.shrink import shrink_checkpoint
 
     if overrides:
         raise LightseekError(f"shrink takes no config overrides, got {' '.join(overrides)}")

@@ -195,7 +195,7 @@ def test_model_features_from_a_lightseek_checkpoint(debug_checkpoint: Path, tmp_
     """A lightseek checkpoint's pooled hidden states as features: the forward stops at the chosen
     block, each text is embedded once (the cache), a saved classifier reloads with the same
     probabilities, and bad settings are clear errors."""
-    from lightseek.data.domains.lm_features import ModelFeatures
+    from lightseek.classify.features import ModelFeatures
 
     texts, labels = synthetic(20, seed=3)
     cache = tmp_path / "features"
@@ -250,8 +250,8 @@ def test_zero_shot_asks_the_model_behind_the_same_interface(debug_checkpoint: Pa
     a trained one."""
     import torch
 
+    from lightseek.classify.zero_shot import QUESTION, ZeroShotDomains, _answer_scores
     from lightseek.data.chat import encode_chat
-    from lightseek.data.domains.zero_shot import QUESTION, ZeroShotDomains, _answer_scores
 
     texts, labels = synthetic(3, seed=5)
     clf = DomainClassifier.fit(texts, labels, DomainConfig(zero_shot=str(debug_checkpoint), threshold=0.0))

@@ -5,7 +5,7 @@ with word n-grams; or, with ``DomainConfig.model``, the mean-pooled hidden state
 of a lightseek checkpoint (by default beside the n-grams); or, with ``DomainConfig.encoder``,
 mean-pooled embeddings of a local Hugging Face encoder. The model on top is a logistic
 regression, so every prediction has a probability. With ``DomainConfig.zero_shot`` an instruct
-model is asked instead (`zero_shot.ZeroShotDomains`), behind the same interface.
+model is asked instead (`lightseek.classify.zero_shot`), behind the same interface.
 A text whose top probability is below ``threshold`` is labelled ``fallback`` (``general``).
 
 A saved classifier is a folder: ``model.joblib`` (the scikit-learn pipeline) and
@@ -211,9 +211,7 @@ def _pipeline(config: DomainConfig):
     from sklearn.pipeline import Pipeline
 
     if config.zero_shot:
-        from lightseek.data.domains.zero_shot import ZeroShotDomains
-
-        return Pipeline([("model", ZeroShotDomains(config.zero_shot, config.max_chars))])
+        return Pipeline([("model", domain_mode("zero_shot")(config.zero_shot, config.max_chars))])
     if config.model:
         features = _model_features(config)
     elif config.encoder:
@@ -238,14 +236,24 @@ def _model_features(config: DomainConfig):
     from sklearn.pipeline import FeatureUnion, Pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
 
-    from lightseek.data.domains.lm_features import ModelFeatures
-
-    embed = ModelFeatures(config.model, config.model_layer, config.encoder_batch_size, config.encoder_max_length,
+    embed = domain_mode("model")(config.model, config.model_layer, config.encoder_batch_size, config.encoder_max_length,
                           config.feature_cache)
     steps = [("embed", embed), ("scale", StandardScaler())]
     if not config.model_tfidf:
         return Pipeline(steps)
     return FeatureUnion([("model", Pipeline([*steps, ("unit", Normalizer())])), ("tfidf", _tfidf(config))])
+
+
+def domain_mode(name: str):
+    """The class of a model-backed mode (``model`` features, ``zero_shot``), from the installed
+    `lightseek.domain_modes` entry points: they build on the model layer, which this layer is below."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="lightseek.domain_modes") if ep.name == name]
+    if not found:
+        raise ConfigError(f"the domain classifier's {name!r} mode is not installed (its entry point is missing): "
+                          f"reinstall lightseek (pip install -e .)")
+    return found[0].load()
 
 
 def feature_kind(config: DomainConfig) -> str:

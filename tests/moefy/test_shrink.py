@@ -13,8 +13,8 @@ from lightseek.cli import main
 from lightseek.errors import ConfigError
 from lightseek.model.checkpoint import load_model, read_checkpoint_config, save_checkpoint
 from lightseek.model.config import preset
-from lightseek.model.shrink import drop_layers, narrow_ffn, parse_layers
 from lightseek.model.transformer import Transformer
+from lightseek.moefy.shrink import drop_layers, narrow_ffn, parse_layers
 from tests.conftest import corpus_text
 
 
