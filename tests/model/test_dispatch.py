@@ -28,13 +28,18 @@ def _routing(T: int, E: int, K: int, seed: int):
     return ids, weights
 
 
+def _experts(E: int, D: int, H: int, g: torch.Generator, scale: float) -> list[torch.Tensor]:
+    """Random stacked SwiGLU expert weights: w1, w3 (E, D, H) and w2 (E, H, D)."""
+    return [torch.randn(E, D, H, generator=g) * scale, torch.randn(E, D, H, generator=g) * scale,
+            torch.randn(E, H, D, generator=g) * scale]
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_segments_equal_reference_forward_backward(seed):
     T, D, H, E, K = 50, 16, 12, 8, 4
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, D, generator=g)
-    w = [torch.randn(E, D, H, generator=g) * 0.3, torch.randn(E, D, H, generator=g) * 0.3,
-         torch.randn(E, H, D, generator=g) * 0.3]
+    w = _experts(E, D, H, g, 0.3)
     ids, weights = _routing(T, E, K, seed)
     ids[ids == 3] = E  # expert 3 receives no tokens
     outs, grads = [], []
@@ -60,8 +65,7 @@ def test_few_tokens_path_without_autograd_equals_reference():
     T, D, H, E, K = 3, 16, 12, 8, 4
     g = torch.Generator().manual_seed(2)
     x = torch.randn(T, D, generator=g)
-    w = [torch.randn(E, D, H, generator=g) * 0.3, torch.randn(E, D, H, generator=g) * 0.3,
-         torch.randn(E, H, D, generator=g) * 0.3]
+    w = _experts(E, D, H, g, 0.3)
     ids, weights = _routing(T, E, K, 2)
     ids[2], weights[2] = E, 0.0  # no expert for the last token: its output is zero
     want = moe_reference(x, ids, weights, *w)
@@ -132,8 +136,7 @@ def test_cuda_paths_equal_reference(name, dtype):
     T, D, H, E, K = 300, 64, 32, 16, 4
     g = torch.Generator().manual_seed(0)
     x = torch.randn(T, D, generator=g)
-    w = [torch.randn(E, D, H, generator=g) * 0.2, torch.randn(E, D, H, generator=g) * 0.2,
-         torch.randn(E, H, D, generator=g) * 0.2]
+    w = _experts(E, D, H, g, 0.2)
     ids, weights = _routing(T, E, K, 0)
     probe = torch.linspace(-1, 1, D)  # a fixed upstream gradient, the same on both devices
 

@@ -160,18 +160,26 @@ def load_feature_model(name: str, layer: int) -> dict:
 
 
 @functools.lru_cache(maxsize=2)  # classifiers fit one after another on the same model share it
-def _feature_model(name: str, layer: int) -> tuple:
+def load_checkpoint(name: str, key: str) -> tuple:
+    """(folder, model in eval mode, tokenizer) of checkpoint ``name`` (a folder or a fetched
+    model), loaded once; a ConfigError naming config key ``key`` when it cannot be."""
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.errors import CheckpointError
-    from lightseek.fileio import file_sha256
-    from lightseek.model.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_model, resolve_checkpoint
+    from lightseek.model.checkpoint import load_model, resolve_checkpoint
 
     try:
         path = resolve_checkpoint(name)
-        model = load_model(path).eval()
-        tokenizer = Tokenizer.load(path)
+        return path, load_model(path).eval(), Tokenizer.load(path)
     except CheckpointError as e:
-        raise ConfigError(f"domains.model {name}: {e}") from None
+        raise ConfigError(f"{key} {name}: {e}") from None
+
+
+@functools.lru_cache(maxsize=2)
+def _feature_model(name: str, layer: int) -> tuple:
+    from lightseek.fileio import file_sha256
+    from lightseek.model.checkpoint import CONFIG, TOKENIZER, WEIGHTS
+
+    path, model, tokenizer = load_checkpoint(name, "domains.model")
     n = len(model.layers)
     index = layer + n if layer < 0 else layer
     if not 0 <= index < n:

@@ -7,8 +7,8 @@ the label set. For each text the model sees, in its chat template, the question 
 domains is this text from: ...? Answer with one word." followed by the text, and each domain's
 name is scored as the whole answer (the sum of the log-probabilities of its tokens and the end
 of the turn); a softmax over those scores is the probability. The prompt is encoded once per
-text and each answer continues from its KV cache. Pickling keeps the model's name, not its
-weights.
+text and each answer continues from its KV cache. The model is loaded once per process (not
+pickled): a saved classifier keeps the model's name, not its weights.
 """
 
 from __future__ import annotations
@@ -66,22 +66,10 @@ class ZeroShotDomains(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(texts).argmax(axis=1)]
 
     def _load(self):
-        if getattr(self, "_loaded", None) is None or self._loaded[0] != self.model:
-            from lightseek.data.tokenizer import Tokenizer
-            from lightseek.errors import CheckpointError
-            from lightseek.model.checkpoint import load_model, resolve_checkpoint
+        """(model, tokenizer), loaded once per process and shared with the feature mode."""
+        from lightseek.classify.features import load_checkpoint
 
-            try:
-                path = resolve_checkpoint(self.model)
-                self._loaded = (self.model, load_model(path).eval(), Tokenizer.load(path))
-            except CheckpointError as e:
-                raise ConfigError(f"domains.zero_shot {self.model}: {e}") from None
-        return self._loaded[1:]
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_loaded", None)  # the weights stay in their checkpoint
-        return state
+        return load_checkpoint(self.model, "domains.zero_shot")[1:]
 
 
 def _answer_scores(model, prompt: list[int], answers: list[tuple[list[int], list[bool]]]):
@@ -93,11 +81,12 @@ def _answer_scores(model, prompt: list[int], answers: list[tuple[list[int], list
 
     from lightseek.model.kv_cache import KVCache
 
-    limit = model.cfg.max_seq_len - max(len(ids) - len(prompt) for ids, _ in answers) - 1
+    longest = max(len(ids) - len(prompt) for ids, _ in answers)
+    limit = model.cfg.max_seq_len - longest - 1
     if limit < 8:
         raise ConfigError(f"domains.zero_shot: the answers leave no room in a context of {model.cfg.max_seq_len}")
     head = prompt[:limit] if len(prompt) <= limit else prompt[: limit - 2] + prompt[-2:]  # keep the turn's opening
-    cache = KVCache.for_model(model, 1, max_len=len(head) + max(len(ids) - len(prompt) for ids, _ in answers))
+    cache = KVCache.for_model(model, 1, max_len=len(head) + longest)
     last = model(torch.tensor([head]), cache=cache, last_only=True).logits[0, -1].float().log_softmax(-1)
     scores = []
     for ids, learn in answers:

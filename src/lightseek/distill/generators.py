@@ -116,12 +116,9 @@ def answer_logprob(local, prompt: str, answer: str) -> float:
     if len(ids) > model.cfg.max_seq_len:  # keep the answer whole, cut the prompt's head
         cut = len(ids) - model.cfg.max_seq_len
         ids, learn = ids[cut:], learn[cut:]
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        logp = model.eval()(x).logits[0, :-1].float().log_softmax(-1)
-    picked = logp.gather(1, x[0, 1:, None])[:, 0]
-    mask = torch.tensor(learn[1:])
-    return float(picked[mask].mean()) if mask.any() else float("nan")
+    targets = [t if m else -100 for t, m in zip(ids[1:], learn[1:])] + [-100]  # what the answer's turn says
+    with torch.no_grad():  # the model's own loss on those tokens (NaN when there are none)
+        return -float(model.eval()(torch.tensor([ids]), targets_BT=torch.tensor([targets])).loss)
 
 
 def make_generator(spec: str, gc: GenerationConfig):

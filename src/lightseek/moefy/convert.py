@@ -39,13 +39,14 @@ from lightseek.moefy.split import neuron_contributions, shared_neurons, split_ne
 HOLDOUT = 0.1  # share of calibration tokens kept out of the router fit, for the layer report
 
 
-def check_dense(model: Transformer) -> int:
-    """The FFN width of a plain dense floating-point model; a clear error for anything else."""
+def check_dense(model: Transformer, command: str = "moefy") -> int:
+    """The FFN width of a plain dense floating-point model; a clear error, naming ``command``,
+    for anything else."""
     if model.cfg.is_moe:
-        raise ConfigError("moefy converts dense checkpoints; this one is already a MoE")
+        raise ConfigError(f"{command} takes dense checkpoints; this one is already a MoE (it has MoE layers)")
     if any(type(p) is not nn.Parameter for p in model.parameters()) or any(
             type(b.ffn) is not SwiGLU for b in model.layers):
-        raise ConfigError("moefy needs a plain full-precision dense model (no adapters, not quantized)")
+        raise ConfigError(f"{command} needs a plain full-precision dense model (no adapters, not quantized)")
     return model.cfg.dense_inter_dim
 
 

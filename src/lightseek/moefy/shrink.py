@@ -20,18 +20,11 @@ import copy
 import dataclasses
 
 import torch
-from torch import nn
 
 from lightseek.errors import ConfigError
 from lightseek.model.moe import SwiGLU
 from lightseek.model.transformer import Transformer
-
-
-def check_plain_dense(model: Transformer) -> None:
-    if model.cfg.is_moe or any(type(b.ffn) is not SwiGLU for b in model.layers):
-        raise ConfigError("shrink cuts dense models (every FFN a plain SwiGLU); this one has MoE layers")
-    if any(type(p) is not nn.Parameter for p in model.parameters()):
-        raise ConfigError("shrink needs a plain full-precision model (no adapters, not quantized)")
+from lightseek.moefy.convert import check_dense
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -50,7 +43,7 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 
 def drop_layers(model: Transformer, keep: list[int]) -> Transformer:
     """A new model of blocks ``keep`` (indices into ``model.layers``, in order)."""
-    check_plain_dense(model)
+    check_dense(model, "shrink")
     n = model.cfg.n_layers
     if not keep or sorted(set(keep)) != list(keep) or keep[0] < 0 or keep[-1] >= n:
         raise ConfigError(f"layers to keep must be increasing indices in 0..{n - 1}, got {keep}")
@@ -75,7 +68,7 @@ def narrow_ffn(model: Transformer, windows: list[torch.Tensor], width: int) -> t
     from lightseek.moefy.convert import layerwise
     from lightseek.moefy.split import neuron_contributions
 
-    check_plain_dense(model)
+    check_dense(model, "shrink")
     inter = model.cfg.dense_inter_dim
     if not 0 < width <= inter:
         raise ConfigError(f"FFN width must be in 1..{inter}, got {width}")
@@ -124,7 +117,7 @@ def shrink_checkpoint(checkpoint: str, out: str, layers: str | None = None, ffn_
         raise ConfigError(f"checkpoint {src} is quantized; shrink its full-precision source")
     check_new_checkpoint_dir(out, src, overwrite)
     model = load_model(src).eval()
-    check_plain_dense(model)
+    check_dense(model, "shrink")
     before = model.num_params()["total"]
     info: dict = {"source": base_fingerprint(src)}
     if layers is not None:

@@ -236,8 +236,8 @@ def _model_features(config: DomainConfig):
     from sklearn.pipeline import FeatureUnion, Pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
 
-    embed = domain_mode("model")(config.model, config.model_layer, config.encoder_batch_size, config.encoder_max_length,
-                          config.feature_cache)
+    embed = domain_mode("model")(config.model, config.model_layer, config.encoder_batch_size,
+                                 config.encoder_max_length, config.feature_cache)
     steps = [("embed", embed), ("scale", StandardScaler())]
     if not config.model_tfidf:
         return Pipeline(steps)
