@@ -276,6 +276,10 @@ def test_zero_shot_asks_the_model_behind_the_same_interface(debug_checkpoint: Pa
     assert np.allclose(loaded.predict_proba(texts[:4]), proba, atol=1e-6)
     with pytest.raises(ConfigError, match="choose one"):
         DomainConfig(zero_shot=str(debug_checkpoint), model=str(debug_checkpoint))
+    with pytest.raises(ConfigError, match="needs {text} and {domains}"):
+        ZeroShotDomains(str(debug_checkpoint), question="Which domain?").fit(texts, labels)
+    with pytest.raises(ConfigError, match="domains.zero_shot"):
+        DomainClassifier.fit(texts, labels, DomainConfig(zero_shot=str(tmp_path / "missing")))
 
 
 def test_passages_and_share() -> None:
