@@ -105,6 +105,32 @@ def test_adapter_by_model_name(server) -> None:
     assert base.choices[0].text != adapted.choices[0].text
 
 
+def test_content_as_a_list_of_text_parts(server) -> None:
+    """Clients send content as parts: text parts are read (joined by newlines), other types are a
+    400 that names the part and its type."""
+    client, tok, url, _ = server
+    as_parts = [{"type": "text", "text": "Speak,"}, {"type": "text", "text": "my lord."}]
+    a = client.chat.completions.create(model="debug", messages=[{"role": "user", "content": as_parts}],
+                                       max_tokens=6, temperature=0)
+    b = client.chat.completions.create(model="debug", messages=[{"role": "user", "content": "Speak,\nmy lord."}],
+                                       max_tokens=6, temperature=0)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.usage.prompt_tokens == b.usage.prompt_tokens
+    status, body = http(f"{url}/tokenize", json.dumps({"messages": [{"role": "user", "content": as_parts}]}).encode())
+    plain = encode_chat(tok, [{"role": "user", "content": "Speak,\nmy lord."}], add_generation_prompt=True)[0]
+    assert status == 200 and json.loads(body)["tokens"] == plain
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(openai.BadRequestError, match=r"messages\[1\]\.content\[1\].*'image_url'"):
+        client.chat.completions.create(model="debug", max_tokens=2, messages=[
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": [as_parts[0], image]}])
+    with pytest.raises(openai.BadRequestError, match=r"messages\[0\]\.content\[0\]: a text part needs"):
+        client.chat.completions.create(model="debug", max_tokens=2, messages=[{"role": "user",
+                                                                               "content": [{"type": "text"}]}])
+    status, body = http(f"{url}/v1/chat/completions", json.dumps(
+        {"model": "debug", "messages": [{"role": "user", "content": [{"text": "no type"}]}]}).encode())
+    assert status == 400 and "content[0]: a content part needs its 'type'" in json.loads(body)["error"]["message"]
+
+
 def test_embeddings(server) -> None:
     client, tok, _, _ = server
     r = client.embeddings.create(model="debug", input=["To be, or not to be", "My lord"])

@@ -152,7 +152,8 @@ class Handlers:
     def chat_ids(self, messages: list[ChatMessage]) -> list[int]:
         """The conversation's token ids with the generation prompt; a 400 naming a bad message."""
         try:
-            msgs = validate_messages([{"role": m.role, "content": m.content or ""} for m in messages])
+            msgs = validate_messages([{"role": m.role, "content": m.text(f"messages[{i}]")}
+                                      for i, m in enumerate(messages)])
         except LightseekError as e:
             raise ApiError(400, f"messages: {e}", param="messages", code="invalid_value") from None
         return encode_chat(self.tokenizer, msgs, add_generation_prompt=True)[0]

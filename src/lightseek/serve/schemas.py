@@ -47,10 +47,37 @@ class CompletionBody(CommonParams):
     echo: bool = False
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content as OpenAI clients send it (``{"type": "text", "text": ...}``);
+    only text parts are served, others are refused by their type in `ChatMessage.text`."""
+    model_config = ConfigDict(extra="allow")
+    type: str | None = None  # checked in `ChatMessage.text`, so that its absence is named
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
-    content: str | None = None
+    content: str | list[ContentPart] | None = None
+
+    def text(self, where: str) -> str:
+        """The message's text: its string content, or its text parts joined by newlines (as
+        OpenAI's own endpoint reads them). ``where`` names the message in errors (``messages[2]``)."""
+        if not isinstance(self.content, list):
+            return self.content or ""
+        texts = []
+        for j, part in enumerate(self.content):
+            if part.type is None:
+                raise ApiError(400, f"{where}.content[{j}]: a content part needs its 'type' ('text')",
+                               param=f"{where}.content", code="invalid_value")
+            if part.type != "text":
+                raise ApiError(400, f"{where}.content[{j}]: content parts of type {part.type!r} are not supported: "
+                                    "this model reads text parts only", param=f"{where}.content", code="invalid_value")
+            if part.text is None:
+                raise ApiError(400, f"{where}.content[{j}]: a text part needs its 'text'", param=f"{where}.content",
+                               code="invalid_value")
+            texts.append(part.text)
+        return "\n".join(texts)
 
 
 class ChatBody(CommonParams):
