@@ -24,6 +24,19 @@ Each run is its own process, so peak memory is its own.
                                  [--lr-full 1e-3] [--lr-lora 1e-2] [--replay 0.3] [--replay-kl 1.0]
                                  [--scale-preset small] [--result NAME]
 
+With --real the base is the fetched instruct model (SmolLM2-135M-Instruct, `lightseek fetch
+smollm2-135m-instruct`) and the runs are full fine-tuning against LoRA of rank 8, 16 and 64 on
+its attention and feed-forward projections (alpha = 2 x rank), medical domain, 40 steps of 8
+conversations (one epoch of the first 320 training conversations), peak learning rates 5e-5
+(full) and 5e-4 (LoRA), no replay, gradient checkpointing; scored on 128 held-out conversations,
+32,000 tokens of the general text, and the domain's multiple-choice task of
+bench/real_model_tasks.py (its first 200 items, less those whose question the runs trained on).
+It also reports each run's stored size (adapter folder against fine-tuned checkpoint) and plots
+the gain against the cost in docs/results/lora_vs_full_real.png; the result is
+bench/results/lora_vs_full_real.json.
+
+    python bench/lora_vs_full.py --real [--configs full lora-r8 ...] [--steps-medical 40] ...
+
 After the domain runs, a scale check measures memory by kind and time per step of the three
 set-ups on a randomly initialised model of a larger preset (`small`: 108M parameters).
 
@@ -40,6 +53,7 @@ for `--domains finance --configs full --scale-preset '' --extra=--freeze=[layers
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -60,6 +74,7 @@ GENERAL = [SHARED / "en_gutenberg" / "whitman-leaves.txt", SHARED / "en_gutenber
            SHARED / "en_us_presidential_speeches" / "inaugural", SHARED / "zh_cmrc2018_wiki" / "cmrc2018_trial.json"]
 STEPS = {"medical": 200, "finance": 100}  # each domain's step budget (the same for every configuration)
 GENERAL_TOKENS = 160_000  # general validation budget (tokens), first tokens of each source in turn
+TASKS = {"medical": "medquad", "finance": "fiqa"}  # each domain's multiple-choice task (bench/real_model_tasks.py)
 CONFIGS = {
     "full": {"mode": "full", "overrides": []},
     "lora": {"mode": "lora", "overrides": ["--lora.rank=3", "--lora.alpha=6", "--lora.embed_rank=1",
@@ -67,7 +82,21 @@ CONFIGS = {
     "lora+experts": {"mode": "lora", "overrides": ["--lora.rank=3", "--lora.alpha=6", "--lora.embed_rank=1",
                                                    "--lora.expert_rank=1",
                                                    "--lora.targets=[attn,experts,shared,dense,embed]"]},
+    # a pretrained dense base (--real): attention and feed-forward projections, alpha = 2 x rank
+    **{f"lora-r{r}": {"mode": "lora", "overrides": [f"--lora.rank={r}", f"--lora.alpha={2 * r}",
+                                                   "--lora.targets=[attn,dense]"]} for r in (8, 16, 64)},
 }
+# The default run is on the project's own small base; --real runs on the fetched instruct model
+# with these settings instead (each can still be given): one epoch of 320 conversations, so the
+# multiple-choice items whose question was trained on are known and left out.
+DEFAULTS = {"base": str(ROOT / "runs" / "base"), "domains": list(DOMAINS), "configs": ["full", "lora", "lora+experts"],
+            "steps_medical": STEPS["medical"], "steps_finance": STEPS["finance"], "lr_full": 1e-3, "lr_lora": 1e-2,
+            "replay": 0.3, "replay_kl": 1.0, "extra": [], "scale_preset": "small", "scale_batch": 2,
+            "batch_size": 16, "seq_len": 256, "val_conversations": 0, "general_tokens": GENERAL_TOKENS, "tasks": 0}
+REAL = {**DEFAULTS, "base": "smollm2-135m-instruct", "domains": ["medical"],
+        "configs": ["full", "lora-r8", "lora-r16", "lora-r64"], "steps_medical": 40, "steps_finance": 40,
+        "lr_full": 5e-5, "lr_lora": 5e-4, "replay": 0.0, "replay_kl": 0.0, "scale_preset": "", "batch_size": 8,
+        "val_conversations": 128, "general_tokens": 32_000, "tasks": 200}
 
 
 def ensure_base(base: Path) -> None:
@@ -113,10 +142,10 @@ def general_tokens(tokenizer, total: int):
     return np.asarray(ids, dtype=np.int64)
 
 
-def general_batches(tokenizer, seq_len: int, batch_size: int):
+def general_batches(tokenizer, seq_len: int, batch_size: int, total: int = GENERAL_TOKENS):
     from lightseek.eval.run import token_windows
 
-    tokens = general_tokens(tokenizer, GENERAL_TOKENS)
+    tokens = general_tokens(tokenizer, total)
     return lambda: token_windows(tokens, batch_size, seq_len)
 
 
@@ -148,6 +177,34 @@ def accounted_memory(model, x, y, pad_id: int) -> dict:
             "activations_mb": acts, "total_mb": weights + 12 * trainable / mb + acts}
 
 
+def task_items(spec: dict) -> list[dict]:
+    """The domain's multiple-choice items (of the first ``spec["tasks"]``) whose question is not one
+    of the conversations the run trains on (the first ``max_examples`` of the training split)."""
+    if not spec.get("tasks"):
+        return []
+    from lightseek.adapters.finetune import split_examples
+    from lightseek.data.instruct import load_instructions
+    from lightseek.eval.tasks import load_tasks
+
+    path = ROOT / "runs" / "tasks" / f"{TASKS[spec['domain']]}.jsonl"
+    if not path.is_file():
+        from real_model_tasks import build
+
+        build(200)  # the same items as bench/real_model_tasks.py scores
+    train, _ = split_examples(load_instructions(spec["files"]).examples, 0.1, 0)
+    seen = {" ".join(m["content"].split()) for ex in train[:spec["max_examples"]] for m in ex.messages
+            if m["role"] == "user"}
+    return [i for i in load_tasks(path)[:spec["tasks"]] if " ".join(i["question"].split()) not in seen]
+
+
+def stored_mb(out: Path, mode: str) -> float:
+    """What a user keeps per domain: the adapter folder, or the fine-tuned checkpoint (weights,
+    config, tokenizer), without the optimizer state kept for resuming."""
+    folder = out / ("adapter" if mode == "lora" else "checkpoint")
+    kept = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith("train_state")]
+    return sum(f.stat().st_size for f in kept) / 2**20
+
+
 def one_run(spec: dict) -> dict:
     """Child process: fine-tune one configuration and measure it."""
     import torch
@@ -158,19 +215,28 @@ def one_run(spec: dict) -> dict:
     from lightseek.adapters.lora import use_adapters
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.eval.perplexity import evaluate
+    from lightseek.eval.tasks import score_tasks
     from lightseek.model.checkpoint import TOKENIZER, load_model, resolve_checkpoint
     from lightseek.train.metrics import read_metrics
 
     base = resolve_checkpoint(spec["base"])
     tok = Tokenizer.load(base / TOKENIZER)
     seq_len, bs = spec["seq_len"], spec["batch_size"]
-    domain_val, n_val = instruction_batches(spec["files"], tok, seq_len, bs, 0.1, 0, "val")
-    general = general_batches(tok, seq_len, bs)
-    result = {"config": spec["config"], "domain": spec["domain"], "val_conversations": n_val}
+    all_val, n_val = instruction_batches(spec["files"], tok, seq_len, bs, 0.1, 0, "val")
+    cap = spec.get("val_conversations") or n_val  # the first conversations of the held-out split
+
+    def domain_val():
+        return itertools.islice(all_val(), -(-min(cap, n_val) // bs))
+
+    general = general_batches(tok, seq_len, bs, spec.get("general_tokens", GENERAL_TOKENS))
+    items = task_items(spec)
+    result = {"config": spec["config"], "domain": spec["domain"], "val_conversations": min(cap, n_val)}
     if spec.get("measure_base"):
         model = load_model(base)
         result["base_domain_ppl"] = evaluate(model, domain_val(), pad_id=tok.pad_id)["ppl"]
         result["base_general_ppl"] = evaluate(model, general())["ppl"]
+        if items:
+            result["base_task"] = score_tasks(model, tok, items)
         del model
 
     cfg = ft.load_finetune_config(None, [
@@ -186,7 +252,7 @@ def one_run(spec: dict) -> dict:
     wall = time.time() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     steps = [r for r in read_metrics(Path(spec["out"]) / "metrics.jsonl") if r["kind"] == "train"]
-    step_s = [r["step_s"] for r in steps[5:]]  # after the first few (allocator warm-up)
+    step_s = [r["step_s"] for r in steps[5:] or steps]  # after the first few (allocator warm-up)
 
     # evaluate the result the way a user would load it
     if spec["mode"] == "lora":
@@ -203,6 +269,7 @@ def one_run(spec: dict) -> dict:
     with ctx:
         domain_after = evaluate(model, domain_val(), pad_id=tok.pad_id)
         general_after = evaluate(model, general())
+        task_after = score_tasks(model, tok, items) if items else None
         # memory by kind for one micro-batch of the run's own shape (full-width rows)
         if spec["mode"] == "lora":
             for n, p in model.named_parameters():
@@ -211,6 +278,7 @@ def one_run(spec: dict) -> dict:
             for p in model.parameters():
                 p.requires_grad = True
         probe = torch.randint(0, model.cfg.vocab_size, (bs, seq_len), generator=torch.Generator().manual_seed(0))
+        model.grad_checkpoint = "--train.grad_checkpoint=true" in spec["overrides"]  # as the run trained
         memory = accounted_memory(model, probe, probe, tok.pad_id)
     trainable = summary["trainable_parameters"]
     result.update({
@@ -225,7 +293,8 @@ def one_run(spec: dict) -> dict:
         "accounted_memory": memory,
         "step_s_median": statistics.median(step_s), "wall_s": wall, "steps": len(steps),
         "tokens_learned": summary["tokens_seen"],
-        "domain_ppl": domain_after["ppl"], "general_ppl": general_after["ppl"],
+        "domain_ppl": domain_after["ppl"], "general_ppl": general_after["ppl"], "task": task_after,
+        "stored_mb": stored_mb(Path(spec["out"]), spec["mode"]),
         "avg_k": domain_after.get("avg_k"), "max_vio": domain_after.get("max_vio"),
     })
     return result
@@ -278,52 +347,70 @@ def scale_check(preset_name: str, batch: int, seq_len: int, steps: int = 3) -> l
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default=str(ROOT / "runs" / "base"))
-    ap.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=list(DOMAINS))
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--steps-medical", type=int, default=STEPS["medical"])
-    ap.add_argument("--steps-finance", type=int, default=STEPS["finance"])
-    ap.add_argument("--lr-full", type=float, default=1e-3, help="peak learning rate of full fine-tuning")
-    ap.add_argument("--lr-lora", type=float, default=1e-2, help="peak learning rate of the adapters")
-    ap.add_argument("--replay", type=float, default=0.3, help="share of each batch replaying the base's training text")
-    ap.add_argument("--replay-kl", type=float, default=1.0,
+    ap.add_argument("--real", action="store_true",
+                    help="on the fetched instruct model, with the settings of REAL (each can still be given)")
+    ap.add_argument("--base", help="base checkpoint or fetched model (default runs/base; --real: smollm2-135m-instruct)")
+    ap.add_argument("--domains", nargs="+", choices=list(DOMAINS))
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS))
+    ap.add_argument("--steps-medical", type=int)
+    ap.add_argument("--steps-finance", type=int)
+    ap.add_argument("--lr-full", type=float, help="peak learning rate of full fine-tuning")
+    ap.add_argument("--lr-lora", type=float, help="peak learning rate of the adapters")
+    ap.add_argument("--replay", type=float, help="share of each batch replaying the base's training text")
+    ap.add_argument("--replay-kl", type=float,
                     help="weight of the KL tie to the base on replayed rows (0 = next-token loss only)")
-    ap.add_argument("--extra", action="append", default=[],
+    ap.add_argument("--extra", action="append",
                     help="an override for every run, repeatable (e.g. --extra=--data.replay_fraction=0.3)")
-    ap.add_argument("--scale-preset", default="small", help="larger preset for the memory/time check ('' = skip)")
-    ap.add_argument("--scale-batch", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--scale-preset", help="larger preset for the memory/time check ('' = skip)")
+    ap.add_argument("--scale-batch", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--seq-len", type=int)
+    ap.add_argument("--val-conversations", type=int, help="held-out conversations scored (0 = all)")
+    ap.add_argument("--general-tokens", type=int, help="tokens of held-out general text scored")
+    ap.add_argument("--tasks", type=int, help="multiple-choice items of the domain's task scored (0 = none)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_lora"))
-    ap.add_argument("--result", help="write bench/results/RESULT.json (default: lora_vs_full for the default "
-                                     "settings, else named after the arguments that differ)")
+    ap.add_argument("--result", help="write bench/results/RESULT.json (default: lora_vs_full, or lora_vs_full_real "
+                                     "with --real, for the default settings, else named after the arguments "
+                                     "that differ)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: a JSON run spec
     args = ap.parse_args()
     if args.one:
         print("RESULT " + json.dumps(one_run(json.loads(args.one))), flush=True)
         return
+    defaults = REAL if args.real else DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     missing = [str(p) for d in args.domains for p in DOMAINS[d]] + [str(p) for p in GENERAL]
     missing = [p for p in missing if not Path(p).exists()]
     if missing:
         sys.exit(f"skipped: the shared data is not here ({', '.join(missing)})")
-    measured = ("base", "domains", "configs", "steps_medical", "steps_finance", "lr_full", "lr_lora", "replay",
-                "replay_kl", "extra", "scale_preset", "scale_batch", "batch_size", "seq_len")
-    stem = result_name("lora_vs_full", args, {k: ap.get_default(k) for k in measured})
-    ensure_base(Path(args.base))
+    stem = result_name("lora_vs_full_real" if args.real else "lora_vs_full", args, defaults)
+    if Path(args.base) == Path(DEFAULTS["base"]):
+        ensure_base(Path(args.base))
+    else:
+        from lightseek.model.checkpoint import resolve_checkpoint
+
+        resolve_checkpoint(args.base)  # a clear error now, not in the first child
 
     import shutil
 
     results = []
     for domain in args.domains:
+        steps = getattr(args, f"steps_{domain}")
         for i, name in enumerate(args.configs):
             out = Path(args.out) / domain / name
             shutil.rmtree(out, ignore_errors=True)
             spec = {"base": args.base, "domain": domain, "config": name, "files": [str(p) for p in DOMAINS[domain]],
-                    "steps": getattr(args, f"steps_{domain}"), "batch_size": args.batch_size, "seq_len": args.seq_len,
+                    "steps": steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
                     "out": str(out), "measure_base": i == 0, "mode": CONFIGS[name]["mode"],
+                    "val_conversations": args.val_conversations, "general_tokens": args.general_tokens,
+                    "tasks": args.tasks, "max_examples": steps * args.batch_size if args.real else 0,
                     "overrides": [*CONFIGS[name]["overrides"], f"--data.replay_fraction={args.replay}",
-                                  f"--data.replay_kl={args.replay_kl}", *args.extra,
-                                  f"--train.lr={args.lr_full if name == 'full' else args.lr_lora}"]}
+                                  f"--data.replay_kl={args.replay_kl}",
+                                  *(["--data.split_seed=0", f"--data.max_examples={steps * args.batch_size}",
+                                     "--train.grad_checkpoint=true"] if args.real else []),
+                                  *args.extra, f"--train.lr={args.lr_full if name == 'full' else args.lr_lora}"]}
             print(f"[{domain} / {name}] {spec['steps']} steps ...", flush=True)
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, check=False,
                                   text=True, cwd=ROOT)
@@ -332,17 +419,51 @@ def main() -> None:
                 sys.exit(f"run {domain}/{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
             r = json.loads(line[0][7:])
             if i == 0:
-                base_ppl = (r["base_domain_ppl"], r["base_general_ppl"])
-            r["base_domain_ppl"], r["base_general_ppl"] = base_ppl
+                base_scores = {k: r.get(k) for k in ("base_domain_ppl", "base_general_ppl", "base_task")}
+            r.update(base_scores)
             results.append(r)
             print(f"    domain ppl {r['base_domain_ppl']:.2f} -> {r['domain_ppl']:.2f}, general ppl "
-                  f"{r['base_general_ppl']:.2f} -> {r['general_ppl']:.2f}, {r['step_s_median']:.3f} s/step", flush=True)
+                  f"{r['base_general_ppl']:.2f} -> {r['general_ppl']:.2f}, {r['step_s_median']:.3f} s/step"
+                  + (f", {TASKS[domain]} acc {r['base_task']['acc']:.3f} -> {r['task']['acc']:.3f} "
+                     f"({r['task']['items']} items)" if r.get("task") else ""), flush=True)
 
     summarize(results)
+    if args.real:
+        plot(results, ROOT / "docs" / "results" / f"{stem}.png")
     scale = scale_check(args.scale_preset, args.scale_batch, args.seq_len) if args.scale_preset else []
     out = write_result(stem, {**provenance(_threads()), "results": results, "scale": scale, "args": vars(args),
                               "torch_threads": _threads()})
     print(f"\nwritten {out}")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Domain gain recovered (share of full fine-tuning's perplexity gain) against two costs:
+    trainable parameters and training memory (weights, gradients, optimizer state, activations)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, (label, cost) in zip(axes, [("trainable parameters (% of the model)", lambda r: r["trainable_pct"]),
+                                         ("training memory (MB)", lambda r: r["accounted_memory"]["total_mb"])]):
+        for r in results:
+            gain = 1.0 if r["config"] == "full" else r.get("gain_recovered")
+            if gain is None:
+                continue
+            ax.scatter(cost(r), 100 * gain, s=40)
+            ax.annotate(f"{r['domain']}/{r['config']}", (cost(r), 100 * gain), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.axhline(90, ls="--", lw=0.8, color="grey")
+    axes[0].set_ylabel("domain perplexity gain recovered (% of full)")
+    fig.suptitle("LoRA against full fine-tuning: gain against cost (same data and tokens)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"plot: {path.relative_to(ROOT)}")
 
 
 def _state(r: dict) -> float:
@@ -360,8 +481,8 @@ def summarize(results: list[dict]) -> None:
     full = {r["domain"]: r for r in results if r["config"] == "full"}
     print("\n| domain | run | trainable | % of model | optimizer state | training memory (params+grads+optimizer / "
           "activations) | peak RSS over start | s/step | domain ppl before -> after | gain recovered "
-          "| general ppl before -> after | general change |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|")
+          "| general ppl before -> after | general change | stored | task acc before -> after |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---|")
     for r in results:
         f = full.get(r["domain"])
         gain = r["base_domain_ppl"] - r["domain_ppl"]
@@ -375,7 +496,8 @@ def summarize(results: list[dict]) -> None:
                 "accounted_total": r["accounted_memory"]["total_mb"] / f["accounted_memory"]["total_mb"],
                 "optimizer_state": r["optimizer_state_mb"] / f["optimizer_state_mb"],
                 "peak_over_start": r["peak_over_start_mb"] / f["peak_over_start_mb"],
-                "step_s": r["step_s_median"] / f["step_s_median"]}
+                "step_s": r["step_s_median"] / f["step_s_median"],
+                **({"stored": r["stored_mb"] / f["stored_mb"]} if r.get("stored_mb") and f.get("stored_mb") else {})}
         m = r["accounted_memory"]
         state = m["weights_mb"] + m["grads_mb"] + m["optimizer_mb"]
         print(f"| {r['domain']} | {r['config']} | {r['trainable_parameters']:,} | {r['trainable_pct']:.2f}% | "
@@ -383,7 +505,10 @@ def summarize(results: list[dict]) -> None:
               f"{r['peak_over_start_mb']:.0f} MB | {r['step_s_median']:.3f} | "
               f"{r['base_domain_ppl']:.2f} -> {r['domain_ppl']:.2f} | "
               f"{'-' if rec is None else f'{100 * rec:.0f}%'} | {r['base_general_ppl']:.2f} -> {r['general_ppl']:.2f} | "
-              f"{r['general_change_pct']:+.2f}% |")
+              f"{r['general_change_pct']:+.2f}% | "
+              + (f"{r['stored_mb']:.1f} MB | " if r.get("stored_mb") else "- | ")
+              + (f"{r['base_task']['acc']:.3f} -> {r['task']['acc']:.3f} (n {r['task']['items']}) |"
+                 if r.get("task") else "- |"))
     for r in results:
         if "cost_vs_full" in r:
             c = r["cost_vs_full"]
@@ -391,7 +516,8 @@ def summarize(results: list[dict]) -> None:
                   f"{100 * c['optimizer_state']:.2f}%, params+grads+optimizer {100 * c['param_state']:.0f}%, "
                   f"accounted training memory {100 * c['accounted_total']:.0f}%, "
                   f"peak RSS over start {100 * c['peak_over_start']:.0f}%, "
-                  f"time per step {100 * c['step_s']:.0f}%")
+                  f"time per step {100 * c['step_s']:.0f}%"
+                  + (f", stored {100 * c['stored']:.1f}%" if "stored" in c else ""))
 
 
 if __name__ == "__main__":
