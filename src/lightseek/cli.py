@@ -317,9 +317,12 @@ def cmd_lora_eval(args, overrides) -> int:
 
 def cmd_serve(args, overrides) -> int:
     try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn
-    except ImportError:
-        raise LightseekError("the server needs FastAPI and uvicorn: pip install 'lightseek[serve]'") from None
+    except ImportError as e:
+        raise LightseekError(f"the server needs FastAPI, uvicorn and prometheus-client ({e.name} is missing): "
+                             "pip install 'lightseek[serve]'") from None
     import threading
 
     import torch

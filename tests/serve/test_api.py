@@ -174,6 +174,28 @@ def test_errors_have_openai_shape_and_4xx(server) -> None:
     before = steps()
     client.completions.create(model="debug", prompt="x", max_tokens=2)
     assert steps() >= before + 1
+
+    def histogram(name: str) -> dict:
+        """{le: cumulative count} of histogram ``name``, with its _count and _sum."""
+        out = {}
+        for line in http(f"{url}/metrics")[1].decode().splitlines():
+            if line.startswith(f"{name}_bucket"):
+                out[line.split('le="')[1].split('"')[0]] = float(line.split()[1])
+            elif line.startswith((f"{name}_count", f"{name}_sum")):
+                out[line.split()[0].rsplit("_", 1)[1]] = float(line.split()[1])
+        return out
+
+    first, gaps, whole = (histogram(f"lightseek_{n}_seconds") for n in
+                          ("time_to_first_token", "inter_token_latency", "request_latency"))
+    client.completions.create(model="debug", prompt="x", max_tokens=4, extra_body={"ignore_eos": True})
+    first2, gaps2, whole2 = (histogram(f"lightseek_{n}_seconds") for n in
+                             ("time_to_first_token", "inter_token_latency", "request_latency"))
+    assert first2["count"] == first["count"] + 1 and whole2["count"] == whole["count"] + 1
+    assert gaps2["count"] >= gaps["count"] + 1  # four tokens: at least one gap (a step may deliver several)
+    for h in (first2, gaps2, whole2):
+        counts = [v for k, v in h.items() if k not in ("count", "sum")]
+        assert counts == sorted(counts) and h["+Inf"] == h["count"] and len(counts) > 10  # cumulative buckets
+    assert whole2["sum"] - whole["sum"] >= first2["sum"] - first["sum"] > 0  # a request outlasts its first token
     assert host.engine.stats()["free_slots"] == 4  # nothing leaked
 
 

@@ -258,19 +258,14 @@ class Handlers:
         return {"prompt": tokenizer.decode(body.tokens)}
 
     async def metrics(self):
-        """The Prometheus text format: counters, latency sums, queue gauges, tokens per expert."""
+        """The Prometheus text format: counters, queue gauges, tokens per expert, and latency
+        histograms (time to first token, inter-token, whole request) with buckets."""
         m, st, sums = self.host.snapshot()
         lines = [
             "# TYPE lightseek_requests_total counter", f"lightseek_requests_total {m['requests']}",
             "# TYPE lightseek_prompt_tokens_total counter", f"lightseek_prompt_tokens_total {m['prompt_tokens']}",
             "# TYPE lightseek_generation_tokens_total counter",
             f"lightseek_generation_tokens_total {m['generation_tokens']}",
-            "# TYPE lightseek_time_to_first_token_seconds summary",
-            f"lightseek_time_to_first_token_seconds_sum {m['ttft_sum']:.6f}",
-            f"lightseek_time_to_first_token_seconds_count {m['ttft_count']}",
-            "# TYPE lightseek_inter_token_latency_seconds summary",
-            f"lightseek_inter_token_latency_seconds_sum {m['itl_sum']:.6f}",
-            f"lightseek_inter_token_latency_seconds_count {m['itl_count']}",
             "# TYPE lightseek_requests_running gauge", f"lightseek_requests_running {st['running']}",
             "# TYPE lightseek_requests_waiting gauge", f"lightseek_requests_waiting {st['waiting']}",
             "# TYPE lightseek_slots_free gauge", f"lightseek_slots_free {st['free_slots']}",
@@ -285,7 +280,8 @@ class Handlers:
             for i, row in enumerate(sums[0].tolist()):
                 lines += [f'lightseek_expert_tokens_total{{layer="{n_dense + i}",expert="{e}"}} {int(v)}'
                           for e, v in enumerate(row)]
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        text = "\n".join(lines) + "\n" + self.host.latencies.exposition()
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
 def _merge(events: list[Event]) -> list[Event]:

@@ -17,6 +17,34 @@ from typing import Any
 from lightseek.serve.engine import Engine, GenParams, QueueFull, Request
 from lightseek.serve.schemas import ApiError
 
+# Latency histogram buckets (seconds): from a cached prompt's first token on a small model to a
+# long queue; inter-token latency from a GPU's fastest decode step to a loaded CPU's slowest.
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Latencies:
+    """The server's latency histograms, in a registry of their own (one per host, so that two
+    servers in one process never share counts): time to first token, time between a request's
+    token deliveries, and each finished request's whole time, all from its submission."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.ttft = Histogram("lightseek_time_to_first_token_seconds", "Submission to first generated token.",
+                              buckets=TTFT_BUCKETS, registry=self.registry)
+        self.itl = Histogram("lightseek_inter_token_latency_seconds", "Time between a request's token deliveries.",
+                             buckets=ITL_BUCKETS, registry=self.registry)
+        self.e2e = Histogram("lightseek_request_latency_seconds", "Submission to the end of a finished request.",
+                             buckets=E2E_BUCKETS, registry=self.registry)
+
+    def exposition(self) -> str:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode()
+
 
 class EngineHost:
     """Runs the engine in one thread. Other threads never wait for a step: `submit` checks a
@@ -31,8 +59,8 @@ class EngineHost:
         self._inbox: deque = deque()      # ("submit", request, listener) | ("cancel", request, None)
         self._wake = threading.Event()
         self.listeners: dict[int, Any] = {}
-        self.metrics = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "ttft_sum": 0.0,
-                        "ttft_count": 0, "itl_sum": 0.0, "itl_count": 0, "batch_sum": 0, "steps": 0}
+        self.metrics = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "batch_sum": 0, "steps": 0}
+        self.latencies = Latencies()
         self._last_token: dict[int, float] = {}
         self._started: dict[int, float] = {}
         self._stop = False
@@ -138,16 +166,16 @@ class EngineHost:
                 if e.token_ids:
                     self.metrics["generation_tokens"] += len(e.token_ids)
                     if rid in self._last_token:
-                        self.metrics["itl_sum"] += now - self._last_token[rid]
-                        self.metrics["itl_count"] += 1
+                        self.latencies.itl.observe(now - self._last_token[rid])
                     elif rid in self._started:
-                        self.metrics["ttft_sum"] += now - self._started[rid]
-                        self.metrics["ttft_count"] += 1
+                        self.latencies.ttft.observe(now - self._started[rid])
                     self._last_token[rid] = now
                 if rid in self.listeners:
                     on_event, loop = self.listeners[rid]
                     deliveries.setdefault(loop, []).append((on_event, e))
                 if e.finished:
+                    if rid in self._started:
+                        self.latencies.e2e.observe(now - self._started[rid])
                     self._record_usage(e.request)
                     self._forget(e.request)
             for loop, items in deliveries.items():
