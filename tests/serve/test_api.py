@@ -131,6 +131,24 @@ def test_content_as_a_list_of_text_parts(server) -> None:
     assert status == 400 and "content[0]: a content part needs its 'type'" in json.loads(body)["error"]["message"]
 
 
+def test_options_not_served_are_refused_not_ignored(server) -> None:
+    """Structured outputs and tools would change what the client gets: a clear 400, never a
+    plain answer that silently ignores them; their neutral values are accepted."""
+    client, _, _, _ = server
+    msgs = [{"role": "user", "content": "Speak."}]
+    with pytest.raises(openai.BadRequestError, match="response_format 'json_object'"):
+        client.chat.completions.create(model="debug", messages=msgs, max_tokens=2,
+                                       response_format={"type": "json_object"})
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+    with pytest.raises(openai.BadRequestError, match="tools: this model's chat template has no tool-call format"):
+        client.chat.completions.create(model="debug", messages=msgs, max_tokens=2, tools=[tool])
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(model="debug", messages=msgs, max_tokens=2, tool_choice="required")
+    r = client.chat.completions.create(model="debug", messages=msgs, max_tokens=2, response_format={"type": "text"},
+                                       tool_choice="none")
+    assert r.usage.completion_tokens >= 1
+
+
 def test_embeddings(server) -> None:
     client, tok, _, _ = server
     r = client.embeddings.create(model="debug", input=["To be, or not to be", "My lord"])

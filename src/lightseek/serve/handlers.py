@@ -191,6 +191,7 @@ class Handlers:
         adapter = self.resolve_model(body.model)
         if not body.messages:
             raise ApiError(400, "messages: give at least one message", param="messages", code="invalid_value")
+        body.unsupported_options(self.tokenizer.chat.chat_template if self.tokenizer.chat is not None else None)
         ids = self.chat_ids(body.messages)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         reqs, queue = await self.run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid)
