@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from lightseek import __version__
-from lightseek.errors import LightseekError
+from lightseek.errors import ConfigError, LightseekError
 
 EPILOG = ("Any subcommand also takes --config recipes/NAME.yaml and dotted overrides of the run "
           "config, e.g. --train.lr=3e-4 --model.router_mode=topk. `lightseek config` lists every key.")
@@ -330,6 +330,7 @@ def cmd_serve(args, overrides) -> int:
     from lightseek.adapters.store import base_fingerprint, list_adapters, load_adapter
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.model.checkpoint import load_model, resolve_checkpoint
+    from lightseek.model.kv_cache import SlotCache
     from lightseek.serve.app import EngineHost, PendingHost, build_app
     from lightseek.serve.engine import Engine
 
@@ -341,6 +342,10 @@ def cmd_serve(args, overrides) -> int:
     # streaming work holds the engine up for milliseconds (16 clients: 1,609 tok/s at 5 ms,
     # 1,724 at 0.5 ms, docs/results/serving.md).
     sys.setswitchinterval(0.0005)
+    for flag, value in (("--max-slots", args.max_slots), ("--kv-cache-gb", args.kv_cache_gb),
+                        ("--max-len", args.max_len)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be positive, got {value}")
     ckpt = resolve_checkpoint(args.checkpoint)  # fail fast on a wrong path, before listening
     model_id = args.name or (ckpt.parent.name if ckpt.name == "checkpoint" else ckpt.name)
     pending, names = PendingHost(), []
@@ -354,11 +359,17 @@ def cmd_serve(args, overrides) -> int:
                 sha = base_fingerprint(ckpt)["sha256"]
                 for info in list_adapters(args.adapters):
                     names.append(load_adapter(model, info.path, sha, name=info.name).name)
-            engine = Engine(model, Tokenizer.load(ckpt / "tokenizer.json"), max_slots=args.max_slots,
-                            max_waiting=args.max_waiting, prefill_chunk=args.prefill_chunk)
+            max_len = min(args.max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+            slots = args.max_slots or 16
+            if args.kv_cache_gb:  # the budget sets the slots; --max-slots, when given, caps them
+                fit = SlotCache.slots_within(model, args.kv_cache_gb * 2**30, max_len)
+                slots = min(fit, args.max_slots) if args.max_slots else fit
+            engine = Engine(model, Tokenizer.load(ckpt / "tokenizer.json"), max_slots=slots,
+                            max_waiting=args.max_waiting, prefill_chunk=args.prefill_chunk, max_len=max_len)
             pending.set(EngineHost(engine, usage_log=args.usage_log))
             print(f"serving {model_id}" + (f" with adapters {', '.join(names)}" if names else "")
-                  + f" on http://{args.host}:{args.port}/v1", flush=True)
+                  + f" on http://{args.host}:{args.port}/v1 (KV cache: {slots} sequences of up to {max_len} "
+                  f"tokens, {engine.cache.bytes() / 2**30:.2f} GiB)", flush=True)
         except BaseException as e:  # reported, and the server stops
             failed.append(e)
             server.should_exit = True
@@ -597,7 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", help="the base model's id (default: the run folder's name)")
-    p.add_argument("--max-slots", type=int, default=16, help="sequences decoded together")
+    p.add_argument("--max-slots", type=int, help="sequences decoded together (default 16, or as many as "
+                                                 "--kv-cache-gb holds)")
+    p.add_argument("--kv-cache-gb", type=float, help="memory for the KV cache (GiB): the number of sequences "
+                                                     "served together is what fits at --max-len tokens each")
+    p.add_argument("--max-len", type=int, help="longest sequence (prompt + reply) in tokens (default: the "
+                                               "model's context length)")
     p.add_argument("--max-waiting", type=int, default=64, help="queued requests before 429")
     p.add_argument("--prefill-chunk", type=int, default=64, help="prompt tokens per prefill step")
     p.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (default: one core fewer than the machine has)")

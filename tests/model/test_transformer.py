@@ -107,6 +107,22 @@ def test_flops_and_params_counts():
     assert delta == cfg.n_moe_layers * 2 * 3 * cfg.dim * cfg.moe_inter_dim
 
 
+def test_slot_cache_sized_from_a_memory_budget():
+    """A KV-cache budget gives as many slots as fit, counted against the cache's real size; a
+    budget that holds no sequence is an error that names what one needs."""
+    from lightseek.errors import ConfigError
+    from lightseek.model.kv_cache import SlotCache
+
+    model = _model("dynamic")
+    one = SlotCache.for_model(model, 1, 48).bytes()
+    assert SlotCache.bytes_per_token(model) * 48 == one
+    assert SlotCache.slots_within(model, 5.9 * one, 48) == 5
+    assert SlotCache.for_model(model, 5, 48).bytes() <= 5.9 * one
+    assert SlotCache.slots_within(model, 5.9 * one, 24) == 11  # half the context, twice the sequences
+    with pytest.raises(ConfigError, match="holds no sequence of 48 tokens: one needs"):
+        SlotCache.slots_within(model, 0.5 * one, 48)
+
+
 @pytest.mark.parametrize("slots", [[2, 3, 4], [4, 0, 2]], ids=["consecutive", "scattered"])
 def test_slot_cache_rows_equal_separate_runs(slots):
     """Rows of a SlotCache at different lengths decode exactly as each sequence does alone with

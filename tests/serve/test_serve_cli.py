@@ -86,10 +86,14 @@ def adapters_dir(debug_checkpoint, tmp_path_factory) -> Path:
 def test_serve_with_an_adapters_folder(debug_checkpoint, adapters_dir):
     from lightseek.data.chat import encode_chat
     from lightseek.data.tokenizer import Tokenizer
+    from lightseek.model.checkpoint import load_model
+    from lightseek.model.kv_cache import SlotCache
 
+    per_slot = SlotCache.bytes_per_token(load_model(debug_checkpoint)) * 64
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = serve(debug_checkpoint, port, "--adapters", str(adapters_dir))
+    proc = serve(debug_checkpoint, port, "--adapters", str(adapters_dir), "--max-len", "64",
+                 "--kv-cache-gb", str(3.5 * per_slot / 2**30))  # room for 3 sequences of 64 tokens
     try:
         seen = health_statuses(proc, url, 200, STARTUP_S)
         if not seen or seen[-1] != 200:
@@ -97,6 +101,9 @@ def test_serve_with_an_adapters_folder(debug_checkpoint, adapters_dir):
                         f"{stop(proc)[1][-2000:]}")
         assert set(seen) <= {200, 503}  # 503 while the model loads, then ready
         base = debug_checkpoint.parent.name  # the default model id: the run folder's name
+
+        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode().splitlines()
+        assert "lightseek_slots_free 3" in metrics  # the KV-cache budget set the number of sequences
 
         status, models = http(f"{url}/v1/models")
         assert status == 200

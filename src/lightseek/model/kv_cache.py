@@ -68,6 +68,26 @@ class SlotCache:
         return cls(cfg.n_layers, n_slots, cfg.n_kv_heads, cfg.head_dim, max_len or cfg.max_seq_len,
                    dtype or p.dtype, p.device)
 
+    @staticmethod
+    def bytes_per_token(model, dtype=None) -> int:
+        """Cache bytes one token of one sequence takes: keys and values of every layer."""
+        cfg = model.cfg
+        size = torch.empty((), dtype=dtype or next(model.parameters()).dtype).element_size()
+        return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * size
+
+    @classmethod
+    def slots_within(cls, model, budget_bytes: float, max_len: int, dtype=None) -> int:
+        """How many slots of ``max_len`` tokens fit in ``budget_bytes``; a ConfigError naming the
+        budget one slot needs when not even one fits."""
+        from lightseek.errors import ConfigError
+
+        per_slot = cls.bytes_per_token(model, dtype) * max_len
+        if budget_bytes < per_slot:
+            raise ConfigError(f"a KV-cache budget of {budget_bytes / 2**30:.3g} GiB holds no sequence of {max_len} "
+                              f"tokens: one needs {per_slot / 2**30:.3g} GiB (raise the budget or lower the "
+                              "context length)")
+        return int(budget_bytes // per_slot)
+
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
