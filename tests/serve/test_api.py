@@ -131,14 +131,30 @@ def test_content_as_a_list_of_text_parts(server) -> None:
     assert status == 400 and "content[0]: a content part needs its 'type'" in json.loads(body)["error"]["message"]
 
 
-def test_options_not_served_are_refused_not_ignored(server) -> None:
-    """Structured outputs and tools would change what the client gets: a clear 400, never a
-    plain answer that silently ignores them; their neutral values are accepted."""
+def test_structured_outputs_and_refused_tools(server) -> None:
+    """response_format json_schema gives an answer that validates (streamed too); a schema that
+    cannot be compiled is a 400 naming response_format. Tools would change what the client gets:
+    a clear 400, never a plain answer that silently ignores them; their neutral values pass."""
+    pytest.importorskip("llguidance", reason="structured outputs need llguidance (pip install -e .[serve])")
+    jsonschema = pytest.importorskip("jsonschema", reason="the outputs are validated with jsonschema")
     client, _, _, _ = server
     msgs = [{"role": "user", "content": "Speak."}]
-    with pytest.raises(openai.BadRequestError, match="response_format 'json_object'"):
-        client.chat.completions.create(model="debug", messages=msgs, max_tokens=2,
-                                       response_format={"type": "json_object"})
+    schema = {"type": "object", "properties": {"verdict": {"enum": ["guilty", "innocent"]},
+                                               "years": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["verdict", "years"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}}
+    r = client.chat.completions.create(model="debug", messages=msgs, max_tokens=40, response_format=fmt, seed=3)
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    stream = client.chat.completions.create(model="debug", messages=msgs, max_tokens=40, response_format=fmt,
+                                            stream=True, temperature=0)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    jsonschema.validate(json.loads(text), schema)
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "minProperties": "two"}}}
+    with pytest.raises(openai.BadRequestError, match="response_format") as e:
+        client.chat.completions.create(model="debug", messages=msgs, max_tokens=2, response_format=bad)
+    assert e.value.body["param"] == "response_format"
+
     tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
     with pytest.raises(openai.BadRequestError, match="tools: this model's chat template has no tool-call format"):
         client.chat.completions.create(model="debug", messages=msgs, max_tokens=2, tools=[tool])

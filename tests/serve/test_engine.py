@@ -157,3 +157,57 @@ def test_events_of_a_lagging_stream_merge_in_order() -> None:
     merged = _merge([Event(a, [5], "He", False), Event(b, [7], "x", False), Event(a, [6], "llo", True)])
     assert [(m.request.id, m.token_ids, m.text, m.finished) for m in merged] == [(1, [5, 6], "Hello", True),
                                                                                    (2, [7], "x", False)]
+
+
+ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no", "maybe"]},
+                                                  "score": {"type": "integer", "minimum": 0, "maximum": 9},
+                                                  "tags": {"type": "array", "items": {"enum": ["a", "b"]},
+                                                           "maxItems": 2}},
+                 "required": ["answer", "score", "tags"], "additionalProperties": False}
+
+
+def test_structured_outputs_follow_their_schema(served) -> None:
+    """A json_schema request's text parses and validates whatever the (random) model prefers,
+    in a batch beside a free-text request, sampled or greedy; the logprobs stay the model's own."""
+    pytest.importorskip("llguidance", reason="structured outputs need llguidance (pip install -e .[serve])")
+    jsonschema = pytest.importorskip("jsonschema", reason="the outputs are validated with jsonschema")
+    import json
+
+    import torch
+
+    model, tok = served
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA}}
+    engine = Engine(model, tok, max_slots=4)
+    prompt = tok.encode("To be, or not")
+    reqs = [engine.submit(prompt, GenParams(max_tokens=60, temperature=t, seed=s, response_format=fmt, logprobs=0))
+            for t, s in ((0, None), (1.0, 1), (1.0, 2))]
+    free = engine.submit(prompt, GenParams(max_tokens=12, temperature=0))
+    engine.run()
+    for r in reqs:
+        assert r.finish_reason == "stop", r.text  # complete, ended by the end-of-turn token the grammar left
+        jsonschema.validate(json.loads(r.text), ANSWER_SCHEMA)
+        with torch.no_grad():  # the reported logprob of the first token is the unconstrained model's
+            first = torch.log_softmax(model(torch.tensor([prompt])).logits[0, -1].float(), -1)[r.output_ids[0]]
+        assert r.logprobs[0]["logprob"] == pytest.approx(float(first), abs=1e-4)
+    assert free.output_ids == alone(model, tok, prompt, 12, temperature=0)  # its neighbours do not constrain it
+    obj = engine.generate([prompt], GenParams(max_tokens=200, temperature=0, response_format={"type": "json_object"}))
+    if obj[0].finish_reason == "stop":  # a random model may write a long string; a finished one parses
+        assert isinstance(json.loads(obj[0].text), dict)
+    assert obj[0].text.startswith("{")
+
+
+def test_structured_output_errors_name_the_field(served) -> None:
+    pytest.importorskip("llguidance", reason="structured outputs need llguidance (pip install -e .[serve])")
+    model, tok = served
+    engine = Engine(model, tok, max_slots=2)
+    prompt = tok.encode("To be")
+    with pytest.raises(ConfigError, match="response_format.json_schema.schema"):
+        engine.submit(prompt, GenParams(response_format={"type": "json_schema", "json_schema": {"name": "x"}}))
+    with pytest.raises(ConfigError, match="response_format type 'yaml'"):
+        engine.submit(prompt, GenParams(response_format={"type": "yaml"}))
+    with pytest.raises(ConfigError, match="the JSON schema cannot be used"):
+        engine.submit(prompt, GenParams(response_format={"type": "json_schema", "json_schema": {
+            "schema": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}}}))
+    with pytest.raises(ConfigError, match="ignore_eos cannot be combined"):
+        GenParams(ignore_eos=True, response_format={"type": "json_object"})
+    assert engine.idle and engine.stats()["free_slots"] == 2

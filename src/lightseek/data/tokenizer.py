@@ -258,6 +258,10 @@ class Tokenizer:
         ids = [self._check_id(i) for i in ids]
         return self._special.decode(ids, skip_special_tokens=skip_special)
 
+    def to_json_str(self) -> str:
+        """The tokenizer's definition in the `tokenizers` JSON format (what `save` writes)."""
+        return self._serialized
+
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes one token stands for (a special token gives its UTF-8 text)."""
         token_id = self._check_id(token_id)

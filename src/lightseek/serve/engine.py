@@ -35,6 +35,7 @@ from lightseek.model.generate import sample_rows
 from lightseek.model.kv_cache import SlotCache
 from lightseek.model.sampling import SamplingParams
 from lightseek.model.transformer import Transformer
+from lightseek.serve.grammar import Constraint, Grammars, schema_of
 
 
 class QueueFull(LightseekError):
@@ -53,6 +54,7 @@ class GenParams:
     seed: int | None = None
     logprobs: int | None = None  # also return this many top alternatives per token (0 = chosen only)
     ignore_eos: bool = False     # keep going past the end-of-text token (benchmarks; as in vLLM)
+    response_format: dict | None = None  # OpenAI's: text, json_object or json_schema (`serve.grammar`)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -67,6 +69,9 @@ class GenParams:
             raise ConfigError("stop strings must be non-empty strings")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ConfigError(f"logprobs must be in [0, 20], got {self.logprobs}")
+        if self.ignore_eos and schema_of(self.response_format) is not None:
+            raise ConfigError("ignore_eos cannot be combined with a structured response_format: a complete answer "
+                              "can only be followed by its end")
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
@@ -89,6 +94,7 @@ class Request:
     generator: torch.Generator | None = None
     meta: dict = field(default_factory=dict)  # the caller's own labels (API request id, model, user)
     decoder: StreamDecoder | None = None      # output text, token by token
+    constraint: Constraint | None = None      # the response_format's grammar, if any
     _last_logits: torch.Tensor | None = None
 
     @property
@@ -122,6 +128,7 @@ class Engine:
         self._ids = itertools.count(1)
         self.device = next(model.parameters()).device
         self.end_ids = set(tokenizer.end_ids)
+        self.grammars = Grammars(tokenizer, model.cfg.vocab_size)
 
     # --- requests ------------------------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: GenParams | None = None, adapter: str | None = None) -> Request:
@@ -147,7 +154,8 @@ class Engine:
                               f"(prompt plus at least one generated token)")
         if adapter is not None and adapter not in adapter_names(self.model):
             raise ConfigError(f"unknown adapter {adapter!r}")
-        req = Request(next(self._ids), prompt, params, adapter, decoder=StreamDecoder(self.tokenizer))
+        req = Request(next(self._ids), prompt, params, adapter, decoder=StreamDecoder(self.tokenizer),
+                      constraint=self.grammars.constraint(params.response_format))
         if params.seed is not None:
             req.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         return req
@@ -201,7 +209,13 @@ class Engine:
         todo = first + decode
         if todo:
             logits = torch.stack([r._last_logits for r in todo])
-            tokens = sample_rows(logits, [r.params.sampling() for r in todo], [r.generator for r in todo])
+            allowed = logits
+            if any(r.constraint is not None for r in todo):  # logprobs still report the model's own
+                allowed = logits.clone()
+                for r, row in zip(todo, allowed):
+                    if r.constraint is not None:
+                        r.constraint.mask_(row)
+            tokens = sample_rows(allowed, [r.params.sampling() for r in todo], [r.generator for r in todo])
             for r, tok, row in zip(todo, tokens, logits):
                 events.append(self._accept(r, tok, row))
         return events
@@ -227,6 +241,8 @@ class Engine:
 
     def _accept(self, req: Request, tok: int, logits: torch.Tensor) -> Event:
         req._last_logits = None
+        if req.constraint is not None:
+            req.constraint.advance(tok)
         if req.params.logprobs is not None:
             logp = torch.log_softmax(logits.float(), -1)
             entry = {"token": tok, "logprob": float(logp[tok])}

@@ -65,7 +65,8 @@ class Handlers:
         try:
             return GenParams(max_tokens=body.max_completion_tokens or body.max_tokens or 16,
                              temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=stop,
-                             seed=seed, logprobs=logprobs, ignore_eos=body.ignore_eos)
+                             seed=seed, logprobs=logprobs, ignore_eos=body.ignore_eos,
+                             response_format=getattr(body, "response_format", None))
         except LightseekError as e:
             raise ApiError(400, str(e), code="invalid_value") from None
 
@@ -88,7 +89,8 @@ class Handlers:
         except LightseekError as e:
             for r in reqs:
                 self.host.cancel(r)
-            raise ApiError(400, str(e), param="prompt", code="invalid_value") from None
+            param = "response_format" if str(e).startswith("response_format") else "prompt"
+            raise ApiError(400, str(e), param=param, code="invalid_value") from None
         return reqs, queue
 
     @staticmethod

@@ -84,19 +84,15 @@ class ChatBody(CommonParams):
     messages: list[ChatMessage]
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    # not served yet: refused by `unsupported_options` rather than silently ignored
-    response_format: dict | None = None
+    response_format: dict | None = None  # text, json_object or json_schema (`serve.grammar`)
+    # tools are refused by `unsupported_options` rather than silently ignored
     tools: list | None = None
     tool_choice: str | dict | None = None
 
     def unsupported_options(self, template: str | None) -> None:
-        """A 400 for what this server would otherwise ignore and the client relies on: a
-        structured-output format (only ``{"type": "text"}`` is served) and tools (a template
-        without a tool-call format cannot call them; lightseek does not run tool calls yet)."""
-        kind = (self.response_format or {}).get("type", "text")
-        if kind != "text":
-            raise ApiError(400, f"response_format {kind!r}: structured outputs are not served by this server "
-                                "(only 'text')", param="response_format", code="unsupported_value")
+        """A 400 for what this server would otherwise ignore and the client relies on: tools (a
+        template without a tool-call format cannot call them; lightseek does not run tool calls
+        yet)."""
         if self.tools or self.tool_choice not in (None, "none"):
             why = ("this model's chat template has no tool-call format" if not template or "tool" not in template
                    else "this server does not run tool calls")
