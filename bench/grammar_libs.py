@@ -67,7 +67,9 @@ class LLGuidance:
         self.mask = lnp.allocate_token_bitmask(1, tok.vocab_size)
 
     def compile(self, schema: dict):
-        grammar = self.llg.LLMatcher.grammar_from_json_schema(json.dumps(schema))
+        from lightseek.serve.grammar import JSON_OPTIONS  # as the server compiles it
+
+        grammar = self.llg.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)
         return self.llg.LLMatcher(self.tokenizer, grammar)
 
     def allowed(self, m) -> set[int] | None:

@@ -366,6 +366,10 @@ def cmd_serve(args, overrides) -> int:
                 slots = min(fit, args.max_slots) if args.max_slots else fit
             engine = Engine(model, Tokenizer.load(ckpt / "tokenizer.json"), max_slots=slots,
                             max_waiting=args.max_waiting, prefill_chunk=args.prefill_chunk, max_len=max_len)
+            try:  # structured outputs' view of the vocabulary, now rather than on the first request
+                engine.grammars.prepare()
+            except ConfigError:
+                pass  # llguidance is not installed: such requests get a 400 that says so
             pending.set(EngineHost(engine, usage_log=args.usage_log))
             print(f"serving {model_id}" + (f" with adapters {', '.join(names)}" if names else "")
                   + f" on http://{args.host}:{args.port}/v1 (KV cache: {slots} sequences of up to {max_len} "

@@ -184,7 +184,7 @@ def test_structured_outputs_follow_their_schema(served) -> None:
     free = engine.submit(prompt, GenParams(max_tokens=12, temperature=0))
     engine.run()
     for r in reqs:
-        assert r.finish_reason == "stop", r.text  # complete, ended by the end-of-turn token the grammar left
+        assert r.finish_reason == "stop", r.text  # complete: the grammar ended it on its closing brace
         jsonschema.validate(json.loads(r.text), ANSWER_SCHEMA)
         with torch.no_grad():  # the reported logprob of the first token is the unconstrained model's
             first = torch.log_softmax(model(torch.tensor([prompt])).logits[0, -1].float(), -1)[r.output_ids[0]]
@@ -194,6 +194,24 @@ def test_structured_outputs_follow_their_schema(served) -> None:
     if obj[0].finish_reason == "stop":  # a random model may write a long string; a finished one parses
         assert isinstance(json.loads(obj[0].text), dict)
     assert obj[0].text.startswith("{")
+
+
+def test_a_complete_answer_ends_at_its_last_token(served) -> None:
+    """The grammar ends a complete JSON answer as "stop" on its closing brace, also when that is
+    exactly the max_tokens-th token, so a valid answer is never reported as cut."""
+    pytest.importorskip("llguidance", reason="structured outputs need llguidance (pip install -e .[serve])")
+    import json
+
+    model, tok = served
+    fmt = {"type": "json_schema", "json_schema": {"schema": {
+        "type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}}}
+    prompt = tok.encode("My lord")
+    whole = Engine(model, tok).generate([prompt], GenParams(max_tokens=50, temperature=0, response_format=fmt))[0]
+    assert whole.finish_reason == "stop" and whole.output_ids[-1] not in tok.end_ids  # ended on "}", not an end token
+    assert json.loads(whole.text) in ({"ok": True}, {"ok": False})
+    exact = Engine(model, tok).generate([prompt], GenParams(max_tokens=len(whole.output_ids), temperature=0,
+                                                            response_format=fmt))[0]
+    assert exact.finish_reason == "stop" and exact.text == whole.text
 
 
 def test_structured_output_errors_name_the_field(served) -> None:
@@ -210,4 +228,6 @@ def test_structured_output_errors_name_the_field(served) -> None:
             "schema": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}}}))
     with pytest.raises(ConfigError, match="ignore_eos cannot be combined"):
         GenParams(ignore_eos=True, response_format={"type": "json_object"})
+    with pytest.raises(ConfigError, match="stop strings cannot be combined"):
+        GenParams(stop=["}"], response_format={"type": "json_object"})
     assert engine.idle and engine.stats()["free_slots"] == 2

@@ -69,9 +69,13 @@ class GenParams:
             raise ConfigError("stop strings must be non-empty strings")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ConfigError(f"logprobs must be in [0, 20], got {self.logprobs}")
-        if self.ignore_eos and schema_of(self.response_format) is not None:
-            raise ConfigError("ignore_eos cannot be combined with a structured response_format: a complete answer "
-                              "can only be followed by its end")
+        if schema_of(self.response_format) is not None:
+            if self.ignore_eos:
+                raise ConfigError("ignore_eos cannot be combined with a structured response_format: a complete "
+                                  "answer can only be followed by its end")
+            if self.stop:
+                raise ConfigError("stop strings cannot be combined with a structured response_format: they would "
+                                  "cut the JSON (the grammar ends the answer when it is complete)")
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
@@ -172,6 +176,17 @@ class Engine:
             self.waiting.remove(req)
         self._release(req)
 
+    def fail_running(self) -> list[Event]:
+        """End every admitted request with finish reason "error" and free its slot (after a step
+        raised: the engine stays usable for the requests still waiting)."""
+        events = []
+        for req in list(self.running.values()):
+            req.finish_reason = "error"
+            req._last_logits = None
+            self._release(req)
+            events.append(Event(req, [], "", True))
+        return events
+
     def _release(self, req: Request) -> None:
         if req.id in self.running:
             del self.running[req.id]
@@ -241,8 +256,9 @@ class Engine:
 
     def _accept(self, req: Request, tok: int, logits: torch.Tensor) -> Event:
         req._last_logits = None
-        if req.constraint is not None:
-            req.constraint.advance(tok)
+        if req.constraint is not None and not req.constraint.advance(tok):
+            req.finish_reason = "stop"  # the grammar cannot go on: end this request, not the engine
+            req.text += req.decoder.flush()
         if req.params.logprobs is not None:
             logp = torch.log_softmax(logits.float(), -1)
             entry = {"token": tok, "logprob": float(logp[tok])}
@@ -251,7 +267,9 @@ class Engine:
                 entry["top"] = [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
             req.logprobs.append(entry)
         new_ids: list[int] = []
-        if tok in self.end_ids and not req.params.ignore_eos:
+        if req.done:
+            pass
+        elif tok in self.end_ids and not req.params.ignore_eos:
             req.finish_reason = "stop"
             req.text += req.decoder.flush()
         else:
@@ -262,6 +280,9 @@ class Engine:
             if cut is not None:
                 req.text = req.text[:cut]
                 req.finish_reason = "stop"
+            elif req.constraint is not None and req.constraint.stopped:  # the JSON is complete
+                req.finish_reason = "stop"
+                req.text += req.decoder.flush()
             elif len(req.output_ids) >= req.params.max_tokens or len(req.prompt_ids) + len(req.output_ids) >= self.max_len:
                 req.finish_reason = "length"
                 req.text += req.decoder.flush()

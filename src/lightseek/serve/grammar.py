@@ -54,6 +54,10 @@ class Grammars:
         self._llg_tokenizer = None
         self._lock = threading.Lock()
 
+    def prepare(self) -> None:
+        """Build the vocabulary view now (a server does it while loading, not on a request)."""
+        self._vocabulary()
+
     def _vocabulary(self):
         try:
             import llguidance
@@ -77,9 +81,6 @@ class Grammars:
             grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)
         except (ValueError, TypeError, RuntimeError) as e:
             raise ConfigError(f"response_format: the JSON schema cannot be used: {e}") from None
-        error = llguidance.LLMatcher.validate_grammar(grammar, vocab)
-        if error and not error.startswith("WARNING"):
-            raise ConfigError(f"response_format: the JSON schema cannot be used: {error}")
         matcher = llguidance.LLMatcher(vocab, grammar, log_level=0)
         if matcher.is_error():
             raise ConfigError(f"response_format: the JSON schema cannot be used: {matcher.get_error()}")
@@ -109,11 +110,12 @@ class Constraint:
             logits_V[:self.vocab_size].masked_fill_(torch.from_numpy(forbidden).to(logits_V.device), float("-inf"))
             logits_V[self.vocab_size:] = float("-inf")
 
-    def advance(self, token: int) -> None:
-        if not self.matcher.consume_token(token):  # only reachable if the mask was not applied
-            raise RuntimeError(f"grammar refused token {token}: {self.matcher.get_error()}")
+    def advance(self, token: int) -> bool:
+        """Move past ``token``; False when the grammar refuses it (the mask allowed nothing the
+        grammar can continue with, for example past a parser limit): the request must end."""
+        return self.matcher.consume_token(token)
 
     @property
-    def complete(self) -> bool:
-        """The answer satisfies the grammar (nothing but the end may follow)."""
-        return self.matcher.is_accepting()
+    def stopped(self) -> bool:
+        """The answer is complete: nothing but its end may follow."""
+        return self.matcher.is_stopped()

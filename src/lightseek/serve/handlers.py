@@ -14,6 +14,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from lightseek.data.chat import encode_chat, validate_messages
 from lightseek.errors import LightseekError
 from lightseek.serve.engine import Event, GenParams, QueueFull, Request
+from lightseek.serve.grammar import schema_of
 from lightseek.serve.schemas import (
     ApiError,
     ChatBody,
@@ -58,17 +59,20 @@ class Handlers:
         raise ApiError(404, f"the model {name!r} does not exist (see GET /v1/models)", param="model",
                        code="model_not_found")
 
-    @staticmethod
-    def gen_params(body: CommonParams, logprobs: int | None, index: int) -> GenParams:
+    def gen_params(self, body: CommonParams, logprobs: int | None, index: int) -> GenParams:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         seed = body.seed + index if body.seed is not None else None
+        # a structured answer without a limit may use the rest of the context (as OpenAI's do):
+        # 16 tokens would cut nearly every JSON answer
         try:
-            return GenParams(max_tokens=body.max_completion_tokens or body.max_tokens or 16,
+            default = self.engine.max_len if schema_of(body.response_format) is not None else 16
+            return GenParams(max_tokens=body.max_completion_tokens or body.max_tokens or default,
                              temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=stop,
                              seed=seed, logprobs=logprobs, ignore_eos=body.ignore_eos,
-                             response_format=getattr(body, "response_format", None))
+                             response_format=body.response_format)
         except LightseekError as e:
-            raise ApiError(400, str(e), code="invalid_value") from None
+            raise ApiError(400, str(e), param="response_format" if "response_format" in str(e) else None,
+                           code="invalid_value") from None
 
     async def run(self, prompt_ids: list[int], body: CommonParams, adapter, logprobs,
                   api_id: str) -> tuple[list[Request], asyncio.Queue]:
@@ -101,12 +105,15 @@ class Handlers:
 
     @staticmethod
     def finish(r: Request) -> str:
-        return "stop" if r.finish_reason in ("stop", "cancelled") else "length"
+        return {"stop": "stop", "cancelled": "stop", "error": "error"}.get(r.finish_reason, "length")
 
     @staticmethod
     async def collect(reqs, queue) -> None:
         while not all(r.done for r in reqs):
             await queue.get()
+        if any(r.finish_reason == "error" for r in reqs):
+            raise ApiError(500, "generation failed on the server (see its log); retry the request",
+                           kind="server_error", code="generation_failed")
 
     def stream(self, reqs, queue, chunk, final_usage: bool) -> StreamingResponse:
         """Server-sent events: ``chunk(i, event)`` per choice as events arrive, then [DONE]."""
@@ -162,6 +169,9 @@ class Handlers:
 
     # --- endpoints -------------------------------------------------------------------------------
     async def health(self):
+        if getattr(self.host, "ready", True) and not self.host.thread.is_alive():
+            return error_response(ApiError(503, "the engine thread has stopped; restart the server",
+                                           kind="server_error", code="engine_stopped"))
         if not getattr(self.host, "ready", True):
             return error_response(ApiError(503, "the model is still loading", kind="server_error",
                                            code="model_loading", headers={"Retry-After": "5"}))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -156,7 +157,12 @@ class EngineHost:
                 self._wake.clear()
                 continue
             batch = len(self.engine.running)
-            events = self.engine.step()
+            try:
+                events = self.engine.step()
+            except Exception:  # a failing step must not silently stop every stream and the server
+                logging.getLogger("lightseek.serve").exception("engine step failed; its requests end with an error")
+                self.metrics["failed_steps"] = self.metrics.get("failed_steps", 0) + 1
+                events = self.engine.fail_running()
             deliveries: dict[asyncio.AbstractEventLoop, list] = {}
             now = time.perf_counter()
             self.metrics["steps"] += 1

@@ -39,6 +39,8 @@ class CommonParams(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     ignore_eos: bool = False  # an extension (as in vLLM): generate max_tokens whatever the model says
+    # text, json_object or json_schema (`serve.grammar`); on completions an extension, as in vLLM
+    response_format: dict | None = None
 
 
 class CompletionBody(CommonParams):
@@ -84,7 +86,6 @@ class ChatBody(CommonParams):
     messages: list[ChatMessage]
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: dict | None = None  # text, json_object or json_schema (`serve.grammar`)
     # tools are refused by `unsupported_options` rather than silently ignored
     tools: list | None = None
     tool_choice: str | dict | None = None
@@ -93,7 +94,7 @@ class ChatBody(CommonParams):
         """A 400 for what this server would otherwise ignore and the client relies on: tools (a
         template without a tool-call format cannot call them; lightseek does not run tool calls
         yet)."""
-        if self.tools or self.tool_choice not in (None, "none"):
+        if self.tools or self.tool_choice not in (None, "none", "auto"):
             why = ("this model's chat template has no tool-call format" if not template or "tool" not in template
                    else "this server does not run tool calls")
             raise ApiError(400, f"tools: {why}; send the request without tools and tool_choice", param="tools",
