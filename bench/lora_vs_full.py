@@ -26,11 +26,11 @@ Each run is its own process, so peak memory is its own.
 
 With --real the base is the fetched instruct model (SmolLM2-135M-Instruct, `lightseek fetch
 smollm2-135m-instruct`) and the runs are full fine-tuning against LoRA of rank 8, 16 and 64 on
-its attention and feed-forward projections (alpha = 2 x rank), medical domain, 40 steps of 8
-conversations (one epoch of the first 320 training conversations), peak learning rates 5e-5
-(full) and 5e-4 (LoRA), no replay, gradient checkpointing; scored on 128 held-out conversations,
-32,000 tokens of the general text, and the domain's multiple-choice task of
-bench/real_model_tasks.py (its first 200 items, less those whose question the runs trained on).
+its attention and feed-forward projections (alpha = 2 x rank), medical domain, 30 steps of 8
+conversations (one epoch of the first 240 training conversations; about 20 s a step on 2 cores),
+peak learning rates 5e-5 (full) and 5e-4 (LoRA), no replay, gradient checkpointing; scored on 96
+held-out conversations, 32,000 tokens of the general text, and the domain's multiple-choice task
+of bench/real_model_tasks.py (its first 200 items, less those whose question the runs trained on).
 It also reports each run's stored size (adapter folder against fine-tuned checkpoint) and plots
 the gain against the cost in docs/results/lora_vs_full_real.png; the result is
 bench/results/lora_vs_full_real.json.
@@ -87,16 +87,16 @@ CONFIGS = {
                                                    "--lora.targets=[attn,dense]"]} for r in (8, 16, 64)},
 }
 # The default run is on the project's own small base; --real runs on the fetched instruct model
-# with these settings instead (each can still be given): one epoch of 320 conversations, so the
+# with these settings instead (each can still be given): one epoch of 240 conversations, so the
 # multiple-choice items whose question was trained on are known and left out.
 DEFAULTS = {"base": str(ROOT / "runs" / "base"), "domains": list(DOMAINS), "configs": ["full", "lora", "lora+experts"],
             "steps_medical": STEPS["medical"], "steps_finance": STEPS["finance"], "lr_full": 1e-3, "lr_lora": 1e-2,
             "replay": 0.3, "replay_kl": 1.0, "extra": [], "scale_preset": "small", "scale_batch": 2,
             "batch_size": 16, "seq_len": 256, "val_conversations": 0, "general_tokens": GENERAL_TOKENS, "tasks": 0}
 REAL = {**DEFAULTS, "base": "smollm2-135m-instruct", "domains": ["medical"],
-        "configs": ["full", "lora-r8", "lora-r16", "lora-r64"], "steps_medical": 40, "steps_finance": 40,
+        "configs": ["full", "lora-r8", "lora-r16", "lora-r64"], "steps_medical": 30, "steps_finance": 30,
         "lr_full": 5e-5, "lr_lora": 5e-4, "replay": 0.0, "replay_kl": 0.0, "scale_preset": "", "batch_size": 8,
-        "val_conversations": 128, "general_tokens": 32_000, "tasks": 200}
+        "val_conversations": 96, "general_tokens": 32_000, "tasks": 200}
 
 
 def ensure_base(base: Path) -> None:
@@ -372,10 +372,17 @@ def main() -> None:
     ap.add_argument("--result", help="write bench/results/RESULT.json (default: lora_vs_full, or lora_vs_full_real "
                                      "with --real, for the default settings, else named after the arguments "
                                      "that differ)")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse each run whose result (same settings) is already in --out; each result keeps the "
+                         "revision it was measured at")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: a JSON run spec
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one_run(json.loads(args.one))), flush=True)
+        spec = json.loads(args.one)
+        result = {**one_run(spec), "git_revision": provenance()["git_revision"]}
+        # kept beside the run, with the spec it answers, so an interrupted benchmark can --resume
+        (Path(spec["out"]) / "result.json").write_text(json.dumps({"spec": spec, "result": result}), encoding="utf-8")
+        print("RESULT " + json.dumps(result), flush=True)
         return
     defaults = REAL if args.real else DEFAULTS
     for key, value in defaults.items():
@@ -400,7 +407,6 @@ def main() -> None:
         steps = getattr(args, f"steps_{domain}")
         for i, name in enumerate(args.configs):
             out = Path(args.out) / domain / name
-            shutil.rmtree(out, ignore_errors=True)
             spec = {"base": args.base, "domain": domain, "config": name, "files": [str(p) for p in DOMAINS[domain]],
                     "steps": steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
                     "out": str(out), "measure_base": i == 0, "mode": CONFIGS[name]["mode"],
@@ -411,13 +417,19 @@ def main() -> None:
                                   *(["--data.split_seed=0", f"--data.max_examples={steps * args.batch_size}",
                                      "--train.grad_checkpoint=true"] if args.real else []),
                                   *args.extra, f"--train.lr={args.lr_full if name == 'full' else args.lr_lora}"]}
-            print(f"[{domain} / {name}] {spec['steps']} steps ...", flush=True)
-            proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, check=False,
-                                  text=True, cwd=ROOT)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not line:
-                sys.exit(f"run {domain}/{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-            r = json.loads(line[0][7:])
+            kept = out / "result.json"
+            if args.resume and kept.is_file() and json.loads(kept.read_text(encoding="utf-8"))["spec"] == spec:
+                r = json.loads(kept.read_text(encoding="utf-8"))["result"]
+                print(f"[{domain} / {name}] reused from {kept}", flush=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+                print(f"[{domain} / {name}] {spec['steps']} steps ...", flush=True)
+                proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True,
+                                      check=False, text=True, cwd=ROOT)
+                line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                if proc.returncode or not line:
+                    sys.exit(f"run {domain}/{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+                r = json.loads(line[0][7:])
             if i == 0:
                 base_scores = {k: r.get(k) for k in ("base_domain_ppl", "base_general_ppl", "base_task")}
             r.update(base_scores)

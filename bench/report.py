@@ -313,6 +313,27 @@ def serve_targets() -> str:
     ])
 
 
+def grammar_libs() -> str:
+    d = result("grammar_libs")
+    rows = [[name, r["version"], f"{r['setup_s']:.2f} s", f"{r['compile_ms_mean']:.1f} ms",
+             f"{r['mask_us_p50']:.0f} / {r['mask_us_p95']:.0f} / {r['mask_us_max']:.0f} µs",
+             "yes" if r["correct"] else "**no**"]
+            for name, r in d["libraries"].items() if "skipped" not in r]
+    return table(["library", "version", "vocabulary set-up", "schema compile (mean of 4)", "mask p50 / p95 / max",
+                  "correct"], rows, "llrrrl")
+
+
+def structured() -> str:
+    d = result("structured")
+    rows = [[name, f"{r['valid']} / {r['requests']}", f"{r['parsed']}", f"{r['finished']}", f"{r['tokens']:,}",
+             f"{r['wall_s']:.0f} s", f"{r['output_tok_s']:.1f}"] for name, r in d["results"].items()]
+    ratio = d["constrained_over_free_tok_s"]
+    return (table(["requests", "valid JSON for the schema", "parse", "finished", "output tokens", "wall",
+                   "output tok/s"], rows, "lrrrrrr")
+            + f"\nConstrained throughput {100 * ratio:.1f}% of unconstrained (target: the masks cost ≤ 20%, "
+              f"{'met' if ratio >= 0.8 else '**not met**'}); {d['slots']} requests decode together.\n")
+
+
 def serve_ceiling() -> str:
     d = result("serve_ceiling")
     hf = d["transformers_generate"]["output_tok_s"]
@@ -704,7 +725,8 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
                               "moefy_speed": moefy_speed, "moefy_profile": moefy_profile},
     "docs/results/moe_layer.md": {"moe_layer_summary": moe_layer_summary, "moe_layer_configs": moe_layer_configs},
     "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
-                                "serve_ceiling": serve_ceiling, "decode_floor": decode_floor},
+                                "serve_ceiling": serve_ceiling, "decode_floor": decode_floor,
+                                "grammar_libs": grammar_libs, "structured": structured},
 }
 
 

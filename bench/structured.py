@@ -4,15 +4,17 @@
 with one of SCHEMAS in turn) go through lightseek's serving engine twice, 16 at a time:
 
   constrained    response_format json_schema (llguidance masks every step, `serve/grammar.py`)
-  free           the same prompts and sampling without response_format
+  free           the same prompts and sampling without response_format, each request generating
+                 exactly as many tokens as its constrained answer (ignore_eos), so both runs
+                 prefill and decode the same amounts in the same batches and differ only by
+                 the masks
 
 Reported: how many constrained answers finish, parse as JSON and validate against their schema
-(jsonschema), how many free answers happen to; generated tokens, wall time and output tokens/s of
-each run, and the constrained run's throughput relative to the free one (the cost of the masks;
-the answers differ in length, so tokens/s is the comparison, over the same batch size).
+(jsonschema); generated tokens, wall time and output tokens/s of each run, and the constrained
+run's throughput relative to the free one (the cost of the masks).
 
     python bench/structured.py [--model smollm2-135m-instruct] [--requests 200] [--slots 16]
-                               [--max-tokens 160]
+                               [--max-tokens 256]
 
 Prints a table and writes bench/results/structured.json.
 """
@@ -65,12 +67,12 @@ def questions(n: int) -> list[str]:
     return [pools[i % 2][i // 2] for i in range(n)]
 
 
-def run(engine, prompts: list[list[int]], formats: list[dict | None], max_tokens: int) -> tuple[list, float]:
+def run(engine, prompts: list[list[int]], formats: list[dict | None], max_tokens: list[int]) -> tuple[list, float]:
     from lightseek.serve.engine import GenParams
 
-    reqs = [engine.submit(p, GenParams(max_tokens=max_tokens, temperature=0.7, top_p=0.95, seed=i,
-                                       response_format=f))
-            for i, (p, f) in enumerate(zip(prompts, formats))]
+    reqs = [engine.submit(p, GenParams(max_tokens=n, temperature=0.7, top_p=0.95, seed=i, response_format=f,
+                                       ignore_eos=f is None))
+            for i, (p, f, n) in enumerate(zip(prompts, formats, max_tokens))]
     t0 = time.perf_counter()
     engine.run()
     return reqs, time.perf_counter() - t0
@@ -101,11 +103,11 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--slots", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=160)
+    ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--result")
     args = ap.parse_args()
     stem = result_name("structured", args, {"model": "smollm2-135m-instruct", "requests": 200, "slots": 16,
-                                            "max_tokens": 160})
+                                            "max_tokens": 256})
     if not SHARED.exists():
         sys.exit(f"skipped: the shared data is not at {SHARED}")
     import torch
@@ -126,10 +128,11 @@ def main() -> None:
     t0 = time.perf_counter()
     engine.grammars.constraint(formats[0])  # the vocabulary view, built once per model, outside the timing
     setup_s = time.perf_counter() - t0
-    run(engine, prompts[:args.slots], [None] * args.slots, 4)  # warm-up
-    results = {}
+    run(engine, prompts[:args.slots], [None] * args.slots, [4] * args.slots)  # warm-up
+    results, lengths = {}, [args.max_tokens] * len(prompts)
     for name, fmts in (("constrained", formats), ("free", [None] * len(formats))):
-        reqs, wall = run(engine, prompts, fmts, args.max_tokens)
+        reqs, wall = run(engine, prompts, fmts, lengths)
+        lengths = [max(1, len(r.output_ids)) for r in reqs]  # the free run generates the same lengths
         results[name] = {**score(reqs, [s for _, s in picked]), "wall_s": wall}
         results[name]["output_tok_s"] = results[name]["tokens"] / wall
         r = results[name]
