@@ -256,9 +256,7 @@ class Engine:
 
     def _accept(self, req: Request, tok: int, logits: torch.Tensor) -> Event:
         req._last_logits = None
-        if req.constraint is not None and not req.constraint.advance(tok):
-            req.finish_reason = "stop"  # the grammar cannot go on: end this request, not the engine
-            req.text += req.decoder.flush()
+        refused = req.constraint is not None and not req.constraint.advance(tok)
         if req.params.logprobs is not None:
             logp = torch.log_softmax(logits.float(), -1)
             entry = {"token": tok, "logprob": float(logp[tok])}
@@ -267,9 +265,8 @@ class Engine:
                 entry["top"] = [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
             req.logprobs.append(entry)
         new_ids: list[int] = []
-        if req.done:
-            pass
-        elif tok in self.end_ids and not req.params.ignore_eos:
+        # a token the grammar refuses ends this request (not the engine), as the end token does
+        if refused or (tok in self.end_ids and not req.params.ignore_eos):
             req.finish_reason = "stop"
             req.text += req.decoder.flush()
         else:

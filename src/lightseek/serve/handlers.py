@@ -71,8 +71,7 @@ class Handlers:
                              seed=seed, logprobs=logprobs, ignore_eos=body.ignore_eos,
                              response_format=body.response_format)
         except LightseekError as e:
-            raise ApiError(400, str(e), param="response_format" if "response_format" in str(e) else None,
-                           code="invalid_value") from None
+            raise ApiError(400, str(e), param=_param_of(e, None), code="invalid_value") from None
 
     async def run(self, prompt_ids: list[int], body: CommonParams, adapter, logprobs,
                   api_id: str) -> tuple[list[Request], asyncio.Queue]:
@@ -93,8 +92,7 @@ class Handlers:
         except LightseekError as e:
             for r in reqs:
                 self.host.cancel(r)
-            param = "response_format" if str(e).startswith("response_format") else "prompt"
-            raise ApiError(400, str(e), param=param, code="invalid_value") from None
+            raise ApiError(400, str(e), param=_param_of(e, "prompt"), code="invalid_value") from None
         return reqs, queue
 
     @staticmethod
@@ -295,6 +293,11 @@ class Handlers:
                           for e, v in enumerate(row)]
         text = "\n".join(lines) + "\n" + self.host.latencies.exposition()
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def _param_of(e: LightseekError, otherwise: str | None) -> str | None:
+    """The request field a request error is about: response_format when its message names it."""
+    return "response_format" if "response_format" in str(e) else otherwise
 
 
 def _merge(events: list[Event]) -> list[Event]:

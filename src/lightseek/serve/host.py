@@ -161,7 +161,6 @@ class EngineHost:
                 events = self.engine.step()
             except Exception:  # a failing step must not silently stop every stream and the server
                 logging.getLogger("lightseek.serve").exception("engine step failed; its requests end with an error")
-                self.metrics["failed_steps"] = self.metrics.get("failed_steps", 0) + 1
                 events = self.engine.fail_running()
             deliveries: dict[asyncio.AbstractEventLoop, list] = {}
             now = time.perf_counter()
