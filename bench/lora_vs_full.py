@@ -368,7 +368,7 @@ def main() -> None:
     ap.add_argument("--val-conversations", type=int, help="held-out conversations scored (0 = all)")
     ap.add_argument("--general-tokens", type=int, help="tokens of held-out general text scored")
     ap.add_argument("--tasks", type=int, help="multiple-choice items of the domain's task scored (0 = none)")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_lora"))
+    ap.add_argument("--out", help="where the runs go (default runs/bench_lora, or runs/bench_lora_real with --real)")
     ap.add_argument("--result", help="write bench/results/RESULT.json (default: lora_vs_full, or lora_vs_full_real "
                                      "with --real, for the default settings, else named after the arguments "
                                      "that differ)")
@@ -385,6 +385,7 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
     defaults = REAL if args.real else DEFAULTS
+    args.out = args.out or str(ROOT / "runs" / ("bench_lora_real" if args.real else "bench_lora"))
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

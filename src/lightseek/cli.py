@@ -348,8 +348,15 @@ def cmd_serve(args, overrides) -> int:
             raise ConfigError(f"{flag} must be positive, got {value}")
     ckpt = resolve_checkpoint(args.checkpoint)  # fail fast on a wrong path, before listening
     model_id = args.name or (ckpt.parent.name if ckpt.name == "checkpoint" else ckpt.name)
+    gate = None
+    if args.platform:  # keys, limits and the ledger; a bad URL or missing extra fails before listening
+        from lightseek.platform.gate import Gate
+
+        gate = Gate(args.platform)
+    elif args.protect_metrics:
+        raise ConfigError("--protect-metrics needs --platform (admin keys live in the platform's database)")
     pending, names = PendingHost(), []
-    app = build_app(pending, model_id, names)  # answers 503 until the model is loaded
+    app = build_app(pending, model_id, names, gate, args.protect_metrics)  # answers 503 until the model is loaded
     failed: list[BaseException] = []
 
     def load() -> None:
@@ -370,7 +377,7 @@ def cmd_serve(args, overrides) -> int:
                 engine.grammars.prepare()
             except ConfigError:
                 pass  # llguidance is not installed: such requests get a 400 that says so
-            pending.set(EngineHost(engine, usage_log=args.usage_log))
+            pending.set(EngineHost(engine, usage_log=args.usage_log, on_end=gate.ended if gate else None))
             print(f"serving {model_id}" + (f" with adapters {', '.join(names)}" if names else "")
                   + f" on http://{args.host}:{args.port}/v1 (KV cache: {slots} sequences of up to {max_len} "
                   f"tokens, {engine.cache.bytes() / 2**30:.2f} GiB)", flush=True)
@@ -385,6 +392,8 @@ def cmd_serve(args, overrides) -> int:
     finally:
         if pending.target is not None:
             pending.target.close()
+        if gate is not None:
+            gate.close()
     if failed:
         raise failed[0]
     return 0
@@ -622,6 +631,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-chunk", type=int, default=64, help="prompt tokens per prefill step")
     p.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (default: one core fewer than the machine has)")
     p.add_argument("--usage-log", help="append one JSON line per ended request (token counts, finish reason)")
+    p.add_argument("--platform", metavar="DB_URL", help="API keys, rate limits, budgets and the usage ledger in this "
+                   "database (a SQLite file path, or postgresql://... for several server processes); "
+                   "manage it with `lightseek admin --db DB_URL`")
+    p.add_argument("--protect-metrics", action="store_true", help="with --platform: /metrics needs an admin key")
+
+    from lightseek.platform.commands import add_admin_commands
+
+    add_admin_commands(sub, add)
 
     dist = sub.add_parser("distill", help="Distillation: the DataDistiller and knowledge distillation.").add_subparsers(
         dest="sub", metavar="SUB")

@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from lightseek.data.chat import encode_chat, validate_messages
 from lightseek.errors import LightseekError
@@ -28,6 +28,8 @@ from lightseek.serve.schemas import (
 )
 
 if TYPE_CHECKING:
+    from lightseek.platform.accounts import KeyContext
+    from lightseek.platform.gate import Gate
     from lightseek.serve.host import EngineHost, PendingHost
 
 
@@ -35,10 +37,12 @@ class Handlers:
     """The endpoints of one served model (``model_id``, and ``model_id:adapter`` for each name in
     ``adapters``; the list is read at each request, so names added later are served)."""
 
-    def __init__(self, host: EngineHost | PendingHost, model_id: str, adapters: list[str] | None = None):
+    def __init__(self, host: EngineHost | PendingHost, model_id: str, adapters: list[str] | None = None,
+                 gate: Gate | None = None):
         self.host = host
         self.model_id = model_id
         self.adapters = adapters if adapters is not None else []
+        self.gate = gate  # the platform (keys, limits, ledger), or None: an open server
 
     # looked up at each use: ``host`` may be a `PendingHost` that is filled in once the model loads
     @property
@@ -73,27 +77,65 @@ class Handlers:
         except LightseekError as e:
             raise ApiError(400, str(e), param=_param_of(e, None), code="invalid_value") from None
 
-    async def run(self, prompt_ids: list[int], body: CommonParams, adapter, logprobs,
-                  api_id: str) -> tuple[list[Request], asyncio.Queue]:
-        """Submit ``body.n`` requests for ``prompt_ids``; their events arrive in the returned queue."""
+    async def authorize(self, authorization: str | None) -> KeyContext | None:
+        """The caller's key context (None on a server without the platform); a 401 for a bad key."""
+        if self.gate is None:
+            return None
+        from lightseek.platform.accounts import AuthError
+
+        try:
+            return await asyncio.to_thread(self.gate.authenticate, authorization)
+        except AuthError as e:
+            raise ApiError(401, str(e), code=e.code) from None
+
+    async def admit(self, ctx: KeyContext | None, api_id: str, adapter: str | None, prompt_tokens: int,
+                    max_completion_tokens: int, n: int) -> dict[str, str]:
+        """The platform's checks before a request runs: the key may use the model (403), its rate
+        limits (429) and budgets (429 insufficient_quota) allow it. Returns rate-limit headers."""
+        if ctx is None:
+            return {}
+        from lightseek.platform.gate import AccessError
+        from lightseek.platform.ledger import BudgetError
+        from lightseek.platform.ratelimit import RateLimited
+
+        try:
+            self.gate.check_access(ctx, self.model_id, adapter)
+            return await asyncio.to_thread(self.gate.admit, ctx, api_id, self.model_id, adapter, prompt_tokens,
+                                           max_completion_tokens, n)
+        except AccessError as e:
+            raise ApiError(403, str(e), param="model", code="model_not_allowed") from None
+        except RateLimited as e:
+            raise ApiError(429, str(e), kind="rate_limit_error", code="rate_limit_exceeded",
+                           headers=e.headers) from None
+        except BudgetError as e:
+            raise ApiError(429, str(e), kind="insufficient_quota", code="insufficient_quota") from None
+
+    async def run(self, prompt_ids: list[int], body: CommonParams, adapter, logprobs, api_id: str,
+                  ctx: KeyContext | None = None) -> tuple[list[Request], asyncio.Queue, dict[str, str]]:
+        """Submit ``body.n`` requests for ``prompt_ids``; their events arrive in the returned queue.
+        With the platform, the request is admitted (and its worst case reserved) first."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        params = [self.gen_params(body, logprobs, i) for i in range(body.n)]
+        headers = await self.admit(ctx, api_id, adapter, len(prompt_ids), sum(p.max_tokens for p in params), body.n)
         reqs: list[Request] = []
         try:
-            for i in range(body.n):
-                reqs.append(self.host.submit(prompt_ids, self.gen_params(body, logprobs, i), adapter, queue.put_nowait,
+            for i, p in enumerate(params):
+                reqs.append(self.host.submit(prompt_ids, p, adapter, queue.put_nowait,
                                              {"id": api_id, "choice": i, "model": body.model, "user": body.user},
                                              loop))
-        except QueueFull as e:
+        except (QueueFull, LightseekError) as e:
             for r in reqs:
                 self.host.cancel(r)
-            raise ApiError(429, f"the server is busy ({e}); retry shortly", kind="rate_limit_error",
-                           code="queue_full", headers={"Retry-After": "1"}) from None
-        except LightseekError as e:
-            for r in reqs:
-                self.host.cancel(r)
+            if ctx is not None:
+                self.gate.refuse(api_id)
+            if isinstance(e, QueueFull):
+                raise ApiError(429, f"the server is busy ({e}); retry shortly", kind="rate_limit_error",
+                               code="queue_full", headers={"Retry-After": "1"}) from None
             raise ApiError(400, str(e), param=_param_of(e, "prompt"), code="invalid_value") from None
-        return reqs, queue
+        if ctx is not None:
+            self.gate.track(api_id, reqs)
+        return reqs, queue, headers
 
     @staticmethod
     def usage(reqs: list[Request]) -> dict:
@@ -113,7 +155,7 @@ class Handlers:
             raise ApiError(500, "generation failed on the server (see its log); retry the request",
                            kind="server_error", code="generation_failed")
 
-    def stream(self, reqs, queue, chunk, final_usage: bool) -> StreamingResponse:
+    def stream(self, reqs, queue, chunk, final_usage: bool, headers: dict[str, str]) -> StreamingResponse:
         """Server-sent events: ``chunk(i, event)`` per choice as events arrive, then [DONE]."""
         async def gen():
             try:
@@ -133,11 +175,12 @@ class Handlers:
                     if not r.done:
                         self.host.cancel(r)
 
-        return StreamingResponse(gen(), media_type="text/event-stream")
+        return StreamingResponse(gen(), media_type="text/event-stream", headers=headers)
 
-    async def respond(self, body: CommonParams, reqs, queue, rid: str, kind: str, chunk_kind: str, delta, choice):
+    async def respond(self, body: CommonParams, run, rid: str, kind: str, chunk_kind: str, delta, choice):
         """The OpenAI response for ``reqs``: streamed chunks (``delta(i, event)`` per choice) or,
         once all are done, the whole choices (``choice(request)``), with usage."""
+        reqs, queue, headers = run
         created = int(time.time())
 
         def head(obj: str) -> dict:
@@ -150,11 +193,13 @@ class Handlers:
                                                     "finish_reason": self.finish(ev.request) if ev.finished else None}]}
 
         if body.stream:
-            return self.stream(reqs, queue, chunk, bool(body.stream_options and body.stream_options.include_usage))
+            return self.stream(reqs, queue, chunk, bool(body.stream_options and body.stream_options.include_usage),
+                               headers)
         await self.collect(reqs, queue)
-        return head(kind) | {"choices": [{"index": i, **choice(r), "finish_reason": self.finish(r)}
-                                         for i, r in enumerate(reqs)],
-                             "usage": self.usage(reqs)}
+        out = head(kind) | {"choices": [{"index": i, **choice(r), "finish_reason": self.finish(r)}
+                                        for i, r in enumerate(reqs)],
+                            "usage": self.usage(reqs)}
+        return JSONResponse(out, headers=headers) if headers else out
 
     def chat_ids(self, messages: list[ChatMessage]) -> list[int]:
         """The conversation's token ids with the generation prompt; a 400 naming a bad message."""
@@ -175,14 +220,19 @@ class Handlers:
                                            code="model_loading", headers={"Retry-After": "5"}))
         return {"status": "ok"}
 
-    async def models(self):
+    async def models(self, ctx: KeyContext | None = None):
+        """The served models; with the platform, those the caller's key may use."""
         now = int(time.time())
+        if ctx is not None and ctx.allowed_models is not None and self.model_id not in ctx.allowed_models:
+            return {"object": "list", "data": []}
+        adapters = [a for a in self.adapters if ctx is None or ctx.allowed_adapters is None
+                    or a in ctx.allowed_adapters]
         data = [{"id": self.model_id, "object": "model", "created": now, "owned_by": "lightseek"}]
         data += [{"id": f"{self.model_id}:{a}", "object": "model", "created": now, "owned_by": "lightseek",
-                  "parent": self.model_id} for a in self.adapters]
+                  "parent": self.model_id} for a in adapters]
         return {"object": "list", "data": data}
 
-    async def completions(self, body: CompletionBody):
+    async def completions(self, body: CompletionBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
@@ -191,20 +241,20 @@ class Handlers:
         if not ids:
             raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
         rid = f"cmpl-{uuid.uuid4().hex}"
-        reqs, queue = await self.run(ids, body, adapter, body.logprobs, rid)
+        run = await self.run(ids, body, adapter, body.logprobs, rid, ctx)
         return await self.respond(
-            body, reqs, queue, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
+            body, run, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
             lambda r: {"text": (prompts[0] if body.echo else "") + r.text,
                        "logprobs": _completion_logprobs(r, self.tokenizer) if body.logprobs is not None else None})
 
-    async def chat(self, body: ChatBody):
+    async def chat(self, body: ChatBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
         if not body.messages:
             raise ApiError(400, "messages: give at least one message", param="messages", code="invalid_value")
         body.unsupported_options(self.tokenizer.chat.chat_template if self.tokenizer.chat is not None else None)
         ids = self.chat_ids(body.messages)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        reqs, queue = await self.run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid)
+        run = await self.run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid, ctx)
         started: set[int] = set()
 
         def delta(i, ev) -> dict:
@@ -215,11 +265,11 @@ class Handlers:
             return {"delta": d}
 
         return await self.respond(
-            body, reqs, queue, rid, "chat.completion", "chat.completion.chunk", delta,
+            body, run, rid, "chat.completion", "chat.completion.chunk", delta,
             lambda r: {"message": {"role": "assistant", "content": r.text},
                        "logprobs": _chat_logprobs(r, self.tokenizer) if body.logprobs else None})
 
-    async def embeddings(self, body: EmbeddingBody):
+    async def embeddings(self, body: EmbeddingBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or any(not t for t in texts):
@@ -238,7 +288,17 @@ class Handlers:
         if too_long:
             raise ApiError(400, f"input[{too_long[0]}]: {len(ids[too_long[0]])} tokens; the context holds "
                            f"{max_len}", param="input", code="context_length_exceeded")
-        vectors = await self.host.call(lambda eng: _embed(eng.model, ids, adapter))
+        n = sum(len(x) for x in ids)
+        rid = f"emb-{uuid.uuid4().hex}"
+        headers = await self.admit(ctx, rid, adapter, n, 0, 1)
+        try:
+            vectors = await self.host.call(lambda eng: _embed(eng.model, ids, adapter))
+        except BaseException:
+            if ctx is not None:
+                self.gate.refuse(rid)
+            raise
+        if ctx is not None:
+            self.gate.finish(rid)
         data = []
         for i, v in enumerate(vectors):
             if body.encoding_format == "base64":
@@ -250,9 +310,8 @@ class Handlers:
             else:
                 emb = v
             data.append({"object": "embedding", "index": i, "embedding": emb})
-        n = sum(len(x) for x in ids)
-        return {"object": "list", "data": data, "model": body.model,
-                "usage": {"prompt_tokens": n, "total_tokens": n}}
+        out = {"object": "list", "data": data, "model": body.model, "usage": {"prompt_tokens": n, "total_tokens": n}}
+        return JSONResponse(out, headers=headers) if headers else out
 
     async def tokenize(self, body: TokenizeBody):
         if (body.prompt is None) == (body.messages is None):

@@ -52,8 +52,11 @@ class EngineHost:
     request and hands it over through a queue, `cancel` likewise; the engine thread takes both
     in before each step and calls each request's listener with its events."""
 
-    def __init__(self, engine: Engine, usage_log: str | Path | None = None):
+    def __init__(self, engine: Engine, usage_log: str | Path | None = None, on_end=None):
         self.engine = engine
+        # called on the engine thread with each request that ended, however it ended (the
+        # platform's ledger settles from it); it must not block
+        self.on_end = on_end
         # one JSON line per ended request (finished, stopped or cancelled): the exact token
         # counts billing needs, including requests whose client went away mid-stream
         self.usage_log = open(usage_log, "a", encoding="utf-8") if usage_log else None  # noqa: SIM115
@@ -120,6 +123,8 @@ class EngineHost:
             self.usage_log.close()
 
     def _record_usage(self, req: Request) -> None:
+        if self.on_end is not None:
+            self.on_end(req)
         if self.usage_log is None:
             return
         rec = {"time": time.time(), **req.meta, "request": req.id, "adapter": req.adapter,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Header
 from fastapi.exceptions import RequestValidationError
 
 from lightseek.serve.handlers import Handlers
@@ -17,11 +19,18 @@ from lightseek.serve.schemas import (
     error_response,
 )
 
+if TYPE_CHECKING:
+    from lightseek.platform.gate import Gate
 
-def build_app(host: EngineHost | PendingHost, model_id: str, adapters: list[str] | None = None) -> FastAPI:
-    """The API for ``model_id`` (and ``model_id:name`` for each adapter name) served by ``host``."""
+
+def build_app(host: EngineHost | PendingHost, model_id: str, adapters: list[str] | None = None,
+              gate: Gate | None = None, protect_metrics: bool = False) -> FastAPI:
+    """The API for ``model_id`` (and ``model_id:name`` for each adapter name) served by ``host``.
+    With ``gate`` (the platform), every route but /health, /metrics and the schema needs an API
+    key, and /admin and /usage are added; ``protect_metrics`` puts /metrics behind an admin key."""
     app = FastAPI(title="lightseek", version="1", description="OpenAI-compatible API for lightseek models.")
-    h = Handlers(host, model_id, adapters)
+    h = Handlers(host, model_id, adapters, gate)
+    Auth = Header(None, include_in_schema=False)  # noqa: N806 -- FastAPI reads it from the signature
 
     @app.exception_handler(ApiError)
     async def _api_error(_, e: ApiError):
@@ -42,31 +51,48 @@ def build_app(host: EngineHost | PendingHost, model_id: str, adapters: list[str]
         return await h.health()
 
     @app.get("/v1/models")
-    async def models():
-        return await h.models()
+    async def models(authorization: str | None = Auth):
+        return await h.models(await h.authorize(authorization))
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionBody):
-        return await h.completions(body)
+    async def completions(body: CompletionBody, authorization: str | None = Auth):
+        return await h.completions(body, await h.authorize(authorization))
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatBody):
-        return await h.chat(body)
+    async def chat(body: ChatBody, authorization: str | None = Auth):
+        return await h.chat(body, await h.authorize(authorization))
 
     @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingBody):
-        return await h.embeddings(body)
+    async def embeddings(body: EmbeddingBody, authorization: str | None = Auth):
+        return await h.embeddings(body, await h.authorize(authorization))
 
     @app.post("/tokenize")
-    async def tokenize(body: TokenizeBody):
+    async def tokenize(body: TokenizeBody, authorization: str | None = Auth):
+        await h.authorize(authorization)
         return await h.tokenize(body)
 
     @app.post("/detokenize")
-    async def detokenize(body: DetokenizeBody):
+    async def detokenize(body: DetokenizeBody, authorization: str | None = Auth):
+        await h.authorize(authorization)
         return await h.detokenize(body)
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(authorization: str | None = Auth):
+        if protect_metrics:
+            await _admin(h, authorization)
         return await h.metrics()
 
+    if gate is not None:
+        from lightseek.platform.web import add_platform_routes
+
+        add_platform_routes(app, gate, lambda authorization: _admin(h, authorization))
+
     return app
+
+
+async def _admin(h: Handlers, authorization: str | None):
+    """The context of an admin key; 401 without a valid key, 403 for a key that is not an admin's."""
+    ctx = await h.authorize(authorization)
+    if ctx is not None and not ctx.admin:
+        raise ApiError(403, "this needs an admin key", code="admin_only")
+    return ctx

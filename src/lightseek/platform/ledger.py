@@ -1,0 +1,268 @@
+"""The usage ledger: reserve a request's worst case before it runs, settle it to its exact usage
+when it ends, and find what a killed server left open.
+
+Reserving is one transaction of conditional UPDATEs: the key's and the organisation's running
+totals grow by the worst case (prompt tokens plus every choice's max_tokens, at list price) only
+where the result stays within the key's budget, the organisation's monthly spend limit and, for
+plans without overage, its monthly token allowance. PostgreSQL takes each row's lock and
+re-reads it before the condition is judged, SQLite takes the database's write lock at BEGIN, so
+concurrent requests, in one process or in many, can never reserve past a budget together.
+
+Settling is one transaction too: it takes the reservation (only if still open, so a request is
+settled once), writes the usage entry (unique per request id), the author's credit and the
+platform's share for a market adapter, and moves the totals from reserved to spent. A plan's
+included tokens are used up in settling order, within the same locked period row.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from lightseek.errors import ConfigError
+from lightseek.platform.accounts import Accounts, KeyContext
+from lightseek.platform.money import cost, period_of, split_share
+from lightseek.platform.tables import (
+    api_keys,
+    ledger,
+    market_adapters,
+    orgs,
+    period_usage,
+    plans,
+    reservations,
+    servers,
+    subscriptions,
+)
+
+
+class BudgetError(ConfigError):
+    """A request whose worst case does not fit a budget (HTTP 429, code insufficient_quota)."""
+
+    def __init__(self, message: str, scope: str):
+        super().__init__(message)
+        self.scope = scope
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """An open reservation: what was set aside for one API request."""
+    request_id: str
+    org_id: int
+    key_id: int
+    model: str
+    adapter: str
+    prompt_tokens: int
+    worst_micros: int
+    worst_tokens: int
+
+
+def _insert_ignore(conn, table, values: dict, keys: list[str]):
+    """INSERT unless a row with the same ``keys`` exists (one statement on either database)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    conn.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=keys))
+
+
+class Ledger:
+    def __init__(self, engine, server_id: str | None = None):
+        self.engine = engine
+        self.server_id = server_id or uuid.uuid4().hex
+
+    # --- servers ------------------------------------------------------------------------------------
+    def register_server(self) -> None:
+        now = int(time.time())
+        with self.engine.begin() as c:
+            c.execute(servers.insert().values(id=self.server_id, pid=os.getpid(), hostname=socket.gethostname(),
+                                              started_at=now, heartbeat_at=now))
+
+    def heartbeat(self, progress: dict[str, tuple[bool, int]] | None = None) -> None:
+        """Mark this server alive and record each running request's progress: whether its prompt
+        was processed, and its completion tokens so far (what a restart bills if this server dies)."""
+        with self.engine.begin() as c:
+            c.execute(servers.update().where(servers.c.id == self.server_id).values(heartbeat_at=int(time.time())))
+            for rid, (started, n) in (progress or {}).items():
+                c.execute(reservations.update().where(reservations.c.request_id == rid,
+                                                      reservations.c.status == "open")
+                          .values(started=started, completion_tokens=n))
+
+    # --- reserve ------------------------------------------------------------------------------------
+    def reserve(self, ctx: KeyContext, request_id: str, model: str, adapter: str | None, prompt_tokens: int,
+                max_completion_tokens: int, now: float | None = None) -> Ticket:
+        now = time.time() if now is None else now
+        adapter = adapter or ""
+        period = period_of(now)
+        with self.engine.begin() as c:
+            p_price, c_price = Accounts.price(c, model, adapter)
+            worst = cost(prompt_tokens, p_price) + cost(max_completion_tokens, c_price)
+            worst_tokens = prompt_tokens + max_completion_tokens
+            k = api_keys.c
+            ok = c.execute(api_keys.update().where(
+                k.id == ctx.key_id,
+                sa.or_(k.budget_micros.is_(None), k.spent_micros + k.reserved_micros + worst <= k.budget_micros))
+                .values(reserved_micros=k.reserved_micros + worst)).rowcount
+            if ok != 1:
+                raise BudgetError(f"this request may cost up to {worst} micro-dollars, more than is left of the "
+                                  "key's budget; lower max_tokens or raise the budget", "key")
+            _insert_ignore(c, period_usage, {"org_id": ctx.org_id, "period": period, "tokens": 0,
+                                             "reserved_tokens": 0, "spent_micros": 0, "reserved_micros": 0},
+                           ["org_id", "period"])
+            u = period_usage.c
+            conds = [u.org_id == ctx.org_id, u.period == period]
+            if ctx.spend_limit_micros is not None:
+                conds.append(u.spent_micros + u.reserved_micros + worst <= ctx.spend_limit_micros)
+            if not ctx.overage:
+                conds.append(u.tokens + u.reserved_tokens + worst_tokens <= ctx.included_tokens)
+            ok = c.execute(period_usage.update().where(*conds).values(
+                reserved_micros=u.reserved_micros + worst, reserved_tokens=u.reserved_tokens + worst_tokens)).rowcount
+            if ok != 1:  # leaving the block rolls the key's reservation back as well
+                what = (f"the {ctx.plan} plan's {ctx.included_tokens} tokens this month" if not ctx.overage
+                        else "the organisation's monthly spend limit")
+                raise BudgetError(f"this request (up to {worst_tokens} tokens) would go past {what}", "org")
+            c.execute(reservations.insert().values(
+                request_id=request_id, org_id=ctx.org_id, key_id=ctx.key_id, server_id=self.server_id, model=model,
+                adapter=adapter, period=period, created_at=int(now), worst_micros=worst, worst_tokens=worst_tokens,
+                prompt_tokens=prompt_tokens, started=False, completion_tokens=0, status="open"))
+        return Ticket(request_id, ctx.org_id, ctx.key_id, model, adapter, prompt_tokens, worst, worst_tokens)
+
+    # --- settle -------------------------------------------------------------------------------------
+    def settle(self, request_id: str, prompt_tokens: int, completion_tokens: int, outcome: str,
+               now: float | None = None) -> int | None:
+        """Bill the request's exact usage; the amount charged, or None if it was settled already."""
+        now = int(time.time() if now is None else now)
+        with self.engine.begin() as c:
+            r = c.execute(sa.select(reservations).where(reservations.c.request_id == request_id,
+                                                        reservations.c.status == "open").with_for_update()).first()
+            if r is None:
+                return None
+            # rows are locked in the order reserve takes them (key, then period): no deadlock
+            c.execute(sa.select(api_keys.c.id).where(api_keys.c.id == r.key_id).with_for_update())
+            plan = c.execute(sa.select(plans.c.included_tokens).join(orgs, orgs.c.plan == plans.c.name)
+                             .where(orgs.c.id == r.org_id)).scalar_one()
+            used = c.execute(sa.select(period_usage.c.tokens).where(
+                period_usage.c.org_id == r.org_id, period_usage.c.period == r.period).with_for_update()).scalar_one()
+            left = max(0, plan - used)
+            inc_p = min(prompt_tokens, left)
+            inc_c = min(completion_tokens, left - inc_p)
+            p_price, c_price = Accounts.price(c, r.model, r.adapter)
+            listed = cost(prompt_tokens, p_price) + cost(completion_tokens, c_price)
+            charged = cost(prompt_tokens - inc_p, p_price) + cost(completion_tokens - inc_c, c_price)
+            entry = {"at": now, "period": r.period, "key_id": r.key_id, "request_id": request_id,
+                     "list_micros": listed, "model": r.model, "adapter": r.adapter, "prompt_tokens": prompt_tokens,
+                     "completion_tokens": completion_tokens, "included_tokens": inc_p + inc_c, "outcome": outcome}
+            c.execute(ledger.insert().values(org_id=r.org_id, kind="usage", amount_micros=charged, **entry))
+            author = c.execute(sa.select(market_adapters).where(market_adapters.c.name == r.adapter)).first() \
+                if r.adapter else None
+            if author is not None:
+                to_author, to_platform = split_share(charged, author.share_bp)
+                c.execute(ledger.insert().values(org_id=author.author_org_id, kind="author_credit",
+                                                 amount_micros=to_author, **entry))
+                c.execute(ledger.insert().values(org_id=r.org_id, kind="platform_share",
+                                                 amount_micros=to_platform, **entry))
+            k, u = api_keys.c, period_usage.c
+            c.execute(api_keys.update().where(k.id == r.key_id).values(
+                reserved_micros=k.reserved_micros - r.worst_micros, spent_micros=k.spent_micros + charged))
+            c.execute(period_usage.update().where(u.org_id == r.org_id, u.period == r.period).values(
+                reserved_micros=u.reserved_micros - r.worst_micros, reserved_tokens=u.reserved_tokens - r.worst_tokens,
+                spent_micros=u.spent_micros + charged, tokens=u.tokens + prompt_tokens + completion_tokens))
+            c.execute(reservations.update().where(reservations.c.request_id == request_id).values(
+                status="settled", outcome=outcome, completion_tokens=completion_tokens))
+        return charged
+
+    def recover(self, stale_after: float = 60.0, now: float | None = None) -> list[str]:
+        """Settle the open reservations of servers that stopped (no heartbeat for ``stale_after``
+        seconds, or this host's server whose process is gone) at their recorded progress: the
+        prompt if it was processed, and the completion tokens recorded last."""
+        now = time.time() if now is None else now
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(reservations.c.request_id, reservations.c.prompt_tokens, reservations.c.started,
+                                       reservations.c.completion_tokens, servers.c.heartbeat_at, servers.c.pid,
+                                       servers.c.hostname, servers.c.id.label("sid"))
+                             .join(servers, servers.c.id == reservations.c.server_id, isouter=True)
+                             .where(reservations.c.status == "open", reservations.c.server_id != self.server_id)
+                             ).all()
+        done = []
+        for r in rows:
+            dead = r.sid is None or now - r.heartbeat_at > stale_after or (
+                r.hostname == socket.gethostname() and not _alive(r.pid))
+            prompt = r.prompt_tokens if r.started else 0  # a request still queued cost nothing
+            if dead and self.settle(r.request_id, prompt, r.completion_tokens, "server_lost") is not None:
+                done.append(r.request_id)
+        return done
+
+    # --- subscriptions ------------------------------------------------------------------------------
+    def renew(self, period: str, org_id: int | None = None, now: float | None = None) -> int:
+        """Charge each organisation's monthly fee for ``period`` once: the highest fee of the plans
+        it held during the month (no proration). Returns how many fees were written."""
+        start, end = _period_bounds(period)
+        q = (sa.select(subscriptions.c.org_id, sa.func.max(plans.c.monthly_fee_micros).label("fee"))
+             .join(plans, plans.c.name == subscriptions.c.plan)
+             .where(subscriptions.c.started_at < end,
+                    sa.or_(subscriptions.c.ended_at.is_(None), subscriptions.c.ended_at > start))
+             .group_by(subscriptions.c.org_id))
+        if org_id is not None:
+            q = q.where(subscriptions.c.org_id == org_id)
+        written = 0
+        with self.engine.begin() as c:
+            for r in c.execute(q).all():
+                if not r.fee:
+                    continue
+                before = c.execute(sa.select(ledger.c.id).where(ledger.c.request_id == f"fee:{r.org_id}:{period}",
+                                                               ledger.c.kind == "subscription_fee")).first()
+                if before is None:
+                    c.execute(ledger.insert().values(
+                        at=int(time.time() if now is None else now), period=period, org_id=r.org_id,
+                        request_id=f"fee:{r.org_id}:{period}", kind="subscription_fee", amount_micros=r.fee,
+                        list_micros=r.fee, model="", adapter="", prompt_tokens=0, completion_tokens=0,
+                        included_tokens=0, outcome="renewed"))
+                    written += 1
+        return written
+
+    # --- checks -------------------------------------------------------------------------------------
+    def audit(self) -> list[str]:
+        """Running totals that differ from the ledger and the open reservations (none, always)."""
+        problems = []
+        with self.engine.connect() as c:
+            spent = dict(c.execute(sa.select(ledger.c.key_id, sa.func.sum(ledger.c.amount_micros))
+                                   .where(ledger.c.kind == "usage").group_by(ledger.c.key_id)).all())
+            held = dict(c.execute(sa.select(reservations.c.key_id, sa.func.sum(reservations.c.worst_micros))
+                                  .where(reservations.c.status == "open").group_by(reservations.c.key_id)).all())
+            for k in c.execute(sa.select(api_keys.c.id, api_keys.c.spent_micros, api_keys.c.reserved_micros)):
+                if k.spent_micros != (spent.get(k.id) or 0) or k.reserved_micros != (held.get(k.id) or 0):
+                    problems.append(f"key {k.id}: spent {k.spent_micros} vs ledger {spent.get(k.id) or 0}, "
+                                    f"reserved {k.reserved_micros} vs open {held.get(k.id) or 0}")
+            for u in c.execute(sa.select(period_usage)):
+                s = c.execute(sa.select(sa.func.coalesce(sa.func.sum(ledger.c.amount_micros), 0),
+                                        sa.func.coalesce(sa.func.sum(ledger.c.prompt_tokens
+                                                                     + ledger.c.completion_tokens), 0))
+                              .where(ledger.c.org_id == u.org_id, ledger.c.period == u.period,
+                                     ledger.c.kind == "usage")).one()
+                if (u.spent_micros, u.tokens) != (s[0], s[1]):
+                    problems.append(f"org {u.org_id} {u.period}: spent {u.spent_micros} tokens {u.tokens} vs "
+                                    f"ledger {s[0]} / {s[1]}")
+        return problems
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _period_bounds(period: str) -> tuple[int, int]:
+    import calendar
+
+    y, m = (int(x) for x in period.split("-"))
+    start = calendar.timegm((y, m, 1, 0, 0, 0))
+    end = calendar.timegm((y + m // 12, m % 12 + 1, 1, 0, 0, 0))
+    return start, end
