@@ -5,6 +5,7 @@ the usage page in a real headless Chromium."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import threading
@@ -87,7 +88,8 @@ def usage_log(path, request_id: str) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["id"] == request_id]
 
 
-def test_keys_are_required_checked_and_never_shown(served) -> None:
+def test_keys_are_required_checked_and_never_shown(served, caplog) -> None:
+    caplog.set_level(logging.DEBUG)  # every log record of the server while it serves this key
     url, acc = served["url"], served["gate"].accounts
     key, _ = acc.create_key("acme", "only-base", adapters=[])
     assert call(f"{url}/health")[0] == 200
@@ -104,6 +106,27 @@ def test_keys_are_required_checked_and_never_shown(served) -> None:
     acc.revoke_key(key[:11])
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         client.completions.create(model="debug", prompt="To be", max_tokens=4)
+    assert caplog.records and not any(key[3:] in r.getMessage() for r in caplog.records)
+
+
+def test_metrics_can_be_put_behind_an_admin_key(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from lightseek.serve.app import PendingHost
+
+    gate = Gate(str(tmp_path / "p.db"), secret="s")
+    try:
+        gate.accounts.create_org("ops")
+        admin, _ = gate.accounts.create_key("ops", admin=True)
+        user, _ = gate.accounts.create_key("ops")
+        client = TestClient(build_app(PendingHost(), "debug", [], gate, protect_metrics=True))
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"authorization": f"Bearer {user}"}).status_code == 403
+        # an admin passes (and hears that the model is still loading)
+        assert client.get("/metrics", headers={"authorization": f"Bearer {admin}"}).status_code == 503
+        assert client.get("/health").status_code == 503 and client.get("/openapi.json").status_code == 200
+    finally:
+        gate.close()
 
 
 def test_billed_tokens_equal_a_recount_however_a_request_ends(served) -> None:
@@ -113,19 +136,22 @@ def test_billed_tokens_equal_a_recount_however_a_request_ends(served) -> None:
     msgs = [{"role": "user", "content": "Speak, my lord."}]
     chat_prompt = len(encode_chat(tok, msgs, add_generation_prompt=True)[0])
     cases = []
-    r = client.completions.create(model="debug", prompt="To be, or not", max_tokens=9, temperature=0)
+    # the completion tokens counted independently of usage: one logprob entry per generated token
+    r = client.completions.create(model="debug", prompt="To be, or not", max_tokens=9, temperature=0, logprobs=0)
+    assert len(r.choices[0].logprobs.tokens) == r.usage.completion_tokens
     cases.append((r.id, len(tok.encode("To be, or not")), r.usage.completion_tokens, "finished"))
-    r = client.chat.completions.create(model="debug:shakes", messages=msgs, max_tokens=7, n=3, temperature=1, seed=1)
+    r = client.chat.completions.create(model="debug:shakes", messages=msgs, max_tokens=7, n=3, temperature=1, seed=1,
+                                       logprobs=True)
+    assert sum(len(c.logprobs.content) for c in r.choices) == r.usage.completion_tokens
     cases.append((r.id, chat_prompt, r.usage.completion_tokens, "finished"))
     chunks = list(client.chat.completions.create(model="debug", messages=msgs, max_tokens=12, stream=True,
                                                  stream_options={"include_usage": True}, temperature=0))
     cases.append((chunks[0].id, chat_prompt, chunks[-1].usage.completion_tokens, "finished"))
     first = client.completions.create(model="debug", prompt="To be", max_tokens=12, temperature=0)
-    stop = first.choices[0].text[3:6]
-    if stop.strip():  # a stop sequence inside what the model writes: the request stops early
-        r = client.completions.create(model="debug", prompt="To be", max_tokens=12, temperature=0, stop=[stop])
-        assert r.choices[0].finish_reason == "stop"
-        cases.append((r.id, len(tok.encode("To be")), r.usage.completion_tokens, "finished"))
+    stop = next(ch for ch in first.choices[0].text[3:] if not ch.isspace())  # the model will write it
+    r = client.completions.create(model="debug", prompt="To be", max_tokens=12, temperature=0, stop=[stop])
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens < first.usage.completion_tokens
+    cases.append((r.id, len(tok.encode("To be")), r.usage.completion_tokens, "finished"))
     with pytest.raises(openai.BadRequestError):  # refused before it runs: never billed
         client.completions.create(model="debug", prompt="x " * 5000, max_tokens=4)
     # a client that goes away mid-stream: billed for what the engine generated until it stopped
@@ -244,15 +270,23 @@ def test_usage_page_in_a_real_browser(served) -> None:
         opts.add_argument(flag)
     from selenium.webdriver.chrome.service import Service
 
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver = webdriver.Chrome(options=opts, service=Service(executable_path=shutil.which("chromedriver")))
+
+    def click(by, what):  # and wait for the page it leads to
+        old = driver.find_element(by, what)
+        old.click()
+        WebDriverWait(driver, 10).until(ec.staleness_of(old))
     try:
         driver.get(f"{url}/usage")
         assert "/usage/login" in driver.current_url  # no session: sign in first
         driver.find_element(By.ID, "key").send_keys("ls-wrong")
-        driver.find_element(By.ID, "signin").click()
+        click(By.ID, "signin")
         assert "not valid" in driver.page_source
         driver.find_element(By.ID, "key").send_keys(key)
-        driver.find_element(By.ID, "signin").click()
+        click(By.ID, "signin")
         assert driver.find_element(By.TAG_NAME, "h1").text.startswith("author: usage")
         # the author's adapter earned from the other tests' requests with debug:shakes
         earned = driver.find_elements(By.CSS_SELECTOR, "#earnings tr td")
@@ -261,11 +295,11 @@ def test_usage_page_in_a_real_browser(served) -> None:
             credit = c.execute(sa.select(sa.func.sum(ledger.c.amount_micros)).where(
                 ledger.c.kind == "author_credit")).scalar_one()
         assert earned[2].text == f"{credit // 10**6}.{credit % 10**6:06d}"
-        driver.find_element(By.XPATH, "//button[text()='Sign out']").click()
+        click(By.XPATH, "//button[text()='Sign out']")
         driver.get(f"{url}/usage")
         assert "/usage/login" in driver.current_url
         driver.find_element(By.ID, "key").send_keys(buyer)
-        driver.find_element(By.ID, "signin").click()
+        click(By.ID, "signin")
         models = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#models tr td:first-child")]
         adapters = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#adapters tr td:first-child")]
         assert models == ["debug"] and "shakes" in adapters

@@ -22,6 +22,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from lightseek.errors import ConfigError
+from lightseek.platform import sql
 from lightseek.platform.money import DEFAULT_PRICE_PER_1K, DEFAULT_SHARE_BP
 from lightseek.platform.tables import api_keys, market_adapters, orgs, plans, prices, subscriptions, users
 
@@ -177,15 +178,10 @@ class Accounts:
         (401) for a missing, unknown, revoked or expired key."""
         if not key and key_id is None:
             raise AuthError("no API key: send it as 'Authorization: Bearer ls-...'", "missing_api_key")
-        q = (sa.select(api_keys, orgs.c.name.label("org_name"), orgs.c.plan, orgs.c.spend_limit_micros,
-                       orgs.c.rpm.label("org_rpm"), orgs.c.tpm.label("org_tpm"),
-                       orgs.c.concurrency.label("org_conc"), plans.c.rpm.label("plan_rpm"),
-                       plans.c.tpm.label("plan_tpm"), plans.c.concurrency.label("plan_conc"),
-                       plans.c.included_tokens, plans.c.overage)
-             .join(orgs, orgs.c.id == api_keys.c.org_id).join(plans, plans.c.name == orgs.c.plan)
-             .where(api_keys.c.id == key_id if key_id is not None else api_keys.c.key_hash == self.hash_key(key)))
         with self.engine.connect() as c:
-            r = c.execute(q).first()
+            r = c.execute(sql.KEY_BY_ID, {"id": key_id}) if key_id is not None else \
+                c.execute(sql.KEY_BY_HASH, {"h": self.hash_key(key)})
+            r = r.first()
         now = time.time() if now is None else now
         if r is None:
             raise AuthError("the API key is not valid", "invalid_api_key")
@@ -215,8 +211,7 @@ class Accounts:
     def price(conn, model: str, adapter: str) -> tuple[int, int]:
         """(prompt, completion) micro-dollars per 1,000 tokens: the adapter's own price, else the
         model's, else the price for every model ('*'), else the default."""
-        rows = {(r.model, r.adapter): r for r in conn.execute(
-            sa.select(prices).where(prices.c.model.in_([model, "*"]), prices.c.adapter.in_([adapter, ""])))}
+        rows = {(r.model, r.adapter): r for r in conn.execute(sql.PRICES, {"model": model, "adapter": adapter})}
         for k in ((model, adapter), (model, ""), ("*", "")):
             if k in rows:
                 return rows[k].prompt_micros_per_1k, rows[k].completion_micros_per_1k

@@ -25,13 +25,12 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from lightseek.errors import ConfigError
+from lightseek.platform import sql
 from lightseek.platform.accounts import Accounts, KeyContext
 from lightseek.platform.money import cost, period_of, split_share
 from lightseek.platform.tables import (
     api_keys,
     ledger,
-    market_adapters,
-    orgs,
     period_usage,
     plans,
     reservations,
@@ -59,15 +58,6 @@ class Ticket:
     prompt_tokens: int
     worst_micros: int
     worst_tokens: int
-
-
-def _insert_ignore(conn, table, values: dict, keys: list[str]):
-    """INSERT unless a row with the same ``keys`` exists (one statement on either database)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    conn.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=keys))
 
 
 class Ledger:
@@ -102,33 +92,21 @@ class Ledger:
             p_price, c_price = Accounts.price(c, model, adapter)
             worst = cost(prompt_tokens, p_price) + cost(max_completion_tokens, c_price)
             worst_tokens = prompt_tokens + max_completion_tokens
-            k = api_keys.c
-            ok = c.execute(api_keys.update().where(
-                k.id == ctx.key_id,
-                sa.or_(k.budget_micros.is_(None), k.spent_micros + k.reserved_micros + worst <= k.budget_micros))
-                .values(reserved_micros=k.reserved_micros + worst)).rowcount
-            if ok != 1:
+            if c.execute(sql.RESERVE_KEY, {"worst": worst, "key_id": ctx.key_id}).rowcount != 1:
                 raise BudgetError(f"this request may cost up to {worst} micro-dollars, more than is left of the "
                                   "key's budget; lower max_tokens or raise the budget", "key")
-            _insert_ignore(c, period_usage, {"org_id": ctx.org_id, "period": period, "tokens": 0,
-                                             "reserved_tokens": 0, "spent_micros": 0, "reserved_micros": 0},
-                           ["org_id", "period"])
-            u = period_usage.c
-            conds = [u.org_id == ctx.org_id, u.period == period]
-            if ctx.spend_limit_micros is not None:
-                conds.append(u.spent_micros + u.reserved_micros + worst <= ctx.spend_limit_micros)
-            if not ctx.overage:
-                conds.append(u.tokens + u.reserved_tokens + worst_tokens <= ctx.included_tokens)
-            ok = c.execute(period_usage.update().where(*conds).values(
-                reserved_micros=u.reserved_micros + worst, reserved_tokens=u.reserved_tokens + worst_tokens)).rowcount
-            if ok != 1:  # leaving the block rolls the key's reservation back as well
+            c.execute(sql.PERIOD_ROW, {"org_id": ctx.org_id, "period": period})
+            stmt = sql.reserve_period(ctx.spend_limit_micros is not None, not ctx.overage)
+            if c.execute(stmt, {"org_id": ctx.org_id, "period": period, "worst": worst, "worst_tokens": worst_tokens,
+                                "spend_limit": ctx.spend_limit_micros, "allowance": ctx.included_tokens}).rowcount != 1:
+                # leaving the block rolls the key's reservation back as well
                 what = (f"the {ctx.plan} plan's {ctx.included_tokens} tokens this month" if not ctx.overage
                         else "the organisation's monthly spend limit")
                 raise BudgetError(f"this request (up to {worst_tokens} tokens) would go past {what}", "org")
-            c.execute(reservations.insert().values(
-                request_id=request_id, org_id=ctx.org_id, key_id=ctx.key_id, server_id=self.server_id, model=model,
-                adapter=adapter, period=period, created_at=int(now), worst_micros=worst, worst_tokens=worst_tokens,
-                prompt_tokens=prompt_tokens, started=False, completion_tokens=0, status="open"))
+            c.execute(sql.INSERT_RESERVATION, {
+                "request_id": request_id, "org_id": ctx.org_id, "key_id": ctx.key_id, "server_id": self.server_id,
+                "model": model, "adapter": adapter, "period": period, "now": int(now), "worst": worst,
+                "worst_tokens": worst_tokens, "prompt_tokens": prompt_tokens, "started": False})
         return Ticket(request_id, ctx.org_id, ctx.key_id, model, adapter, prompt_tokens, worst, worst_tokens)
 
     # --- settle -------------------------------------------------------------------------------------
@@ -136,18 +114,14 @@ class Ledger:
                now: float | None = None) -> int | None:
         """Bill the request's exact usage; the amount charged, or None if it was settled already."""
         now = int(time.time() if now is None else now)
+        read_reservation, lock_key, read_period = sql.settle_reads(self.engine.dialect.name == "postgresql")
         with self.engine.begin() as c:
-            r = c.execute(sa.select(reservations).where(reservations.c.request_id == request_id,
-                                                        reservations.c.status == "open").with_for_update()).first()
+            r = c.execute(read_reservation, {"rid": request_id}).first()
             if r is None:
                 return None
-            # rows are locked in the order reserve takes them (key, then period): no deadlock
-            c.execute(sa.select(api_keys.c.id).where(api_keys.c.id == r.key_id).with_for_update())
-            plan = c.execute(sa.select(plans.c.included_tokens).join(orgs, orgs.c.plan == plans.c.name)
-                             .where(orgs.c.id == r.org_id)).scalar_one()
-            used = c.execute(sa.select(period_usage.c.tokens).where(
-                period_usage.c.org_id == r.org_id, period_usage.c.period == r.period).with_for_update()).scalar_one()
-            left = max(0, plan - used)
+            c.execute(lock_key, {"key_id": r.key_id})
+            included, used = c.execute(read_period, {"org_id": r.org_id, "period": r.period}).one()
+            left = max(0, included - used)
             inc_p = min(prompt_tokens, left)
             inc_c = min(completion_tokens, left - inc_p)
             p_price, c_price = Accounts.price(c, r.model, r.adapter)
@@ -156,23 +130,19 @@ class Ledger:
             entry = {"at": now, "period": r.period, "key_id": r.key_id, "request_id": request_id,
                      "list_micros": listed, "model": r.model, "adapter": r.adapter, "prompt_tokens": prompt_tokens,
                      "completion_tokens": completion_tokens, "included_tokens": inc_p + inc_c, "outcome": outcome}
-            c.execute(ledger.insert().values(org_id=r.org_id, kind="usage", amount_micros=charged, **entry))
-            author = c.execute(sa.select(market_adapters).where(market_adapters.c.name == r.adapter)).first() \
-                if r.adapter else None
+            entries = [{**entry, "org_id": r.org_id, "kind": "usage", "amount": charged}]
+            author = c.execute(sql.MARKET, {"adapter": r.adapter}).first() if r.adapter else None
             if author is not None:
                 to_author, to_platform = split_share(charged, author.share_bp)
-                c.execute(ledger.insert().values(org_id=author.author_org_id, kind="author_credit",
-                                                 amount_micros=to_author, **entry))
-                c.execute(ledger.insert().values(org_id=r.org_id, kind="platform_share",
-                                                 amount_micros=to_platform, **entry))
-            k, u = api_keys.c, period_usage.c
-            c.execute(api_keys.update().where(k.id == r.key_id).values(
-                reserved_micros=k.reserved_micros - r.worst_micros, spent_micros=k.spent_micros + charged))
-            c.execute(period_usage.update().where(u.org_id == r.org_id, u.period == r.period).values(
-                reserved_micros=u.reserved_micros - r.worst_micros, reserved_tokens=u.reserved_tokens - r.worst_tokens,
-                spent_micros=u.spent_micros + charged, tokens=u.tokens + prompt_tokens + completion_tokens))
-            c.execute(reservations.update().where(reservations.c.request_id == request_id).values(
-                status="settled", outcome=outcome, completion_tokens=completion_tokens))
+                entries += [{**entry, "org_id": author.author_org_id, "kind": "author_credit", "amount": to_author},
+                            {**entry, "org_id": r.org_id, "kind": "platform_share", "amount": to_platform}]
+            c.execute(sql.INSERT_ENTRY, entries)
+            c.execute(sql.SETTLE_KEY, {"worst": r.worst_micros, "charged": charged, "key_id": r.key_id})
+            c.execute(sql.SETTLE_PERIOD, {"worst": r.worst_micros, "worst_tokens": r.worst_tokens, "charged": charged,
+                                          "tokens": prompt_tokens + completion_tokens, "org_id": r.org_id,
+                                          "period": r.period})
+            c.execute(sql.CLOSE_RESERVATION, {"outcome": outcome, "completion_tokens": completion_tokens,
+                                              "rid": request_id})
         return charged
 
     def recover(self, stale_after: float = 60.0, now: float | None = None) -> list[str]:
