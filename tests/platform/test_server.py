@@ -269,7 +269,6 @@ def test_usage_page_in_a_real_browser(served) -> None:
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"):
         opts.add_argument(flag)
     from selenium.webdriver.chrome.service import Service
-
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
