@@ -334,6 +334,21 @@ def structured() -> str:
               f"{'met' if ratio >= 0.8 else '**not met**'}); {d['slots']} requests decode together.\n")
 
 
+def platform_overhead() -> str:
+    d = result("platform_overhead")
+    m = d["median"]
+    rows = [[("with" if mode == "on" else "without") + " the platform", f"{m[mode]['p50_ms']:.2f}",
+             f"{m[mode]['p95_ms']:.2f}", f"{m[mode]['tok_s']:.0f}"] for mode in ("off", "on")]
+    s = d["settings"]
+    p95, change = d["added_p95_ms"], d["throughput_change"]
+    return (table(["server", "p50 (ms), 1 client", "p95 (ms), 1 client", f"tok/s, {s['clients']} clients"], rows,
+                  "lrrr")
+            + f"\nAdded at p95: {p95:+.2f} ms (target ≤ 2 ms, {'met' if p95 <= 2 else '**not met**'}); throughput "
+              f"{100 * change:+.1f}% (target ≥ −5%, {'met' if change >= -0.05 else '**not met**'}). Medians of "
+              f"{s['rounds']} rounds, {s['requests']} requests of {s['max_tokens']} tokens each; ledger audit after "
+              f"the run: {'clean' if not d['audit_problems'] else d['audit_problems']}.\n")
+
+
 def serve_ceiling() -> str:
     d = result("serve_ceiling")
     hf = d["transformers_generate"]["output_tok_s"]
@@ -727,6 +742,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor,
                                 "grammar_libs": grammar_libs, "structured": structured},
+    "docs/results/platform.md": {"platform_overhead": platform_overhead},
 }
 
 

@@ -77,3 +77,49 @@ def test_a_killed_server_leaves_nothing_unsettled_after_restart(debug_checkpoint
     assert any(e.prompt_tokens == 0 for e in lost)
     _, _, led = open_platform(str(db), os.environ["LIGHTSEEK_PLATFORM_SECRET"])
     assert led.audit() == []
+
+
+def test_two_server_processes_on_postgresql_never_spend_past_a_budget(debug_checkpoint, request, secret) -> None:
+    """64 requests at once, split between two `lightseek serve` processes on one PostgreSQL
+    database, on a key whose budget covers 10 of them."""
+    from tests.platform.conftest import _fresh_pg_database
+    from tests.platform.test_server import call
+
+    url_db, drop = _fresh_pg_database(request.getfixturevalue("pg_server"))
+    procs = []
+    try:
+        engine, acc, led = open_platform(url_db, secret)
+        acc.create_org("acme", "enterprise")
+        prompt = "To be, or not"
+        worst = 2 * (len(Tokenizer.load(debug_checkpoint / "tokenizer.json").encode(prompt)) + 8)
+        key, kid = acc.create_key("acme", budget_micros=10 * worst)
+        ports = [free_port(), free_port()]
+        procs = [serve(debug_checkpoint, p, "--platform", url_db, "--name", "debug", "--max-waiting", "64")
+                 for p in ports]
+        for proc, p in zip(procs, ports):
+            assert health_statuses(proc, f"http://127.0.0.1:{p}", 200, 60)[-1] == 200
+        results: list[int] = []
+        barrier = threading.Barrier(64)
+
+        def one(i: int):
+            barrier.wait()
+            status, _, body = call(f"http://127.0.0.1:{ports[i % 2]}/v1/completions",
+                                   {"model": "debug", "prompt": prompt, "max_tokens": 8}, key)
+            results.append(status)
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(1.5)  # the servers' ledger threads settle after answering
+        assert sorted(set(results)) in ([200, 429], [200]) and 1 <= results.count(200) <= 10
+        with engine.connect() as c:
+            spent = c.execute(sa.text("SELECT spent_micros FROM api_keys WHERE id = :k"), {"k": kid}).scalar_one()
+            billed = c.execute(sa.select(sa.func.count()).where(ledger.c.kind == "usage")).scalar_one()
+        assert spent <= 10 * worst and billed == results.count(200)
+        assert led.audit() == []
+        engine.dispose()
+    finally:
+        for proc in procs:
+            stop(proc)
+        drop()
