@@ -355,8 +355,16 @@ def cmd_serve(args, overrides) -> int:
         gate = Gate(args.platform)
     elif args.protect_metrics:
         raise ConfigError("--protect-metrics needs --platform (admin keys live in the platform's database)")
+    moderator = None
+    if args.safety:  # content safety: the classifiers and the policy load (or fail) before listening
+        from lightseek.safety.cascade import Moderator
+
+        moderator = Moderator(args.safety, args.safety_policy, args.safety_rules, args.safety_audit)
+    elif args.safety_policy or args.safety_rules or args.safety_audit:
+        raise ConfigError("--safety-policy, --safety-rules and --safety-audit need --safety FOLDER")
     pending, names = PendingHost(), []
-    app = build_app(pending, model_id, names, gate, args.protect_metrics)  # answers 503 until the model is loaded
+    # answers 503 until the model is loaded
+    app = build_app(pending, model_id, names, gate, args.protect_metrics, moderator)
     failed: list[BaseException] = []
 
     def load() -> None:
@@ -635,10 +643,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "database (a SQLite file path, or postgresql://... for several server processes); "
                    "manage it with `lightseek admin --db DB_URL`")
     p.add_argument("--protect-metrics", action="store_true", help="with --platform: /metrics needs an admin key")
+    p.add_argument("--safety", metavar="FOLDER", help="moderate prompts and outputs with the classifiers `lightseek "
+                   "safety train` wrote there; serves /v1/moderations")
+    p.add_argument("--safety-policy", metavar="YAML", help="thresholds and actions per category (docs/safety.md)")
+    p.add_argument("--safety-rules", metavar="YAML", help="term lists and patterns (default: the package's own)")
+    p.add_argument("--safety-audit", metavar="FILE", help="append one JSON line per moderation decision")
 
     from lightseek.platform.commands import add_admin_commands
+    from lightseek.safety.commands import add_safety_commands
 
     add_admin_commands(sub, add)
+    add_safety_commands(sub, add)
 
     dist = sub.add_parser("distill", help="Distillation: the DataDistiller and knowledge distillation.").add_subparsers(
         dest="sub", metavar="SUB")

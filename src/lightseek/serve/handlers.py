@@ -15,6 +15,7 @@ from lightseek.data.chat import encode_chat, validate_messages
 from lightseek.errors import LightseekError
 from lightseek.serve.engine import Event, GenParams, QueueFull, Request
 from lightseek.serve.grammar import schema_of
+from lightseek.serve.moderation import OutputGuard, moderate_input
 from lightseek.serve.schemas import (
     ApiError,
     ChatBody,
@@ -23,6 +24,7 @@ from lightseek.serve.schemas import (
     CompletionBody,
     DetokenizeBody,
     EmbeddingBody,
+    ModerationBody,
     TokenizeBody,
     error_response,
 )
@@ -38,11 +40,12 @@ class Handlers:
     ``adapters``; the list is read at each request, so names added later are served)."""
 
     def __init__(self, host: EngineHost | PendingHost, model_id: str, adapters: list[str] | None = None,
-                 gate: Gate | None = None):
+                 gate: Gate | None = None, moderator=None):
         self.host = host
         self.model_id = model_id
         self.adapters = adapters if adapters is not None else []
         self.gate = gate  # the platform (keys, limits, ledger), or None: an open server
+        self.moderator = moderator  # content safety (lightseek.safety.cascade.Moderator), or None
 
     # looked up at each use: ``host`` may be a `PendingHost` that is filled in once the model loads
     @property
@@ -122,7 +125,8 @@ class Handlers:
         try:
             for i, p in enumerate(params):
                 reqs.append(self.host.submit(prompt_ids, p, adapter, queue.put_nowait,
-                                             {"id": api_id, "choice": i, "model": body.model, "user": body.user},
+                                             {"id": api_id, "choice": i, "model": body.model, "user": body.user,
+                                              "key": ctx.key_id if ctx is not None else None},
                                              loop))
         except (QueueFull, LightseekError) as e:
             for r in reqs:
@@ -145,26 +149,44 @@ class Handlers:
 
     @staticmethod
     def finish(r: Request) -> str:
+        if OutputGuard.filtered(r):
+            return "content_filter"
         return {"stop": "stop", "cancelled": "stop", "error": "error"}.get(r.finish_reason, "length")
 
     @staticmethod
-    async def collect(reqs, queue) -> None:
-        while not all(r.done for r in reqs):
-            await queue.get()
-        if any(r.finish_reason == "error" for r in reqs):
+    def ended(r: Request) -> bool:
+        """Done, or stopped by the content policy (its cancellation may still be on its way)."""
+        return r.done or OutputGuard.filtered(r)
+
+    async def collect(self, reqs, queue, guard: OutputGuard) -> None:
+        while not all(self.ended(r) for r in reqs):
+            guard.feed(await queue.get())
+        if any(r.finish_reason == "error" and not OutputGuard.filtered(r) for r in reqs):
             raise ApiError(500, "generation failed on the server (see its log); retry the request",
                            kind="server_error", code="generation_failed")
 
-    def stream(self, reqs, queue, chunk, final_usage: bool, headers: dict[str, str]) -> StreamingResponse:
-        """Server-sent events: ``chunk(i, event)`` per choice as events arrive, then [DONE]."""
+    def stream(self, reqs, queue, chunk, final_usage: bool, headers: dict[str, str],
+               guard: OutputGuard) -> StreamingResponse:
+        """Server-sent events: ``chunk(i, event)`` per choice as events arrive, then [DONE]. A
+        choice the content policy stops gets a last chunk with finish_reason content_filter and
+        without the text that was refused."""
         async def gen():
             try:
-                while not all(r.done for r in reqs) or not queue.empty():
+                while not all(self.ended(r) for r in reqs) or not queue.empty():
                     events = [await queue.get()]
                     while not queue.empty():  # a client that fell behind gets its backlog in one chunk per choice
                         events.append(queue.get_nowait())
+                    shown = []
+                    for ev in _merge(events):
+                        if guard.filtered(ev.request):
+                            continue  # stopped earlier: what is left of it was never shown
+                        if guard.feed(ev):
+                            ev = Event(ev.request, [], "", True)
+                        elif ev.text:
+                            ev = Event(ev.request, ev.token_ids, guard.redact(ev.text), ev.finished)
+                        shown.append(ev)
                     out = [f"data: {json.dumps(chunk(reqs.index(ev.request), ev), ensure_ascii=False)}\n\n"
-                           for ev in _merge(events) if ev.text or ev.finished]
+                           for ev in shown if ev.text or ev.finished]
                     if out:
                         yield "".join(out)
                 if final_usage:
@@ -181,6 +203,7 @@ class Handlers:
         """The OpenAI response for ``reqs``: streamed chunks (``delta(i, event)`` per choice) or,
         once all are done, the whole choices (``choice(request)``), with usage."""
         reqs, queue, headers = run
+        guard = OutputGuard(self.moderator, self.host, rid, reqs[0].meta.get("key"))
         created = int(time.time())
 
         def head(obj: str) -> dict:
@@ -194,9 +217,16 @@ class Handlers:
 
         if body.stream:
             return self.stream(reqs, queue, chunk, bool(body.stream_options and body.stream_options.include_usage),
-                               headers)
-        await self.collect(reqs, queue)
-        out = head(kind) | {"choices": [{"index": i, **choice(r), "finish_reason": self.finish(r)}
+                               headers, guard)
+        await self.collect(reqs, queue, guard)
+
+        def whole(r: Request) -> dict:
+            c = choice(r)
+            text_of = c["message"] if "message" in c else c
+            key = "content" if "message" in c else "text"
+            text_of[key] = "" if guard.filtered(r) else guard.redact(text_of[key])
+            return c
+        out = head(kind) | {"choices": [{"index": i, **whole(r), "finish_reason": self.finish(r)}
                                         for i, r in enumerate(reqs)],
                             "usage": self.usage(reqs)}
         return JSONResponse(out, headers=headers) if headers else out
@@ -241,6 +271,7 @@ class Handlers:
         if not ids:
             raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
         rid = f"cmpl-{uuid.uuid4().hex}"
+        await moderate_input(self.moderator, [prompts[0]], rid, ctx.key_id if ctx else None, "prompt")
         run = await self.run(ids, body, adapter, body.logprobs, rid, ctx)
         return await self.respond(
             body, run, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
@@ -254,6 +285,9 @@ class Handlers:
         body.unsupported_options(self.tokenizer.chat.chat_template if self.tokenizer.chat is not None else None)
         ids = self.chat_ids(body.messages)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
+        await moderate_input(self.moderator, [m.text(f"messages[{i}]") for i, m in enumerate(body.messages)
+                                              if m.role in ("user", "system")], rid, ctx.key_id if ctx else None,
+                             "messages")
         run = await self.run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid, ctx)
         started: set[int] = set()
 
@@ -313,6 +347,17 @@ class Handlers:
         out = {"object": "list", "data": data, "model": body.model, "usage": {"prompt_tokens": n, "total_tokens": n}}
         return JSONResponse(out, headers=headers) if headers else out
 
+    async def moderations(self, body: ModerationBody, ctx: KeyContext | None = None):
+        """OpenAI's moderation endpoint, answered by this server's safety cascade."""
+        if self.moderator is None:
+            raise ApiError(404, "moderation is not enabled on this server (start it with --safety FOLDER)",
+                           code="moderation_disabled")
+        texts = body.texts()
+        rid = f"modr-{uuid.uuid4().hex}"
+        decisions = await asyncio.to_thread(self.moderator.check, texts, "moderation", rid,
+                                            ctx.key_id if ctx else None)
+        return {"id": rid, "model": body.model or "lightseek-moderation", "results": [d.openai() for d in decisions]}
+
     async def tokenize(self, body: TokenizeBody):
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "give exactly one of prompt and messages", param="prompt", code="invalid_value")
@@ -351,6 +396,8 @@ class Handlers:
                 lines += [f'lightseek_expert_tokens_total{{layer="{n_dense + i}",expert="{e}"}} {int(v)}'
                           for e, v in enumerate(row)]
         text = "\n".join(lines) + "\n" + self.host.latencies.exposition()
+        if self.moderator is not None:
+            text += self.moderator.metrics.exposition()
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

@@ -15,6 +15,7 @@ from lightseek.serve.schemas import (
     CompletionBody,
     DetokenizeBody,
     EmbeddingBody,
+    ModerationBody,
     TokenizeBody,
     error_response,
 )
@@ -24,12 +25,14 @@ if TYPE_CHECKING:
 
 
 def build_app(host: EngineHost | PendingHost, model_id: str, adapters: list[str] | None = None,
-              gate: Gate | None = None, protect_metrics: bool = False) -> FastAPI:
+              gate: Gate | None = None, protect_metrics: bool = False, moderator=None) -> FastAPI:
     """The API for ``model_id`` (and ``model_id:name`` for each adapter name) served by ``host``.
     With ``gate`` (the platform), every route but /health, /metrics and the schema needs an API
-    key, and /admin and /usage are added; ``protect_metrics`` puts /metrics behind an admin key."""
+    key, and /admin and /usage are added; ``protect_metrics`` puts /metrics behind an admin key.
+    With ``moderator`` (`lightseek.safety.cascade.Moderator`), prompts and outputs are moderated
+    and /v1/moderations answers."""
     app = FastAPI(title="lightseek", version="1", description="OpenAI-compatible API for lightseek models.")
-    h = Handlers(host, model_id, adapters, gate)
+    h = Handlers(host, model_id, adapters, gate, moderator)
     Auth = Header(None, include_in_schema=False)  # noqa: N806 -- FastAPI reads it from the signature
 
     @app.exception_handler(ApiError)
@@ -65,6 +68,10 @@ def build_app(host: EngineHost | PendingHost, model_id: str, adapters: list[str]
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingBody, authorization: str | None = Auth):
         return await h.embeddings(body, await h.authorize(authorization))
+
+    @app.post("/v1/moderations")
+    async def moderations(body: ModerationBody, authorization: str | None = Auth):
+        return await h.moderations(body, await h.authorize(authorization))
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeBody, authorization: str | None = Auth):

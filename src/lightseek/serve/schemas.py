@@ -108,6 +108,27 @@ class TokenizeBody(BaseModel):
     model: str | None = None
 
 
+class ModerationBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    input: str | list[str] | list[dict]
+    model: str | None = None
+
+    def texts(self) -> list[str]:
+        """The texts to moderate; a 400 naming an input that is not text."""
+        items = [self.input] if isinstance(self.input, str) else list(self.input)
+        out = []
+        for i, x in enumerate(items):
+            if isinstance(x, dict):
+                if x.get("type") != "text" or not isinstance(x.get("text"), str):
+                    raise ApiError(400, f"input[{i}]: only text inputs are moderated here (type 'text'), "
+                                   f"not {x.get('type')!r}", param="input", code="invalid_value")
+                x = x["text"]
+            out.append(x)
+        if not out or len(out) > 256:
+            raise ApiError(400, "input: give 1 to 256 texts", param="input", code="invalid_value")
+        return out
+
+
 class EmbeddingBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str

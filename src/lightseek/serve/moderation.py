@@ -1,0 +1,68 @@
+"""Content safety in the server: prompts are moderated before they run, outputs while they are
+generated (every ``every`` tokens of a choice, its last ``window`` characters), and a choice
+whose output the policy blocks is cancelled at once and ends with finish_reason
+"content_filter". With the policy's ``redact_pii``, personal data in outputs is replaced by the
+data layer's scrubber. The moderator is `lightseek.safety.cascade.Moderator`; nothing here needs
+to know its stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from lightseek.serve.schemas import ApiError
+
+CHECK_EVERY = 16   # tokens: a violating span is cut off within this many tokens of being complete
+WINDOW = 800       # characters of a choice's latest output that each check reads
+
+
+async def moderate_input(moderator, texts: list[str], request_id: str, key_id: int | None, param: str) -> None:
+    """A 400 ``content_policy_violation`` when the policy blocks any of ``texts``."""
+    if moderator is None or not texts:
+        return
+    decisions = await asyncio.to_thread(moderator.check, texts, "input", request_id, key_id)
+    blocked = sorted({c for d in decisions if d.action == "block" for c in d.categories})
+    if blocked:
+        from lightseek.safety.policy import CATEGORIES
+
+        names = ", ".join(f"{c} {CATEGORIES[c][0]}" for c in blocked)
+        raise ApiError(400, f"the request was refused by this server's content policy ({names})", param=param,
+                       code="content_policy_violation")
+
+
+class OutputGuard:
+    def __init__(self, moderator, host, request_id: str, key_id: int | None, every: int = CHECK_EVERY,
+                 window: int = WINDOW):
+        self.moderator, self.host, self.request_id, self.key_id = moderator, host, request_id, key_id
+        self.every, self.window = every, window
+        self.pending: dict[int, int] = {}
+        self.scrubber = None
+        if moderator is not None and moderator.policy.redact_pii:
+            from lightseek.data.pipeline.pii import PiiScrubber
+
+            self.scrubber = PiiScrubber(moderator.policy.redact_pii)
+
+    @staticmethod
+    def filtered(req) -> bool:
+        return bool(req.meta.get("filtered"))
+
+    def feed(self, ev) -> bool:
+        """Account for ``ev``; True when its request was just blocked (and cancelled)."""
+        r = ev.request
+        if self.moderator is None or self.filtered(r):
+            return False
+        n = self.pending.get(r.id, 0) + len(ev.token_ids)
+        if n < self.every and not ev.finished:
+            self.pending[r.id] = n
+            return False
+        self.pending[r.id] = 0
+        d = self.moderator.check([r.text[-self.window:]], "output", self.request_id, self.key_id)[0]
+        if d.action != "block":
+            return False
+        r.meta["filtered"] = d.categories
+        if not r.done:
+            self.host.cancel(r)
+        return True
+
+    def redact(self, text: str) -> str:
+        return self.scrubber.scrub(text)[0] if self.scrubber is not None and text else text
