@@ -359,9 +359,10 @@ def cmd_serve(args, overrides) -> int:
     if args.safety:  # content safety: the classifiers and the policy load (or fail) before listening
         from lightseek.safety.cascade import Moderator
 
-        moderator = Moderator(args.safety, args.safety_policy, args.safety_rules, args.safety_audit)
-    elif args.safety_policy or args.safety_rules or args.safety_audit:
-        raise ConfigError("--safety-policy, --safety-rules and --safety-audit need --safety FOLDER")
+        moderator = Moderator(args.safety, args.safety_policy, args.safety_rules, args.safety_audit,
+                              args.safety_policies)
+    elif args.safety_policy or args.safety_rules or args.safety_audit or args.safety_policies:
+        raise ConfigError("--safety-policy, --safety-policies, --safety-rules and --safety-audit need --safety FOLDER")
     pending, names = PendingHost(), []
     # answers 503 until the model is loaded
     app = build_app(pending, model_id, names, gate, args.protect_metrics, moderator)
@@ -646,6 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--safety", metavar="FOLDER", help="moderate prompts and outputs with the classifiers `lightseek "
                    "safety train` wrote there; serves /v1/moderations")
     p.add_argument("--safety-policy", metavar="YAML", help="thresholds and actions per category (docs/safety.md)")
+    p.add_argument("--safety-policies", metavar="DIR", help="named policies (NAME.yaml) that API keys may be given "
+                   "(`lightseek admin key-create --safety-policy NAME`)")
     p.add_argument("--safety-rules", metavar="YAML", help="term lists and patterns (default: the package's own)")
     p.add_argument("--safety-audit", metavar="FILE", help="append one JSON line per moderation decision")
 

@@ -261,3 +261,22 @@ def test_a_dead_servers_reservations_are_settled_once_at_their_progress(db_url) 
     (waiting,) = rows(engine, ledger, ledger.c.request_id == "r2")
     assert (waiting.prompt_tokens, waiting.completion_tokens, waiting.amount_micros) == (0, 0, 0)
     assert rows(engine, reservations, reservations.c.status == "open") == [] and fresh.audit() == []
+
+
+def test_an_existing_database_upgrades_and_keeps_its_keys(db_url) -> None:
+    from lightseek.db import current_revision
+
+    engine = connect(normalise_url(db_url))
+    upgrade(engine, "0001")  # a database made before keys could name a content policy
+    assert current_revision(engine) == "0001"
+    with engine.begin() as c:
+        c.execute(sa.text("INSERT INTO orgs (name, plan, created_at) VALUES ('old', 'pro', 0)"))
+    acc = Accounts(engine, b"s")
+    with engine.begin() as c:
+        c.execute(sa.text("INSERT INTO api_keys (org_id, name, prefix, key_hash, admin, created_at, spent_micros, "
+                          "reserved_micros) VALUES (1, 'k', 'ls-abcdefgh', :h, false, 0, 5, 0)"),
+                  {"h": acc.hash_key("ls-old-key")})
+    upgrade(engine)
+    assert current_revision(engine) == "0002"
+    ctx = acc.authenticate("ls-old-key")
+    assert (ctx.org, ctx.safety_policy) == ("old", None)

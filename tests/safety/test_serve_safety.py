@@ -100,3 +100,36 @@ def test_an_output_stream_stops_within_16_tokens_of_a_blocked_span(debug_checkpo
         assert whole.usage.completion_tokens <= end_tok + 16  # generation stopped there too
     finally:
         stop(srv, thread, host)
+
+
+def test_each_key_is_moderated_under_its_own_policy(debug_checkpoint, tiny_classifier, tmp_path) -> None:
+    from lightseek.platform.gate import Gate
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "lenient.yaml").write_text("categories:\n  S10: {action: flag}\n")
+    gate = Gate(str(tmp_path / "p.db"), secret="s")
+    gate.accounts.create_org("acme", "enterprise")
+    strict, _ = gate.accounts.create_key("acme", "strict")
+    lenient, _ = gate.accounts.create_key("acme", "lenient", safety_policy="lenient")
+    odd, _ = gate.accounts.create_key("acme", "odd", safety_policy="missing")
+    host = EngineHost(Engine(load_model(debug_checkpoint), Tokenizer.load(debug_checkpoint / "tokenizer.json"),
+                             max_slots=2, max_waiting=8, prefill_chunk=16), on_end=gate.ended)
+    mod = Moderator(tiny_classifier, Policy(), policies=policies)
+    srv, thread, url = start(build_app(host, "debug", [], gate, moderator=mod))
+    try:
+        hate = "all jews are vermin and should be wiped out"
+
+        def ask(key):
+            return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0).completions.create(
+                model="debug", prompt=hate, max_tokens=3)
+        with pytest.raises(openai.BadRequestError, match="content policy"):
+            ask(strict)
+        assert ask(lenient).choices[0].finish_reason in ("length", "stop")  # flagged, not refused
+        with pytest.raises(openai.PermissionDeniedError, match="'missing' is not configured"):
+            ask(odd)
+        r = openai.OpenAI(base_url=f"{url}/v1", api_key=lenient, max_retries=0).moderations.create(input=hate)
+        assert r.results[0].flagged and r.results[0].lightseek["action"] == "flag"
+    finally:
+        stop(srv, thread, host)
+        gate.close()

@@ -61,6 +61,7 @@ class KeyContext:
     spend_limit_micros: int | None
     included_tokens: int
     overage: bool
+    safety_policy: str | None = None                          # the content policy (None: the server's default)
 
 
 class Accounts:
@@ -136,7 +137,8 @@ class Accounts:
     def create_key(self, org: str, name: str = "default", *, admin: bool = False, expires_at: int | None = None,
                    models: list[str] | None = None, adapters: list[str] | None = None,
                    budget_micros: int | None = None, rpm: int | None = None, tpm: int | None = None,
-                   concurrency: int | None = None, user_email: str | None = None) -> tuple[str, int]:
+                   concurrency: int | None = None, user_email: str | None = None,
+                   safety_policy: str | None = None) -> tuple[str, int]:
         """A new key for ``org``: (the key, shown only now; its id)."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self.engine.begin() as c:
@@ -153,7 +155,7 @@ class Accounts:
                 created_at=int(time.time()), expires_at=expires_at,
                 allowed_models=json.dumps(models) if models is not None else None,
                 allowed_adapters=json.dumps(adapters) if adapters is not None else None,
-                rpm=rpm, tpm=tpm, concurrency=concurrency, budget_micros=budget_micros,
+                rpm=rpm, tpm=tpm, concurrency=concurrency, budget_micros=budget_micros, safety_policy=safety_policy,
                 spent_micros=0, reserved_micros=0)).inserted_primary_key[0]
         return key, kid
 
@@ -198,7 +200,8 @@ class Accounts:
             allowed_adapters=tuple(json.loads(r.allowed_adapters)) if r.allowed_adapters is not None else None,
             key_limits=(r.rpm, r.tpm, r.concurrency),
             org_limits=(pick(r.org_rpm, r.plan_rpm), pick(r.org_tpm, r.plan_tpm), pick(r.org_conc, r.plan_conc)),
-            spend_limit_micros=r.spend_limit_micros, included_tokens=r.included_tokens, overage=bool(r.overage))
+            spend_limit_micros=r.spend_limit_micros, included_tokens=r.included_tokens, overage=bool(r.overage),
+            safety_policy=r.safety_policy)
 
     # --- prices and the market ---------------------------------------------------------------------
     def set_price(self, model: str, prompt_per_1k: int, completion_per_1k: int, adapter: str = "") -> None:

@@ -58,7 +58,8 @@ def cmd_admin(args, overrides) -> int:
                 models=args.models.split(",") if args.models else None,
                 adapters=args.adapters.split(",") if args.adapters is not None else None,
                 budget_micros=parse_dollars(args.budget, "--budget") if args.budget else None,
-                rpm=args.rpm, tpm=args.tpm, concurrency=args.concurrency, user_email=args.user)
+                rpm=args.rpm, tpm=args.tpm, concurrency=args.concurrency, user_email=args.user,
+                safety_policy=args.safety_policy)
             print(f"key {kid} for {args.org} (shown only now; keep it):\n{key}")
         elif a == "key-list":
             _print(acc.list_keys(args.org))
@@ -139,6 +140,8 @@ def add_admin_commands(sub, add: Callable) -> None:
     p.add_argument("--rpm", type=int, help="requests per minute")
     p.add_argument("--tpm", type=int, help="tokens per minute")
     p.add_argument("--concurrency", type=int, help="requests at once")
+    p.add_argument("--safety-policy", help="the content policy its requests are moderated under (a name the server "
+                   "knows from --safety-policies; default: the server's own)")
     p = action("key-list", "List an organisation's keys (never the keys themselves).")
     p.add_argument("org")
     p = action("key-revoke", "Revoke a key by id or prefix.")

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 _KEY_CONTEXT = """
 SELECT k.id, k.org_id, k.prefix, k.admin, k.revoked_at, k.expires_at, k.allowed_models, k.allowed_adapters,
+       k.safety_policy,
        k.rpm, k.tpm, k.concurrency, o.name AS org_name, o.plan, o.spend_limit_micros,
        o.rpm AS org_rpm, o.tpm AS org_tpm, o.concurrency AS org_conc,
        p.rpm AS plan_rpm, p.tpm AS plan_tpm, p.concurrency AS plan_conc, p.included_tokens, p.overage

@@ -77,6 +77,7 @@ api_keys = Table(
     Column("allowed_adapters", Text),                          # JSON list; NULL = every adapter
     Column("rpm", Integer), Column("tpm", BigInteger), Column("concurrency", Integer),
     Column("budget_micros", BigInteger),                       # lifetime budget; NULL = none
+    Column("safety_policy", String(100)),                      # the content policy's name; NULL = the server's
     Column("spent_micros", BigInteger, nullable=False),
     Column("reserved_micros", BigInteger, nullable=False),
 )

@@ -62,6 +62,7 @@ class KeyBody(BaseModel):
     concurrency: int | None = None
     expires_in_days: float | None = None
     admin: bool = False
+    safety_policy: str | None = None
 
 
 class PriceBody(BaseModel):
@@ -112,7 +113,7 @@ def add_platform_routes(app, gate: Gate, admin_check) -> None:
         expires = int(time.time() + body.expires_in_days * 86400) if body.expires_in_days else None
         key, kid = await call(acc.create_key, org, body.name, admin=body.admin, expires_at=expires,
                               models=body.models, adapters=body.adapters, budget_micros=budget, rpm=body.rpm,
-                              tpm=body.tpm, concurrency=body.concurrency)
+                              tpm=body.tpm, concurrency=body.concurrency, safety_policy=body.safety_policy)
         return {"id": kid, "key": key, "prefix": key[:11], "note": "the key is shown only now"}
 
     @app.get("/admin/orgs/{org}/keys", dependencies=[Depends(admin)])

@@ -62,18 +62,37 @@ class Moderator:
     """Moderation with the classifiers in ``folder`` (`lightseek safety train --out FOLDER`)."""
 
     def __init__(self, folder: str | Path, policy: Policy | str | Path | None = None,
-                 rules: Rules | str | Path | None = None, audit_log: str | Path | None = None):
+                 rules: Rules | str | Path | None = None, audit_log: str | Path | None = None,
+                 policies: str | Path | None = None):
         self.linear = load_stage(folder, "linear")
         if self.linear is None:
             raise ConfigError(f"{folder}: no safety classifier (train one: lightseek safety train --out {folder})")
         self.model = load_stage(folder, "model")
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
+        # named policies that API keys may be given (the platform's keys.safety_policy): NAME.yaml files
+        self.policies: dict[str, Policy] = {}
+        if policies is not None:
+            d = Path(policies)
+            if not d.is_dir():
+                raise ConfigError(f"safety policies {d}: no such folder")
+            self.policies = {p.stem: load_policy(p) for p in sorted(d.glob("*.yaml"))}
         self.rules = rules if isinstance(rules, Rules) else load_rules(rules)
-        self.audit = AuditLog(audit_log, self.policy.log_text) if audit_log else None
+        self.audit = AuditLog(audit_log) if audit_log else None
         self.metrics = ModerationMetrics()
 
+    def policy_for(self, name: str | None) -> Policy:
+        """The named policy (a key's), or the server's own for None."""
+        if name is None:
+            return self.policy
+        if name not in self.policies:
+            raise ConfigError(f"the content policy {name!r} is not configured on this server "
+                              f"(known: {', '.join(self.policies) or 'none'})")
+        return self.policies[name]
+
     def check(self, texts: list[str], direction: str = "input", request_id: str | None = None,
-              key_id: int | None = None) -> list[Decision]:
+              key_id: int | None = None, policy: str | None = None) -> list[Decision]:
+        """One decision per text, under the named policy (None: the server's own)."""
+        pol = self.policy_for(policy)
         t0 = time.perf_counter()
         lin = self.linear.scores(texts)
         out = []
@@ -84,7 +103,7 @@ class Moderator:
             if hits:
                 stages["rules"] = hits
             top = max(s.values(), default=0.0)
-            if self.model is not None and not hits and self.policy.uncertain_low <= top < self.policy.uncertain_high:
+            if self.model is not None and not hits and pol.uncertain_low <= top < pol.uncertain_high:
                 unsure.append(i)
             out.append((text, dict(s), hits, stages))
         model_scores = self.model.scores([texts[i] for i in unsure]) if unsure else []
@@ -99,13 +118,13 @@ class Moderator:
             scores = {c: s.get(c, 0.0) for c in CATEGORIES}
             for c in hits:
                 scores[c], stage = 1.0, "rules"
-            action, cats = self.policy.action(scores)
+            action, cats = pol.action(scores)
             d = Decision(scores, max(s.get(ANY, 0.0), *(scores[c] for c in hits)) if hits else s.get(ANY, 0.0),
                          action, cats, stage, stages, language(text), ms)
             decisions.append(d)
             self.metrics.record(d, direction)
             if self.audit is not None:
-                self.audit.write(d, text, direction, request_id, key_id)
+                self.audit.write(d, text, direction, request_id, key_id, pol.log_text)
         return decisions
 
 
@@ -113,19 +132,19 @@ class AuditLog:
     """Append-only JSON lines, one per decision: the text's SHA-256 (the text itself only when the
     policy says ``log_text``), language, scores, stage, action, direction, request and key ids."""
 
-    def __init__(self, path: str | Path, log_text: bool):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.log_text = log_text
         self.lock = threading.Lock()
         self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 -- held for the server's life
 
-    def write(self, d: Decision, text: str, direction: str, request_id: str | None, key_id: int | None) -> None:
+    def write(self, d: Decision, text: str, direction: str, request_id: str | None, key_id: int | None,
+              log_text: bool = False) -> None:
         rec = {"time": round(time.time(), 3), "direction": direction, "request_id": request_id, "key_id": key_id,
                "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "chars": len(text), "lang": d.lang,
                "stage": d.stage, "action": d.action, "categories": d.categories,
                "scores": {c: round(s, 4) for c, s in d.scores.items() if s >= 0.01},
                "harmful": round(d.harmful, 4), "ms": round(d.ms, 3)}
-        if self.log_text:
+        if log_text:
             rec["text"] = text
         line = json.dumps(rec, ensure_ascii=False) + "\n"
         with self.lock:

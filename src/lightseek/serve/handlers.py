@@ -15,7 +15,7 @@ from lightseek.data.chat import encode_chat, validate_messages
 from lightseek.errors import LightseekError
 from lightseek.serve.engine import Event, GenParams, QueueFull, Request
 from lightseek.serve.grammar import schema_of
-from lightseek.serve.moderation import OutputGuard, moderate_input
+from lightseek.serve.moderation import OutputGuard, moderate_input, policy_of
 from lightseek.serve.schemas import (
     ApiError,
     ChatBody,
@@ -126,7 +126,8 @@ class Handlers:
             for i, p in enumerate(params):
                 reqs.append(self.host.submit(prompt_ids, p, adapter, queue.put_nowait,
                                              {"id": api_id, "choice": i, "model": body.model, "user": body.user,
-                                              "key": ctx.key_id if ctx is not None else None},
+                                              "key": ctx.key_id if ctx is not None else None,
+                                              "policy": getattr(ctx, "safety_policy", None)},
                                              loop))
         except (QueueFull, LightseekError) as e:
             for r in reqs:
@@ -203,7 +204,7 @@ class Handlers:
         """The OpenAI response for ``reqs``: streamed chunks (``delta(i, event)`` per choice) or,
         once all are done, the whole choices (``choice(request)``), with usage."""
         reqs, queue, headers = run
-        guard = OutputGuard(self.moderator, self.host, rid, reqs[0].meta.get("key"))
+        guard = OutputGuard(self.moderator, self.host, rid, reqs[0].meta.get("key"), reqs[0].meta.get("policy"))
         created = int(time.time())
 
         def head(obj: str) -> dict:
@@ -271,7 +272,7 @@ class Handlers:
         if not ids:
             raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
         rid = f"cmpl-{uuid.uuid4().hex}"
-        await moderate_input(self.moderator, [prompts[0]], rid, ctx.key_id if ctx else None, "prompt")
+        await moderate_input(self.moderator, [prompts[0]], rid, ctx, "prompt")
         run = await self.run(ids, body, adapter, body.logprobs, rid, ctx)
         return await self.respond(
             body, run, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
@@ -286,8 +287,7 @@ class Handlers:
         ids = self.chat_ids(body.messages)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         await moderate_input(self.moderator, [m.text(f"messages[{i}]") for i, m in enumerate(body.messages)
-                                              if m.role in ("user", "system")], rid, ctx.key_id if ctx else None,
-                             "messages")
+                                              if m.role in ("user", "system")], rid, ctx, "messages")
         run = await self.run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid, ctx)
         started: set[int] = set()
 
@@ -355,7 +355,7 @@ class Handlers:
         texts = body.texts()
         rid = f"modr-{uuid.uuid4().hex}"
         decisions = await asyncio.to_thread(self.moderator.check, texts, "moderation", rid,
-                                            ctx.key_id if ctx else None)
+                                            ctx.key_id if ctx else None, policy_of(self.moderator, ctx))
         return {"id": rid, "model": body.model or "lightseek-moderation", "results": [d.openai() for d in decisions]}
 
     async def tokenize(self, body: TokenizeBody):

@@ -16,11 +16,22 @@ CHECK_EVERY = 16   # tokens: a violating span is cut off within this many tokens
 WINDOW = 800       # characters of a choice's latest output that each check reads
 
 
-async def moderate_input(moderator, texts: list[str], request_id: str, key_id: int | None, param: str) -> None:
+def policy_of(moderator, ctx) -> str | None:
+    """The content policy a request's key names (None: the server's own); a 403 if this server
+    does not know it."""
+    name = getattr(ctx, "safety_policy", None)
+    if moderator is not None and name is not None and name not in moderator.policies:
+        raise ApiError(403, f"this key's content policy {name!r} is not configured on this server",
+                       code="policy_unavailable")
+    return name
+
+
+async def moderate_input(moderator, texts: list[str], request_id: str, ctx, param: str) -> None:
     """A 400 ``content_policy_violation`` when the policy blocks any of ``texts``."""
     if moderator is None or not texts:
         return
-    decisions = await asyncio.to_thread(moderator.check, texts, "input", request_id, key_id)
+    decisions = await asyncio.to_thread(moderator.check, texts, "input", request_id,
+                                        ctx.key_id if ctx is not None else None, policy_of(moderator, ctx))
     blocked = sorted({c for d in decisions if d.action == "block" for c in d.categories})
     if blocked:
         from lightseek.safety.policy import CATEGORIES
@@ -31,16 +42,18 @@ async def moderate_input(moderator, texts: list[str], request_id: str, key_id: i
 
 
 class OutputGuard:
-    def __init__(self, moderator, host, request_id: str, key_id: int | None, every: int = CHECK_EVERY,
-                 window: int = WINDOW):
+    def __init__(self, moderator, host, request_id: str, key_id: int | None, policy: str | None = None,
+                 every: int = CHECK_EVERY, window: int = WINDOW):
         self.moderator, self.host, self.request_id, self.key_id = moderator, host, request_id, key_id
+        self.policy = policy
         self.every, self.window = every, window
         self.pending: dict[int, int] = {}
         self.scrubber = None
-        if moderator is not None and moderator.policy.redact_pii:
+        redact = moderator.policy_for(policy).redact_pii if moderator is not None else []
+        if redact:
             from lightseek.data.pipeline.pii import PiiScrubber
 
-            self.scrubber = PiiScrubber(moderator.policy.redact_pii)
+            self.scrubber = PiiScrubber(redact)
 
     @staticmethod
     def filtered(req) -> bool:
@@ -56,7 +69,7 @@ class OutputGuard:
             self.pending[r.id] = n
             return False
         self.pending[r.id] = 0
-        d = self.moderator.check([r.text[-self.window:]], "output", self.request_id, self.key_id)[0]
+        d = self.moderator.check([r.text[-self.window:]], "output", self.request_id, self.key_id, self.policy)[0]
         if d.action != "block":
             return False
         r.meta["filtered"] = d.categories
