@@ -349,6 +349,40 @@ def platform_overhead() -> str:
               f"the run: {'clean' if not d['audit_problems'] else d['audit_problems']}.\n")
 
 
+def safety_stages() -> str:
+    """Each stage alone and the cascade, per language, at the policy's thresholds and at a 5% FPR."""
+    d = result("safety_eval")
+    rows = []
+    for name, r in d["results"].items():
+        for lang, x in r["by_language"].items():
+            rows.append([name, lang, f"{x['harmful']:,} / {x['harmless']:,}", f"{x['precision']:.3f}",
+                         f"{x['recall']:.3f}", f"{x['f1']:.3f}", f"{x['fpr']:.3f}", f"{x['recall_at_fpr_0.05']:.3f}",
+                         f"{r['openai_moderation_f1']:.3f}" if lang == "en" and "openai_moderation_f1" in r else ""])
+    o, lat = d["over_refusal"], d["latency"]
+    return (table(["stage", "language", "harmful / harmless", "precision", "recall", "F1", "false positives",
+                   "recall at 5% false positives", "OpenAI moderation set F1"], rows, "llrrrrrrr")
+            + f"\nOver-refusal: {o['blocked']} of {o['texts']} harmless questions on sensitive topics blocked "
+              f"({100 * o['rate']:.1f}%). Latency per text of about 256 tokens, one at a time: "
+            + ", ".join(f"{k} p50 {v['p50_ms']:.1f} ms, p95 {v['p95_ms']:.1f} ms" for k, v in lat.items())
+            + ".\n")
+
+
+def safety_sources() -> str:
+    """Recall and false positives per source (how the stages generalise across ways of writing)."""
+    d = result("safety_eval")
+    names = [n for n in d["results"] if n in ("linear", "cascade (sample)", "model (sample)")]
+    sources = sorted({s for n in names for s in d["results"][n]["by_source"]})
+    rows = []
+    for src in sources:
+        row = [src]
+        for n in names:
+            x = d["results"][n]["by_source"].get(src)
+            row.append("–" if x is None else (f"{x['recall']:.2f} / {x['fpr']:.2f}" if x["harmful"] and x["harmless"]
+                                             else f"{x['recall']:.2f}" if x["harmful"] else f"– / {x['fpr']:.2f}"))
+        rows.append(row)
+    return table(["source", *(f"{n}: recall / FPR" for n in names)], rows, "l" + "r" * len(names))
+
+
 def serve_ceiling() -> str:
     d = result("serve_ceiling")
     hf = d["transformers_generate"]["output_tok_s"]
@@ -572,6 +606,26 @@ def adapters_main() -> str:
                   "params+grads+optimizer / saved activations", "s/step", "domain ppl before → after",
                   "gain recovered", "general ppl before → after", "general change", "avg k / MaxVio"],
                  rows, "llrrrrrlrlrr")
+
+
+def adapters_real() -> str:
+    """The real base (SmolLM2-135M-Instruct): LoRA ranks against full fine-tuning, same data and tokens."""
+    rows = []
+    d = result("lora_vs_full_real")
+    for r in d["results"]:
+        mem = r["accounted_memory"]
+        c = r.get("cost_vs_full", {})
+        gain = "–" if r["gain_recovered"] is None else f"{100 * r['gain_recovered']:.0f}%"
+        task = (f"{r['base_task']['acc']:.3f} → {r['task']['acc']:.3f}" if r.get("task") else "–")
+        rows.append([r["config"], f"{r['trainable_parameters']:,} ({r['trainable_pct']:.2f}%)",
+                     f"{mem['total_mb']:.0f} MB" + (f" ({100 * c['accounted_total']:.0f}%)" if c else ""),
+                     f"{r['peak_over_start_mb']:.0f} MB", f"{r['step_s_median']:.1f}",
+                     f"{r['base_domain_ppl']:.2f} → {r['domain_ppl']:.2f}", gain,
+                     f"{r['general_change_pct']:+.1f}%", task,
+                     f"{r['stored_mb']:.1f} MB" + (f" ({100 * c['stored']:.1f}%)" if "stored" in c else "")])
+    return table(["run", "trainable (% of model)", "training memory (vs full)", "peak RSS over start", "s/step",
+                  "domain ppl before → after", "gain recovered", "general ppl change", "MedQuAD MC acc",
+                  "stored (vs full)"], rows, "lrrrrlrrlr")
 
 
 def adapters_scale() -> str:

@@ -82,20 +82,25 @@ def score(reqs, schemas) -> dict:
     import jsonschema
 
     finished = parsed = valid = 0
-    for r, schema in zip(reqs, schemas):
+    failures = []  # every answer that is not valid, with why: what a reader needs to judge the misses
+    for i, (r, schema) in enumerate(zip(reqs, schemas)):
         finished += r.finish_reason == "stop"
         try:
             doc = json.loads(r.text)
-        except ValueError:
+        except ValueError as e:
+            failures.append({"request": i, "finish_reason": r.finish_reason, "tokens": len(r.output_ids),
+                             "error": f"not JSON: {e}", "text": r.text})
             continue
         parsed += 1
         try:
             jsonschema.validate(doc, schema)
             valid += 1
-        except jsonschema.ValidationError:
-            pass
+        except jsonschema.ValidationError as e:
+            failures.append({"request": i, "finish_reason": r.finish_reason, "tokens": len(r.output_ids),
+                             "error": f"schema: {e.message}", "text": r.text})
     tokens = sum(len(r.output_ids) for r in reqs)
-    return {"requests": len(reqs), "finished": finished, "parsed": parsed, "valid": valid, "tokens": tokens}
+    return {"requests": len(reqs), "finished": finished, "parsed": parsed, "valid": valid, "tokens": tokens,
+            "failures": failures}
 
 
 def main() -> None:
