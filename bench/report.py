@@ -367,6 +367,15 @@ def safety_stages() -> str:
             + ".\n")
 
 
+def safety_other() -> str:
+    """Prompts written for this project (bench/data/safety_other_sources.jsonl), not from the shared sets."""
+    d = result("safety_eval")
+    rows = [[name, lang, f"{x['recall']:.2f}", f"{x['fpr']:.2f}", f"{x['recall_at_fpr_0.05']:.2f}"]
+            for name, r in d["other_sources"].items() for lang, x in r["by_language"].items()]
+    return table(["stage", "language", "recall (30 harmful)", "false positives (30 harmless, sensitive topics)",
+                  "recall at 5% false positives"], rows, "llrrr")
+
+
 def safety_sources() -> str:
     """Recall and false positives per source (how the stages generalise across ways of writing)."""
     d = result("safety_eval")

@@ -8,6 +8,8 @@ Reported, per language (harmful vs harmless prompts and responses of that langua
 per category: precision, recall, F1 (one category against the rest, on the harmful texts);
 per source: recall and false-positive rate (how a stage generalises across ways of writing);
 the OpenAI moderation set's held-out part: F1 of "flagged" (the published guard models' figure);
+other sources: 120 prompts written for this project (bench/data/), harmful and harmless about
+sensitive topics in both languages, scored apart: how the stages do on text unlike any they saw;
 over-refusal: the share of harmless validation questions that mention sensitive topics
 (medicine, law, security, history, violence) which the stage blocks;
 latency: per single text of about 256 tokens, p50 and p95 on this machine (2 cores).
@@ -27,6 +29,7 @@ bench/results/safety_eval.json.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -38,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
 
+OTHER = ROOT / "bench" / "data" / "safety_other_sources.jsonl"  # prompts written here, not from the shared sets
 DEFAULTS = {"classifier": str(ROOT / "runs" / "safety"), "model_sample": 2000, "latency_texts": 200}
 
 
@@ -148,6 +152,23 @@ def main() -> None:
         results["rules+linear (sample)"] = evaluate(sub, [stages["rules+linear"][i] for i in sample],
                                                     "rules+linear (sample)")
         results["cascade (sample)"]["model_share"] = len(unsure) / len(sample)
+    # prompts from other sources than the shared sets (written for this project), every stage
+    from lightseek.safety.data import Example
+
+    other = [Example(r["text"], r["lang"], "other_sources", frozenset(r["categories"]))
+             for r in map(json.loads, OTHER.read_text(encoding="utf-8").splitlines())]
+    o_texts = [e.text for e in other]
+    o_hits = [rules.match(t) for t in o_texts]
+    o_lin = linear.scores(o_texts)
+    other_res = {"linear": evaluate(other, [decide(policy, s, {}) for s in o_lin], "linear"),
+                 "rules+linear": evaluate(other, [decide(policy, s, h) for s, h in zip(o_lin, o_hits)],
+                                          "rules+linear")}
+    if model is not None:
+        o_model = model.scores(o_texts)
+        other_res["model"] = evaluate(other, [decide(policy, s, {}) for s in o_model], "model")
+        other_res["cascade"] = evaluate(other, [decide(policy, m if (not h and policy.uncertain_low <= max(s.values())
+                                                                     < policy.uncertain_high) else s, h)
+                                                for s, m, h in zip(o_lin, o_model, o_hits)], "cascade")
     sens = sensitive_harmless(examples)
     s_dec = mod.check([e.text for e in sens])
     over = {"texts": len(sens), "blocked": sum(d.action == "block" for d in s_dec)}
@@ -175,13 +196,17 @@ def main() -> None:
                   f"{x['recall_at_fpr_0.05']:.3f} |")
         if "openai_moderation_f1" in r:
             print(f"OpenAI moderation held-out F1: {r['openai_moderation_f1']:.3f}")
+    for name, r in other_res.items():
+        print(f"other sources, {name}: " + ", ".join(
+            f"{lang} recall {x['recall']:.3f} FPR {x['fpr']:.3f}" for lang, x in r["by_language"].items()))
     print(f"\nover-refusal on {over['texts']} sensitive harmless questions: {over['rate']:.3f}")
     print("latency per ~256-token text: " + ", ".join(f"{k} p50 {v['p50_ms']:.2f} ms p95 {v['p95_ms']:.2f} ms"
                                                        for k, v in lat.items()))
     stem = result_name("safety_eval", args, {**DEFAULTS, "data": None, "train_model": None})
     out = write_result(stem, {**provenance(), "classifier": {k: getattr(mod, k).card for k in ("linear", "model")
                                                              if getattr(mod, k) is not None},
-                              "validation_texts": len(val), "results": results, "over_refusal": over,
+                              "validation_texts": len(val), "results": results, "other_sources": other_res,
+                              "over_refusal": over,
                               "latency": lat, "settings": {k: getattr(args, k) for k in DEFAULTS}})
     print(f"wrote {out}")
 
