@@ -33,10 +33,16 @@ def role_token(role: str) -> str:
     return f"<|{role}|>"
 
 
-def validate_messages(messages: Any) -> list[dict[str, str]]:
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
+
+
+def validate_messages(messages: Any, tools: bool = False) -> list[dict[str, str]]:
     """Check the shape of a conversation and return it as plain dicts.
 
-    Raises DataError naming the index of the first bad message.
+    With ``tools`` (a conversation for a template with a tool-call format), a message may also
+    have the role "tool" (a tool's result, with its ``tool_call_id``), and an assistant message
+    may carry ``tool_calls`` instead of content. Raises DataError naming the index of the first
+    bad message.
     """
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
         raise DataError(f"chat messages must be a list of dicts, got {type(messages).__name__}")
@@ -47,15 +53,19 @@ def validate_messages(messages: Any) -> list[dict[str, str]]:
         if not isinstance(message, Mapping):
             raise DataError(f"chat message {i} must be a dict, got {type(message).__name__}")
         role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
+        roles = (*ROLES, "tool") if tools else ROLES
+        if role not in roles:
             raise DataError(
-                f"chat message {i}: role must be one of {', '.join(ROLES)}, got {role!r}"
+                f"chat message {i}: role must be one of {', '.join(roles)}, got {role!r}"
             )
+        if content is None and tools and role == "assistant" and message.get("tool_calls"):
+            content = ""
         if not isinstance(content, str):
             raise DataError(
                 f"chat message {i}: content must be a string, got {type(content).__name__}"
             )
-        checked.append({"role": role, "content": content})
+        extra = {k: message[k] for k in TOOL_KEYS if tools and message.get(k) is not None}
+        checked.append({"role": role, "content": content, **extra})
     return checked
 
 
@@ -77,6 +87,7 @@ def encode_chat(
     tokenizer: Tokenizer,
     messages: Sequence[Mapping[str, str]],
     add_generation_prompt: bool = False,
+    tools: list[dict] | None = None,
 ) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation and a loss mask of the same length.
 
@@ -84,9 +95,11 @@ def encode_chat(
     assistant turn: the tokens a model should learn to produce. Everything else (role tags,
     the newlines of the template, system and user turns, a generation prompt) is False.
     """
-    checked = validate_messages(messages)
+    checked = validate_messages(messages, tools=tools is not None)
     if tokenizer.chat is not None:
-        return _encode_template(tokenizer, checked, add_generation_prompt)
+        return _encode_template(tokenizer, checked, add_generation_prompt, tools)
+    if tools is not None:
+        raise DataError("tools need a model whose chat template has a tool-call format")
     end_id = tokenizer.token_id(END_TOKEN)
     newline = tokenizer.encode("\n")
     contents = tokenizer.encode_batch([m["content"] for m in checked])
@@ -144,7 +157,8 @@ def _compile(template: str):
         raise DataError(f"the model's chat template does not compile: {e}") from None
 
 
-def _render_template(tokenizer: Tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+def _render_template(tokenizer: Tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool,
+                     tools: list[dict] | None = None) -> str:
     import jinja2
 
     chat = tokenizer.chat
@@ -154,23 +168,26 @@ def _render_template(tokenizer: Tokenizer, messages: list[dict[str, str]], add_g
     try:
         return _compile(chat.chat_template).render(
             messages=messages, add_generation_prompt=add_generation_prompt, bos_token=chat.bos_token or "",
-            eos_token=chat.eos_token, pad_token=chat.pad_token or "")
+            eos_token=chat.eos_token, pad_token=chat.pad_token or "", **({"tools": tools} if tools else {}))
     except jinja2.exceptions.TemplateError as e:
         raise DataError(f"the model's chat template refused the conversation: {e}") from None
 
 
 def _encode_template(tokenizer: Tokenizer, messages: list[dict[str, str]],
-                     add_generation_prompt: bool) -> tuple[list[int], list[bool]]:
+                     add_generation_prompt: bool, tools: list[dict] | None = None) -> tuple[list[int], list[bool]]:
     """`encode_chat` through the model's own template. The mask is True on assistant content and
     on the template's tokens after it up to and including the turn's end-of-turn token."""
-    marked = [{**m, "content": f"{_OPEN}{i}{_CLOSE}"} for i, m in enumerate(messages)]
-    text = _render_template(tokenizer, marked, add_generation_prompt)
+    # an empty content (an assistant turn that only calls tools) gets no mark: templates test it
+    marked = [{**m, "content": f"{_OPEN}{i}{_CLOSE}"} if m["content"] else m for i, m in enumerate(messages)]
+    text = _render_template(tokenizer, marked, add_generation_prompt, tools)
     pieces: list[tuple[str, int | None]] = []  # (template text, None) or (content, message index)
     for i in range(len(messages)):
+        if not messages[i]["content"]:
+            continue
         mark = f"{_OPEN}{i}{_CLOSE}"
         before, sep, text = text.partition(mark)
         if not sep:  # the template dropped or rewrote this message's content: no exact mask
-            whole = _render_template(tokenizer, messages, add_generation_prompt)
+            whole = _render_template(tokenizer, messages, add_generation_prompt, tools)
             if any(m["role"] == "assistant" for m in messages):
                 raise DataError(f"the model's chat template rewrites message {i}'s content, so the "
                                 "assistant tokens cannot be located for training")

@@ -90,9 +90,11 @@ def inverse_cdf(probs_BV: torch.Tensor, u_B: torch.Tensor, block: int = 128) -> 
 
 @torch.inference_mode()
 def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParams,
-                 stop_ids: Sequence[int] = (), use_cache: bool = True) -> Iterator[int]:
+                 stop_ids: Sequence[int] = (), use_cache: bool = True, vocab: int | None = None) -> Iterator[int]:
     """Yield new token ids one at a time; stops at a stop id (not yielded), ``max_new_tokens``,
-    or the model's context length. ``use_cache=False`` recomputes the whole prefix each step."""
+    or the model's context length. ``use_cache=False`` recomputes the whole prefix each step.
+    ``vocab``: the tokenizer's size, when the model's embedding is padded past it (those rows
+    are never sampled)."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     cfg = model.cfg
@@ -109,6 +111,8 @@ def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParam
     cache = KVCache.for_model(model, batch_size=1, max_len=len(prompt_ids) + budget) if use_cache else None
     logits = model(ids, cache=cache, last_only=True).logits[:, -1]
     for i in range(budget):
+        if vocab is not None and vocab < logits.shape[-1]:
+            logits[:, vocab:] = float("-inf")
         next_id = sample_next(logits, p, generator)                             # (1,)
         tok = int(next_id.item())
         if tok in stop_ids:
@@ -141,7 +145,7 @@ def generate_text(model: Transformer, tokenizer, prompt: str | Sequence[int], p:
                 on_text(text)
 
     prompt_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-    for tok in generate_ids(model, prompt_ids, p, stop_ids=tokenizer.end_ids):
+    for tok in generate_ids(model, prompt_ids, p, stop_ids=tokenizer.end_ids, vocab=tokenizer.vocab_size):
         pending += decoder.push(tok)
         cut = min((pending.find(s) for s in p.stop if s in pending), default=-1)
         if cut >= 0:

@@ -133,6 +133,9 @@ class Engine:
         self.device = next(model.parameters()).device
         self.end_ids = set(tokenizer.end_ids)
         self.grammars = Grammars(tokenizer, model.cfg.vocab_size)
+        # models often pad their embedding past the tokenizer's last id (Qwen2: 151,936 rows for
+        # 151,665 tokens); those rows are untrained and have no text, so they are never sampled
+        self.vocab = min(tokenizer.vocab_size, model.cfg.vocab_size)
 
     # --- requests ------------------------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: GenParams | None = None, adapter: str | None = None) -> Request:
@@ -224,6 +227,8 @@ class Engine:
         todo = first + decode
         if todo:
             logits = torch.stack([r._last_logits for r in todo])
+            if self.vocab < logits.shape[-1]:
+                logits[:, self.vocab:] = float("-inf")
             allowed = logits
             if any(r.constraint is not None for r in todo):  # logprobs still report the model's own
                 allowed = logits.clone()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from lightseek.data.chat import encode_chat, validate_messages
+from lightseek.data.chat import TOOL_KEYS, encode_chat, validate_messages
 from lightseek.errors import LightseekError
 from lightseek.serve.engine import Event, GenParams, QueueFull, Request
 from lightseek.serve.grammar import schema_of
@@ -28,6 +28,7 @@ from lightseek.serve.schemas import (
     TokenizeBody,
     error_response,
 )
+from lightseek.serve.tools import call_format, check_tools, parse_calls, template_has_tools, template_messages
 
 if TYPE_CHECKING:
     from lightseek.platform.accounts import KeyContext
@@ -226,20 +227,28 @@ class Handlers:
             text_of = c["message"] if "message" in c else c
             key = "content" if "message" in c else "text"
             text_of[key] = "" if guard.filtered(r) else guard.redact(text_of[key])
+            if guard.filtered(r):
+                c.pop("finish_reason", None)
+                text_of.pop("tool_calls", None)
             return c
-        out = head(kind) | {"choices": [{"index": i, **whole(r), "finish_reason": self.finish(r)}
+        out = head(kind) | {"choices": [{"index": i, "finish_reason": self.finish(r), **whole(r)}
                                         for i, r in enumerate(reqs)],
                             "usage": self.usage(reqs)}
         return JSONResponse(out, headers=headers) if headers else out
 
-    def chat_ids(self, messages: list[ChatMessage]) -> list[int]:
-        """The conversation's token ids with the generation prompt; a 400 naming a bad message."""
+    def chat_ids(self, messages: list[ChatMessage], tools: list[dict] | None = None) -> list[int]:
+        """The conversation's token ids with the generation prompt (and the tools, for a template
+        with a tool-call format); a 400 naming a bad message."""
         try:
-            msgs = validate_messages([{"role": m.role, "content": m.text(f"messages[{i}]")}
-                                      for i, m in enumerate(messages)])
+            raw = [{"role": m.role, "content": m.text(f"messages[{i}]") if m.content is not None else None,
+                    **{k: v for k, v in (m.model_extra or {}).items() if k in TOOL_KEYS}}
+                   for i, m in enumerate(messages)]
+            if tools is None:
+                raw = [{**m, "content": m["content"] or ""} for m in raw]
+            msgs = validate_messages(template_messages(raw), tools=tools is not None)
+            return encode_chat(self.tokenizer, msgs, add_generation_prompt=True, tools=tools)[0]
         except LightseekError as e:
             raise ApiError(400, f"messages: {e}", param="messages", code="invalid_value") from None
-        return encode_chat(self.tokenizer, msgs, add_generation_prompt=True)[0]
 
     # --- endpoints -------------------------------------------------------------------------------
     async def health(self):
@@ -283,8 +292,16 @@ class Handlers:
         adapter = self.resolve_model(body.model)
         if not body.messages:
             raise ApiError(400, "messages: give at least one message", param="messages", code="invalid_value")
-        body.unsupported_options(self.tokenizer.chat.chat_template if self.tokenizer.chat is not None else None)
-        ids = self.chat_ids(body.messages)
+        template = self.tokenizer.chat.chat_template if self.tokenizer.chat is not None else None
+        body.unsupported_options(template if template_has_tools(template) else None)
+        tools = check_tools(body.tools, body.tool_choice) if body.tools and body.tool_choice != "none" else None
+        if tools is not None:
+            forced = call_format(tools, body.tool_choice)
+            if forced is not None and body.response_format is not None:
+                raise ApiError(400, "response_format: cannot be combined with a required tool call (tool_choice)",
+                               param="response_format", code="invalid_value")
+            body.response_format = forced or body.response_format
+        ids = self.chat_ids(body.messages, tools)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         await moderate_input(self.moderator, [m.text(f"messages[{i}]") for i, m in enumerate(body.messages)
                                               if m.role in ("user", "system")], rid, ctx, "messages")
@@ -298,10 +315,22 @@ class Handlers:
                 d = {"role": "assistant", **d}
             return {"delta": d}
 
-        return await self.respond(
-            body, run, rid, "chat.completion", "chat.completion.chunk", delta,
-            lambda r: {"message": {"role": "assistant", "content": r.text},
-                       "logprobs": _chat_logprobs(r, self.tokenizer) if body.logprobs else None})
+        def choice(r: Request) -> dict:
+            out = {"message": {"role": "assistant", "content": r.text},
+                   "logprobs": _chat_logprobs(r, self.tokenizer) if body.logprobs else None}
+            if tools is not None:
+                content, calls = parse_calls(r.text, {t["function"]["name"] for t in tools})
+                if calls:
+                    out["message"] = {"role": "assistant", "content": content, "tool_calls": calls}
+                    out["finish_reason"] = "tool_calls"
+            return out
+
+        if tools is not None and body.stream:  # a call is only known whole: answer, then send it as chunks
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            body.stream = False
+            whole = await self.respond(body, run, rid, "chat.completion", "chat.completion.chunk", delta, choice)
+            return _as_stream(whole if isinstance(whole, dict) else json.loads(whole.body), include_usage, run[2])
+        return await self.respond(body, run, rid, "chat.completion", "chat.completion.chunk", delta, choice)
 
     async def embeddings(self, body: EmbeddingBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
@@ -399,6 +428,27 @@ class Handlers:
         if self.moderator is not None:
             text += self.moderator.metrics.exposition()
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def _as_stream(resp: dict, include_usage: bool, headers: dict[str, str]) -> StreamingResponse:
+    """A whole chat completion as server-sent chunks: per choice its message as one delta (text
+    or tool calls, each call with its index), then its finish reason; usage last if asked for."""
+    head = {k: resp[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    chunks = []
+    for c in resp["choices"]:
+        msg = dict(c["message"])
+        if "tool_calls" in msg:
+            msg["tool_calls"] = [{"index": j, **call} for j, call in enumerate(msg["tool_calls"])]
+        if msg.get("content") is None:
+            msg.pop("content", None)
+        chunks.append(head | {"choices": [{"index": c["index"], "delta": msg, "logprobs": None,
+                                           "finish_reason": None}]})
+        chunks.append(head | {"choices": [{"index": c["index"], "delta": {}, "logprobs": None,
+                                           "finish_reason": c["finish_reason"]}]})
+    if include_usage:
+        chunks.append(head | {"choices": [], "usage": resp["usage"]})
+    body = "".join(f"data: {json.dumps(x, ensure_ascii=False)}\n\n" for x in chunks) + "data: [DONE]\n\n"
+    return StreamingResponse(iter([body]), media_type="text/event-stream", headers=headers)
 
 
 def _param_of(e: LightseekError, otherwise: str | None) -> str | None:

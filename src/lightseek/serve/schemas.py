@@ -90,15 +90,16 @@ class ChatBody(CommonParams):
     tools: list | None = None
     tool_choice: str | dict | None = None
 
-    def unsupported_options(self, template: str | None) -> None:
-        """A 400 for what this server would otherwise ignore and the client relies on: tools (a
-        template without a tool-call format cannot call them; lightseek does not run tool calls
-        yet)."""
-        if self.tools or self.tool_choice not in (None, "none", "auto"):
-            why = ("this model's chat template has no tool-call format" if not template or "tool" not in template
-                   else "this server does not run tool calls")
-            raise ApiError(400, f"tools: {why}; send the request without tools and tool_choice", param="tools",
-                           code="unsupported_value")
+    def unsupported_options(self, tool_template: str | None) -> None:
+        """A 400 for what this server would otherwise ignore and the client relies on: tools for a
+        model whose chat template (``tool_template``: None when it has no tool-call format)
+        cannot show them, or a tool_choice that names tools the request does not give."""
+        if self.tools and tool_template is None and self.tool_choice != "none":
+            raise ApiError(400, "tools: this model's chat template has no tool-call format; send the request "
+                           "without tools and tool_choice", param="tools", code="unsupported_value")
+        if not self.tools and self.tool_choice not in (None, "none", "auto"):
+            raise ApiError(400, "tool_choice: asks for a tool call but the request gives no tools",
+                           param="tool_choice", code="invalid_value")
 
 
 class TokenizeBody(BaseModel):
