@@ -1,0 +1,45 @@
+"""`lightseek admin` end to end on a SQLite file: organisations, keys, prices, the market,
+invoices, audit; and one-line errors for what a user gets wrong."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+
+def admin(db, *args, ok=True):
+    r = subprocess.run([sys.executable, "-m", "lightseek", "admin", *args, "--db", str(db)], capture_output=True,
+                       text=True, timeout=120)
+    assert (r.returncode == 0) == ok, r.stderr
+    return r
+
+
+def test_admin_cli(tmp_path, secret) -> None:
+    db = tmp_path / "platform.db"
+    admin(db, "init")
+    admin(db, "org-create", "acme", "--plan", "pro", "--spend-limit", "100")
+    admin(db, "org-create", "doctors")
+    out = admin(db, "key-create", "acme", "--name", "ci", "--budget", "5.5", "--rpm", "60").stdout
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("ls-") and len(key) > 40
+    keys = json.loads(admin(db, "key-list", "acme").stdout)
+    assert keys[0]["budget_micros"] == 5_500_000 and keys[0]["prefix"] == key[:11] and "key_hash" not in keys[0]
+    assert key not in db.read_bytes().decode("latin-1")
+    admin(db, "price-set", "base", "--prompt", "0.001", "--completion", "0.003")
+    admin(db, "publish", "med", "--author", "doctors", "--share", "70%")
+    month = time.strftime("%Y-%m", time.gmtime())
+    out = admin(db, "invoice", "acme", "--month", month, "--out", str(tmp_path)).stdout
+    inv = json.loads((tmp_path / f"invoice-acme-{month}.json").read_text())
+    assert inv["subscription_fee_micros"] == 20_000_000 and inv["total"] == "20.000000" and "20.000000" in out
+    assert (tmp_path / f"invoice-acme-{month}.html").is_file()
+    assert "running totals equal the ledger" in admin(db, "audit").stdout
+    admin(db, "key-revoke", key[:11])
+    for args, msg in ((("org-create", "acme"), "exists already"), (("org-create", "x", "--plan", "gold"), "gold"),
+                      (("key-create", "nobody"), "no organisation named 'nobody'"),
+                      (("key-create", "acme", "--budget", "1.0000001"), "at most 6 decimals"),
+                      (("invoice", "acme", "--month", "2026-13"), "not a month"),
+                      (("publish", "med", "--author", "doctors", "--share", "1.5"), "share")):
+        err = admin(db, *args, ok=False).stderr
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
