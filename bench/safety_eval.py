@@ -180,7 +180,10 @@ def main() -> None:
         parts = rng.sample(texts, 12)
         long_texts.append(" ".join(parts)[:1000])
     lat = {}
-    for name, fn in (("linear", lambda t: linear.scores([t])), ("cascade", lambda t: mod.check([t]))):
+    timed = [("rules", lambda t: rules.match(t)), ("linear", lambda t: linear.scores([t]))]
+    if model is not None:
+        timed.append(("model", lambda t: model.scores([t])))
+    for name, fn in (*timed, ("cascade", lambda t: mod.check([t]))):
         times = []
         for t in long_texts:
             t0 = time.perf_counter()
