@@ -66,8 +66,8 @@ def test_moderations_endpoint_and_input_refusal(debug_checkpoint, tiny_classifie
             client.chat.completions.create(model="debug", max_tokens=4, messages=[
                 {"role": "user", "content": "all jews are vermin and should be wiped out"}])
         assert e.value.code == "content_policy_violation"
-        ok = client.chat.completions.create(model="debug", max_tokens=4, messages=[
-            {"role": "user", "content": "how do I make rice for Bob this weekend?"}])
+        ok = client.chat.completions.create(model="debug", max_tokens=4, temperature=0, messages=[
+            {"role": "user", "content": "how do I make rice for Bob this weekend?"}])  # greedy: blank lines
         assert ok.choices[0].finish_reason in ("length", "stop")
         metrics = __import__("urllib.request").request.urlopen(f"{url}/metrics").read().decode()
         assert 'direction="input"' in metrics and 'action="block"' in metrics
