@@ -231,3 +231,37 @@ def test_structured_output_errors_name_the_field(served) -> None:
     with pytest.raises(ConfigError, match="stop strings cannot be combined"):
         GenParams(stop=["}"], response_format={"type": "json_object"})
     assert engine.idle and engine.stats()["free_slots"] == 2
+
+
+def test_a_shared_prompt_prefix_is_computed_once(served, strong_adapter) -> None:
+    """Prefix caching: a prompt that starts as an earlier one (a shared system prompt) reuses the
+    keys and values its slot still holds, and generates exactly what it would without them."""
+    model, tok = served
+    system = tok.encode("You are a helpful assistant who answers in the words of the plays. " * 2)
+    asks = [tok.encode(t) for t in ("What say you?", "My lord, I", "Enter the king")]
+    assert len(system) > 32
+    engine = Engine(model, tok, max_slots=2, prefill_chunk=16)
+    first = engine.generate([system + asks[0]], GenParams(max_tokens=6, temperature=0))[0]
+    assert first.output_ids == alone(model, tok, system + asks[0], 6, temperature=0)
+    assert engine.stats()["prefix_hit_tokens"] == 0
+    # the same prompt again reuses all but its last token, and still answers the same
+    again = engine.generate([system + asks[0]], GenParams(max_tokens=6, temperature=0))[0]
+    assert again.output_ids == first.output_ids
+    hits = engine.stats()["prefix_hit_tokens"]
+    assert hits == len(system + asks[0]) - 1
+    later = engine.generate([system + a for a in asks[1:]], GenParams(max_tokens=6, temperature=0))
+    for a, r in zip(asks[1:], later):
+        assert r.output_ids == alone(model, tok, system + a, 6, temperature=0)
+    assert engine.stats()["prefix_hit_tokens"] - hits >= len(system)  # one of them reused the system prompt
+    # keys computed under an adapter are never reused for another adapter (or none)
+    strong_adapter(model, "shakes")
+    try:
+        tuned = Engine(model, tok, max_slots=1, prefill_chunk=16)
+        tuned.generate([system + asks[0]], GenParams(max_tokens=4, temperature=0))
+        r = tuned.generate([system + asks[0]], GenParams(max_tokens=4, temperature=0), adapters=["shakes"])[0]
+        assert tuned.stats()["prefix_hit_tokens"] == 0
+        assert r.output_ids == alone(model, tok, system + asks[0], 4, temperature=0, adapter="shakes")
+    finally:
+        from lightseek.adapters.lora import remove_adapter
+
+        remove_adapter(model, "shakes")

@@ -133,6 +133,10 @@ class Engine:
         self.device = next(model.parameters()).device
         self.end_ids = set(tokenizer.end_ids)
         self.grammars = Grammars(tokenizer, model.cfg.vocab_size)
+        # prefix caching: the tokens whose keys and values each free slot still holds (and the
+        # adapter they were computed with); a new prompt that starts the same way skips that part
+        self.slot_tokens: list[tuple[str | None, list[int]]] = [(None, [])] * max_slots
+        self.prefix_hit_tokens = 0
         # models often pad their embedding past the tokenizer's last id (Qwen2: 151,936 rows for
         # 151,665 tokens); those rows are untrained and have no text, so they are never sampled
         self.vocab = min(tokenizer.vocab_size, model.cfg.vocab_size)
@@ -194,6 +198,8 @@ class Engine:
         if req.id in self.running:
             del self.running[req.id]
         if req.slot is not None:
+            held = (req.prompt_ids + req.output_ids)[:self.cache.lengths[req.slot]]
+            self.slot_tokens[req.slot] = (req.adapter, held)
             self.cache.reset(req.slot)
             bisect.insort(self.free_slots, req.slot)
             req.slot = None
@@ -206,6 +212,7 @@ class Engine:
     def stats(self) -> dict:
         used = sum(self.cache.lengths)
         return {"running": len(self.running), "waiting": len(self.waiting), "free_slots": len(self.free_slots),
+                "prefix_hit_tokens": self.prefix_hit_tokens,
                 "kv_tokens_used": used, "kv_tokens_total": self.cache.n_slots * self.max_len,
                 "kv_usage": used / (self.cache.n_slots * self.max_len)}
 
@@ -213,7 +220,7 @@ class Engine:
     def step(self) -> list[Event]:
         while self.waiting and self.free_slots:
             req = self.waiting.popleft()
-            req.slot = self.free_slots.pop(0)  # the lowest free slot: running rows stay packed
+            self._admit(req)
             self.running[req.id] = req
         events: list[Event] = []
         prefilling = [r for r in self.running.values() if r.prefilled < len(r.prompt_ids)]
@@ -239,6 +246,29 @@ class Engine:
             for r, tok, row in zip(todo, tokens, logits):
                 events.append(self._accept(r, tok, row))
         return events
+
+    def _admit(self, req: Request) -> None:
+        """Give ``req`` a slot: the free slot whose kept tokens share the longest prefix with its
+        prompt (same adapter, at least MIN_PREFIX tokens: that part is not computed again), else
+        the lowest free one, so that running rows stay packed."""
+        best, common = self.free_slots[0], 0
+        for slot in self.free_slots:
+            adapter, held = self.slot_tokens[slot]
+            if adapter != req.adapter or len(held) <= common:
+                continue
+            n = _common_prefix(held, req.prompt_ids)
+            if n > common:
+                best, common = slot, n
+        common = min(common, len(req.prompt_ids) - 1)  # the last prompt token is run: its logits are needed
+        if common < MIN_PREFIX:
+            best, common = self.free_slots[0], 0
+        self.free_slots.remove(best)
+        req.slot = best
+        if common:
+            self.cache.lengths[best] = common
+            req.prefilled = common
+            self.prefix_hit_tokens += common
+        self.slot_tokens[best] = (None, [])
 
     def _prefill_chunk(self, req: Request) -> None:
         start = req.prefilled
@@ -327,3 +357,14 @@ def _safe_prefix(text: str, stops: list[str]) -> int:
                 keep = min(keep, len(text) - n)
                 break
     return keep
+
+
+MIN_PREFIX = 16  # tokens: shorter shared prefixes are not worth leaving the packed slot order for
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -413,6 +413,8 @@ class Handlers:
             "# TYPE lightseek_requests_running gauge", f"lightseek_requests_running {st['running']}",
             "# TYPE lightseek_requests_waiting gauge", f"lightseek_requests_waiting {st['waiting']}",
             "# TYPE lightseek_slots_free gauge", f"lightseek_slots_free {st['free_slots']}",
+            "# TYPE lightseek_prefix_cache_hit_tokens_total counter",
+            f"lightseek_prefix_cache_hit_tokens_total {st['prefix_hit_tokens']}",
             "# TYPE lightseek_engine_steps_total counter", f"lightseek_engine_steps_total {m['steps']}",
             "# TYPE lightseek_batch_size_mean gauge",
             f"lightseek_batch_size_mean {m['batch_sum'] / max(m['steps'], 1):.4f}",
