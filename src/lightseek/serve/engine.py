@@ -118,7 +118,7 @@ class Event:
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, max_slots: int = 16, max_waiting: int = 64,
-                 prefill_chunk: int = 64, max_len: int | None = None):
+                 prefill_chunk: int = 64, max_len: int | None = None, prefix_cache: bool = True):
         if max_slots < 1 or max_waiting < 0 or prefill_chunk < 1:
             raise ConfigError("max_slots and prefill_chunk must be >= 1 and max_waiting >= 0")
         self.model = model.eval()
@@ -137,6 +137,7 @@ class Engine:
         # adapter they were computed with); a new prompt that starts the same way skips that part
         self.slot_tokens: list[tuple[str | None, list[int]]] = [(None, [])] * max_slots
         self.prefix_hit_tokens = 0
+        self.prefix_cache = prefix_cache
         # models often pad their embedding past the tokenizer's last id (Qwen2: 151,936 rows for
         # 151,665 tokens); those rows are untrained and have no text, so they are never sampled
         self.vocab = min(tokenizer.vocab_size, model.cfg.vocab_size)
@@ -260,7 +261,7 @@ class Engine:
             if n > common:
                 best, common = slot, n
         common = min(common, len(req.prompt_ids) - 1)  # the last prompt token is run: its logits are needed
-        if common < MIN_PREFIX:
+        if common < MIN_PREFIX or not self.prefix_cache:
             best, common = self.free_slots[0], 0
         self.free_slots.remove(best)
         req.slot = best
