@@ -392,6 +392,17 @@ def safety_sources() -> str:
     return table(["source", *(f"{n}: recall / FPR" for n in names)], rows, "l" + "r" * len(names))
 
 
+def prefix_cache() -> str:
+    d = result("prefix_cache")
+    rows = [[name, f"{r['ttft_ms_p50']:.0f}", f"{r['ttft_ms_mean']:.0f}", f"{r['prefix_hit_tokens']:,}"]
+            for name, r in d["rows"].items()]
+    return (table(["prefix cache", "time to first token p50 (ms)", "mean (ms)", "prompt tokens reused"], rows,
+                  "lrrr")
+            + f"\n{d['settings']['questions']} requests of {d['mean_prompt_tokens']:.0f} prompt tokens on average, one "
+              f"after another; {d['ttft_speedup']:.1f}x faster to the first token with the cache; greedy outputs "
+              f"{'identical' if d['outputs_identical'] else '**different**'}.\n")
+
+
 def serve_ceiling() -> str:
     d = result("serve_ceiling")
     hf = d["transformers_generate"]["output_tok_s"]
@@ -796,7 +807,8 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/routing.md": {"routing_en": routing_table("en"), "routing_zh": routing_table("zh"),
                                 "routing_targets": routing_targets},
     "docs/results/core.md": {"quickstart": quickstart, "train_throughput": train_throughput},
-    "docs/results/adapters.md": {"adapters_main": adapters_main, "adapters_scale": adapters_scale},
+    "docs/results/adapters.md": {"adapters_main": adapters_main, "adapters_scale": adapters_scale,
+                                 "adapters_real": adapters_real},
     "docs/results/moefy.md": {"moefy_curve": moefy_curve, "moefy_targets": moefy_targets,
                               "moefy_granularity": moefy_granularity, "moefy_layers": moefy_layers,
                               "moefy_kinds": moefy_kinds, "moefy_healed_tasks": moefy_healed_tasks,
@@ -804,8 +816,11 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/moe_layer.md": {"moe_layer_summary": moe_layer_summary, "moe_layer_configs": moe_layer_configs},
     "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor,
-                                "grammar_libs": grammar_libs, "structured": structured},
+                                "grammar_libs": grammar_libs, "structured": structured,
+                                "prefix_cache": prefix_cache},
     "docs/results/platform.md": {"platform_overhead": platform_overhead},
+    "docs/results/safety.md": {"safety_stages": safety_stages, "safety_other": safety_other,
+                               "safety_sources": safety_sources},
 }
 
 
