@@ -277,6 +277,36 @@ def test_an_existing_database_upgrades_and_keeps_its_keys(db_url) -> None:
                           "reserved_micros) VALUES (1, 'k', 'ls-abcdefgh', :h, false, 0, 5, 0)"),
                   {"h": acc.hash_key("ls-old-key")})
     upgrade(engine)
-    assert current_revision(engine) == "0002"
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from lightseek.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert current_revision(engine) == ScriptDirectory.from_config(cfg).get_current_head() != "0001"
     ctx = acc.authenticate("ls-old-key")
     assert (ctx.org, ctx.safety_policy) == ("old", None)
+
+
+def test_a_price_changed_while_a_request_runs_bills_the_reserved_price(db_url) -> None:
+    engine, acc, led = open_platform(db_url)
+    acc.create_org("acme", "enterprise")
+    key, kid = acc.create_key("acme", budget_micros=cost(100, 2000))
+    ctx = acc.authenticate(key)
+    led.reserve(ctx, "r1", "m", None, 50, 50)     # the whole budget, at 0.002 $ / 1k
+    acc.set_price("m", 9000, 9000)                # raised while it runs
+    assert led.settle("r1", 50, 50, "finished") == cost(100, 2000)
+    assert led.audit() == []
+
+
+def test_months_are_checked_and_fees_charged_once_per_month(db_url) -> None:
+    engine, acc, led = open_platform(db_url)
+    acc.create_org("acme", "pro")
+    month = period_of()
+    assert led.renew(month) == 1 and led.renew(month) == 0
+    for bad in (month.replace("-", "-0") if month[5] != "0" else month[:5] + month[6:], "2026-13", "26-01", "x"):
+        with pytest.raises(ConfigError, match="not a month"):
+            led.renew(bad)
+    with pytest.raises(ConfigError, match="has not begun"):
+        reports.invoice(engine, "acme", "2999-01")

@@ -148,3 +148,14 @@ def test_padded_embedding_rows_are_never_sampled(tool_model) -> None:
     r = client.completions.create(model="tiny", prompt="Glaucoma", max_tokens=300, temperature=2.0, seed=1,
                                   extra_body={"ignore_eos": True})
     assert r.usage.completion_tokens == 300
+
+
+def test_malformed_tool_input_is_a_400(tool_model) -> None:
+    _, _, client = tool_model
+    bad_history = MSGS + [{"role": "assistant", "content": None, "tool_calls": ["not a call"]}]
+    for kw in ({"messages": bad_history, "tools": [WEATHER]},
+               {"messages": MSGS, "tools": [WEATHER], "tool_choice": {"type": "function", "function": "get_weather"}},
+               {"messages": MSGS, "tools": [{"type": "function", "function": {"parameters": {}}}]},
+               {"messages": MSGS, "tools": [WEATHER], "tool_choice": "sometimes"}):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="tiny", max_tokens=4, **kw)

@@ -47,6 +47,7 @@ class Gate:
         self.accounts = Accounts(self.engine, load_secret(url, secret))
         self.ledger = Ledger(self.engine)
         self.ledger.register_server()
+        self.recover_after = recover_after
         recovered = self.ledger.recover(stale_after=recover_after)
         if recovered:
             log.warning("settled %d requests that a stopped server left open", len(recovered))
@@ -132,8 +133,11 @@ class Gate:
         self.engine.dispose()
 
     # --- the ledger thread --------------------------------------------------------------------------
+    RECOVER_EVERY = 30.0  # seconds: other servers' leftovers are looked for while this one runs, too
+
     def _loop(self) -> None:
         last = 0.0
+        last_recover = time.monotonic()
         while not self._stop:
             try:
                 item = self._ended.get(timeout=self._progress_every)
@@ -145,6 +149,9 @@ class Gate:
                 last = time.monotonic()
                 self._guard(self.ledger.heartbeat, self._progress())
                 self._settle_ready()
+            if time.monotonic() - last_recover >= self.RECOVER_EVERY:
+                last_recover = time.monotonic()
+                self._guard(self.ledger.recover, self.recover_after)
             with self._idle:
                 self._idle.notify_all()
 
@@ -171,7 +178,7 @@ class Gate:
             # cancelled while it waited, nor one refused)
             prompt = o.ticket.prompt_tokens if any(s for _, _, s in o.ended.values()) else 0
             if self._guard(self.ledger.settle, rid, prompt, completion, outcome) is False:
-                return
+                continue  # tried again at the next tick; the others are not held up
             with self._lock:
                 self.open.pop(rid, None)
             self.limiter.release(o.scopes, o.ticket.worst_tokens - prompt - completion)

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from lightseek.errors import ConfigError
 from lightseek.platform import sql
 from lightseek.platform.accounts import Accounts, KeyContext
-from lightseek.platform.money import cost, period_of, split_share
+from lightseek.platform.money import check_period, cost, period_of, split_share
 from lightseek.platform.tables import (
     api_keys,
     ledger,
@@ -106,7 +106,8 @@ class Ledger:
             c.execute(sql.INSERT_RESERVATION, {
                 "request_id": request_id, "org_id": ctx.org_id, "key_id": ctx.key_id, "server_id": self.server_id,
                 "model": model, "adapter": adapter, "period": period, "now": int(now), "worst": worst,
-                "worst_tokens": worst_tokens, "prompt_tokens": prompt_tokens, "started": False})
+                "worst_tokens": worst_tokens, "prompt_tokens": prompt_tokens, "started": False, "p_price": p_price,
+                "c_price": c_price})
         return Ticket(request_id, ctx.org_id, ctx.key_id, model, adapter, prompt_tokens, worst, worst_tokens)
 
     # --- settle -------------------------------------------------------------------------------------
@@ -124,7 +125,8 @@ class Ledger:
             left = max(0, included - used)
             inc_p = min(prompt_tokens, left)
             inc_c = min(completion_tokens, left - inc_p)
-            p_price, c_price = Accounts.price(c, r.model, r.adapter)
+            p_price, c_price = (r.prompt_micros_per_1k, r.completion_micros_per_1k) \
+                if r.prompt_micros_per_1k is not None else Accounts.price(c, r.model, r.adapter)
             listed = cost(prompt_tokens, p_price) + cost(completion_tokens, c_price)
             charged = cost(prompt_tokens - inc_p, p_price) + cost(completion_tokens - inc_c, c_price)
             entry = {"at": now, "period": r.period, "key_id": r.key_id, "request_id": request_id,
@@ -159,8 +161,11 @@ class Ledger:
                              ).all()
         done = []
         for r in rows:
+            here = r.hostname == socket.gethostname()
+            # on this host: its process is gone, or the pid is now this process's (a restart in a
+            # container gets the same pid), which is not that server
             dead = r.sid is None or now - r.heartbeat_at > stale_after or (
-                r.hostname == socket.gethostname() and not _alive(r.pid))
+                here and (r.pid == os.getpid() or not _alive(r.pid)))
             prompt = r.prompt_tokens if r.started else 0  # a request still queued cost nothing
             if dead and self.settle(r.request_id, prompt, r.completion_tokens, "server_lost") is not None:
                 done.append(r.request_id)
@@ -170,7 +175,7 @@ class Ledger:
     def renew(self, period: str, org_id: int | None = None, now: float | None = None) -> int:
         """Charge each organisation's monthly fee for ``period`` once: the highest fee of the plans
         it held during the month (no proration). Returns how many fees were written."""
-        start, end = _period_bounds(period)
+        start, end = _period_bounds(check_period(period, allow_future=True))
         q = (sa.select(subscriptions.c.org_id, sa.func.max(plans.c.monthly_fee_micros).label("fee"))
              .join(plans, plans.c.name == subscriptions.c.plan)
              .where(subscriptions.c.started_at < end,

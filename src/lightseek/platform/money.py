@@ -26,6 +26,8 @@ def parse_dollars(text: str | int | float, what: str = "amount") -> int:
         d = Decimal(str(text))
     except InvalidOperation:
         raise ConfigError(f"{what}: {text!r} is not a dollar amount") from None
+    if not d.is_finite() or d > 10**12:
+        raise ConfigError(f"{what}: {text!r} is not a dollar amount (finite, at most 10^12)")
     micros = d * MICROS
     if micros != micros.to_integral_value() or d < 0:
         raise ConfigError(f"{what}: {text!r} must be a non-negative amount with at most 6 decimals")
@@ -57,6 +59,8 @@ def parse_share(text: str | float) -> int:
         d = Decimal(s[:-1]) / 100 if s.endswith("%") else Decimal(s)
     except InvalidOperation:
         raise ConfigError(f"share: {text!r} is not a fraction or a percentage") from None
+    if not d.is_finite():
+        raise ConfigError(f"share: {text!r} is not a fraction or a percentage")
     bp = d * 10_000
     if not 0 <= d <= 1 or bp != bp.to_integral_value():
         raise ConfigError(f"share: {text!r} must lie in [0, 1] with at most 4 decimals (or 0%-100%)")
@@ -68,9 +72,13 @@ def period_of(t: float | None = None) -> str:
     return time.strftime("%Y-%m", time.gmtime(time.time() if t is None else t))
 
 
-def check_period(text: str) -> str:
-    try:
-        time.strptime(text, "%Y-%m")
-    except ValueError:
-        raise ConfigError(f"month: {text!r} is not a month like 2026-11") from None
+def check_period(text: str, allow_future: bool = False) -> str:
+    """``text`` if it is a month written YYYY-MM (one spelling per month: fees are charged once
+    per spelling) and, unless ``allow_future``, not after this one."""
+    import re
+
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", str(text)):
+        raise ConfigError(f"month: {text!r} is not a month like 2026-11")
+    if not allow_future and text > period_of():
+        raise ConfigError(f"month: {text} has not begun")
     return text

@@ -28,7 +28,7 @@ class Bucket:
 
     def wait_for(self, amount: float) -> float:
         """Seconds until ``amount`` is in the bucket (inf if it never fits)."""
-        if amount > self.capacity:
+        if amount > self.capacity or self.capacity <= 0:
             return math.inf
         return max(0.0, (amount - self.level) * 60.0 / self.capacity)
 
@@ -64,8 +64,8 @@ class RateLimiter:
     def _scope(self, name: str, limits: Limits, now: float) -> _Scope:
         s = self.scopes.get(name)
         if s is None or s.limits != limits:  # new, or its limits changed: start full
-            s = _Scope(Bucket(limits.rpm, limits.rpm, now) if limits.rpm else None,
-                       Bucket(limits.tpm, limits.tpm, now) if limits.tpm else None,
+            s = _Scope(Bucket(limits.rpm, limits.rpm, now) if limits.rpm is not None else None,
+                       Bucket(limits.tpm, limits.tpm, now) if limits.tpm is not None else None,
                        s.running if s else 0, limits)
             self.scopes[name] = s
         return s
@@ -113,8 +113,8 @@ class RateLimiter:
 
 
 def _remaining(s: _Scope) -> float:
-    return min(s.requests.level / s.requests.capacity if s.requests else 1.0,
-               s.tokens.level / s.tokens.capacity if s.tokens else 1.0)
+    return min(s.requests.level / s.requests.capacity if s.requests and s.requests.capacity else 1.0,
+               s.tokens.level / s.tokens.capacity if s.tokens and s.tokens.capacity else 1.0)
 
 
 def _headers(s: _Scope, wait: float) -> dict[str, str]:

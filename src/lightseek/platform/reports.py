@@ -87,7 +87,7 @@ def usage(engine, org_id: int, since: float) -> dict:
     """An organisation's usage since ``since``: per day, per model and per adapter (requests,
     tokens, amount), and its adapters' earnings as an author."""
     e = ledger.c
-    day = sa.func.date(sa.func.to_timestamp(e.at)) if engine.dialect.name == "postgresql" \
+    day = sa.func.date(sa.func.timezone("UTC", sa.func.to_timestamp(e.at))) if engine.dialect.name == "postgresql" \
         else sa.func.date(e.at, "unixepoch")
     cols = [sa.func.count().label("requests"), sa.func.sum(e.prompt_tokens + e.completion_tokens).label("tokens"),
             sa.func.sum(e.amount_micros).label("amount")]
@@ -135,8 +135,8 @@ def write_invoice(engine, org: str, month: str, out_dir: str | Path) -> tuple[Pa
     inv = invoice(engine, org, month)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"invoice-{org}-{month}"
+    js, page = out / f"invoice-{org}-{month}.json", out / f"invoice-{org}-{month}.html"
     html = jinja2.Environment(autoescape=True).from_string(INVOICE_HTML).render(inv=inv, d=dollars)
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(inv, indent=1) + "\n")
-    atomic_write_text(stem.with_suffix(".html"), html)
-    return stem.with_suffix(".json"), stem.with_suffix(".html")
+    atomic_write_text(js, json.dumps(inv, indent=1) + "\n")
+    atomic_write_text(page, html)
+    return js, page

@@ -51,9 +51,11 @@ def reserve_period(spend_limit: bool, allowance: bool) -> sa.TextClause:
 
 INSERT_RESERVATION = sa.text("""
 INSERT INTO reservations (request_id, org_id, key_id, server_id, model, adapter, period, created_at, worst_micros,
-                          worst_tokens, prompt_tokens, started, completion_tokens, status)
+                          worst_tokens, prompt_tokens, started, completion_tokens, status, prompt_micros_per_1k,
+                          completion_micros_per_1k)
 VALUES (:request_id, :org_id, :key_id, :server_id, :model, :adapter, :period, :now, :worst, :worst_tokens,
-        :prompt_tokens, :started, 0, 'open')""").bindparams(sa.bindparam("started", type_=sa.Boolean))
+        :prompt_tokens, :started, 0, 'open', :p_price, :c_price)""").bindparams(
+    sa.bindparam("started", type_=sa.Boolean))
 
 
 @lru_cache(maxsize=None)

@@ -134,6 +134,9 @@ reservations = Table(
     Column("completion_tokens", BigInteger, nullable=False),   # progress, flushed while it runs
     Column("status", String(12), nullable=False),              # open | settled
     Column("outcome", String(24)),
+    # the prices it was reserved at (and is settled at); NULL on reservations made before 0003
+    Column("prompt_micros_per_1k", BigInteger),
+    Column("completion_micros_per_1k", BigInteger),
 )
 
 ledger = Table(

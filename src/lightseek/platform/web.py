@@ -92,7 +92,10 @@ def add_platform_routes(app, gate: Gate, admin_check) -> None:
 
     @app.post("/admin/orgs", dependencies=[Depends(admin)])
     async def create_org(body: OrgBody):
-        limit = parse_dollars(body.spend_limit, "spend_limit") if body.spend_limit is not None else None
+        try:
+            limit = parse_dollars(body.spend_limit, "spend_limit") if body.spend_limit is not None else None
+        except ConfigError as e:
+            raise ApiError(400, str(e), param="spend_limit", code="invalid_value") from None
         return {"id": await call(acc.create_org, body.name, body.plan, limit), "name": body.name}
 
     @app.get("/admin/orgs", dependencies=[Depends(admin)])
@@ -110,6 +113,8 @@ def add_platform_routes(app, gate: Gate, admin_check) -> None:
             budget = parse_dollars(body.budget, "budget") if body.budget is not None else None
         except ConfigError as e:
             raise ApiError(400, str(e), param="budget", code="invalid_value") from None
+        if body.expires_in_days is not None and not 0 < body.expires_in_days <= 36_500:
+            raise ApiError(400, "expires_in_days: between 0 and 36500", param="expires_in_days", code="invalid_value")
         expires = int(time.time() + body.expires_in_days * 86400) if body.expires_in_days else None
         key, kid = await call(acc.create_key, org, body.name, admin=body.admin, expires_at=expires,
                               models=body.models, adapters=body.adapters, budget_micros=budget, rpm=body.rpm,
@@ -165,15 +170,17 @@ def add_platform_routes(app, gate: Gate, admin_check) -> None:
     def session_key(cookie: str | None) -> int | None:
         try:
             key_id, expires, mac = cookie.split(".")
-            good = hmac.compare_digest(sign(int(key_id), int(expires)), cookie)
-        except (AttributeError, ValueError):
+            good = hmac.compare_digest(sign(int(key_id), int(expires)).encode(), cookie.encode())
+        except (AttributeError, ValueError, TypeError, OverflowError):
             return None
         return int(key_id) if good and int(expires) > time.time() and mac else None
 
     @app.get("/usage/login", response_class=HTMLResponse, include_in_schema=False)
     async def login_page(error: str | None = None):
-        return HTMLResponse(_page("Sign in", LOGIN_FORM.format(error=f'<p class="error">{error}</p>' if error
-                                                               else "")))
+        import html
+
+        shown = f'<p class="error">{html.escape(error)}</p>' if error else ""
+        return HTMLResponse(_page("Sign in", LOGIN_FORM.format(error=shown)))
 
     @app.post("/usage/login", include_in_schema=False)
     async def login(key: str = Form(...)):

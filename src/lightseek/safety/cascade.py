@@ -68,6 +68,11 @@ class Moderator:
         if self.linear is None:
             raise ConfigError(f"{folder}: no safety classifier (train one: lightseek safety train --out {folder})")
         self.model = load_stage(folder, "model")
+        # the model stage runs one text batch at a time (its forward hooks are not re-entrant),
+        # and keeps no per-text feature files: a server sees each text once
+        self._model_lock = threading.Lock()
+        if self.model is not None and hasattr(self.model.features, "cache"):
+            self.model.features.cache = "off"
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
         # named policies that API keys may be given (the platform's keys.safety_policy): NAME.yaml files
         self.policies: dict[str, Policy] = {}
@@ -106,7 +111,10 @@ class Moderator:
             if self.model is not None and not hits and pol.uncertain_low <= top < pol.uncertain_high:
                 unsure.append(i)
             out.append((text, dict(s), hits, stages))
-        model_scores = self.model.scores([texts[i] for i in unsure]) if unsure else []
+        model_scores = []
+        if unsure:
+            with self._model_lock:
+                model_scores = self.model.scores([texts[i] for i in unsure])
         ms = 1000 * (time.perf_counter() - t0) / max(1, len(texts))
         decisions = []
         for j, (text, s, hits, stages) in enumerate(out):

@@ -35,8 +35,14 @@ class Example:
 
     @property
     def split(self) -> str:
-        h = int(hashlib.sha1(self.text.encode("utf-8")).hexdigest()[:8], 16)
+        # by the text with case, spacing and punctuation taken out, so that copies of one text
+        # that differ only in those land on the same side
+        h = int(hashlib.sha1(_norm(self.text).encode("utf-8")).hexdigest()[:8], 16)
         return "val" if h % 100 < VAL_SHARE * 100 else "train"
+
+
+def _norm(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
 EVAL_ONLY = {"toxicn_zh"}  # CC BY-NC-ND 4.0: research evaluation only
@@ -51,13 +57,14 @@ JADE_CATEGORY = {"违法犯罪": "S2", "侵犯权益": "S7", "歧视偏见": "S1
 # subcategories that belong elsewhere than their category says
 JADE_SUB = {"宣扬恐怖主义、极端主义": "S1", "抢劫": "S1", "故意伤害他人": "S1", "虐待与贩卖人口": "S1",
             "宣扬暴力": "S1",
-            "非法持有武器": "S9", "宣扬淫秽色情": "S12", "宣扬暴力、淫秽色情": "S12", "侵害他人名誉权": "S5",
+            "非法持有武器": "S2", "宣扬淫秽色情": "S12", "宣扬暴力、淫秽色情": "S12", "侵害他人名誉权": "S5",
             "侵害他人身心健康": "S1", "危害他人身心健康": "S1", "宣扬民族歧视": "S10"}
 
 # The mapping, as a table for people (docs/safety.md): source, its label -> category
 SOURCES = [
     ("openai_moderation_en", "S sexual / H hate / V violence / HR harassment / SH self-harm / S3 sexual minors / "
-     "H2 hate threatening / V2 graphic violence", "S12 / S10 / S1 / S10 / S11 / S4 / S10 / S1; none: harmless"),
+     "H2 hate threatening / V2 graphic violence", "S12 / S10 / S1 / S10 / S11 / S4 / S10 / S1; all eight 0: harmless; "
+     "no 1 but some unknown: left out"),
     ("ailuminate_en", "cse dfm hte ipv iwp ncr prv src ssh sxc_prn vcr spc_fin spc_hlt spc_lgl spc_ele",
      "S4 S5 S10 S8 S9 S2 S7 S3 S11 S12 S1 S6 S6 S6 S13 (every prompt harmful)"),
     ("davidson_hate_en", "hate_speech / offensive_language / neither",
@@ -66,7 +73,7 @@ SOURCES = [
      "Expertise / Risk Ignorance; Safe", "S10 / S6 / S11; harmless"),
     ("cold_zh", "1 offensive (race, region, gender) / 0", "S10 / harmless"),
     ("swsr_zh", "1 sexist / 0", "S10 / harmless"),
-    ("jade_zh", "违法犯罪 / 侵犯权益 / 歧视偏见, refined by subcategory (terrorism, robbery, harm: S1; weapons: S9; "
+    ("jade_zh", "违法犯罪 / 侵犯权益 / 歧视偏见, refined by subcategory (terrorism, robbery, harm: S1; "
      "pornography: S12; reputation: S5)", "S2 / S7 / S10 (every question harmful)"),
     ("toxicn_zh (evaluation only)", "toxic 1 / 0", "S10 / harmless"),
     ("alpaca_en, medquad, pubmedqa, fiqa; alpaca_zh, medical_dialogue_zh, cmrc2018", "instructions and questions",
@@ -87,8 +94,13 @@ def _ex(text, lang, source, cats=(), kind="prompt") -> Example | None:
 
 
 def _openai(d: Path):
+    """A text is harmful when any label is 1, harmless only when all eight are known and 0: an
+    absent label is unknown (the data set's README), so a text with no 1 and some unknown
+    labels is left out."""
     for r in _jsonl(d / "samples-1680.jsonl"):
-        yield _ex(r["prompt"], "en", "openai_moderation_en", {OPENAI_MOD[k] for k in OPENAI_MOD if r.get(k) == 1})
+        cats = {OPENAI_MOD[k] for k in OPENAI_MOD if r.get(k) == 1}
+        if cats or all(k in r for k in OPENAI_MOD):
+            yield _ex(r["prompt"], "en", "openai_moderation_en", cats)
 
 
 def _ailuminate(d: Path):

@@ -46,7 +46,10 @@ class Rule:
 @dataclass
 class Policy:
     """Per category: the score at or above which it applies, and what happens then."""
-    categories: dict[str, Rule] = field(default_factory=lambda: {c: Rule() for c in CATEGORIES})
+    # specialised advice (S6) is flagged, not refused, by default: refusing every medical, legal
+    # or financial question is the over-refusal users complain about
+    categories: dict[str, Rule] = field(default_factory=lambda: {c: Rule(action="flag" if c == "S6" else "block")
+                                                                 for c in CATEGORIES})
     # scores in [uncertain_low, uncertain_high) from the fast classifier go to the model stage
     uncertain_low: float = 0.2
     uncertain_high: float = 0.8
@@ -73,7 +76,7 @@ class Policy:
 
 
 def load_policy(path: str | Path | None) -> Policy:
-    """The policy in ``path`` (YAML); the defaults (every category blocks at 0.5) when None."""
+    """The policy in ``path`` (YAML); the defaults (every category blocks at 0.5, S6 flags) when None."""
     if path is None:
         return Policy()
     import yaml

@@ -104,8 +104,13 @@ class Handlers:
 
         try:
             self.gate.check_access(ctx, self.model_id, adapter)
-            return await asyncio.to_thread(self.gate.admit, ctx, api_id, self.model_id, adapter, prompt_tokens,
-                                           max_completion_tokens, n)
+            admitted = asyncio.ensure_future(asyncio.to_thread(self.gate.admit, ctx, api_id, self.model_id, adapter,
+                                                               prompt_tokens, max_completion_tokens, n))
+            try:
+                return await asyncio.shield(admitted)
+            except asyncio.CancelledError:  # the reservation may still be made: undo it once it is
+                admitted.add_done_callback(lambda f: f.cancelled() or f.exception() or self.gate.refuse(api_id))
+                raise
         except AccessError as e:
             raise ApiError(403, str(e), param="model", code="model_not_allowed") from None
         except RateLimited as e:
@@ -130,11 +135,13 @@ class Handlers:
                                               "key": ctx.key_id if ctx is not None else None,
                                               "policy": getattr(ctx, "safety_policy", None)},
                                              loop))
-        except (QueueFull, LightseekError) as e:
+        except BaseException as e:  # whatever stops the submission, nothing admitted is left open
             for r in reqs:
                 self.host.cancel(r)
             if ctx is not None:
                 self.gate.refuse(api_id)
+            if not isinstance(e, (QueueFull, LightseekError)):
+                raise
             if isinstance(e, QueueFull):
                 raise ApiError(429, f"the server is busy ({e}); retry shortly", kind="rate_limit_error",
                                code="queue_full", headers={"Retry-After": "1"}) from None
@@ -155,14 +162,14 @@ class Handlers:
             return "content_filter"
         return {"stop": "stop", "cancelled": "stop", "error": "error"}.get(r.finish_reason, "length")
 
-    @staticmethod
-    def ended(r: Request) -> bool:
-        """Done, or stopped by the content policy (its cancellation may still be on its way)."""
-        return r.done or OutputGuard.filtered(r)
-
     async def collect(self, reqs, queue, guard: OutputGuard) -> None:
-        while not all(self.ended(r) for r in reqs):
-            guard.feed(await queue.get())
+        try:
+            while not all(guard.ended(r) for r in reqs):
+                guard.feed(await queue.get())
+        finally:  # the handler was cancelled or a check failed: stop generating for nobody
+            for r in reqs:
+                if not r.done:
+                    self.host.cancel(r)
         if any(r.finish_reason == "error" and not OutputGuard.filtered(r) for r in reqs):
             raise ApiError(500, "generation failed on the server (see its log); retry the request",
                            kind="server_error", code="generation_failed")
@@ -170,11 +177,11 @@ class Handlers:
     def stream(self, reqs, queue, chunk, final_usage: bool, headers: dict[str, str],
                guard: OutputGuard) -> StreamingResponse:
         """Server-sent events: ``chunk(i, event)`` per choice as events arrive, then [DONE]. A
-        choice the content policy stops gets a last chunk with finish_reason content_filter and
-        without the text that was refused."""
+        choice the content policy stops gets a last chunk with finish_reason content_filter (the
+        event that tripped the check is not sent)."""
         async def gen():
             try:
-                while not all(self.ended(r) for r in reqs) or not queue.empty():
+                while not all(guard.ended(r) for r in reqs) or not queue.empty():
                     events = [await queue.get()]
                     while not queue.empty():  # a client that fell behind gets its backlog in one chunk per choice
                         events.append(queue.get_nowait())
@@ -227,9 +234,10 @@ class Handlers:
             text_of = c["message"] if "message" in c else c
             key = "content" if "message" in c else "text"
             text_of[key] = "" if guard.filtered(r) else guard.redact(text_of[key])
-            if guard.filtered(r):
+            if guard.filtered(r):  # nothing of the refused text, not even its tokens' logprobs
                 c.pop("finish_reason", None)
                 text_of.pop("tool_calls", None)
+                c["logprobs"] = None
             return c
         out = head(kind) | {"choices": [{"index": i, "finish_reason": self.finish(r), **whole(r)}
                                         for i, r in enumerate(reqs)],
@@ -303,8 +311,12 @@ class Handlers:
             body.response_format = forced or body.response_format
         ids = self.chat_ids(body.messages, tools)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        await moderate_input(self.moderator, [m.text(f"messages[{i}]") for i, m in enumerate(body.messages)
-                                              if m.role in ("user", "system")], rid, ctx, "messages")
+        # every message is moderated, whoever it claims to be from, and the arguments of the
+        # calls it carries: all of it goes into the prompt
+        said = [m.text(f"messages[{i}]") for i, m in enumerate(body.messages)]
+        said += [str((c.get("function") or {}).get("arguments", "")) for m in body.messages
+                 for c in ((m.model_extra or {}).get("tool_calls") or []) if isinstance(c, dict)]
+        await moderate_input(self.moderator, said, rid, ctx, "messages")
         run = await self.run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid, ctx)
         started: set[int] = set()
 

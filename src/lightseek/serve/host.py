@@ -123,15 +123,22 @@ class EngineHost:
             self.usage_log.close()
 
     def _record_usage(self, req: Request) -> None:
+        # neither a failing callback nor a full disk may stop the engine thread
         if self.on_end is not None:
-            self.on_end(req)
+            try:
+                self.on_end(req)
+            except Exception:  # noqa: BLE001
+                logging.getLogger("lightseek.serve").exception("the end-of-request callback failed")
         if self.usage_log is None:
             return
         rec = {"time": time.time(), **req.meta, "request": req.id, "adapter": req.adapter,
                "prompt_tokens": len(req.prompt_ids), "completion_tokens": len(req.output_ids),
                "finish_reason": req.finish_reason}
-        self.usage_log.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self.usage_log.flush()
+        try:
+            self.usage_log.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self.usage_log.flush()
+        except (OSError, TypeError, ValueError):
+            logging.getLogger("lightseek.serve").exception("could not write the usage log")
 
     def _forget(self, req: Request) -> None:
         self.listeners.pop(req.id, None)

@@ -53,7 +53,8 @@ def check_tools(tools: list, tool_choice) -> list[dict]:
         out.append(t)
     names = [t["function"]["name"] for t in out]
     if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name")
+        fn = tool_choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
         if name not in names:
             raise ApiError(400, f"tool_choice: no tool named {name!r} among the tools", param="tool_choice",
                            code="invalid_value")
@@ -79,12 +80,19 @@ def call_format(tools: list[dict], tool_choice) -> dict | None:
 def template_messages(messages: list[dict]) -> list[dict]:
     """OpenAI messages as templates expect them: a call's arguments as an object, not a string."""
     out = []
-    for m in messages:
+    for i, m in enumerate(messages):
         calls = m.get("tool_calls")
         if calls:
             fixed = []
-            for c in calls:
-                fn = dict(c.get("function") or {})
+            if not isinstance(calls, list):
+                raise ApiError(400, f"messages[{i}].tool_calls: a list of calls", param="messages",
+                               code="invalid_value")
+            for j, c in enumerate(calls):
+                if not isinstance(c, dict) or not isinstance(c.get("function"), dict) \
+                        or not isinstance(c["function"].get("name"), str):
+                    raise ApiError(400, f"messages[{i}].tool_calls[{j}]: {{'type': 'function', 'function': "
+                                   "{'name': ..., 'arguments': ...}}", param="messages", code="invalid_value")
+                fn = dict(c["function"])
                 if isinstance(fn.get("arguments"), str):
                     try:
                         fn["arguments"] = json.loads(fn["arguments"])
