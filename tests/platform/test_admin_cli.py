@@ -27,6 +27,9 @@ def test_admin_cli(tmp_path, secret) -> None:
     keys = json.loads(admin(db, "key-list", "acme").stdout)
     assert keys[0]["budget_micros"] == 5_500_000 and keys[0]["prefix"] == key[:11] and "key_hash" not in keys[0]
     assert key not in db.read_bytes().decode("latin-1")
+    assert "rpm 6000" in admin(db, "org-limits", "acme", "--rpm", "6000", "--concurrency", "64").stdout
+    orgs = {o["name"]: o for o in json.loads(admin(db, "org-list").stdout)}
+    assert (orgs["acme"]["rpm"], orgs["acme"]["concurrency"], orgs["acme"]["spend_limit_micros"]) == (6000, 64, 10**8)
     admin(db, "price-set", "base", "--prompt", "0.001", "--completion", "0.003")
     admin(db, "publish", "med", "--author", "doctors", "--share", "70%")
     month = time.strftime("%Y-%m", time.gmtime())

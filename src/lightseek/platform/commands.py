@@ -49,6 +49,14 @@ def cmd_admin(args, overrides) -> int:
         elif a == "org-plan":
             acc.set_plan(args.org, args.plan)
             print(f"{args.org} is on the {args.plan} plan from now")
+        elif a == "org-limits":
+            values = {k: getattr(args, k) for k in ("rpm", "tpm", "concurrency") if getattr(args, k) is not None}
+            if args.spend_limit is not None:
+                values["spend_limit_micros"] = parse_dollars(args.spend_limit, "--spend-limit")
+            if not values:
+                raise ConfigError("give at least one of --rpm, --tpm, --concurrency, --spend-limit")
+            acc.set_org_limits(args.org, **values)
+            print(f"{args.org}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
         elif a == "user-add":
             _print({"id": acc.add_user(args.org, args.email, args.role)})
         elif a == "key-create":
@@ -124,6 +132,12 @@ def add_admin_commands(sub, add: Callable) -> None:
     p = action("org-plan", "Move an organisation to another plan from now.")
     p.add_argument("org")
     p.add_argument("plan")
+    p = action("org-limits", "Set an organisation's own limits over its plan's (enterprise terms).")
+    p.add_argument("org")
+    p.add_argument("--rpm", type=int, help="requests per minute")
+    p.add_argument("--tpm", type=int, help="tokens per minute")
+    p.add_argument("--concurrency", type=int, help="requests at once")
+    p.add_argument("--spend-limit", help="a monthly spend cap in dollars")
     p = action("user-add", "Add a user to an organisation.")
     p.add_argument("org")
     p.add_argument("email")
