@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# fixtures of some test folders, as plugins: a conftest.py in a folder would shadow this one,
+# which tests import as `conftest`; the repository root makes `tests.` importable however pytest runs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+pytest_plugins = ["tests.platform.databases", "tests.safety.tiny_data"]
 
 
 def corpus_text() -> str:

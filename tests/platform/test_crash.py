@@ -82,7 +82,7 @@ def test_a_killed_server_leaves_nothing_unsettled_after_restart(debug_checkpoint
 def test_two_server_processes_on_postgresql_never_spend_past_a_budget(debug_checkpoint, request, secret) -> None:
     """64 requests at once, split between two `lightseek serve` processes on one PostgreSQL
     database, on a key whose budget covers 10 of them."""
-    from tests.platform.conftest import _fresh_pg_database
+    from tests.platform.databases import _fresh_pg_database
     from tests.platform.test_server import call
 
     url_db, drop = _fresh_pg_database(request.getfixturevalue("pg_server"))

@@ -221,7 +221,7 @@ def test_64_concurrent_requests_never_spend_past_a_budget_for_10(db_url) -> None
 
 
 def test_two_processes_on_postgresql_never_spend_past_a_budget(request) -> None:
-    from tests.platform.conftest import _fresh_pg_database
+    from tests.platform.databases import _fresh_pg_database
 
     url, drop = _fresh_pg_database(request.getfixturevalue("pg_server"))
     try:

@@ -1,6 +1,8 @@
-"""Databases for the platform tests: a SQLite file, and a real PostgreSQL server that the session
-starts in a folder of its own (initdb, pg_ctl; as the postgres user when run as root) and removes
-afterwards. ``LIGHTSEEK_TEST_PG=postgresql://...`` uses a running server instead."""
+"""Fixtures, loaded by tests/conftest.py as a plugin (a conftest.py here would shadow the root
+one, which other tests import as `conftest`). Databases for the platform tests: a SQLite file,
+and a real PostgreSQL server that the session starts in a folder of its own (initdb, pg_ctl; as
+the postgres user when run as root) and removes afterwards.
+``LIGHTSEEK_TEST_PG=postgresql://...`` uses a running server instead."""
 
 from __future__ import annotations
 
@@ -14,9 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("sqlalchemy", reason="the platform needs SQLAlchemy (pip install -e .[platform])")
-pytest.importorskip("alembic", reason="the platform needs Alembic (pip install -e .[platform])")
 
 
 def _pg_bindir() -> str | None:
@@ -80,6 +79,8 @@ def _fresh_pg_database(admin_url: str) -> tuple[str, callable]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     """A new, empty database: a SQLite file, then a PostgreSQL database."""
+    pytest.importorskip("sqlalchemy", reason="the platform needs SQLAlchemy (pip install -e .[platform])")
+    pytest.importorskip("alembic", reason="the platform needs Alembic (pip install -e .[platform])")
     if request.param == "sqlite":
         yield str(tmp_path / "platform.db")
         return

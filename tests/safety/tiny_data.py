@@ -1,5 +1,7 @@
-"""A small shared-data folder in the shared sets' own formats (synthetic texts), and a
-classifier trained on it, so that the safety tests run in seconds without the real data."""
+"""Fixtures, loaded by tests/conftest.py as a plugin (a conftest.py here would shadow the root
+one, which other tests import as `conftest`). A small shared-data folder in the shared sets' own
+formats (synthetic texts), and a classifier trained on it, so that the safety tests run in
+seconds without the real data."""
 
 from __future__ import annotations
 
@@ -7,8 +9,6 @@ import json
 import random
 
 import pytest
-
-pytest.importorskip("sklearn", reason="the safety classifiers need scikit-learn (pip install -e .[data])")
 
 GROUPS = ["immigrants", "women", "foreigners", "muslims", "jews", "gays", "old people", "northerners"]
 NAMES = ["Tom", "Anna", "the judge", "my neighbour", "the teacher", "that reporter", "the mayor", "Bob"]
@@ -48,6 +48,7 @@ def tiny_shared(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_shared, tmp_path_factory):
+    pytest.importorskip("sklearn", reason="the safety classifiers need scikit-learn (pip install -e .[data])")
     from lightseek.safety.commands import train
 
     out = tmp_path_factory.mktemp("safety")
