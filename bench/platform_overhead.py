@@ -126,9 +126,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lightseek-platform-bench-"))
     db = str(tmp / "platform.db")
     env = dict(os.environ)  # the key secret: the file the platform keeps beside its SQLite database
-    from lightseek.platform.commands import _open
+    from lightseek.platform.ledger import open_store
 
-    engine, acc, _ = _open(argparse.Namespace(db=db))
+    engine, acc, _ = open_store(db)
     acc.create_org("bench", "enterprise")
     key, _ = acc.create_key("bench", "bench")
     engine.dispose()

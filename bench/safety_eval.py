@@ -91,14 +91,11 @@ def evaluate(examples, decisions, stage: str) -> dict:
 
 
 def decide(policy, scores: dict, hits: dict) -> dict:
-    from lightseek.safety.classifier import ANY
-    from lightseek.safety.policy import CATEGORIES
+    """What the cascade decides from one stage's scores and the rules that matched."""
+    from lightseek.safety.cascade import combine
 
-    s = {c: scores.get(c, 0.0) for c in CATEGORIES}
-    for c in hits:
-        s[c] = 1.0
-    _, cats = policy.action(s)
-    return {"harmful": 1.0 if hits else scores.get(ANY, 0.0), "categories": cats}
+    _, harmful, _, cats = combine(policy, scores, hits)
+    return {"harmful": harmful, "categories": cats}
 
 
 def main() -> None:

@@ -15,18 +15,15 @@ from lightseek.db import connect, normalise_url, upgrade
 from lightseek.errors import ConfigError
 from lightseek.platform import reports
 from lightseek.platform.accounts import Accounts, AuthError
-from lightseek.platform.ledger import BudgetError, Ledger
+from lightseek.platform.ledger import BudgetError, Ledger, open_store
 from lightseek.platform.money import cost, dollars, parse_dollars, parse_share, period_of, split_share
 from lightseek.platform.tables import ledger, metadata, reservations
 
 
 def open_platform(url: str, secret: str = "s"):
-    url = normalise_url(url)
-    engine = connect(url)
-    upgrade(engine)
-    led = Ledger(engine)
+    engine, acc, led = open_store(url, secret)
     led.register_server()
-    return engine, Accounts(engine, secret.encode()), led
+    return engine, acc, led
 
 
 def rows(engine, table, *where):

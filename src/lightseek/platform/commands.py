@@ -14,18 +14,13 @@ DB_ENV = "LIGHTSEEK_PLATFORM_DB"
 
 
 def _open(args):
-    """(engine, accounts, ledger) of the database, migrated to the current schema."""
-    from lightseek.db import connect, normalise_url, upgrade
-    from lightseek.platform.accounts import Accounts, load_secret
-    from lightseek.platform.ledger import Ledger
+    """(engine, accounts, ledger) of the database ``--db`` names, migrated to the current schema."""
+    from lightseek.platform.ledger import open_store
 
     url = args.db or os.environ.get(DB_ENV)
     if not url:
         raise ConfigError(f"give the platform's database with --db (a SQLite file or postgresql://...) or {DB_ENV}")
-    url = normalise_url(url)
-    engine = connect(url)
-    upgrade(engine)
-    return engine, Accounts(engine, load_secret(url)), Ledger(engine, server_id="admin")
+    return open_store(url, server_id="admin")
 
 
 def _print(obj) -> None:

@@ -17,9 +17,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from lightseek.db import connect, normalise_url, upgrade
-from lightseek.platform.accounts import Accounts, KeyContext, load_secret
-from lightseek.platform.ledger import Ledger, Ticket
+from lightseek.platform.accounts import KeyContext
+from lightseek.platform.ledger import Ticket, open_store
 from lightseek.platform.ratelimit import Limits, RateLimiter
 
 log = logging.getLogger("lightseek.platform")
@@ -41,11 +40,7 @@ class _Open:
 class Gate:
     def __init__(self, url: str, secret: str | bytes | None = None, *, progress_every: float = 1.0,
                  recover_after: float = 60.0):
-        url = normalise_url(url)
-        self.engine = connect(url)
-        upgrade(self.engine)
-        self.accounts = Accounts(self.engine, load_secret(url, secret))
-        self.ledger = Ledger(self.engine)
+        self.engine, self.accounts, self.ledger = open_store(url, secret)
         self.ledger.register_server()
         self.recover_after = recover_after
         recovered = self.ledger.recover(stale_after=recover_after)

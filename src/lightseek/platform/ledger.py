@@ -241,3 +241,17 @@ def _period_bounds(period: str) -> tuple[int, int]:
     start = calendar.timegm((y, m, 1, 0, 0, 0))
     end = calendar.timegm((y + m // 12, m % 12 + 1, 1, 0, 0, 0))
     return start, end
+
+
+def open_store(url: str, secret: str | bytes | None = None, server_id: str | None = None):
+    """(engine, accounts, ledger) of the platform's database at ``url`` (a SQLite path or a
+    PostgreSQL URL), its schema brought to the current revision: what the server's gate, the
+    admin command and the benchmarks all start from."""
+    from lightseek.db import connect, normalise_url, upgrade
+    from lightseek.platform.accounts import load_secret
+
+    url = normalise_url(url)
+    engine = connect(url)
+    upgrade(engine)
+    return engine, Accounts(engine, load_secret(url, secret)), Ledger(engine, server_id)
+

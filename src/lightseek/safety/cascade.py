@@ -28,6 +28,14 @@ def language(text: str) -> str:
     return "zh" if len(_CJK.findall(text)) / letters >= 0.2 else "en"
 
 
+def combine(policy: Policy, scores: dict[str, float], hits: dict[str, str]) -> tuple[dict, float, str, list]:
+    """One text's final category scores, "harmful" score, action and categories over threshold,
+    from a learned stage's ``scores`` and the categories whose rules matched (those score 1)."""
+    final = {c: 1.0 if c in hits else scores.get(c, 0.0) for c in CATEGORIES}
+    action, cats = policy.action(final)
+    return final, 1.0 if hits else scores.get(ANY, 0.0), action, cats
+
+
 @dataclass
 class Decision:
     scores: dict[str, float]                 # per category (S1-S13), the final score
@@ -116,19 +124,17 @@ class Moderator:
             with self._model_lock:
                 model_scores = self.model.scores([texts[i] for i in unsure])
         ms = 1000 * (time.perf_counter() - t0) / max(1, len(texts))
+        second = dict(zip(unsure, model_scores))  # text index -> the model stage's scores
         decisions = []
         for j, (text, s, hits, stages) in enumerate(out):
             stage = "linear"
-            if j in unsure:
-                m = model_scores[unsure.index(j)]
-                stages["model"] = {k: round(v, 4) for k, v in m.items()}
-                s, stage = m, "model"
-            scores = {c: s.get(c, 0.0) for c in CATEGORIES}
-            for c in hits:
-                scores[c], stage = 1.0, "rules"
-            action, cats = pol.action(scores)
-            d = Decision(scores, max(s.get(ANY, 0.0), *(scores[c] for c in hits)) if hits else s.get(ANY, 0.0),
-                         action, cats, stage, stages, language(text), ms)
+            if j in second:
+                s, stage = second[j], "model"
+                stages["model"] = {k: round(v, 4) for k, v in s.items()}
+            if hits:
+                stage = "rules"
+            scores, harmful, action, cats = combine(pol, s, hits)
+            d = Decision(scores, harmful, action, cats, stage, stages, language(text), ms)
             decisions.append(d)
             self.metrics.record(d, direction)
             if self.audit is not None:

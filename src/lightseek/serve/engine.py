@@ -199,8 +199,9 @@ class Engine:
         if req.id in self.running:
             del self.running[req.id]
         if req.slot is not None:
-            held = (req.prompt_ids + req.output_ids)[:self.cache.lengths[req.slot]]
-            self.slot_tokens[req.slot] = (req.adapter, held)
+            if self.prefix_cache:
+                held = (req.prompt_ids + req.output_ids)[:self.cache.lengths[req.slot]]
+                self.slot_tokens[req.slot] = (req.adapter, held)
             self.cache.reset(req.slot)
             bisect.insort(self.free_slots, req.slot)
             req.slot = None
@@ -253,7 +254,7 @@ class Engine:
         prompt (same adapter, at least MIN_PREFIX tokens: that part is not computed again), else
         the lowest free one, so that running rows stay packed."""
         best, common = self.free_slots[0], 0
-        for slot in self.free_slots:
+        for slot in self.free_slots if self.prefix_cache else ():
             adapter, held = self.slot_tokens[slot]
             if adapter != req.adapter or len(held) <= common:
                 continue
@@ -261,7 +262,7 @@ class Engine:
             if n > common:
                 best, common = slot, n
         common = min(common, len(req.prompt_ids) - 1)  # the last prompt token is run: its logits are needed
-        if common < MIN_PREFIX or not self.prefix_cache:
+        if common < MIN_PREFIX:
             best, common = self.free_slots[0], 0
         self.free_slots.remove(best)
         req.slot = best

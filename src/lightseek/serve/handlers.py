@@ -233,11 +233,13 @@ class Handlers:
             c = choice(r)
             text_of = c["message"] if "message" in c else c
             key = "content" if "message" in c else "text"
-            text_of[key] = "" if guard.filtered(r) else guard.redact(text_of[key])
             if guard.filtered(r):  # nothing of the refused text, not even its tokens' logprobs
+                text_of[key] = ""
                 c.pop("finish_reason", None)
                 text_of.pop("tool_calls", None)
                 c["logprobs"] = None
+            else:
+                text_of[key] = guard.redact(text_of[key])
             return c
         out = head(kind) | {"choices": [{"index": i, "finish_reason": self.finish(r), **whole(r)}
                                         for i, r in enumerate(reqs)],

@@ -33,12 +33,12 @@ async def moderate_input(moderator, texts: list[str], request_id: str, ctx, para
     key's policy is not configured here (checked before anything runs)."""
     if moderator is None:
         return
-    policy_of(moderator, ctx)
+    policy = policy_of(moderator, ctx)
     texts = [t for t in texts if t]
     if not texts:
         return
     decisions = await asyncio.to_thread(moderator.check, texts, "input", request_id,
-                                        ctx.key_id if ctx is not None else None, policy_of(moderator, ctx))
+                                        ctx.key_id if ctx is not None else None, policy)
     blocked = sorted({c for d in decisions if d.action == "block" for c in d.categories})
     if blocked:
         from lightseek.safety.policy import CATEGORIES
