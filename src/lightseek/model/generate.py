@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from lightseek.model.decode import DecodeStep
 from lightseek.model.kv_cache import KVCache
 from lightseek.model.sampling import SamplingParams
 from lightseek.model.transformer import Transformer
@@ -90,11 +91,13 @@ def inverse_cdf(probs_BV: torch.Tensor, u_B: torch.Tensor, block: int = 128) -> 
 
 @torch.inference_mode()
 def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParams,
-                 stop_ids: Sequence[int] = (), use_cache: bool = True, vocab: int | None = None) -> Iterator[int]:
+                 stop_ids: Sequence[int] = (), use_cache: bool = True, vocab: int | None = None,
+                 fast: bool = True) -> Iterator[int]:
     """Yield new token ids one at a time; stops at a stop id (not yielded), ``max_new_tokens``,
     or the model's context length. ``use_cache=False`` recomputes the whole prefix each step.
     ``vocab``: the tokenizer's size, when the model's embedding is padded past it (those rows
-    are never sampled)."""
+    are never sampled). Tokens after the prompt go through the one-sequence decode step
+    (`model.decode`) where it covers the model; ``fast=False`` uses the model's forward."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     cfg = model.cfg
@@ -110,6 +113,7 @@ def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParam
     # the cache holds what this call can reach, not the model's whole context (8k for a real model)
     cache = KVCache.for_model(model, batch_size=1, max_len=len(prompt_ids) + budget) if use_cache else None
     logits = model(ids, cache=cache, last_only=True).logits[:, -1]
+    step = DecodeStep.of(model) if use_cache and fast else None  # None: the model's own forward
     for i in range(budget):
         if vocab is not None and vocab < logits.shape[-1]:
             logits[:, vocab:] = float("-inf")
@@ -121,7 +125,9 @@ def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParam
         if i == budget - 1:
             return
         ids = torch.cat([ids, next_id[:, None]], dim=1)
-        if cache is not None:
+        if step is not None:
+            logits = step(next_id, cache)
+        elif cache is not None:
             logits = model(next_id[:, None], cache=cache, last_only=True).logits[:, -1]
         else:
             logits = model(ids, last_only=True).logits[:, -1]

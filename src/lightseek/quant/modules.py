@@ -134,6 +134,20 @@ class QuantLinear(_QuantWeights):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x)
 
+    @classmethod
+    def fuse(cls, mods: list[QuantLinear]) -> QuantLinear | None:
+        """One layer computing the outputs of ``mods`` side by side: their codes, scales and
+        offsets stacked along the output rows; None unless they share input width, bits and
+        groups. The decode step issues one packed product where there were several with it
+        (model/decode.py)."""
+        first = mods[0]
+        if any((m.bits, m.group, m.in_features) != (first.bits, first.group, first.in_features) for m in mods):
+            return None
+        zeros = None if first.zeros is None else torch.cat([m.zeros for m in mods])
+        qt = QTensor(first.bits, first.group, torch.cat([m.qweight for m in mods]),
+                     torch.cat([m.scales for m in mods]), zeros, first.in_features)
+        return cls(qt, first.kernel)
+
     def extra_repr(self) -> str:
         g = f", group={self.group}" if self.bits == 4 else ""
         return f"in={self.in_features}, out={self.out_features}, bits={self.bits}{g}, kernel={self.kernel}"

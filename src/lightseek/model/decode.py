@@ -1,0 +1,171 @@
+"""One sequence, one token at a time: the decode step `generate_ids` runs after the prompt.
+
+`Transformer.forward` serves every case: chunks of any length, per-row positions and masks for
+continuous batching, adapters chosen per row, gradient checkpointing. Decoding a single sequence
+needs none of that, and at batch one on a CPU a step's time is mostly the cost of issuing
+operations, not arithmetic (a quantized SmolLM2-135M reads 130 MB of weights per token). The
+step here computes the same thing with fewer operations:
+
+- the query, key and value projections as one product (and, for quantized layers, whose kernels
+  cost more per call, the gate and up projections of the FFN as one);
+- the new key and value written straight into the cache, and attention over a view of it;
+- no masks, position tensors, routing-state lookups or adapter checks.
+
+MoE layers run through their own module (dropless dispatch, routing statistics as usual). A
+model the step does not cover (latent attention, adapters chosen per row) decodes through
+`Transformer.forward`; `DecodeStep.unsupported` says why. The fused weights are built once and
+kept on the model until its weights change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightseek.model.kv_cache import KVCache
+from lightseek.model.moe import MoE, SwiGLU
+
+Product = Callable[[torch.Tensor], torch.Tensor]
+
+
+def fused(mods: Sequence[nn.Module]) -> tuple[Product, list[torch.Tensor]] | None:
+    """One product computing ``torch.cat([m(x) for m in mods], -1)``, and the tensors it was
+    built from (to notice when they change); None when the layers cannot be fused (adapters).
+
+    Plain linear layers concatenate their weights; other layers fuse when their class offers
+    ``fuse(mods)`` and it accepts them (quantized layers of one format: codes and scales
+    concatenate along the output rows)."""
+    if all(type(m) is nn.Linear for m in mods):
+        weight = torch.cat([m.weight.detach() for m in mods])
+        has_bias = [m.bias is not None for m in mods]
+        bias = None
+        if any(has_bias):
+            bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
+                              for m in mods])
+        return (lambda x: F.linear(x, weight, bias)), [t for m in mods for t in (m.weight, m.bias) if t is not None]
+    kind = type(mods[0])
+    fuse = getattr(kind, "fuse", None)
+    product = fuse(mods) if fuse is not None and all(type(m) is kind for m in mods) else None
+    if product is None:
+        return None
+    return product, [t for m in mods for t in m.buffers()]
+
+
+def separate(mods: Sequence[nn.Module]) -> Product:
+    return lambda x: torch.cat([m(x) for m in mods], -1)
+
+
+class DecodeStep:
+    """The decode step of one model for one sequence (see the module's docstring)."""
+
+    @staticmethod
+    def unsupported(model) -> str | None:
+        """Why the step cannot decode ``model`` (None when it can)."""
+        from lightseek.model.transformer import Attention
+
+        if getattr(model, "lora_selection", None) is not None:
+            return "adapters are chosen per row"
+        for block in model.layers:
+            if type(block.attn) is not Attention:
+                return f"{type(block.attn).__name__} layers"
+            if not isinstance(block.ffn, (SwiGLU, MoE)):
+                return f"{type(block.ffn).__name__} feed-forward layers"
+        return None
+
+    def __init__(self, model):
+        reason = self.unsupported(model)
+        if reason:
+            raise ValueError(f"the one-sequence decode step does not cover this model: {reason}")
+        self.model, self.cfg = model, model.cfg
+        self.sources: list[torch.Tensor] = []
+        self.layers = []
+        for block in model.layers:
+            a, f = block.attn, block.ffn
+            qkv = self._product([a.wq, a.wk, a.wv])
+            w13 = None
+            if isinstance(f, SwiGLU) and type(f.w1) is not nn.Linear:  # see `_product`
+                w13 = self._product([f.w1, f.w3])
+            self.layers.append((block, qkv, w13))
+        self.version = self._version()
+
+    def _product(self, mods) -> Product:
+        # fp32 products at this size are bound by memory traffic: fusing the FFN's gate and up
+        # weights saves nothing measurable there and would copy 200 MB for SmolLM2, so only the
+        # attention projections (and every quantized layer, whose kernels are bound by calls) fuse
+        built = fused(mods)
+        if built is None:
+            return separate(mods)
+        product, sources = built
+        self.sources += sources
+        return product
+
+    def _version(self) -> tuple:
+        return tuple((t.data_ptr(), t._version) for t in self.sources)
+
+    @classmethod
+    def of(cls, model) -> DecodeStep | None:
+        """The model's step, built on first use and rebuilt when its weights have changed; None
+        when the step does not cover the model."""
+        if cls.unsupported(model):
+            return None
+        step = model.__dict__.get("_decode_step")
+        if step is None or step.version != step._version() or step.model is not model:
+            # built as ordinary tensors even when called under inference mode: those do not
+            # count their versions, which is how the step and the packed kernels see a change
+            with torch.inference_mode(False), torch.no_grad():
+                step = cls(model)
+            model.__dict__["_decode_step"] = step  # not a submodule: not saved, not moved
+        return step
+
+    def __call__(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """fp32 logits (1, V) after ``token`` (a (1,) tensor) at position ``cache.length``; its
+        keys and values go into ``cache`` (one row), which advances by one."""
+        model, cfg = self.model, self.cfg
+        pos = cache.length
+        if pos + 1 > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} tokens; {pos + 1} requested")
+        if pos + 1 > cfg.max_seq_len:
+            raise ValueError(f"sequence of {pos + 1} tokens exceeds max_seq_len {cfg.max_seq_len}")
+        Hq, Hk, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        rs = cfg.residual_scale
+        first = max(0, pos + 1 - cfg.sliding_window) if cfg.sliding_window else 0
+        cos, sin = model.rope_cos[pos], model.rope_sin[pos]
+        x = model.embed(token)                                                    # (1, D)
+        if cfg.embed_scale != 1.0:
+            x = x * cfg.embed_scale
+        for i, (block, qkv, w13) in enumerate(self.layers):
+            a = block.attn
+            t = qkv(block.attn_norm(x))
+            q, k, v = t.split([Hq * d, Hk * d, Hk * d], -1)
+            if a.qk_norm == "full":
+                q, k = a.q_norm(q), a.k_norm(k)
+            q, k = q.view(Hq, d), k.view(Hk, d)
+            if a.qk_norm == "head":
+                q, k = a.q_norm(q), a.k_norm(k)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            keys, values = cache.k[i], cache.v[i]
+            keys[0, :, pos] = k
+            values[0, :, pos] = v.view(Hk, d)
+            y = F.scaled_dot_product_attention(q.view(1, Hq, 1, d), keys[:, :, first:pos + 1],
+                                               values[:, :, first:pos + 1], scale=a.scale, enable_gqa=Hq != Hk)
+            out = a.wo(y.view(1, Hq * d))
+            x = x + out * rs if rs != 1.0 else x + out
+            h = block.ffn_norm(x)
+            if w13 is not None:
+                u = w13(h)
+                H = u.shape[-1] // 2
+                out = block.ffn.w2(F.silu(u[:, :H]) * u[:, H:])
+            else:
+                out = block.ffn(h[None])[0] if isinstance(block.ffn, MoE) else block.ffn(h)
+            x = x + out * rs if rs != 1.0 else x + out
+        cache.advance(1)
+        logits = model.head(model.norm(x)).float()
+        return logits * cfg.logits_scale if cfg.logits_scale != 1.0 else logits
+
+
+def _rope(x_Hd: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x_Hd.float().chunk(2, -1)  # rotate-half, as `transformer.apply_rope`
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).to(x_Hd.dtype)

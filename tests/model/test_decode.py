@@ -1,0 +1,137 @@
+"""The one-sequence decode step (model/decode.py) against the model's own forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightseek.model.config import preset
+from lightseek.model.decode import DecodeStep, fused
+from lightseek.model.generate import generate_ids
+from lightseek.model.kv_cache import KVCache
+from lightseek.model.sampling import SamplingParams
+from lightseek.model.transformer import Transformer
+
+VARIANTS = {
+    "dense": dict(router_mode="dense"),
+    "topk": dict(router_mode="topk"),
+    "dynamic": dict(router_mode="dynamic"),
+    "qwen2-like": dict(router_mode="dense", qkv_bias=True, o_bias=True),
+    "qwen3-like": dict(router_mode="topk", qk_norm="head"),
+    "full qk norm": dict(router_mode="dense", qk_norm="full"),
+    "sliding window": dict(router_mode="dense", sliding_window=8),
+    "granite-like": dict(router_mode="topk", embed_scale=12.0, residual_scale=0.22, logits_scale=0.125,
+                         attn_scale=0.015625),
+    "multi-head": dict(router_mode="dense", n_kv_heads=4),
+}
+
+
+def _model(seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(preset("debug", **overrides))
+    with torch.no_grad():  # sharp, varied expert choices and non-zero biases
+        for m in model.moe_layers():
+            m.router.weight.normal_(0, 0.5)
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.1)
+    return model.eval()
+
+
+def _step_against_forward(model: Transformer, steps: int = 24, prompt: int = 10) -> float:
+    """Largest |logit difference| between the step and `Transformer.forward`, each on its own
+    cache, over ``steps`` tokens after a ``prompt``-token prefill."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.cfg.vocab_size, (1, prompt + steps), generator=g)
+    worst = 0.0
+    with torch.inference_mode():
+        ours, theirs = KVCache.for_model(model, 1, prompt + steps), KVCache.for_model(model, 1, prompt + steps)
+        model(ids[:, :prompt], cache=ours)
+        model(ids[:, :prompt], cache=theirs)
+        step = DecodeStep.of(model)
+        for t in range(prompt, prompt + steps):
+            a = step(ids[0, t:t + 1], ours)
+            b = model(ids[:, t:t + 1], cache=theirs).logits[:, -1]
+            worst = max(worst, (a - b).abs().max().item())
+        assert ours.length == theirs.length == prompt + steps
+    return worst
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_step_equals_the_forward(variant):
+    """Every attention and FFN variant the step covers gives the forward's logits, token after
+    token, past the sliding window where there is one."""
+    assert _step_against_forward(_model(**VARIANTS[variant])) < 1e-4
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 32)])
+def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
+    from lightseek.quant.apply import quantize
+    from lightseek.quant.config import QuantConfig
+    from lightseek.quant.modules import QuantLinear
+
+    model = quantize(_model(router_mode="dense"), QuantConfig(bits=bits, group_size=group or 32))
+    with torch.inference_mode():
+        step = DecodeStep.of(model)
+    block, qkv, w13 = step.layers[0]
+    assert isinstance(qkv, QuantLinear) and isinstance(w13, QuantLinear)
+    assert qkv.out_features == block.attn.wq.out_features + 2 * block.attn.wk.out_features
+    # the same packed kernels row by row: only the bf16 products' summation order may differ
+    assert _step_against_forward(model) < 2e-2
+
+
+def test_mixed_layers_and_adapters_run_unfused():
+    """Layers that cannot share one product (different formats, adapter wrappers) still decode,
+    each through its own module."""
+    from lightseek.quant.apply import quantize
+    from lightseek.quant.config import QuantConfig
+
+    model = quantize(_model(router_mode="dense"), QuantConfig(bits=4, group_size=32, roles={"attn": 8}))
+    f = model.layers[0].ffn
+    assert fused([f.w1, model.layers[0].attn.wq]) is None  # 4-bit and 8-bit
+    wrapped = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    assert fused([wrapped, wrapped]) is None
+    assert _step_against_forward(model) < 2e-2
+
+
+def test_step_follows_weight_changes():
+    """Fused weights are copies: changing the model's weights rebuilds them before the next use."""
+    model = _model(router_mode="dense")
+    with torch.inference_mode():
+        first = DecodeStep.of(model)
+        assert DecodeStep.of(model) is first
+    with torch.no_grad():
+        model.layers[1].attn.wk.weight.mul_(-1)
+    with torch.inference_mode():
+        assert DecodeStep.of(model) is not first
+    assert _step_against_forward(model) < 1e-4
+
+
+def test_generation_through_the_step_equals_the_forward_path():
+    model = _model(router_mode="dynamic", seed=3)
+    prompt = torch.randint(0, 512, (9,), generator=torch.Generator().manual_seed(4)).tolist()
+    p = SamplingParams(max_new_tokens=30, temperature=0.0)
+    assert list(generate_ids(model, prompt, p)) == list(generate_ids(model, prompt, p, fast=False))
+    sampled = SamplingParams(max_new_tokens=30, temperature=1.0, top_p=0.9, seed=11)
+    assert list(generate_ids(model, prompt, sampled)) == list(generate_ids(model, prompt, sampled, fast=False))
+
+
+def test_models_the_step_does_not_cover_say_why_and_still_generate():
+    cfg = dict(router_mode="dense", attention="mla", n_kv_heads=4, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
+               v_head_dim=32)
+    model = _model(**cfg)
+    assert DecodeStep.unsupported(model) == "LatentAttention layers"
+    assert DecodeStep.of(model) is None
+    with pytest.raises(ValueError, match="does not cover this model: LatentAttention"):
+        DecodeStep(model)
+    p = SamplingParams(max_new_tokens=5, temperature=0.0)
+    assert len(list(generate_ids(model, [1, 2, 3], p))) == 5
+
+
+def test_step_refuses_to_write_past_the_cache():
+    model = _model(router_mode="dense")
+    with torch.inference_mode():
+        cache = KVCache.for_model(model, 1, 4)
+        model(torch.tensor([[1, 2, 3, 4]]), cache=cache)
+        with pytest.raises(ValueError, match="KV cache holds 4 tokens; 5 requested"):
+            DecodeStep.of(model)(torch.tensor([5]), cache)
