@@ -329,7 +329,8 @@ def cmd_serve(args, overrides) -> int:
 
     from lightseek.adapters.store import base_fingerprint, list_adapters, load_adapter
     from lightseek.data.tokenizer import Tokenizer
-    from lightseek.model.checkpoint import load_model, resolve_checkpoint
+    from lightseek.model.checkpoint import load_model, read_checkpoint_config, resolve_checkpoint
+    from lightseek.model.config import ModelConfig
     from lightseek.model.kv_cache import SlotCache
     from lightseek.serve.app import EngineHost, PendingHost, build_app
     from lightseek.serve.engine import Engine
@@ -348,6 +349,9 @@ def cmd_serve(args, overrides) -> int:
             raise ConfigError(f"{flag} must be positive, got {value}")
     ckpt = resolve_checkpoint(args.checkpoint)  # fail fast on a wrong path, before listening
     model_id = args.name or (ckpt.parent.name if ckpt.name == "checkpoint" else ckpt.name)
+    if args.kv_cache_gb:  # a budget that holds no sequence fails now, not after loading the weights
+        cfg = ModelConfig.from_dict(read_checkpoint_config(ckpt)["model"])
+        SlotCache.slots_within(cfg, args.kv_cache_gb * 2**30, min(args.max_len or cfg.max_seq_len, cfg.max_seq_len))
     gate = None
     if args.platform:  # keys, limits and the ledger; a bad URL or missing extra fails before listening
         from lightseek.platform.gate import Gate

@@ -154,3 +154,24 @@ def test_serve_on_a_truncated_checkpoint_fails_fast_and_is_never_healthy(debug_c
     assert len(lines) == 1, stderr
     assert lines[0].startswith("lightseek serve: error: ") and "model.safetensors" in lines[0], lines[0]
     assert str(broken) in lines[0] or "broken" in lines[0], lines[0]
+
+
+def test_a_kv_cache_budget_too_small_fails_before_listening(debug_checkpoint):
+    """The budget is checked against the checkpoint's config before the server listens or loads
+    the weights: one line naming what one sequence needs, and nothing ever answers on the port."""
+    from lightseek.model.checkpoint import load_model
+    from lightseek.model.kv_cache import SlotCache
+
+    per_slot = SlotCache.bytes_per_token(load_model(debug_checkpoint)) * 64
+    port = free_port()
+    proc = serve(debug_checkpoint, port, "--max-len", "64", "--kv-cache-gb", str(0.5 * per_slot / 2**30))
+    try:
+        rc = proc.wait(timeout=60)
+    finally:
+        _, stderr = stop(proc)
+    assert rc == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds no sequence of 64 tokens" in lines[0], stderr
+    assert "serving" not in stderr
+    with pytest.raises(OSError):
+        http(f"http://127.0.0.1:{port}/health", timeout=2)

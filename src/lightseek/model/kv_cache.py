@@ -70,15 +70,18 @@ class SlotCache:
 
     @staticmethod
     def bytes_per_token(model, dtype=None) -> int:
-        """Cache bytes one token of one sequence takes: keys and values of every layer."""
-        cfg = model.cfg
-        size = torch.empty((), dtype=dtype or next(model.parameters()).dtype).element_size()
+        """Cache bytes one token of one sequence takes: keys and values of every layer. ``model``
+        may be a ModelConfig (before loading weights), with the cache in fp32 unless ``dtype``."""
+        cfg = getattr(model, "cfg", model)
+        if dtype is None:
+            dtype = next(model.parameters()).dtype if hasattr(model, "parameters") else torch.float32
+        size = torch.empty((), dtype=dtype).element_size()
         return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * size
 
     @classmethod
     def slots_within(cls, model, budget_bytes: float, max_len: int, dtype=None) -> int:
-        """How many slots of ``max_len`` tokens fit in ``budget_bytes``; a ConfigError naming the
-        budget one slot needs when not even one fits."""
+        """How many slots of ``max_len`` tokens fit in ``budget_bytes`` (``model``: a model or its
+        ModelConfig); a ConfigError naming the budget one slot needs when not even one fits."""
         from lightseek.errors import ConfigError
 
         per_slot = cls.bytes_per_token(model, dtype) * max_len
