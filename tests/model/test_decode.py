@@ -135,3 +135,23 @@ def test_step_refuses_to_write_past_the_cache():
         model(torch.tensor([[1, 2, 3, 4]]), cache=cache)
         with pytest.raises(ValueError, match="KV cache holds 4 tokens; 5 requested"):
             DecodeStep.of(model)(torch.tensor([5]), cache)
+
+
+def test_an_adapter_applies_through_the_step(strong_adapter):
+    """A step built before an adapter was attached is rebuilt (the projections are new modules),
+    and the adapter chosen for the sequence changes the tokens exactly as in the forward."""
+    from lightseek.adapters.lora import use_adapters
+
+    model = _model(router_mode="topk", seed=5)
+    prompt = torch.randint(0, 512, (9,), generator=torch.Generator().manual_seed(6)).tolist()
+    p = SamplingParams(max_new_tokens=20, temperature=0.0)
+    base = list(generate_ids(model, prompt, p))
+    before = DecodeStep.of(model)
+    strong_adapter(model, "med")
+    with use_adapters(model, "med"):
+        adapted = list(generate_ids(model, prompt, p))
+        assert DecodeStep.of(model) is not before
+        assert adapted == list(generate_ids(model, prompt, p, fast=False))
+    assert adapted != base
+    with use_adapters(model, None):
+        assert list(generate_ids(model, prompt, p)) == base

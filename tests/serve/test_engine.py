@@ -38,6 +38,27 @@ def test_batched_greedy_equals_each_request_alone(served) -> None:
     assert engine.stats()["free_slots"] == 3 and engine.idle
 
 
+def test_a_sequence_decoding_alone_takes_the_decode_step_in_its_own_slot(served, monkeypatch) -> None:
+    """When one sequence is left decoding, the engine runs the one-sequence decode step on its
+    slot of the cache (slot 1 here, once the request in slot 0 ended); the tokens are those of
+    the model's own forward."""
+    from lightseek.model.decode import DecodeStep
+
+    model, tok = served
+    rows = []
+    run = DecodeStep.run
+    monkeypatch.setattr(DecodeStep, "run", lambda self, *a, row=0: rows.append(row) or run(self, *a, row=row))
+    short, long = tok.encode(TEXTS[0]), tok.encode(TEXTS[1])
+    engine = Engine(model, tok, max_slots=2)
+    a = engine.submit(short, GenParams(max_tokens=3, temperature=0, ignore_eos=True))
+    b = engine.submit(long, GenParams(max_tokens=20, temperature=0, ignore_eos=True))
+    while not engine.idle:
+        engine.step()
+    assert len(a.output_ids) == 3 and rows.count(1) >= 15  # a took slot 0, b slot 1 and ended alone
+    expected = list(generate_ids(model, long, SamplingParams(max_new_tokens=20, temperature=0), fast=False))
+    assert b.output_ids == expected
+
+
 def test_seeded_sampling_is_independent_of_the_batch(served) -> None:
     model, tok = served
     p = GenParams(max_tokens=10, temperature=0.9, top_p=0.9, seed=123)

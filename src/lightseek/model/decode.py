@@ -13,8 +13,9 @@ step here computes the same thing with fewer operations:
 
 MoE layers run through their own module (dropless dispatch, routing statistics as usual). A
 model the step does not cover (latent attention, adapters chosen per row) decodes through
-`Transformer.forward`; `DecodeStep.unsupported` says why. The fused weights are built once and
-kept on the model until its weights change.
+`Transformer.forward`; `DecodeStep.unsupported` says why. An adapter chosen for the sequence
+applies as in the forward: wrapped projections are not fused, each runs through its own module.
+The fused weights are built once and kept on the model until its weights or layers change.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class DecodeStep:
         """Why the step cannot decode ``model`` (None when it can)."""
         from lightseek.model.transformer import Attention
 
-        if getattr(model, "lora_selection", None) is not None:
+        selection = getattr(model, "lora_selection", None)
+        if selection is not None and selection.mixed:
             return "adapters are chosen per row"
         for block in model.layers:
             if type(block.attn) is not Attention:
@@ -103,7 +105,11 @@ class DecodeStep:
         return product
 
     def _version(self) -> tuple:
-        return tuple((t.data_ptr(), t._version) for t in self.sources)
+        """What the fused weights were built from: the projection modules (an adapter wraps them
+        in new ones) and their tensors' storage and versions (training and loading change them)."""
+        mods = tuple(id(m) for block in self.model.layers
+                     for m in (block.attn.wq, block.attn.wk, block.attn.wv, *_ffn_projections(block.ffn)))
+        return mods, tuple((t.data_ptr(), t._version) for t in self.sources)
 
     @classmethod
     def of(cls, model) -> DecodeStep | None:
@@ -123,10 +129,18 @@ class DecodeStep:
     def __call__(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """fp32 logits (1, V) after ``token`` (a (1,) tensor) at position ``cache.length``; its
         keys and values go into ``cache`` (one row), which advances by one."""
+        if cache.length + 1 > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} tokens; {cache.length + 1} requested")
+        logits = self.run(token, cache.k, cache.v, cache.length)
+        cache.advance(1)
+        return logits
+
+    def run(self, token: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], pos: int,
+            row: int = 0) -> torch.Tensor:
+        """The step on row ``row`` of any cache laid out (rows, kv heads, tokens, head dim) per
+        layer: ``KVCache`` (one row) or the serving engine's ``SlotCache`` (a slot per row). The
+        row's ``pos`` cached tokens are read and its new key and value written at ``pos``."""
         model, cfg = self.model, self.cfg
-        pos = cache.length
-        if pos + 1 > cache.max_len:
-            raise ValueError(f"KV cache holds {cache.max_len} tokens; {pos + 1} requested")
         if pos + 1 > cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + 1} tokens exceeds max_seq_len {cfg.max_seq_len}")
         Hq, Hk, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -146,11 +160,12 @@ class DecodeStep:
             if a.qk_norm == "head":
                 q, k = a.q_norm(q), a.k_norm(k)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            keys, values = cache.k[i], cache.v[i]
-            keys[0, :, pos] = k
-            values[0, :, pos] = v.view(Hk, d)
-            y = F.scaled_dot_product_attention(q.view(1, Hq, 1, d), keys[:, :, first:pos + 1],
-                                               values[:, :, first:pos + 1], scale=a.scale, enable_gqa=Hq != Hk)
+            layer_k, layer_v = keys[i], values[i]
+            layer_k[row, :, pos] = k
+            layer_v[row, :, pos] = v.view(Hk, d)
+            y = F.scaled_dot_product_attention(q.view(1, Hq, 1, d), layer_k[row:row + 1, :, first:pos + 1],
+                                               layer_v[row:row + 1, :, first:pos + 1], scale=a.scale,
+                                               enable_gqa=Hq != Hk)
             out = a.wo(y.view(1, Hq * d))
             x = x + out * rs if rs != 1.0 else x + out
             h = block.ffn_norm(x)
@@ -161,9 +176,12 @@ class DecodeStep:
             else:
                 out = block.ffn(h[None])[0] if isinstance(block.ffn, MoE) else block.ffn(h)
             x = x + out * rs if rs != 1.0 else x + out
-        cache.advance(1)
         logits = model.head(model.norm(x)).float()
         return logits * cfg.logits_scale if cfg.logits_scale != 1.0 else logits
+
+
+def _ffn_projections(ffn: nn.Module) -> tuple[nn.Module, ...]:
+    return (ffn.w1, ffn.w3) if isinstance(ffn, SwiGLU) else ()
 
 
 def _rope(x_Hd: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

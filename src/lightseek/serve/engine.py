@@ -32,6 +32,7 @@ from lightseek.adapters.lora import adapter_names, use_adapters
 from lightseek.data.tokenizer import StreamDecoder, Tokenizer
 from lightseek.errors import ConfigError, LightseekError
 from lightseek.model.generate import sample_rows
+from lightseek.model.decode import DecodeStep
 from lightseek.model.kv_cache import SlotCache
 from lightseek.model.sampling import SamplingParams
 from lightseek.model.transformer import Transformer
@@ -284,6 +285,17 @@ class Engine:
             req._last_logits = out.logits[0, -1]
 
     def _decode(self, reqs: list[Request]) -> None:
+        if len(reqs) == 1 and reqs[0].adapter is None:  # one sequence: the decode step, where it covers the model
+            step = DecodeStep.of(self.model)
+            if step is not None:
+                r = reqs[0]
+                pos = self.cache.lengths[r.slot]
+                if pos + 1 > self.cache.max_len:
+                    raise ValueError(f"slot cache holds {self.cache.max_len} tokens; {pos + 1} requested")
+                ids = torch.tensor([r.output_ids[-1]], device=self.device)
+                r._last_logits = step.run(ids, self.cache.k, self.cache.v, pos, row=r.slot)[0]
+                self.cache.lengths[r.slot] += 1
+                return
         self.cache.bind([r.slot for r in reqs], 1)
         ids = torch.tensor([r.output_ids[-1] for r in reqs], device=self.device)
         with use_adapters(self.model, [r.adapter for r in reqs]):
