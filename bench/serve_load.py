@@ -56,20 +56,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(cmd: list[str], port: int) -> subprocess.Popen:
-    """Start a server command in its own process and wait until it answers /health on ``port``."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def launch(cmd: list[str], port: int, health: str = "/health") -> subprocess.Popen:
+    """Start a server command in its own process and wait until it answers ``health`` on ``port``.
+    Its output goes to a file, not a pipe: a chatty server (llama.cpp logs every tensor it loads)
+    would fill a pipe nobody reads and stall."""
+    import tempfile
+
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def output() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")[-2000:]
+
     for _ in range(600):
         if proc.poll() is not None:
-            sys.exit(f"the server stopped: {proc.stderr.read().decode()[-2000:]}")
+            sys.exit(f"the server stopped: {output()}")
         try:
-            if http_get(port, "/health")[0] == 200:
+            if http_get(port, health)[0] == 200:
                 return proc
         except OSError:
             pass
         time.sleep(0.1)
     proc.kill()
-    sys.exit("the server did not come up in 60 s")
+    sys.exit(f"the server did not come up in 60 s: {output()}")
 
 
 def start_server(checkpoint: str, max_slots: int, max_waiting: int, threads: int = 0):
@@ -98,17 +108,22 @@ def server_gauges(port: int) -> dict:
 
 
 async def client_loop(client, deadline: float, max_tokens: int, disconnect_share: float, rng: random.Random,
-                      stats: dict) -> None:
+                      stats: dict, extra: dict, count=None, prompts: list[str] = PROMPTS) -> None:
+    """Streamed completions back to back until ``deadline``; ``extra``: fields the server needs to
+    generate the full budget (lightseek's ``ignore_eos``). Tokens are counted from the stream's
+    usage; a server that sends none (llama-cpp-python) has its text counted by ``count`` (the
+    model's tokenizer): its chunks are not one per token, as a character of several bytes waits
+    for all of them."""
     while time.perf_counter() < deadline:
-        prompt = rng.choice(PROMPTS)
+        prompt = rng.choice(prompts)
         drop = rng.random() < disconnect_share
         t0 = time.perf_counter()
         last = None
         try:
             stream = await client.completions.create(
                 model="base", prompt=prompt, max_tokens=max_tokens, temperature=0.8, stream=True,
-                stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-            n_chunks = 0
+                stream_options={"include_usage": True}, extra_body=extra)
+            n_chunks, counted, text = 0, False, []
             async for chunk in stream:
                 now = time.perf_counter()
                 if chunk.choices and chunk.choices[0].text:
@@ -118,20 +133,28 @@ async def client_loop(client, deadline: float, max_tokens: int, disconnect_share
                         stats["itl"].append(now - last)
                     last = now
                     n_chunks += 1
+                    text.append(chunk.choices[0].text)
                 if chunk.usage is not None:
                     stats["tokens"] += chunk.usage.completion_tokens
                     stats["requests"] += 1
+                    counted = True
                 if drop and n_chunks >= 5:
                     await stream.close()
                     stats["disconnects"] += 1
-                    stats["tokens"] += n_chunks  # streamed before the disconnect (one token per chunk at most)
+                    # streamed before the disconnect (one token per chunk at most)
+                    stats["tokens"] += count("".join(text)) if count else n_chunks
                     break
+            else:
+                if not counted:  # no usage in the stream
+                    stats["tokens"] += count("".join(text)) if count else n_chunks
+                    stats["requests"] += 1
         except Exception as e:  # counted and reported: the target is zero
             stats["errors"] += 1
             stats.setdefault("error_kinds", []).append(type(e).__name__)
 
 
-async def run_level(port: int, n_clients: int, seconds: float, max_tokens: int, disconnect_share: float) -> dict:
+async def run_level(port: int, n_clients: int, seconds: float, max_tokens: int, disconnect_share: float,
+                    extra: dict | None = None, count=None, prompts: list[str] = PROMPTS) -> dict:
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
@@ -139,7 +162,9 @@ async def run_level(port: int, n_clients: int, seconds: float, max_tokens: int, 
     stats = {"ttft": [], "itl": [], "tokens": 0, "requests": 0, "errors": 0, "disconnects": 0}
     t0 = time.perf_counter()
     deadline = t0 + seconds
-    await asyncio.gather(*(client_loop(client, deadline, max_tokens, disconnect_share, random.Random(i), stats)
+    extra = {"ignore_eos": True} if extra is None else extra
+    await asyncio.gather(*(client_loop(client, deadline, max_tokens, disconnect_share, random.Random(i), stats, extra,
+                                       count, prompts)
                            for i in range(n_clients)))
     wall = time.perf_counter() - t0
     await client.close()
