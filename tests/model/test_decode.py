@@ -117,8 +117,8 @@ def test_generation_through_the_step_equals_the_forward_path():
 
 
 def test_models_the_step_does_not_cover_say_why_and_still_generate():
-    cfg = dict(router_mode="dense", attention="mla", n_kv_heads=4, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
-               v_head_dim=32)
+    cfg = dict(router_mode="dense", attention="mla", n_kv_heads=4, kv_lora_rank=32, qk_rope_head_dim=16,
+               qk_nope_head_dim=16, v_head_dim=32)
     model = _model(**cfg)
     assert DecodeStep.unsupported(model) == "LatentAttention layers"
     assert DecodeStep.of(model) is None

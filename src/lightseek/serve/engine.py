@@ -31,8 +31,8 @@ import torch
 from lightseek.adapters.lora import adapter_names, use_adapters
 from lightseek.data.tokenizer import StreamDecoder, Tokenizer
 from lightseek.errors import ConfigError, LightseekError
-from lightseek.model.generate import sample_rows
 from lightseek.model.decode import DecodeStep
+from lightseek.model.generate import sample_rows
 from lightseek.model.kv_cache import SlotCache
 from lightseek.model.sampling import SamplingParams
 from lightseek.model.transformer import Transformer
