@@ -28,6 +28,7 @@ from torch import nn
 
 from lightseek.model.kv_cache import KVCache
 from lightseek.model.moe import MoE, SwiGLU
+from lightseek.model.transformer import Attention, apply_rope
 
 Product = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,9 +42,8 @@ def fused(mods: Sequence[nn.Module]) -> tuple[Product, list[torch.Tensor]] | Non
     concatenate along the output rows)."""
     if all(type(m) is nn.Linear for m in mods):
         weight = torch.cat([m.weight.detach() for m in mods])
-        has_bias = [m.bias is not None for m in mods]
         bias = None
-        if any(has_bias):
+        if any(m.bias is not None for m in mods):
             bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
                               for m in mods])
         return (lambda x: F.linear(x, weight, bias)), [t for m in mods for t in (m.weight, m.bias) if t is not None]
@@ -65,8 +65,6 @@ class DecodeStep:
     @staticmethod
     def unsupported(model) -> str | None:
         """Why the step cannot decode ``model`` (None when it can)."""
-        from lightseek.model.transformer import Attention
-
         selection = getattr(model, "lora_selection", None)
         if selection is not None and selection.mixed:
             return "adapters are chosen per row"
@@ -129,8 +127,6 @@ class DecodeStep:
     def __call__(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """fp32 logits (1, V) after ``token`` (a (1,) tensor) at position ``cache.length``; its
         keys and values go into ``cache`` (one row), which advances by one."""
-        if cache.length + 1 > cache.max_len:
-            raise ValueError(f"KV cache holds {cache.max_len} tokens; {cache.length + 1} requested")
         logits = self.run(token, cache.k, cache.v, cache.length)
         cache.advance(1)
         return logits
@@ -143,6 +139,8 @@ class DecodeStep:
         model, cfg = self.model, self.cfg
         if pos + 1 > cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + 1} tokens exceeds max_seq_len {cfg.max_seq_len}")
+        if pos + 1 > keys[0].shape[2]:
+            raise ValueError(f"KV cache holds {keys[0].shape[2]} tokens; {pos + 1} requested")
         Hq, Hk, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         rs = cfg.residual_scale
         first = max(0, pos + 1 - cfg.sliding_window) if cfg.sliding_window else 0
@@ -159,7 +157,7 @@ class DecodeStep:
             q, k = q.view(Hq, d), k.view(Hk, d)
             if a.qk_norm == "head":
                 q, k = a.q_norm(q), a.k_norm(k)
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             layer_k, layer_v = keys[i], values[i]
             layer_k[row, :, pos] = k
             layer_v[row, :, pos] = v.view(Hk, d)
@@ -182,8 +180,3 @@ class DecodeStep:
 
 def _ffn_projections(ffn: nn.Module) -> tuple[nn.Module, ...]:
     return (ffn.w1, ffn.w3) if isinstance(ffn, SwiGLU) else ()
-
-
-def _rope(x_Hd: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x_Hd.float().chunk(2, -1)  # rotate-half, as `transformer.apply_rope`
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).to(x_Hd.dtype)

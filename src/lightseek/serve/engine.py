@@ -290,8 +290,6 @@ class Engine:
             if step is not None:
                 r = reqs[0]
                 pos = self.cache.lengths[r.slot]
-                if pos + 1 > self.cache.max_len:
-                    raise ValueError(f"slot cache holds {self.cache.max_len} tokens; {pos + 1} requested")
                 ids = torch.tensor([r.output_ids[-1]], device=self.device)
                 r._last_logits = step.run(ids, self.cache.k, self.cache.v, pos, row=r.slot)[0]
                 self.cache.lengths[r.slot] += 1
