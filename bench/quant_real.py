@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lora_vs_full import general_tokens  # noqa: E402
 from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
 from quant import CALIB  # noqa: E402
+from real_model import timed  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
 WORK = ROOT / "runs" / "quant_real"
@@ -110,16 +110,7 @@ def decode_speeds(model, repeats: int, new_tokens: int = 64, rows: int = 16, pro
             for _ in range(new_tokens - 1):
                 nxt = model(nxt, cache=cache, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
 
-    def rate(fn, tokens):
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return tokens / statistics.median(times)
-
-    return {"decode_b1": rate(one, new_tokens), "decode_b16": rate(many, rows * new_tokens)}
+    return {"decode_b1": new_tokens / timed(one, repeats), "decode_b16": rows * new_tokens / timed(many, repeats)}
 
 
 def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
