@@ -656,11 +656,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--safety-rules", metavar="YAML", help="term lists and patterns (default: the package's own)")
     p.add_argument("--safety-audit", metavar="FILE", help="append one JSON line per moderation decision")
 
+    from lightseek.label.commands import add_label_commands
     from lightseek.platform.commands import add_admin_commands
     from lightseek.safety.commands import add_safety_commands
 
     add_admin_commands(sub, add)
     add_safety_commands(sub, add)
+    add_label_commands(sub, add)
 
     dist = sub.add_parser("distill", help="Distillation: the DataDistiller and knowledge distillation.").add_subparsers(
         dest="sub", metavar="SUB")
