@@ -94,7 +94,8 @@ def _run(args) -> int:
         chosen = [(k, getattr(args, k)) for k in ("domains", "safety", "model") if getattr(args, k)]
         if len(chosen) != 1:
             raise ConfigError("give one of --domains CLASSIFIER, --safety CLASSIFIER, --model SPEC")
-        prelabel(store, args.project, *chosen[0], limit=args.limit, max_tokens=args.max_tokens)
+        prelabel(store, args.project, *chosen[0], limit=args.limit, max_tokens=args.max_tokens,
+                 temperature=args.temperature)
     elif a == "export":
         from lightseek.label.export import export_records, write_export
 
@@ -176,6 +177,7 @@ def add_label_commands(sub, add: Callable) -> None:
     p.add_argument("--model", metavar="SPEC", help="a checkpoint, adapter or fetched model answering (qa projects)")
     p.add_argument("--limit", type=int, help="at most this many items")
     p.add_argument("--max-tokens", type=int, default=128, help="--model: tokens per answer at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="--model: sampling temperature (0: greedy)")
     p = cmd("export", "Export finished items as training data, with provenance.")
     p.add_argument("project")
     p.add_argument("--format", required=True, choices=list(FORMATS))

@@ -55,7 +55,7 @@ def _texts(store: LabelStore, pid: int, field: str, limit: int | None, only_new:
 
 
 def prelabel(store: LabelStore, project: str | int, kind: str, source: str, limit: int | None = None,
-             batch: int = 256, max_tokens: int = 128, log=print) -> int:
+             batch: int = 256, max_tokens: int = 128, temperature: float = 0.0, log=print) -> int:
     """Pre-label a project's open items with ``source`` (a classifier folder or a model spec)."""
     p = store.project(project)
     if kind not in KINDS:
@@ -68,18 +68,20 @@ def prelabel(store: LabelStore, project: str | int, kind: str, source: str, limi
     if not ids:
         log(f"{p['name']}: no open item without a pre-label from {name}")
         return 0
-    predict, version = _predictor(kind, source, p, max_tokens)
-    added = 0
+    predict, version = _predictor(kind, source, p, max_tokens, temperature)
+    added = empty = 0
     for i in range(0, len(ids), batch):
         values = predict(texts[i:i + batch])
         rows = [{"item_id": iid, "model": name, "version": version, "value": vs[0], "score": vs[1]}
                 for iid, vs in zip(ids[i:i + batch], values) if vs is not None]
         added += store.add_prelabels(p["id"], rows) if rows else 0
-        log(f"{p['name']}: {added}/{len(ids)} pre-labelled by {name}")
+        empty += len(values) - len(rows)
+        log(f"{p['name']}: {added}/{len(ids)} pre-labelled by {name}"
+            + (f" ({empty} without a suggestion: the model wrote nothing)" if empty else ""))
     return added
 
 
-def _predictor(kind: str, source: str, project: dict, max_tokens: int):
+def _predictor(kind: str, source: str, project: dict, max_tokens: int, temperature: float):
     labels = project["config"].labels
     if kind == "domains":
         from lightseek.data.domains.classifier import DomainClassifier
@@ -105,7 +107,7 @@ def _predictor(kind: str, source: str, project: dict, max_tokens: int):
         return predict, _files_sha(Path(source), "*.pkl")
     from lightseek.distill.generators import GenerationConfig, answer_logprob, make_generator
 
-    gen = make_generator(source, GenerationConfig(max_tokens=max_tokens, temperature=0.0))
+    gen = make_generator(source, GenerationConfig(max_tokens=max_tokens, temperature=temperature))
     version = gen.version.get("sha256", "")[:16] or "endpoint"
 
     def predict(texts):

@@ -18,14 +18,29 @@ def shared_dir(arg: str | None) -> Path:
 
 
 def train(out: str | Path, data: str | Path, model: str | None = None, layer: int = 15,
-          model_examples: int = 8000, harmless_per_source: int = 4000, seed: int = 0, log=print) -> dict:
+          model_examples: int = 8000, harmless_per_source: int = 4000, seed: int = 0, log=print,
+          extra: list[str | Path] | None = None) -> dict:
     """Fit the linear stage on every training example (and the model stage on a balanced sample
-    of them when ``model`` is given); returns what was trained."""
+    of them when ``model`` is given); returns what was trained. ``extra``: files of labelled
+    examples (LabelHub's safety export) trained on whole, their labels over the shared sets' for
+    the same text."""
+    from lightseek.errors import DataError
     from lightseek.safety.classifier import SafetyClassifier
-    from lightseek.safety.data import for_training, load_examples
+    from lightseek.safety.data import for_training, load_examples, load_labelled
 
-    examples = load_examples(data, harmless_per_source, seed)
+    try:
+        examples = load_examples(data, harmless_per_source, seed)
+    except DataError:
+        if not extra:
+            raise
+        examples = []
     train_set = for_training(examples)
+    if extra:
+        labelled = {e.text: e for path in extra for e in load_labelled(path)}
+        train_set = [e for e in train_set if e.text not in labelled] + list(labelled.values())
+        log(f"{len(labelled)} labelled examples from {', '.join(map(str, extra))}")
+    if len({c for e in train_set for c in e.categories}) == 0 or all(e.harmful for e in train_set):
+        raise DataError("the training examples need harmful and harmless texts both")
     log(f"{len(train_set)} training examples ({sum(e.harmful for e in train_set)} harmful) of {len(examples)}")
     sources = sorted({e.source for e in train_set})
     t0 = time.time()
@@ -50,7 +65,8 @@ def train(out: str | Path, data: str | Path, model: str | None = None, layer: in
 
 
 def cmd_safety_train(args, overrides) -> int:
-    train(args.out, shared_dir(args.data), args.model, args.layer, args.model_examples, args.harmless)
+    train(args.out, shared_dir(args.data), args.model, args.layer, args.model_examples, args.harmless,
+          extra=args.extra)
     return 0
 
 
@@ -77,6 +93,8 @@ def add_safety_commands(sub, add: Callable) -> None:
     p.add_argument("--layer", type=int, default=15, help="the model stage's layer")
     p.add_argument("--model-examples", type=int, default=8000, help="training texts for the model stage")
     p.add_argument("--harmless", type=int, default=4000, help="harmless texts per instruction or QA set")
+    p.add_argument("--extra", nargs="+", metavar="JSONL", help="labelled examples {text, categories} trained on "
+                   "as well (LabelHub's `label export --format safety`)")
     p = add("check", cmd_safety_check, "Moderate texts: the action, categories and deciding stage of each.", safety)
     p.add_argument("classifier", help="folder written by `lightseek safety train`")
     p.add_argument("texts", nargs="*")

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +213,34 @@ def load_examples(shared: str | Path, harmless_per_source: int = 4000, seed: int
         if e is not None and e.text not in out:
             out[e.text] = e
     return list(out.values())
+
+
+def load_labelled(path: str | Path) -> list[Example]:
+    """Examples an operator labelled, one JSON object per line: ``{"text", "categories": [S1-S13],
+    "lang"?}`` (an empty list: harmless), as LabelHub's ``safety`` export writes them."""
+    from lightseek.safety.policy import CATEGORIES
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                text, cats = r["text"], r["categories"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{path} line {i}: not a {{\"text\", \"categories\"}} record") from None
+            unknown = [c for c in cats if c not in CATEGORIES]
+            if unknown or not isinstance(text, str):
+                raise DataError(f"{path} line {i}: categories {unknown} are not the policy's (S1-S13)")
+            lang = r.get("lang") or ("zh" if re.search(r"[\u3400-\u9fff]", text) else "en")
+            e = _ex(text, lang, f"labelled:{path.name}", cats)
+            if e is not None:
+                out.append(e)
+    return out
 
 
 def for_training(examples: list[Example]) -> list[Example]:
