@@ -476,6 +476,39 @@ def platform_overhead() -> str:
               f"the run: {'clean' if not d['audit_problems'] else d['audit_problems']}.\n")
 
 
+def label_load(name: str = "label_load") -> str:
+    """LabelHub under load (bench/label_load.py): per backend, each route's latency, the target
+    line and the consistency check. Not in `TABLES` yet: register it (with its markers in a
+    document) once bench/results/label_load.json has been written by a full run."""
+    d = result(name)
+    s, target = d["settings"], d["target_p95_ms"]
+    routes = (("**next + annotate**", None), ("next", "next"), ("annotate", "annotate"), ("skip", "skip"),
+              ("review (reviewer)", "review"), ("stats (reviewer)", "stats"))
+    rows, notes = [], []
+    for backend, b in d["backends"].items():
+        for label, key in routes:
+            f = b["annotator"] if key is None else b["routes"].get(key)
+            if f:
+                rows.append([backend, label, f"{f['requests']:,}", f"{f['per_s']:.1f}", f"{f['p50_ms']:.1f}",
+                             f"{f['p95_ms']:.1f}", f"{f['p99_ms']:.1f}", f"{f['max_ms']:.0f}", str(f["errors"])])
+        bad = {k: v for k, v in b["consistency"]["problems"].items() if v}
+        apart = b.get("annotator_apart_from_reviewer") or {}
+        notes.append(f"{backend} ({b['server_version']}): p95 of next + annotate {b['annotator_p95_ms']:.1f} ms "
+                     f"(target < {target:g} ms, {'met' if b['target_met'] else '**not met**'}; "
+                     f"{apart.get('p95_ms', float('nan')):.1f} ms over the requests that overlapped none of the "
+                     f"reviewer's); setup of {b['items']:,} items {b['setup']['total_s']:.0f} s; "
+                     f"{b['consistency']['totals']['annotations']:,} annotations, consistency "
+                     f"{'clean' if not bad else '**' + ', '.join(f'{k} {v}' for k, v in bad.items()) + '**'}.")
+    for backend, why in d.get("skipped", {}).items():
+        notes.append(f"{backend}: not measured ({why}).")
+    return (table(["backend", "route", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"], rows,
+                  "llrrrrrrr")
+            + f"\n{s['annotators']} annotators (think time exponential, mean {s['think']:g} s) and a reviewer "
+              f"(review queue and stats every {s['review_every']:g} s) on {s['items']:,} items, overlap "
+              f"{s['overlap']}, least-confidence order; {s['duration']:g} s measured after {s['warmup']:g} s.\n\n"
+            + "".join(f"- {n}\n" for n in notes))
+
+
 def safety_stages() -> str:
     """Each stage alone and the cascade, per language, at the policy's thresholds and at a 5% FPR."""
     d = result("safety_eval")

@@ -56,13 +56,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(cmd: list[str], port: int, health: str = "/health") -> subprocess.Popen:
+def launch(cmd: list[str], port: int, health: str = "/health", log=None) -> subprocess.Popen:
     """Start a server command in its own process and wait until it answers ``health`` on ``port``.
     Its output goes to a file, not a pipe: a chatty server (llama.cpp logs every tensor it loads)
-    would fill a pipe nobody reads and stall."""
+    would fill a pipe nobody reads and stall. ``log``: that file (opened for binary reading and
+    writing; by default a temporary one), for a caller who reads the server's output afterwards."""
     import tempfile
 
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile() if log is None else log
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
     def output() -> str:

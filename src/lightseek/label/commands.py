@@ -121,6 +121,16 @@ def _serve(args) -> int:
     from lightseek.label.web import build_label_app
 
     engine, users, store = _open(args)
+    # the dashboards' statistics libraries, loaded now rather than inside the first request (one
+    # missing says so at its first use, in agreement.py)
+    import importlib
+
+    for module in ("sklearn.metrics", "statsmodels.stats.inter_rater", "krippendorff"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+
     if not any(u["role"] == "admin" and u["active"] for u in users.list()):
         print("no admin yet: add one with `lightseek label user-add NAME --role admin"
               + (f" --db {args.db}`" if args.db else "`"), file=sys.stderr)

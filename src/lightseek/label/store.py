@@ -170,10 +170,13 @@ class LabelStore:
         by_item: dict[int, list[dict]] = {}
         for r in rows:
             by_item.setdefault(int(r["item_id"]), []).append(r)
+        ids = list(by_item)
         with self.engine.begin() as c:
-            found = {row.id: _loads(row.data) for row in c.execute(
-                sa.select(t.items.c.id, t.items.c.data).where(t.items.c.project_id == pid,
-                                                              t.items.c.id.in_(list(by_item))))}
+            found = {}
+            for i in range(0, len(ids), 500):  # a statement takes at most 65,535 parameters (PostgreSQL)
+                found.update((row.id, _loads(row.data)) for row in c.execute(
+                    sa.select(t.items.c.id, t.items.c.data).where(t.items.c.project_id == pid,
+                                                                  t.items.c.id.in_(ids[i:i + 500]))))
             missing = sorted(set(by_item) - set(found))
             if missing:
                 raise NotFound(f"items {missing[:5]} are not in project {p['name']!r}")
@@ -190,7 +193,6 @@ class LabelStore:
                                     "value": _dumps(value), "score": score, "created_at": now})
             for i in range(0, len(inserts), INSERT_CHUNK):
                 c.execute(t.prelabels.insert(), inserts[i:i + INSERT_CHUNK])
-            ids = list(by_item)
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
                 pres: dict[int, list] = {}

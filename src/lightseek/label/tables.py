@@ -117,6 +117,7 @@ annotations = Table(
     Column("updated_at", BigInteger, nullable=False),
     UniqueConstraint("item_id", "user_id", name="uq_label_annotation_item_user"),
     Index("ix_label_annotations_project", "project_id", "created_at"),
+    Index("ix_label_annotations_user", "project_id", "user_id"),
 )
 
 reviews = Table(

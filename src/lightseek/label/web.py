@@ -250,9 +250,9 @@ def build_label_app(users: Users, store: LabelStore, secure_cookies: bool = Fals
         return project_stats(store, p["id"])
 
     @app.get("/api/projects/{ref}/export")
-    def export(request: Request, ref: str, format: str, min_agreement: float | None = None):
+    def export(request: Request, ref: str, format: str, min_agreement: str | None = None):
         _, p = staff(request, ref)
-        records = export_records(store, p["id"], format, min_agreement)
+        records = export_records(store, p["id"], format, _fraction("min_agreement", min_agreement))
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         return PlainTextResponse(body, media_type="application/x-ndjson", headers={
             "Content-Disposition": _attachment(f"{p['name']}-{format}.jsonl"), "X-Records": str(len(records))})

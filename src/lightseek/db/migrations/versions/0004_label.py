@@ -69,6 +69,7 @@ def upgrade() -> None:
         sa.Column("updated_at", BIG, nullable=False),
         sa.UniqueConstraint("item_id", "user_id", name="uq_label_annotation_item_user"))
     op.create_index("ix_label_annotations_project", "label_annotations", ["project_id", "created_at"])
+    op.create_index("ix_label_annotations_user", "label_annotations", ["project_id", "user_id"])
     op.create_table(
         "label_reviews", sa.Column("id", INT, primary_key=True), _fk("item_id", "label_items.id"),
         _fk("project_id", "label_projects.id"), _fk("reviewer_id", "label_users.id"),
