@@ -391,3 +391,31 @@ def test_pages_render_for_each_role(hub):
     assert ann.get("/users").status_code == 403 and root.get("/users").status_code == 200
     assert root.get(f"/projects/{p1}/annotate").status_code == 200
     assert TestClient(app).post("/login", data={"username": "root", "password": "nope"}).status_code == 401
+
+
+def test_members_skip_and_the_remaining_routes(hub):
+    app, users, store = hub
+    root, ids, p1, p2 = _setup(app, users, store, overlap=1, n_items=2)
+    ann1, ann2 = Client(app, "ann1"), Client(app, "ann2")
+    info = ann1.get(f"/api/projects/{p1}").json()
+    assert info["task"] == "classify" and {m["username"] for m in info["members"]} == {"ann1", "ann2", "ann3", "rev"}
+    # a skipped item goes to someone else, never back to the one who skipped it
+    first = ann1.get(f"/api/projects/{p1}/next").json()["id"]
+    assert ann1.post(f"/api/items/{first}/skip").status_code == 200
+    assert ann1.post(f"/api/items/{first}/skip").status_code == 422
+    assert ann1.get(f"/api/projects/{p1}/next").json()["id"] != first
+    assert ann2.get(f"/api/projects/{p1}/next").json()["id"] == first
+    assert ann1.post(f"/api/items/{first}/annotations", json={"value": {"labels": ["legal"]}}).status_code == 403
+    # removing a member hides the project from them at once
+    assert root.send("DELETE", f"/api/projects/{p1}/members/{ids['ann2']}").status_code == 200
+    assert ann2.get(f"/api/projects/{p1}").status_code == 404
+    assert ann2.post(f"/api/items/{first}/annotations", json={"value": {"labels": ["legal"]}}).status_code == 404
+    assert ann1.send("DELETE", f"/api/projects/{p1}/members/{ids['ann1']}").status_code == 403
+    assert root.send("PUT", f"/api/projects/{p1}/members/9999").status_code == 404
+    assert root.get("/api/projects/nope").status_code == 404
+    # the page script, the health check, and the sign-out form (which needs the CSRF token)
+    assert "LabelHub" in ann1.get("/static/label.js").text and ann1.get("/healthz").json() == {"ok": True}
+    assert ann1.http.post("/logout", data={"csrf": "forged"}).status_code == 403
+    assert ann1.get("/api/me").status_code == 200
+    assert ann1.http.post("/logout", data={"csrf": ann1.csrf}, follow_redirects=False).status_code == 303
+    assert ann1.get("/api/me").status_code == 401
