@@ -478,8 +478,7 @@ def platform_overhead() -> str:
 
 def label_load(name: str = "label_load") -> str:
     """LabelHub under load (bench/label_load.py): per backend, each route's latency, the target
-    line and the consistency check. Not in `TABLES` yet: register it (with its markers in a
-    document) once bench/results/label_load.json has been written by a full run."""
+    line and the consistency check."""
     d = result(name)
     s, target = d["settings"], d["target_p95_ms"]
     routes = (("**next + annotate**", None), ("next", "next"), ("annotate", "annotate"), ("skip", "skip"),
@@ -981,6 +980,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
                                 "grammar_libs": grammar_libs, "structured": structured,
                                 "prefix_cache": prefix_cache},
     "docs/results/platform.md": {"platform_overhead": platform_overhead},
+    "docs/results/labelhub.md": {"label_load": label_load},
     "docs/results/safety.md": {"safety_stages": safety_stages, "safety_other": safety_other,
                                "safety_sources": safety_sources},
 }

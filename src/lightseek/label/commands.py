@@ -137,7 +137,9 @@ def _serve(args) -> int:
     app = build_label_app(users, store, secure_cookies=args.secure_cookies)
     print(f"LabelHub on http://{args.host}:{args.port}/ ({engine.url.render_as_string(hide_password=True)})",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # idle connections stay open 30 s (uvicorn's default is 5): a page polled every few seconds
+    # keeps its connection instead of racing the server's close
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
     return 0
 
 

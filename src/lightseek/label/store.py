@@ -134,7 +134,17 @@ class LabelStore:
         with self.engine.begin() as c:
             for i in range(0, len(rows), INSERT_CHUNK):
                 c.execute(t.items.insert(), rows[i:i + INSERT_CHUNK])
+        self._analyze(len(rows))
         return len(rows)
+
+    def _analyze(self, written: int) -> None:
+        """PostgreSQL plans the next-item query from table statistics; after a bulk import they
+        would still describe an empty table (measured: a 100 ms sort of 100k items per hand-out
+        instead of an index read), so refresh them rather than wait for autovacuum."""
+        if self.postgresql and written >= 1000:
+            with self.engine.connect() as c:
+                c.exec_driver_sql("ANALYZE label_items")
+                c.commit()
 
     def item(self, item_id: int) -> dict:
         with self.engine.connect() as c:
@@ -204,6 +214,7 @@ class LabelStore:
                 c.execute(t.items.update().where(t.items.c.id == sa.bindparam("iid"))
                           .values(uncertainty=sa.bindparam("uncertainty"), disagreement=sa.bindparam("disagreement")),
                           updates)
+        self._analyze(len(inserts))
         return len(inserts)
 
     # --- who annotates what ---------------------------------------------------------------
@@ -215,22 +226,28 @@ class LabelStore:
         order = {"sequential": "i.id", "least_confidence": "i.uncertainty DESC, i.id",
                  "disagreement": "i.disagreement DESC, i.uncertainty DESC, i.id"}[cfg.order]
         args = {"p": pid, "u": user["id"], "n": cfg.overlap, "now": int(time.time())}
+        pick = ("SELECT i.id FROM label_items i WHERE i.project_id = :p AND i.claims < :n AND i.status = 'open' "
+                "AND NOT EXISTS (SELECT 1 FROM label_assignments a WHERE a.item_id = i.id AND a.user_id = :u) "
+                f"ORDER BY {order} LIMIT 1")
+        # PostgreSQL: lock the row picked, passing over rows other hand-outs hold, so that twenty
+        # annotators asking at once do not queue on the same top item (a last try waits for them,
+        # so that "nothing left" is never said while items are only locked). SQLite's write
+        # transactions run one at a time: nothing to pass over.
+        tries = [pick + " FOR UPDATE OF i SKIP LOCKED", pick + " FOR UPDATE OF i"] if self.postgresql else [pick]
         with self.engine.begin() as c:
             item_id = c.execute(sa.text(
                 "SELECT item_id FROM label_assignments WHERE project_id = :p AND user_id = :u AND state = 'open' "
                 "ORDER BY at LIMIT 1"), args).scalar()
-            if item_id is None:
-                candidates = c.execute(sa.text(
-                    "SELECT i.id FROM label_items i WHERE i.project_id = :p AND i.claims < :n AND i.status = 'open' "
-                    "AND NOT EXISTS (SELECT 1 FROM label_assignments a WHERE a.item_id = i.id AND a.user_id = :u) "
-                    f"ORDER BY {order} LIMIT 16"), args).scalars().all()
-                for cand in candidates:
-                    if c.execute(sa.text("UPDATE label_items SET claims = claims + 1 WHERE id = :i AND claims < :n"),
-                                 {**args, "i": cand}).rowcount:
-                        c.execute(t.assignments.insert().values(item_id=cand, user_id=user["id"], project_id=pid,
-                                                                state="open", at=args["now"]))
-                        item_id = cand
-                        break
+            for query in tries if item_id is None else ():
+                cand = c.execute(sa.text(query), args).scalar()
+                # the claim re-checks the overlap on the locked (or, on SQLite, only) current row
+                if cand is not None and c.execute(sa.text(
+                        "UPDATE label_items SET claims = claims + 1 WHERE id = :i AND claims < :n"),
+                        {**args, "i": cand}).rowcount:
+                    c.execute(t.assignments.insert().values(item_id=cand, user_id=user["id"], project_id=pid,
+                                                            state="open", at=args["now"]))
+                    item_id = cand
+                    break
         return None if item_id is None else self.item(item_id)
 
     def skip(self, item_id: int, user: dict) -> None:
