@@ -324,10 +324,16 @@ class LabelStore:
                        t.items.c.id).limit(limit))
         with self.engine.connect() as c:
             rows = [_item(r) for r in c.execute(q).mappings()]
-        for r in rows:
-            r["annotations"] = self.annotations(pid, item_id=r["id"])
-            r["prelabels"] = self.item(r["id"])["prelabels"]
-        return rows
+            ids = [r["id"] for r in rows]
+            anns, pres = {i: [] for i in ids}, {i: [] for i in ids}
+            for a in c.execute(sa.select(t.annotations, t.users.c.username)
+                               .join(t.users, t.users.c.id == t.annotations.c.user_id)
+                               .where(t.annotations.c.item_id.in_(ids)).order_by(t.annotations.c.id)).mappings():
+                anns[a["item_id"]].append({**dict(a), "value": _loads(a["value"])})
+            for x in c.execute(sa.select(t.prelabels).where(t.prelabels.c.item_id.in_(ids))
+                               .order_by(t.prelabels.c.id)).mappings():
+                pres[x["item_id"]].append(_prelabel(x))
+        return [{**r, "annotations": anns[r["id"]], "prelabels": pres[r["id"]]} for r in rows]
 
     def review(self, item_id: int, reviewer: dict, decision: str, value=None, note: str | None = None) -> dict:
         item = self.item(item_id)
