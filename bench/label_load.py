@@ -15,7 +15,7 @@ PostgreSQL is not installed):
            output to a file (a full pipe can stall a server), ready when GET /healthz answers
   clients  in another process of their own (no PyTorch, no lightseek: `requests` with one
            keep-alive session per thread), each annotator a thread: log in (POST /api/login, the
-           CSRF token as X-CSRF-Token on every POST), then GET /api/projects/{p}/next, think
+           CSRF token as X-CSRF-Token on every POST), then POST /api/projects/{p}/next, think
            (exponential, mean --think seconds), POST /api/items/{i}/annotations with a label that
            agrees with the pre-label 80% of the time, or (2%) POST /api/items/{i}/skip. A reviewer
            thread GETs /api/projects/{p}/review and /api/projects/{p}/stats every --review-every
@@ -208,7 +208,7 @@ def annotator(client: Client, spec: dict, rng: random.Random, start: threading.B
         return
     end = state["end"]
     while time.perf_counter() < end:
-        status, item = client.call("next", "GET", f"/api/projects/{pid}/next")
+        status, item = client.call("next", "POST", f"/api/projects/{pid}/next")
         if status == 204 or item is None:  # nothing left for this annotator, or an error: wait and ask again
             time.sleep(1.0)
             continue

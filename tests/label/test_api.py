@@ -73,7 +73,8 @@ def test_roles_visibility_and_csrf(hub):
     # an annotator sees their project only; the other one does not exist for them
     assert [p["name"] for p in ann.get("/api/projects").json()["data"]] == ["p1"]
     assert [p["name"] for p in root.get("/api/projects").json()["data"]] == ["p1", "secret"]
-    for url in (f"/api/projects/{p2}", f"/api/projects/{p2}/next", f"/api/projects/{p2}/annotations",
+    assert ann.post(f"/api/projects/{p2}/next").status_code == 404
+    for url in (f"/api/projects/{p2}", f"/api/projects/{p2}/annotations",
                 f"/api/projects/{p2}/stats", "/api/projects/secret"):
         assert ann.get(url).status_code == 404, url
     # ... nor export, statistics, the review queue or the item list of their own
@@ -104,15 +105,16 @@ def test_roles_visibility_and_csrf(hub):
     assert r.status_code == 303 and r.headers["location"] == "/login"
     assert anon.post("/api/login", json={"username": "root", "password": "wrong password"}).status_code == 401
     # a write without the session's CSRF token (or with another session's) is refused
-    assert ann.http.post(f"/api/projects/{p1}/next").status_code == 405
-    item = ann.get(f"/api/projects/{p1}/next").json()
+    assert ann.http.post(f"/api/projects/{p1}/next").status_code == 403  # claiming an item is a write
+    assert ann.get(f"/api/projects/{p1}/next").status_code == 405
+    item = ann.post(f"/api/projects/{p1}/next").json()
     url = f"/api/items/{item['id']}/annotations"
     assert ann.http.post(url, json={"value": {"labels": ["medical"]}}).status_code == 403
     assert ann.http.post(url, json={"value": {"labels": ["medical"]}},
                          headers={"X-CSRF-Token": rev.csrf}).status_code == 403
     assert ann.post(url, json={"value": {"labels": ["medical"]}}).status_code == 201
     # an annotator lists only their own annotations; a reviewer everyone's
-    Client(app, "ann2").post(f"/api/items/{Client(app, 'ann2').get(f'/api/projects/{p1}/next').json()['id']}/skip")
+    Client(app, "ann2").post(f"/api/items/{Client(app, 'ann2').post(f'/api/projects/{p1}/next').json()['id']}/skip")
     assert {a["username"] for a in ann.get(f"/api/projects/{p1}/annotations").json()["data"]} == {"ann1"}
     # users: bad input is a 422 naming the field, passwords are argon2id hashes
     assert "password" in root.post("/api/users", json={"username": "shorty", "password": "short"}).json()[
@@ -142,11 +144,11 @@ def test_overlap_review_and_export(hub):
     for c in (a1, a2, a3):
         name = c.user["username"]
         for k in range(3):
-            item = c.get(f"/api/projects/{p1}/next")
+            item = c.post(f"/api/projects/{p1}/next")
             if item.status_code == 204:
                 break
             item = item.json()
-            assert c.get(f"/api/projects/{p1}/next").json()["id"] == item["id"]  # unanswered: the same again
+            assert c.post(f"/api/projects/{p1}/next").json()["id"] == item["id"]  # unanswered: the same again
             # an item not given to a member cannot be answered by them
             assert rev.post(f"/api/items/{item['id']}/annotations",
                               json={"value": {"labels": ["medical"]}}).status_code == 403
@@ -156,7 +158,7 @@ def test_overlap_review_and_export(hub):
             given.setdefault(item["id"], []).append(name)
     # each item went to exactly two annotators; the third found nothing left
     assert sorted(len(v) for v in given.values()) == [2, 2, 2]
-    assert a3.get(f"/api/projects/{p1}/next").status_code == 204
+    assert a3.post(f"/api/projects/{p1}/next").status_code == 204
     items = {i["id"]: i for i in rev.get(f"/api/projects/{p1}/items").json()["data"]}
     for iid, names in given.items():
         labels = [answers[n][iid - 1] for n in names]
@@ -253,7 +255,7 @@ def test_task_types_values_and_exports(hub):
         return pid
 
     def answer(pid, value, expect=201):
-        item = root.get(f"/api/projects/{pid}/next").json()
+        item = root.post(f"/api/projects/{pid}/next").json()
         r = root.post(f"/api/items/{item['id']}/annotations", json={"value": value})
         assert r.status_code == expect, r.text
         return item, r
@@ -343,7 +345,7 @@ def test_prelabels_and_active_learning(hub):
         for i, s in zip(ids, scores)])
     assert r.json() == {"added": 4}
     order = []
-    while (r := root.get(f"/api/projects/{lc}/next")).status_code == 200:
+    while (r := root.post(f"/api/projects/{lc}/next")).status_code == 200:
         item = r.json()
         assert item["prelabels"][0]["model"] == "domains:clf" and item["prelabels"][0]["version"] == "abc"
         order.append(item["id"])
@@ -357,7 +359,7 @@ def test_prelabels_and_active_learning(hub):
     pre = [{"item_id": i, "model": m, "version": "1", "value": {"labels": [lab]}, "score": 0.9}
            for i in dids for m, lab in (("m1", "a"), ("m2", "b" if i == dids[2] else "a"))]
     root.post(f"/api/projects/{dis}/prelabels", json=pre)
-    assert root.get(f"/api/projects/{dis}/next").json()["id"] == dids[2]
+    assert root.post(f"/api/projects/{dis}/next").json()["id"] == dids[2]
     # a pre-label must fit the task, name its model, and belong to the project
     bad = {"item_id": ids[0], "model": "m", "version": "1", "value": {"labels": ["zzz"]}}
     assert root.post(f"/api/projects/{lc}/prelabels", json=[bad]).status_code == 422
@@ -376,7 +378,7 @@ def test_pages_render_for_each_role(hub):
     root, ids, p1, p2 = _setup(app, users, store, overlap=2)
     for name in ("ann1", "ann2"):
         c = Client(app, name)
-        item = c.get(f"/api/projects/{p1}/next").json()
+        item = c.post(f"/api/projects/{p1}/next").json()
         c.post(f"/api/items/{item['id']}/annotations", json={"value": {"labels": ["medical" if name == "ann1"
                                                                                   else "legal"]}})
     rev, ann = Client(app, "rev"), Client(app, "ann1")
@@ -390,7 +392,19 @@ def test_pages_render_for_each_role(hub):
     assert ann.get(f"/projects/{p2}").status_code == 404 and "no project" in ann.get(f"/projects/{p2}").text
     assert ann.get("/users").status_code == 403 and root.get("/users").status_code == 200
     assert root.get(f"/projects/{p1}/annotate").status_code == 200
-    assert TestClient(app).post("/login", data={"username": "root", "password": "nope"}).status_code == 401
+    # the sign-in form carries its own CSRF token (double submit: a cookie and a field)
+    browser = TestClient(app)
+    token = lambda r: r.text.split('name="login_csrf" value="')[1].split('"')[0]  # noqa: E731  (each page's own)
+    r = browser.post("/login", data={"username": "root", "password": PASSWORD})
+    assert r.status_code == 403 and "expired" in r.text
+    r = browser.post("/login", data={"username": "root", "password": "nope", "login_csrf": token(r)})
+    assert r.status_code == 401 and "Wrong username or password" in r.text
+    forged = TestClient(app).get("/login")  # another visitor's token does not match this cookie
+    assert browser.post("/login", data={"username": "root", "password": PASSWORD,
+                                        "login_csrf": token(forged)}).status_code == 403
+    r = browser.post("/login", data={"username": "root", "password": PASSWORD,
+                                     "login_csrf": token(browser.get("/login"))}, follow_redirects=False)
+    assert r.status_code == 303 and browser.get("/api/me").json()["user"]["username"] == "root"
 
 
 def test_members_skip_and_the_remaining_routes(hub):
@@ -400,11 +414,11 @@ def test_members_skip_and_the_remaining_routes(hub):
     info = ann1.get(f"/api/projects/{p1}").json()
     assert info["task"] == "classify" and {m["username"] for m in info["members"]} == {"ann1", "ann2", "ann3", "rev"}
     # a skipped item goes to someone else, never back to the one who skipped it
-    first = ann1.get(f"/api/projects/{p1}/next").json()["id"]
+    first = ann1.post(f"/api/projects/{p1}/next").json()["id"]
     assert ann1.post(f"/api/items/{first}/skip").status_code == 200
     assert ann1.post(f"/api/items/{first}/skip").status_code == 422
-    assert ann1.get(f"/api/projects/{p1}/next").json()["id"] != first
-    assert ann2.get(f"/api/projects/{p1}/next").json()["id"] == first
+    assert ann1.post(f"/api/projects/{p1}/next").json()["id"] != first
+    assert ann2.post(f"/api/projects/{p1}/next").json()["id"] == first
     assert ann1.post(f"/api/items/{first}/annotations", json={"value": {"labels": ["legal"]}}).status_code == 403
     # removing a member hides the project from them at once
     assert root.send("DELETE", f"/api/projects/{p1}/members/{ids['ann2']}").status_code == 200
@@ -419,3 +433,71 @@ def test_members_skip_and_the_remaining_routes(hub):
     assert ann1.get("/api/me").status_code == 200
     assert ann1.http.post("/logout", data={"csrf": ann1.csrf}, follow_redirects=False).status_code == 303
     assert ann1.get("/api/me").status_code == 401
+
+
+def test_what_review_found(hub):
+    """Cases a code review found: each was a 500, a leak, a stuck item or a wrong export."""
+    import json
+
+    app, users, store = hub
+    root, ids, p1, p2 = _setup(app, users, store, overlap=2, n_items=2)
+    ann1, ann2, rev = Client(app, "ann1"), Client(app, "ann2"), Client(app, "rev")
+    # an item of a project the caller cannot see is 'no item', as a missing one is
+    hidden = store.items(p2)[0]["id"]
+    for iid in (hidden, 10**6):
+        r = ann1.post(f"/api/items/{iid}/skip")
+        assert r.status_code == 404 and r.json()["error"]["message"] == f"no item {iid}"
+    # ids past 64 bits, non-UTF-8 uploads, wrong types: 422, never 500
+    assert ann1.post(f"/api/items/{10**30}/skip").status_code == 422
+    assert root.post(f"/api/projects/{p1}/items", files={"file": ("x.jsonl", b'{"text": "\xff"}', "text/plain")}) \
+        .json()["error"]["message"] == "x.jsonl: not UTF-8 (byte 10)"
+    assert root.post(f"/api/projects/{p1}/prelabels", json=[{"item_id": "abc", "value": {}}]).status_code == 422
+    assert root.send("PATCH", f"/api/users/{ids['ann3']}", json={"active": "false"}).status_code == 422
+    assert root.send("PATCH", "/api/users/9999", json={"role": "admin"}).status_code == 404
+    assert root.send("PATCH", f"/api/users/{root.user['id']}", json={"role": "reviewer"}).json()["error"][
+        "message"] == "that would leave no active admin"
+    for cfg in ([1], {"labels": "xyz"}, {"labels": ["a"], "multi": "no"}, {"labels": ["a"], "overlap": 1.5}):
+        assert root.post("/api/projects", json={"name": "bad", "task": "classify", "config": cfg}).status_code == 422
+    assert root.post("/api/projects", json={"name": "123", "task": "qa"}).status_code == 422
+    # JSON lines may hold U+2028 raw (the exports write it so)
+    line = json.dumps({"text": "a\u2028b"}, ensure_ascii=False).encode()
+    assert root.post(f"/api/projects/{p1}/items", files={"file": ("u.jsonl", line, "text/plain")}).status_code == 201
+    # a member removed (or deactivated) gives back the items waiting for their answer
+    held = ann1.post(f"/api/projects/{p1}/next").json()["id"]
+    ann2.post(f"/api/projects/{p1}/next")
+    assert root.send("DELETE", f"/api/projects/{p1}/members/{ids['ann1']}").status_code == 200
+    ann3 = Client(app, "ann3")
+    assert ann3.post(f"/api/projects/{p1}/next").json()["id"] == held
+    # a reviewer cannot decide an item still being annotated, nor one they annotated
+    assert rev.post(f"/api/items/{held}/review", json={"decision": "reject"}).status_code == 422
+    ann2_item = ann2.post(f"/api/projects/{p1}/next").json()["id"]
+    assert ann2_item == held
+    ann2.post(f"/api/items/{held}/annotations", json={"value": {"labels": ["medical"]}})
+    ann3.post(f"/api/items/{held}/annotations", json={"value": {"labels": ["legal"]}})
+    assert store.item(held)["status"] == "review"
+    # waiting for review: never exported, whatever the agreement asked for
+    for q in ("", "&min_agreement=0"):
+        assert rev.get(f"/api/projects/{p1}/export?format=domains{q}").text == ""
+    # accepting a tie would take one annotator's answer silently: adjudicate instead
+    assert "no majority" in rev.post(f"/api/items/{held}/review", json={"decision": "accept"}).json()["error"][
+        "message"]
+    assert rev.post(f"/api/items/{held}/review", json={"decision": "adjudicate", "value": {"labels": ["legal"]},
+                                                       "note": {"not": "text"}}).status_code == 422
+    root.send("PATCH", f"/api/users/{ids['ann2']}", json={"role": "reviewer"})
+    ann2 = Client(app, "ann2")
+    assert ann2.post(f"/api/items/{held}/review", json={"decision": "accept"}).status_code == 403  # their own
+    assert rev.post(f"/api/items/{held}/review", json={"decision": "adjudicate",
+                                                       "value": {"labels": ["legal"]}}).status_code == 200
+    # a rank given in floats, spans with booleans: refused, so that no export breaks on them
+    rk = root.post("/api/projects", json={"name": "rk", "task": "rank"}).json()["id"]
+    root.post(f"/api/projects/{rk}/items", json=[{"prompt": "p", "responses": ["a", "b"]}])
+    iid = root.post(f"/api/projects/{rk}/next").json()["id"]
+    for bad in ([1.0, 0], ["a", 0], [True, 0]):
+        assert root.post(f"/api/items/{iid}/annotations", json={"value": {"ranking": bad}}).status_code == 422
+    sp = root.post("/api/projects", json={"name": "sp", "task": "spans", "config": {"labels": ["X"]}}).json()["id"]
+    root.post(f"/api/projects/{sp}/items", json=[{"text": "abc"}])
+    iid = root.post(f"/api/projects/{sp}/next").json()["id"]
+    assert root.post(f"/api/items/{iid}/annotations", json={"value": {"spans": [[False, True, "X"]]}}) \
+        .status_code == 422
+    assert root.post(f"/api/items/{iid}/annotations", json={"value": {"spans": []}, "prelabel_id": [1]}) \
+        .status_code == 422

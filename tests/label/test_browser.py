@@ -105,6 +105,7 @@ def test_annotate_review_export_and_train_in_a_real_browser(labelhub, browser, d
     ann, other, rev = (users.add(name, PASSWORD, role) for name, role in
                        [("ann", "annotator"), ("bo", "annotator"), ("rev", "reviewer")])
     ann_user, other_user = users.get(ann), users.get(other)
+    third_user = users.get(users.add("cy", PASSWORD, "annotator"))
 
     topics = store.create_project("topics", "classify", {"labels": ["medical", "finance", "legal"]})
     store.add_items(topics, [{"text": "Take two tablets after meals and see your doctor if the fever stays."}])
@@ -117,14 +118,15 @@ def test_annotate_review_export_and_train_in_a_real_browser(labelhub, browser, d
     qa = store.create_project("问答", "qa", {})
     question, draft, _ = QA[0]
     store.add_items(qa, [{"question": question, "draft": draft}])
-    triage = store.create_project("triage", "classify", {"labels": ["medical", "finance", "legal"], "overlap": 2})
+    triage = store.create_project("triage", "classify", {"labels": ["medical", "finance", "legal"], "overlap": 3})
     store.add_items(triage, [{"text": "The court fined the clinic for overbilling."},
                              {"text": "Interest rates on mortgages rose again."}])
     for pid in (topics, names, qa, triage):
-        for uid in (ann, other, rev):
+        for uid in (ann, other, rev, third_user["id"]):
             store.add_member(pid, uid)
-    # two annotators disagree on both triage items: both go to review
-    for user, labels in [(ann_user, ["medical", "finance"]), (other_user, ["legal", "legal"])]:
+    # three annotators disagree on both triage items (two of three agree): both go to review
+    for user, labels in [(ann_user, ["medical", "finance"]), (other_user, ["legal", "legal"]),
+                         (third_user, ["medical", "legal"])]:
         for label in labels:
             store.annotate(store.next_item(triage, user)["id"], user, {"labels": [label]})
     assert [it["status"] for it in store.items(triage)] == ["review", "review"]
@@ -243,7 +245,7 @@ def test_annotate_review_export_and_train_in_a_real_browser(labelhub, browser, d
 
     # the dashboard: progress, charts drawn on the server, the agreement table
     driver.get(f"{url}/projects/{triage}")
-    assert driver.find_element(By.ID, "progress").text.startswith("2 of 2 items finished (100.0%), 4 annotations")
+    assert driver.find_element(By.ID, "progress").text.startswith("2 of 2 items finished (100.0%), 6 annotations")
     charts = driver.find_elements(By.CSS_SELECTOR, "svg.chart")
     assert {c.get_attribute("aria-label") for c in charts} >= {"Items by status", "Label distribution"}
     rows = {r.find_element(By.TAG_NAME, "th").text: r.find_element(By.TAG_NAME, "td").text

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from lightseek.errors import ConfigError
 from lightseek.label import tables as t
-from lightseek.label.tasks import LabelError
+from lightseek.label.tasks import LabelError, NotFound
 
 ROLES = ("admin", "reviewer", "annotator")
 SESSION_SECONDS = 12 * 3600
@@ -97,16 +97,26 @@ class Users:
                 raise LabelError(f"role {role!r}: choose one of {', '.join(ROLES)}")
             values["role"] = role
         if active is not None:
-            values["active"] = bool(active)
+            if not isinstance(active, bool):
+                raise LabelError(f"active {active!r}: true or false")
+            values["active"] = active
         if password is not None:
             values["password_hash"] = hash_password(password)
         if not values:
             raise LabelError("give role, active or password")
+        from lightseek.label.store import release_open
+
         with self.engine.begin() as c:
             if not c.execute(t.users.update().where(t.users.c.id == user_id).values(**values)).rowcount:
-                raise LabelError(f"no user {user_id}")
+                raise NotFound(f"no user {user_id}")
+            admins = c.execute(sa.select(sa.func.count()).select_from(t.users).where(
+                t.users.c.role == "admin", t.users.c.active.is_(True))).scalar()
+            if not admins:  # rolled back with the transaction
+                raise LabelError("that would leave no active admin")
             if values.get("active") is False or "password_hash" in values:  # their sessions end
                 c.execute(t.sessions.delete().where(t.sessions.c.user_id == user_id))
+            if values.get("active") is False:  # items waiting for their answer go to someone else
+                release_open(c, user_id)
         return self.get(user_id)
 
     def check_password(self, username: str, password: str) -> dict | None:

@@ -44,11 +44,9 @@ def export_records(store: LabelStore, project: str | int, fmt: str, min_agreemen
     reviews = store.reviews(p["id"])
     shown = store.prelabels([a["prelabel_id"] for rows in anns.values() for a in rows if a["prelabel_id"]])
     out = []
-    for status in ("complete", "reviewed", "review"):
+    for status in ("complete", "reviewed"):
         for item in _all_items(store, p["id"], status):
             review = reviews.get(item["id"])
-            if status == "review" and min_agreement is None:
-                continue  # waiting for its reviewer
             item_anns = anns.get(item["id"], [])
             if review and review["decision"] != "reject":
                 value, how = review["value"], f"review:{review['decision']}"

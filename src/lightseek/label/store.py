@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from lightseek.label import tables as t
 from lightseek.label.agreement import item_agreement
 from lightseek.label.auth import AuthError
-from lightseek.label.tasks import LabelError, ProjectConfig, check_value, item_data, value_key
+from lightseek.label.tasks import LabelError, NotFound, ProjectConfig, check_value, is_int, item_data, value_key
 
 DECISIONS = ("accept", "adjudicate", "reject")
 INSERT_CHUNK = 2000
@@ -37,10 +37,6 @@ def _loads(s):
 
 def _dumps(v) -> str:
     return json.dumps(v, ensure_ascii=False, sort_keys=True)
-
-
-class NotFound(LabelError):
-    """A project, item or user that does not exist (or that the caller may not see): 404."""
 
 
 class LabelStore:
@@ -55,6 +51,8 @@ class LabelStore:
     def create_project(self, name: str, task: str, config: dict | None = None, created_by: int | None = None) -> int:
         if not isinstance(name, str) or not name.strip() or len(name) > 100:
             raise LabelError("name: a project needs a name of 1-100 characters")
+        if name.isdigit():  # a project is named by id or by name wherever it is looked up
+            raise LabelError(f"name {name!r}: a project's name needs a character that is not a digit")
         cfg = ProjectConfig.of(task, config)
         with self.engine.begin() as c:
             if c.execute(sa.select(t.projects.c.id).where(t.projects.c.name == name)).first():
@@ -65,8 +63,8 @@ class LabelStore:
 
     def project(self, ref: int | str) -> dict:
         """A project by id or name."""
-        col = t.projects.c.id if isinstance(ref, int) or str(ref).isdigit() else t.projects.c.name
-        key = int(ref) if col is t.projects.c.id else ref
+        by_id = is_int(ref) or (isinstance(ref, str) and ref.isascii() and ref.isdigit())
+        col, key = (t.projects.c.id, int(ref)) if by_id else (t.projects.c.name, ref)
         with self.engine.connect() as c:
             row = c.execute(sa.select(t.projects).where(col == key)).mappings().first()
         if not row:
@@ -102,8 +100,10 @@ class LabelStore:
                 c.execute(t.members.insert().values(project_id=pid, user_id=uid, added_at=int(time.time())))
 
     def remove_member(self, pid: int, uid: int) -> None:
+        """The user leaves the project; items waiting for their answer go to someone else."""
         with self.engine.begin() as c:
             c.execute(t.members.delete().where(t.members.c.project_id == pid, t.members.c.user_id == uid))
+            release_open(c, uid, pid)
 
     def members(self, pid: int) -> list[dict]:
         q = (sa.select(t.users.c.id, t.users.c.username, t.users.c.role)
@@ -179,7 +179,9 @@ class LabelStore:
         cfg, now = p["config"], int(time.time())
         by_item: dict[int, list[dict]] = {}
         for r in rows:
-            by_item.setdefault(int(r["item_id"]), []).append(r)
+            if not is_int(r.get("item_id")):
+                raise LabelError(f"item_id {r.get('item_id')!r}: an item's id (an integer)")
+            by_item.setdefault(r["item_id"], []).append(r)
         ids = list(by_item)
         with self.engine.begin() as c:
             found = {}
@@ -236,8 +238,9 @@ class LabelStore:
         tries = [pick + " FOR UPDATE OF i SKIP LOCKED", pick + " FOR UPDATE OF i"] if self.postgresql else [pick]
         with self.engine.begin() as c:
             item_id = c.execute(sa.text(
-                "SELECT item_id FROM label_assignments WHERE project_id = :p AND user_id = :u AND state = 'open' "
-                "ORDER BY at LIMIT 1"), args).scalar()
+                "SELECT a.item_id FROM label_assignments a JOIN label_items i ON i.id = a.item_id "
+                "WHERE a.project_id = :p AND a.user_id = :u AND a.state = 'open' AND i.status = 'open' "
+                "ORDER BY a.at LIMIT 1"), args).scalar()
             for query in tries if item_id is None else ():
                 cand = c.execute(sa.text(query), args).scalar()
                 # the claim re-checks the overlap on the locked (or, on SQLite, only) current row
@@ -253,6 +256,7 @@ class LabelStore:
     def skip(self, item_id: int, user: dict) -> None:
         """Give the item back: it goes to another annotator, never again to this one."""
         with self.engine.begin() as c:
+            self._lock(c, item_id)
             if c.execute(t.assignments.update().where(
                     t.assignments.c.item_id == item_id, t.assignments.c.user_id == user["id"],
                     t.assignments.c.state == "open").values(state="skipped")).rowcount:
@@ -266,21 +270,22 @@ class LabelStore:
         item = self.item(item_id)
         p = self.project(item["project_id"])
         value = check_value(p["task"], p["config"], item["data"], value)
-        if prelabel_id is not None and prelabel_id not in {x["id"] for x in item["prelabels"]}:
-            raise LabelError(f"prelabel_id {prelabel_id} is not a pre-label of item {item_id}")
-        if seconds is not None and not (isinstance(seconds, (int, float)) and 0 <= seconds < 86400):
+        if prelabel_id is not None and (not is_int(prelabel_id)
+                                        or prelabel_id not in {x["id"] for x in item["prelabels"]}):
+            raise LabelError(f"prelabel_id {prelabel_id!r} is not a pre-label of item {item_id}")
+        if seconds is not None and not (type(seconds) in (int, float) and 0 <= seconds < 86400):
             raise LabelError("seconds: the time spent, 0 to 86400")
         now = int(time.time())
         with self.engine.begin() as c:
-            a = c.execute(sa.select(t.assignments.c.state).where(
-                t.assignments.c.item_id == item_id, t.assignments.c.user_id == user["id"])).first()
-            if a is None or a.state == "skipped":
-                raise AuthError(f"item {item_id} was not given to you (ask for /next)", 403)
-            status = c.execute(sa.select(t.items.c.status).where(t.items.c.id == item_id)).scalar()
-            if status in ("reviewed", "rejected"):
+            # the item's row lock orders this against a concurrent skip, review or double submit
+            if self._lock(c, item_id) in ("reviewed", "rejected"):
                 raise LabelError(f"item {item_id} has been reviewed; its annotations are final")
+            state = c.execute(sa.select(t.assignments.c.state).where(
+                t.assignments.c.item_id == item_id, t.assignments.c.user_id == user["id"])).scalar()
+            if state not in ("open", "done"):
+                raise AuthError(f"item {item_id} was not given to you (ask for the next item)", 403)
             fields = {"value": _dumps(value), "prelabel_id": prelabel_id, "seconds": seconds, "updated_at": now}
-            if a.state == "done":
+            if state == "done":
                 c.execute(t.annotations.update().where(t.annotations.c.item_id == item_id,
                                                        t.annotations.c.user_id == user["id"]).values(**fields))
             else:
@@ -292,6 +297,15 @@ class LabelStore:
             self._settle(c, p, item_id)
         return value
 
+    def _lock(self, c, item_id: int) -> str:
+        """The item's status, its row locked for the transaction (PostgreSQL; SQLite's write
+        transactions hold the whole database already)."""
+        q = sa.select(t.items.c.status).where(t.items.c.id == item_id)
+        status = c.execute(q.with_for_update() if self.postgresql else q).scalar()
+        if status is None:
+            raise NotFound(f"no item {item_id}")
+        return status
+
     def _settle(self, c, p: dict, item_id: int) -> None:
         """After an annotation: the item's agreement, and complete / review once overlap is met."""
         values = [_loads(v) for v in c.execute(sa.select(t.annotations.c.value)
@@ -302,7 +316,8 @@ class LabelStore:
         if len(values) >= cfg.overlap:
             disagree = agreement is not None and agreement < 1
             status = "review" if cfg.review == "all" or (cfg.review == "disagreement" and disagree) else "complete"
-        c.execute(t.items.update().where(t.items.c.id == item_id).values(agreement=agreement, status=status))
+        c.execute(t.items.update().where(t.items.c.id == item_id, t.items.c.status.notin_(("reviewed", "rejected")))
+                  .values(agreement=agreement, status=status))
 
     def annotations(self, pid: int, user: dict | None = None, item_id: int | None = None) -> list[dict]:
         """A project's annotations (only ``user``'s when given), oldest first."""
@@ -340,7 +355,11 @@ class LabelStore:
         p = self.project(item["project_id"])
         if decision not in DECISIONS:
             raise LabelError(f"decision {decision!r}: choose one of {', '.join(DECISIONS)}")
+        if note is not None and not isinstance(note, str):
+            raise LabelError("note: a text, or nothing")
         anns = self.annotations(p["id"], item_id=item_id)
+        if reviewer["role"] != "admin" and any(a["user_id"] == reviewer["id"] for a in anns):
+            raise AuthError(f"item {item_id} has your own annotation: another reviewer decides it", 403)
         if decision == "adjudicate" and value is None:
             raise LabelError("adjudicate: give the value the item should have")
         if value is not None:
@@ -348,8 +367,12 @@ class LabelStore:
         elif decision == "accept":
             if not anns:
                 raise LabelError(f"item {item_id} has no annotation to accept")
-            value = resolve(p["task"], [a["value"] for a in anns])[0]
+            value, how = resolve(p["task"], [a["value"] for a in anns])
+            if how == "plurality":
+                raise LabelError(f"item {item_id}: no majority among its annotators to accept; adjudicate it")
         with self.engine.begin() as c:
+            if self._lock(c, item_id) not in ("complete", "review", "reviewed"):
+                raise LabelError(f"item {item_id} is still being annotated; review it once it is complete")
             c.execute(t.reviews.insert().values(item_id=item_id, project_id=p["id"], reviewer_id=reviewer["id"],
                                                 decision=decision, value=None if value is None else _dumps(value),
                                                 note=note, created_at=int(time.time())))
@@ -374,6 +397,18 @@ def resolve(task: str, values: list[dict]) -> tuple[dict, str]:
     how = ("single" if len(values) == 1 else "unanimous" if n == len(values)
            else "majority" if n * 2 > len(values) else "plurality")
     return values[keys.index(best)], how
+
+
+def release_open(c, user_id: int, project_id: int | None = None) -> int:
+    """Items given to ``user_id`` and not yet answered go back to the pool (their claims are
+    returned), in one project or all: for a member removed or a user deactivated."""
+    where = "user_id = :u AND state = 'open'" + (" AND project_id = :p" if project_id is not None else "")
+    args = {"u": user_id, "p": project_id}
+    held = c.execute(sa.text(f"SELECT item_id FROM label_assignments WHERE {where}"), args).scalars().all()
+    for item_id in held:
+        c.execute(sa.text("UPDATE label_items SET claims = claims - 1 WHERE id = :i"), {"i": item_id})
+    c.execute(sa.text(f"DELETE FROM label_assignments WHERE {where}"), args)
+    return len(held)
 
 
 def _active_learning(task: str, prelabels) -> dict:

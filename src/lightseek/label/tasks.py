@@ -35,6 +35,15 @@ class LabelError(LightseekError):
     """Input a LabelHub user sent that cannot be taken (the message names the field)."""
 
 
+class NotFound(LabelError):
+    """A project, item or user that does not exist (or that the caller may not see): 404."""
+
+
+def is_int(x) -> bool:
+    """An integer as JSON has one (True and 1.0 are not)."""
+    return type(x) is int
+
+
 def safety_categories() -> list[str]:
     from lightseek.safety.policy import CATEGORIES
 
@@ -55,10 +64,17 @@ class ProjectConfig:
     def of(cls, task: str, raw: dict | None) -> ProjectConfig:
         if task not in TASKS:
             raise LabelError(f"task {task!r}: choose one of {', '.join(TASKS)}")
+        if raw is not None and not isinstance(raw, dict):
+            raise LabelError("config: the project's settings must be a JSON object")
         raw = dict(raw or {})
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise LabelError(f"unknown project setting(s): {', '.join(sorted(unknown))}")
+        for name, kind in (("labels", list), ("multi", bool), ("instructions", str), ("order", str), ("review", str)):
+            if name in raw and not isinstance(raw[name], kind):
+                raise LabelError(f"{name}: must be a JSON {kind.__name__.replace('str', 'string')}")
+        if "overlap" in raw and not is_int(raw["overlap"]):
+            raise LabelError(f"overlap {raw['overlap']!r}: annotators per item, 1 to 20")
         cfg = cls(**raw)
         if task == "safety" and not cfg.labels:
             cfg.labels = safety_categories()
@@ -138,7 +154,7 @@ def check_value(task: str, cfg: ProjectConfig, data: dict, value) -> dict:
             labels = [labels]
         if not isinstance(labels, list) or not labels:
             raise LabelError("labels: choose at least one label")
-        bad = [x for x in labels if x not in cfg.labels]
+        bad = [x for x in labels if not isinstance(x, str) or x not in cfg.labels]
         if bad:
             raise LabelError(f"labels: {bad} are not this project's labels")
         if not cfg.multi and len(labels) != 1:
@@ -146,7 +162,7 @@ def check_value(task: str, cfg: ProjectConfig, data: dict, value) -> dict:
         return {"labels": sorted(set(labels), key=cfg.labels.index)}
     if task == "safety":
         cats = value.get("categories")
-        if not isinstance(cats, list) or any(c not in cfg.labels for c in cats):
+        if not isinstance(cats, list) or any(not isinstance(c, str) or c not in cfg.labels for c in cats):
             raise LabelError(f"categories: a list of the policy's categories ({', '.join(cfg.labels)}), "
                              "empty for harmless")
         return {"categories": sorted(set(cats), key=cfg.labels.index)}
@@ -157,7 +173,7 @@ def check_value(task: str, cfg: ProjectConfig, data: dict, value) -> dict:
         return {"answer": answer.strip()}
     if task == "rank":
         ranking, n = value.get("ranking"), len(data["responses"])
-        if not isinstance(ranking, list) or sorted(ranking) != list(range(n)):
+        if not isinstance(ranking, list) or not all(map(is_int, ranking)) or sorted(ranking) != list(range(n)):
             raise LabelError(f"ranking: every response index 0..{n - 1} once, best first")
         return {"ranking": ranking}
     spans, text = value.get("spans"), data["text"]
@@ -168,9 +184,9 @@ def check_value(task: str, cfg: ProjectConfig, data: dict, value) -> dict:
         if not (isinstance(s, (list, tuple)) and len(s) == 3):
             raise LabelError(f"spans: {s!r} is not [start, end, label]")
         start, end, label = s
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+        if not (is_int(start) and is_int(end) and 0 <= start < end <= len(text)):
             raise LabelError(f"spans: [{start!r}, {end!r}] is not a range of the text's {len(text)} characters")
-        if label not in cfg.labels:
+        if not isinstance(label, str) or label not in cfg.labels:
             raise LabelError(f"spans: label {label!r} is not one of this project's labels")
         out.append([start, end, label])
     return {"spans": sorted(map(list, {tuple(s) for s in out}))}
@@ -193,12 +209,23 @@ def value_key(task: str, value: dict):
 def read_records(name: str, content: bytes | str) -> Iterator[tuple[int, dict]]:
     """(line or row number, record) of a JSONL or CSV upload; a broken line is a LabelError
     naming it. CSV columns are the header's names."""
-    text = content.decode("utf-8-sig") if isinstance(content, bytes) else content
+    try:
+        text = content.decode("utf-8-sig") if isinstance(content, bytes) else content
+    except UnicodeDecodeError as e:
+        raise LabelError(f"{name}: not UTF-8 (byte {e.start})") from None
     if name.lower().endswith(".csv"):
-        for i, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-            yield i, {k: v for k, v in row.items() if k is not None}
+        csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+        rows = csv.DictReader(io.StringIO(text, newline=""))
+        i = 1
+        try:
+            for i, row in enumerate(rows, start=2):
+                yield i, {k: v for k, v in row.items() if k is not None}
+        except csv.Error as e:
+            raise LabelError(f"{name} row {i + 1}: not CSV ({e})") from None
         return
-    for i, line in enumerate(text.splitlines(), start=1):
+    # JSON lines end at \n only: U+2028 and the like may stand raw inside a JSON string
+    for i, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

@@ -24,6 +24,7 @@ Pages: /login, / (projects), /projects/{p} (dashboard), /projects/{p}/annotate, 
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,10 +35,11 @@ from lightseek.label import charts
 from lightseek.label.auth import AuthError, Users, check_csrf, require_role
 from lightseek.label.export import FORMATS, export_records
 from lightseek.label.stats import project_stats
-from lightseek.label.store import LabelStore, NotFound
-from lightseek.label.tasks import LabelError, read_records
+from lightseek.label.store import LabelStore
+from lightseek.label.tasks import LabelError, NotFound, read_records
 
 COOKIE = "labelhub_session"
+LOGIN_COOKIE = "labelhub_login"
 HERE = Path(__file__).resolve().parent
 MAX_UPLOAD = 200 * 1024 * 1024
 SAFE = {"GET", "HEAD", "OPTIONS"}
@@ -48,6 +50,18 @@ def build_label_app(users: Users, store: LabelStore, secure_cookies: bool = Fals
 
     app = FastAPI(title="LabelHub", docs_url="/api/docs", openapi_url="/api/openapi.json")
     pages = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+
+    @app.exception_handler(OverflowError)
+    async def out_of_range(request: Request, e: Exception):  # an id past 64 bits, in a path or a query
+        return JSONResponse({"error": {"message": "a number in the request is out of range", "status": 422}},
+                            status_code=422)
+
+    try:
+        from sqlalchemy.exc import DataError
+
+        app.add_exception_handler(DataError, out_of_range)  # PostgreSQL's numeric value out of range
+    except ImportError:
+        pass
 
     @app.exception_handler(LabelError)
     async def label_error(request: Request, e: LabelError):
@@ -63,8 +77,8 @@ def build_label_app(users: Users, store: LabelStore, secure_cookies: bool = Fals
         user = users.session(request.cookies.get(COOKIE))
         if user is None:
             raise AuthError("sign in first (POST /api/login, or the /login page)", 401)
-        if request.method not in SAFE and not request.url.path.endswith("/login"):
-            check_csrf(user, request.headers.get("x-csrf-token") or request.query_params.get("csrf"))
+        if request.method not in SAFE:
+            check_csrf(user, request.headers.get("x-csrf-token"))
         return user
 
     def staff(request: Request, ref) -> tuple[dict, dict]:
@@ -195,7 +209,7 @@ def build_label_app(users: Users, store: LabelStore, secure_cookies: bool = Fals
 
     # --- annotating -----------------------------------------------------------------------
 
-    @app.get("/api/projects/{ref}/next")
+    @app.post("/api/projects/{ref}/next")
     def next_item(request: Request, ref: str):
         user = who(request)
         p = store.visible_project(user, ref)
@@ -206,8 +220,13 @@ def build_label_app(users: Users, store: LabelStore, secure_cookies: bool = Fals
         return {**_item_for(item, user), "task": p["task"], "mine": mine[0]["value"] if mine else None}
 
     def _item_project(user: dict, item_id: int) -> tuple[dict, dict]:
-        item = store.item(item_id)
-        return item, store.visible_project(user, item["project_id"])
+        """The item and its project, or 'no item' alike for a missing item and for one in a project
+        the caller may not see (which project holds it is not revealed)."""
+        try:
+            item = store.item(item_id)
+            return item, store.visible_project(user, item["project_id"])
+        except NotFound:
+            raise NotFound(f"no item {item_id}") from None
 
     @app.post("/api/items/{item_id}/annotations", status_code=201)
     def annotate(request: Request, item_id: int, body: dict = Body(...)):
@@ -260,15 +279,20 @@ def build_label_app(users: Users, store: LabelStore, secure_cookies: bool = Fals
     # --- pages ----------------------------------------------------------------------------
 
     @app.get("/login", response_class=HTMLResponse)
-    def login_page(error: str | None = None):
-        return _page(pages, "login.html", None, error=error)
+    def login_page():
+        return _login_page(pages)
 
     @app.post("/login")
-    def login_form(username: str = Form(""), password: str = Form("")):
+    def login_form(request: Request, username: str = Form(""), password: str = Form(""),
+                   login_csrf: str = Form("")):
+        # the sign-in form's own CSRF check (double submit: the cookie set with the form must come
+        # back in its field), so that another site cannot sign a visitor into its account
+        sent = request.cookies.get(LOGIN_COOKIE)
+        if not sent or not login_csrf or not secrets.compare_digest(sent, login_csrf):
+            return _login_page(pages, "The sign-in form expired: try again.", 403)
         user = users.check_password(username, password)
         if user is None:
-            return HTMLResponse(_page(pages, "login.html", None, error="Wrong username or password."),
-                                status_code=401)
+            return _login_page(pages, "Wrong username or password.", 401)
         out = RedirectResponse("/", status_code=303)
         _signed_in(out, user)
         return out
@@ -329,6 +353,13 @@ def build_label_app(users: Users, store: LabelStore, secure_cookies: bool = Fals
         return {"ok": True}
 
     return app
+
+
+def _login_page(pages, error: str | None = None, status: int = 200) -> HTMLResponse:
+    token = secrets.token_urlsafe(16)
+    out = HTMLResponse(_page(pages, "login.html", None, error=error, login_csrf=token), status_code=status)
+    out.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", max_age=3600)
+    return out
 
 
 def _page(pages, name: str, user: dict | None, **context) -> str:

@@ -164,7 +164,7 @@ const LabelHub = (() => {
       if (r.ok) load(); else status.textContent = await errorOf(r);
     }
     async function load() {
-      const r = await api('GET', `/api/projects/${project.id}/next`);
+      const r = await api('POST', `/api/projects/${project.id}/next`);
       if (r.status === 204) { box.replaceChildren(h('p', {class: 'empty', id: 'done', text: 'Nothing left for you in this project. Thank you!'})); return; }
       if (!r.ok) { status.textContent = await errorOf(r); return; }
       item = await r.json(); render();
