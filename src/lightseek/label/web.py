@@ -10,7 +10,7 @@ token as X-CSRF-Token):
   POST /api/projects/{p}/items    (JSON list, or a JSONL/CSV upload as `file`)        (admin)
   GET  /api/projects/{p}/items?status=&offset=                                        (admin, reviewer)
   POST /api/projects/{p}/prelabels [{item_id, model, version, value, score}]           (admin)
-  GET  /api/projects/{p}/next     POST /api/items/{i}/annotations {value, prelabel_id, seconds}
+  POST /api/projects/{p}/next     POST /api/items/{i}/annotations {value, prelabel_id, seconds}
   POST /api/items/{i}/skip        GET /api/projects/{p}/annotations (an annotator: their own)
   GET  /api/projects/{p}/review   POST /api/items/{i}/review {decision, value, note}  (admin, reviewer)
   GET  /api/projects/{p}/stats    GET /api/projects/{p}/export?format=&min_agreement= (admin, reviewer)
