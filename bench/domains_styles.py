@@ -19,7 +19,8 @@ smollm2-135m-instruct: the mean of block --layer's hidden states beside the n-gr
 cached per text, so the sixteen runs embed each text once), or --zero-shot MODEL (the instruct
 model is asked; nothing is trained, so leaving a source out changes only the label set).
 Predictions are the plain argmax (threshold 0: no `general` fallback). Writes
-bench/results/domains_styles[_...].json.
+bench/results/domains_styles.json (TF-IDF), domains_styles_model.json (--model) or
+domains_styles_zero-shot.json (--zero-shot).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=300, help="test texts per left-out source")
     ap.add_argument("--result")
     args = ap.parse_args()
-    stem = result_name("domains_styles", args, {"data": "runs/domains/data", "layer": -1, "max_test": 300})
+    # one result per feature kind: the n-gram baseline, the model's features, the zero-shot model
+    kind = "_zero-shot" if args.zero_shot else "_model" if args.model else ""
+    stem = result_name("domains_styles" + kind, args, {"data": "runs/domains/data", "layer": -1, "max_test": 300})
 
     from lightseek.data.domains import DomainClassifier, DomainConfig
     from lightseek.data.domains.metrics import evaluate

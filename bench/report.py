@@ -696,6 +696,30 @@ def domains_by_source() -> str:
                  "llrr")
 
 
+STYLE_RUNS = (("domains_styles", "TF-IDF n-grams"), ("domains_styles_model", "SmolLM2 features + TF-IDF"),
+              ("domains_styles_zero-shot", "zero-shot SmolLM2"))
+
+
+def domains_styles() -> str:
+    """Leave one source out (bench/domains_styles.py): pooled macro-F1 per language for each
+    feature kind measured, then accuracy per left-out source."""
+    runs = [(label, result(name)) for name, label in STYLE_RUNS if (RESULTS / f"{name}.json").is_file()]
+    groups = {"en": "English, styles with a same-language sibling", "zh": "Chinese, styles with a same-language sibling",
+              "en (alone)": "English, the only source of its domain (contracts)",
+              "zh (alone)": "Chinese, the only sources of their domain (statutes, patient dialogues)"}
+    rows = [[what, str(runs[0][1]["pooled"][g]["n"]),
+             *(f"**{d['pooled'][g]['macro_f1']:.3f}** / {d['pooled'][g]['accuracy']:.3f}" for _, d in runs)]
+            for g, what in groups.items() if g in runs[0][1]["pooled"]]
+    head = table(["left-out sources, pooled", "texts", *(f"{label}: macro-F1 / accuracy" for label, _ in runs)],
+                 rows, "lr" + "r" * len(runs))
+    sources = runs[0][1]["sources"]
+    per = [[src, v["domain"], str(v["n"]), *(f"{d['sources'][src]['accuracy']:.3f}" for _, d in runs)]
+           for src, v in sorted(sources.items(), key=lambda kv: (kv[1]["language"], kv[1]["domain"], kv[0]))]
+    commands = "; ".join(f"`{d['command']}`" for _, d in runs)
+    return (head + "\n" + table(["left-out source", "domain", "texts", *(f"{label}: accuracy" for label, _ in runs)],
+                                 per, "llr" + "r" * len(runs)) + f"\nCommands: {commands}.\n")
+
+
 def _macro_f1(d: dict, key: str) -> float:
     return d["results"][key]["macro_f1"]
 
@@ -961,7 +985,8 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/real_model.md": {"real_model_systems": real_model_systems, "real_model_tasks": real_model_tasks},
     "docs/results/pipeline.md": {"pipeline": pipeline, "pipeline_removed": pipeline_removed},
     "docs/results/specialisation.md": {"specialisation_report": specialisation_report},
-    "docs/results/domains.md": {"domains_results": domains_results, "domains_by_source": domains_by_source},
+    "docs/results/domains.md": {"domains_results": domains_results, "domains_by_source": domains_by_source,
+                                "domains_styles": domains_styles},
     "docs/results/quant.md": {"quant": quant_results, "quant_real": quant_real,
                               "quant_real_targets": quant_real_targets},
     "docs/results/routing.md": {"routing_en": routing_table("en"), "routing_zh": routing_table("zh"),
