@@ -501,3 +501,24 @@ def test_what_review_found(hub):
         .status_code == 422
     assert root.post(f"/api/items/{iid}/annotations", json={"value": {"spans": []}, "prelabel_id": [1]}) \
         .status_code == 422
+
+
+def test_an_unanswered_item_goes_back_after_its_lease(db_url):
+    import time
+
+    from lightseek.label.store import open_label_store
+
+    engine, users, store = open_label_store(db_url)
+    store.sweep_every_s = 0.0
+    pid = store.create_project("lease", "classify", {"labels": ["x"], "lease_hours": 0.0001})  # 0.36 s
+    store.add_items(pid, [{"text": "t"}])
+    a, b = (users.get(users.add(n, PASSWORD)) for n in ("ann", "bob"))
+    held = store.next_item(pid, a)["id"]
+    assert store.next_item(pid, b) is None  # overlap 1: the item is a's
+    time.sleep(1.5)  # hand-out times are whole seconds
+    assert store.next_item(pid, b)["id"] == held
+    with pytest.raises(Exception, match="not given to you"):
+        store.annotate(held, a, {"labels": ["x"]})
+    store.annotate(held, b, {"labels": ["x"]})
+    assert store.item(held)["claims"] == 1 and store.item(held)["status"] == "complete"
+    engine.dispose()

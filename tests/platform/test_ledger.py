@@ -49,12 +49,15 @@ def test_money_is_exact_and_shares_never_lose_a_micro_dollar() -> None:
 
 
 def test_migrations_match_the_tables(db_url) -> None:
+    """The one Alembic history builds exactly the tables the platform and LabelHub define."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
+    from lightseek.label.tables import metadata as label_metadata
+
     engine, _, _ = open_platform(db_url)
     with engine.connect() as c:
-        diffs = compare_metadata(MigrationContext.configure(c), metadata)
+        diffs = compare_metadata(MigrationContext.configure(c), [metadata, label_metadata])
     assert diffs == []
     assert {r.name for r in rows(engine, sa.table("plans", sa.column("name")))} == {"free", "pro", "enterprise"}
 

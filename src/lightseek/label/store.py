@@ -17,6 +17,7 @@ or rejects (the item leaves the exports).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 
@@ -42,9 +43,12 @@ def _dumps(v) -> str:
 class LabelStore:
     """Everything LabelHub stores, on one SQLAlchemy engine."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, sweep_every_s: float = 60.0):
         self.engine = engine
         self.postgresql = engine.dialect.name == "postgresql"
+        # how often a project's expired leases are looked for (at a hand-out, at most this often)
+        self.sweep_every_s = sweep_every_s
+        self._swept: dict[int, float] = {}
 
     # --- projects and members -------------------------------------------------------------
 
@@ -236,6 +240,9 @@ class LabelStore:
         # so that "nothing left" is never said while items are only locked). SQLite's write
         # transactions run one at a time: nothing to pass over.
         tries = [pick + " FOR UPDATE OF i SKIP LOCKED", pick + " FOR UPDATE OF i"] if self.postgresql else [pick]
+        if time.monotonic() - self._swept.get(pid, -math.inf) >= self.sweep_every_s:
+            self._swept[pid] = time.monotonic()
+            self.release_expired(pid, cfg.lease_hours)
         with self.engine.begin() as c:
             item_id = c.execute(sa.text(
                 "SELECT a.item_id FROM label_assignments a JOIN label_items i ON i.id = a.item_id "
@@ -252,6 +259,20 @@ class LabelStore:
                     item_id = cand
                     break
         return None if item_id is None else self.item(item_id)
+
+    def release_expired(self, pid: int, lease_hours: float) -> int:
+        """Items handed out longer than ``lease_hours`` ago and still unanswered go back to the
+        pool (an annotator who closed the tab does not hold them for ever); returns how many."""
+        cutoff = int(time.time() - lease_hours * 3600)
+        with self.engine.begin() as c:
+            stale = c.execute(sa.text("SELECT item_id, user_id FROM label_assignments WHERE project_id = :p "
+                                      "AND state = 'open' AND at < :cutoff"), {"p": pid, "cutoff": cutoff}).all()
+            for item_id, user_id in stale:
+                self._lock(c, item_id)
+                if c.execute(sa.text("DELETE FROM label_assignments WHERE item_id = :i AND user_id = :u "
+                                     "AND state = 'open'"), {"i": item_id, "u": user_id}).rowcount:
+                    c.execute(sa.text("UPDATE label_items SET claims = claims - 1 WHERE id = :i"), {"i": item_id})
+        return len(stale)
 
     def skip(self, item_id: int, user: dict) -> None:
         """Give the item back: it goes to another annotator, never again to this one."""

@@ -102,6 +102,7 @@ assignments = Table(
     Column("state", String(8), nullable=False),                # open | done | skipped
     Column("at", BigInteger, nullable=False),
     Index("ix_label_assignments_user", "project_id", "user_id", "state"),
+    Index("ix_label_assignments_open", "project_id", "state", "at"),
 )
 
 annotations = Table(

@@ -59,6 +59,7 @@ class ProjectConfig:
     order: str = "sequential"                        # sequential | least_confidence | disagreement
     review: str = "disagreement"                     # items for review: disagreement | all | none
     instructions: str = ""
+    lease_hours: float = 24.0                        # an unanswered item goes back to the pool after this
 
     @classmethod
     def of(cls, task: str, raw: dict | None) -> ProjectConfig:
@@ -73,6 +74,8 @@ class ProjectConfig:
         for name, kind in (("labels", list), ("multi", bool), ("instructions", str), ("order", str), ("review", str)):
             if name in raw and not isinstance(raw[name], kind):
                 raise LabelError(f"{name}: must be a JSON {kind.__name__.replace('str', 'string')}")
+        if "lease_hours" in raw and not (type(raw["lease_hours"]) in (int, float) and raw["lease_hours"] > 0):
+            raise LabelError(f"lease_hours {raw['lease_hours']!r}: hours an item waits for its annotator, > 0")
         if "overlap" in raw and not is_int(raw["overlap"]):
             raise LabelError(f"overlap {raw['overlap']!r}: annotators per item, 1 to 20")
         cfg = cls(**raw)

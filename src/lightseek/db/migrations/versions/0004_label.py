@@ -61,6 +61,7 @@ def upgrade() -> None:
         _fk("user_id", "label_users.id", primary_key=True), _fk("project_id", "label_projects.id"),
         sa.Column("state", STR(8), nullable=False), sa.Column("at", BIG, nullable=False))
     op.create_index("ix_label_assignments_user", "label_assignments", ["project_id", "user_id", "state"])
+    op.create_index("ix_label_assignments_open", "label_assignments", ["project_id", "state", "at"])
     op.create_table(
         "label_annotations", sa.Column("id", INT, primary_key=True), _fk("item_id", "label_items.id"),
         _fk("project_id", "label_projects.id"), _fk("user_id", "label_users.id"),
