@@ -20,7 +20,7 @@ the fp32 row's KL against them is that rounding alone.
 GPTQ calibrates on text trained on by nobody here (bench/quant.py's calibration books, 64 windows
 of 256 tokens); the held-out text is bench/lora_vs_full.py's general set.
 
-    python bench/quant_real.py [--eval-tokens 16384] [--forms dense moe]
+    python bench/quant_real.py [--eval-tokens 16384] [--forms dense moe] [--configs NAME ...]
 
 Prints markdown tables and writes bench/results/quant_real.json with the run's provenance.
 """
@@ -132,6 +132,7 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
     calib = CalibConfig(files=[str(p) for p in CALIB], samples=args.calib_samples, seq_len=256,
                         text_field="text,context_text")
     names = CONFIGS if form == "dense" else {k: CONFIGS[k] for k in MOE_CONFIGS}
+    names = {k: v for k, v in names.items() if not args.configs or k in args.configs}
     for name, kw in names.items():
         out = WORK / form / name.replace(" ", "_")
         t0 = time.perf_counter()
@@ -161,8 +162,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed decode runs per configuration (median)")
     ap.add_argument("--forms", nargs="+", default=["dense", "moe"], choices=["dense", "moe"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="only these configurations (and the fp32 "
+                    "reference); a result file of its own")
     args = ap.parse_args()
-    stem = result_name("quant_real", args, {k: ap.get_default(k) for k in ("eval_tokens", "calib_samples", "forms")})
+    stem = result_name("quant_real", args, {k: ap.get_default(k) for k in ("eval_tokens", "calib_samples", "forms",
+                                                                           "configs")})
     torch.set_num_threads(args.threads)
 
     from lightseek.data.tokenizer import Tokenizer
