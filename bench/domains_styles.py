@@ -60,13 +60,15 @@ def main() -> None:
     ap.add_argument("--data", default="runs/domains/data", help="a folder made by `lightseek domains build`")
     ap.add_argument("--model", help="lightseek checkpoint or fetched model: its hidden states beside TF-IDF")
     ap.add_argument("--layer", type=int, default=-1, help="the block of --model whose output is pooled")
+    ap.add_argument("--no-tfidf", dest="tfidf", action="store_false", help="--model: its features alone, no n-grams")
     ap.add_argument("--zero-shot", help="an instruct model asked for each text's domain (nothing trained)")
     ap.add_argument("--max-test", type=int, default=300, help="test texts per left-out source")
     ap.add_argument("--result")
     args = ap.parse_args()
     # one result per feature kind: the n-gram baseline, the model's features, the zero-shot model
     kind = "_zero-shot" if args.zero_shot else "_model" if args.model else ""
-    stem = result_name("domains_styles" + kind, args, {"data": "runs/domains/data", "layer": -1, "max_test": 300})
+    stem = result_name("domains_styles" + kind, args, {"data": "runs/domains/data", "layer": -1, "max_test": 300,
+                                                       "tfidf": True})
 
     from lightseek.data.domains import DomainClassifier, DomainConfig
     from lightseek.data.domains.metrics import evaluate
@@ -81,7 +83,8 @@ def main() -> None:
     domain_of = {r["source"]: r["domain"] for r in train}
     alone = {s for s in sources if not any(o != s and domain_of[o] == domain_of[s] and language(o) == language(s)
                                            for o in sources)}
-    cfg = DomainConfig(threshold=0.0, model=args.model or "", model_layer=args.layer, zero_shot=args.zero_shot or "")
+    cfg = DomainConfig(threshold=0.0, model=args.model or "", model_layer=args.layer, zero_shot=args.zero_shot or "",
+                       model_tfidf=args.tfidf)
     per_source, pooled = {}, defaultdict(lambda: ([], []))
     t0 = time.perf_counter()
     for source in sources:
@@ -110,8 +113,8 @@ def main() -> None:
     print("\n| pooled left-out sources | macro-F1 | accuracy | texts |\n|---|---:|---:|---:|")
     for g, r in reports.items():
         print(f"| {g} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {r['n']} |")
-    features = (f"zero-shot {args.zero_shot}" if args.zero_shot else f"model+tfidf {args.model}" if args.model
-                else "tfidf")
+    features = (f"zero-shot {args.zero_shot}" if args.zero_shot else
+                f"model{'+tfidf' if args.tfidf else ''} {args.model}" if args.model else "tfidf")
     out = write_result(stem, {**provenance(), "features": features, "layer": args.layer if args.model else None,
                               "max_test": args.max_test, "wall_s": time.perf_counter() - t0,
                               "sources": per_source, "pooled": reports})

@@ -697,6 +697,7 @@ def domains_by_source() -> str:
 
 
 STYLE_RUNS = (("domains_styles", "TF-IDF n-grams"), ("domains_styles_model", "SmolLM2 features + TF-IDF"),
+              ("domains_styles_model_no-tfidf", "SmolLM2 features alone"),
               ("domains_styles_zero-shot", "zero-shot SmolLM2"))
 
 
