@@ -200,13 +200,17 @@ class Recorder:
                 self.examples.append({"route": route, "status": status, "body": text[:300]})
 
 
-def annotator(client: Client, spec: dict, rng: random.Random, start: threading.Barrier, state: dict) -> None:
-    pid = spec["project_id"]
+def _signed_in(client: Client, start: threading.Barrier, state: dict) -> float | None:
+    """Log in, wait for every client to be ready, and give the run's end (None: the login failed)."""
     ok = client.login()
     start.wait()
-    if not ok:
+    return state["end"] if ok else None
+
+
+def annotator(client: Client, spec: dict, rng: random.Random, start: threading.Barrier, state: dict) -> None:
+    pid = spec["project_id"]
+    if (end := _signed_in(client, start, state)) is None:
         return
-    end = state["end"]
     while time.perf_counter() < end:
         status, item = client.call("next", "POST", f"/api/projects/{pid}/next")
         if status == 204 or item is None:  # nothing left for this annotator, or an error: wait and ask again
@@ -235,11 +239,8 @@ def reviewer(client: Client, spec: dict, start: threading.Barrier, state: dict) 
     with annotations imports the agreement libraries (scikit-learn, statsmodels) in the server,
     a cold start that belongs to the warm-up."""
     pid = spec["project_id"]
-    ok = client.login()
-    start.wait()
-    if not ok:
+    if (end := _signed_in(client, start, state)) is None:
         return
-    end = state["end"]
     time.sleep(spec["warmup"] / 2)
     while time.perf_counter() < end:
         client.call("review", "GET", f"/api/projects/{pid}/review")

@@ -45,7 +45,7 @@ def export_records(store: LabelStore, project: str | int, fmt: str, min_agreemen
     shown = store.prelabels([a["prelabel_id"] for rows in anns.values() for a in rows if a["prelabel_id"]])
     out = []
     for status in ("complete", "reviewed"):
-        for item in _all_items(store, p["id"], status):
+        for item in store.iter_items(p["id"], status):
             review = reviews.get(item["id"])
             item_anns = anns.get(item["id"], [])
             if review and review["decision"] != "reject":
@@ -60,16 +60,6 @@ def export_records(store: LabelStore, project: str | int, fmt: str, min_agreemen
             prov = _provenance(p, item, item_anns, review, how, shown)
             out.extend({**rec, "labelhub": prov} for rec in _records(fmt, p, item, value))
     return out
-
-
-def _all_items(store: LabelStore, pid: int, status: str, page: int = 500):
-    offset = 0
-    while True:
-        rows = store.items(pid, status=status, offset=offset, limit=page)
-        yield from rows
-        if len(rows) < page:
-            return
-        offset += page
 
 
 def _provenance(p: dict, item: dict, anns: list[dict], review: dict | None, how: str, shown: dict) -> dict:

@@ -41,16 +41,13 @@ def _texts(store: LabelStore, pid: int, field: str, limit: int | None, only_new:
         with store.engine.connect() as c:
             done = set(c.execute(sa.select(t.prelabels.c.item_id).join(t.items, t.items.c.id == t.prelabels.c.item_id)
                                  .where(t.items.c.project_id == pid, t.prelabels.c.model == only_new)).scalars())
-    ids, texts, offset = [], [], 0
-    while limit is None or len(ids) < limit:
-        rows = store.items(pid, status="open", offset=offset, limit=500)
-        for r in rows:
-            if r["id"] not in done and (limit is None or len(ids) < limit):
-                ids.append(r["id"])
-                texts.append(r["data"][field])
-        if len(rows) < 500:
+    ids, texts = [], []
+    for r in store.iter_items(pid, status="open"):
+        if limit is not None and len(ids) >= limit:
             break
-        offset += 500
+        if r["id"] not in done:
+            ids.append(r["id"])
+            texts.append(r["data"][field])
     return ids, texts
 
 

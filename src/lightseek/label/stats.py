@@ -8,10 +8,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 
-import sqlalchemy as sa
-
 from lightseek.label import agreement
-from lightseek.label import tables as t
 from lightseek.label.store import LabelStore, resolve
 from lightseek.label.tasks import value_key
 
@@ -23,9 +20,7 @@ def _day(ts: int) -> str:
 def project_stats(store: LabelStore, pid: int) -> dict:
     p = store.project(pid)
     task = p["task"]
-    with store.engine.connect() as c:
-        by_status = dict(c.execute(sa.select(t.items.c.status, sa.func.count()).where(t.items.c.project_id == pid)
-                                   .group_by(t.items.c.status)).all())
+    progress = store.progress(pid)
     anns = store.annotations(pid)
     reviews = store.reviews(pid)
     units: dict[int, dict[str, object]] = defaultdict(dict)
@@ -62,10 +57,9 @@ def project_stats(store: LabelStore, pid: int) -> dict:
             continue
         value = r["value"] if r and r["value"] is not None else resolve(task, values)[0]
         distribution.update(_labels_of(task, value))
-    total = sum(by_status.values())
-    finished = by_status.get("complete", 0) + by_status.get("reviewed", 0)
+    total, finished = progress["items"], progress["finished"]
     return {
-        "project": p["name"], "task": task, "items": total, "by_status": by_status,
+        "project": p["name"], "task": task, "items": total, "by_status": progress["by_status"],
         "finished": finished, "progress": round(finished / total, 4) if total else 0.0,
         "annotations": len(anns), "reviews": len(reviews),
         "review_decisions": dict(Counter(r["decision"] for r in reviews.values())),

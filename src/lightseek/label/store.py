@@ -167,6 +167,24 @@ class LabelStore:
             return [_item(r) for r in c.execute(q.order_by(t.items.c.id).offset(offset).limit(min(limit, 500)))
                     .mappings()]
 
+    def iter_items(self, pid: int, status: str | None = None, page: int = 500):
+        """Every item of a project (of one status), in id order, a page at a time."""
+        offset = 0
+        while True:
+            rows = self.items(pid, status=status, offset=offset, limit=page)
+            yield from rows
+            if len(rows) < page:
+                return
+            offset += page
+
+    def progress(self, pid: int) -> dict:
+        """Items by status, how many there are and how many are finished (complete or reviewed)."""
+        with self.engine.connect() as c:
+            by_status = dict(c.execute(sa.select(t.items.c.status, sa.func.count())
+                                       .where(t.items.c.project_id == pid).group_by(t.items.c.status)).all())
+        return {"by_status": by_status, "items": sum(by_status.values()),
+                "finished": by_status.get("complete", 0) + by_status.get("reviewed", 0)}
+
     def prelabels(self, ids) -> dict[int, dict]:
         ids, out = sorted(set(ids)), {}
         with self.engine.connect() as c:
@@ -340,14 +358,17 @@ class LabelStore:
         c.execute(t.items.update().where(t.items.c.id == item_id, t.items.c.status.notin_(("reviewed", "rejected")))
                   .values(agreement=agreement, status=status))
 
-    def annotations(self, pid: int, user: dict | None = None, item_id: int | None = None) -> list[dict]:
-        """A project's annotations (only ``user``'s when given), oldest first."""
+    def annotations(self, pid: int, user: dict | None = None, item_id: int | None = None,
+                    item_ids: list[int] | None = None) -> list[dict]:
+        """A project's annotations (only ``user``'s, or those of the given items), oldest first."""
         q = (sa.select(t.annotations, t.users.c.username).join(t.users, t.users.c.id == t.annotations.c.user_id)
              .where(t.annotations.c.project_id == pid).order_by(t.annotations.c.id))
         if user is not None:
             q = q.where(t.annotations.c.user_id == user["id"])
         if item_id is not None:
             q = q.where(t.annotations.c.item_id == item_id)
+        if item_ids is not None:
+            q = q.where(t.annotations.c.item_id.in_(item_ids))
         with self.engine.connect() as c:
             return [{**dict(r), "value": _loads(r["value"])} for r in c.execute(q).mappings()]
 
@@ -361,14 +382,13 @@ class LabelStore:
         with self.engine.connect() as c:
             rows = [_item(r) for r in c.execute(q).mappings()]
             ids = [r["id"] for r in rows]
-            anns, pres = {i: [] for i in ids}, {i: [] for i in ids}
-            for a in c.execute(sa.select(t.annotations, t.users.c.username)
-                               .join(t.users, t.users.c.id == t.annotations.c.user_id)
-                               .where(t.annotations.c.item_id.in_(ids)).order_by(t.annotations.c.id)).mappings():
-                anns[a["item_id"]].append({**dict(a), "value": _loads(a["value"])})
+            pres: dict[int, list] = {i: [] for i in ids}
             for x in c.execute(sa.select(t.prelabels).where(t.prelabels.c.item_id.in_(ids))
                                .order_by(t.prelabels.c.id)).mappings():
                 pres[x["item_id"]].append(_prelabel(x))
+        anns: dict[int, list] = {i: [] for i in ids}
+        for a in self.annotations(pid, item_ids=ids):
+            anns[a["item_id"]].append(a)
         return [{**r, "annotations": anns[r["id"]], "prelabels": pres[r["id"]]} for r in rows]
 
     def review(self, item_id: int, reviewer: dict, decision: str, value=None, note: str | None = None) -> dict:

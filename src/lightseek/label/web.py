@@ -310,7 +310,7 @@ def build_label_app(users: Users, store: LabelStore, secure_cookies: bool = Fals
     @app.get("/", response_class=HTMLResponse)
     def home(request: Request):
         user = who(request)
-        rows = [{**_project_json(p), "stats": project_stats(store, p["id"]) if user["role"] != "annotator"
+        rows = [{**_project_json(p), "stats": store.progress(p["id"]) if user["role"] != "annotator"
                  else None} for p in store.projects(user)]
         return _page(pages, "projects.html", user, projects=rows)
 
