@@ -1,7 +1,7 @@
 """A throw-away PostgreSQL server for a benchmark: a cluster of its own in a temporary folder
 (initdb, pg_ctl; as the ``postgres`` user when run as root, since PostgreSQL refuses root), on a
-free loopback port, stopped and removed afterwards. The same recipe as the platform tests'
-fixture (tests/platform/databases.py), without pytest.
+free loopback port, stopped and removed afterwards. The platform tests' fixture
+(tests/platform/databases.py) starts its server with it too.
 
     with temporary_cluster() as admin_url:         # postgresql://lightseek@127.0.0.1:PORT/postgres
         url = create_database(admin_url, "bench")   # postgresql://lightseek@127.0.0.1:PORT/bench

@@ -6,24 +6,23 @@ the postgres user when run as root) and removes afterwards.
 
 from __future__ import annotations
 
-import glob
+import contextlib
+import importlib.util
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
 
-def _pg_bindir() -> str | None:
-    ctl = shutil.which("pg_ctl")
-    if ctl:
-        return str(Path(os.path.realpath(ctl)).parent)
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return str(Path(found[-1]).parent) if found else None
+def _pg_cluster():
+    """bench/pg_cluster.py, loaded by path (bench/ stays off sys.path): the one recipe for a
+    throw-away PostgreSQL server, shared with the benchmarks."""
+    spec = importlib.util.spec_from_file_location("lightseek_bench_pg_cluster",
+                                                  Path(__file__).resolve().parents[2] / "bench" / "pg_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -33,34 +32,14 @@ def pg_server():
         yield os.environ["LIGHTSEEK_TEST_PG"]
         return
     pytest.importorskip("psycopg", reason="PostgreSQL needs psycopg (pip install -e .[platform])")
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run installs it)")
-    root = Path(tempfile.mkdtemp(prefix="lightseek-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        import pwd
-
+    pg = _pg_cluster()
+    with contextlib.ExitStack() as stack:
         try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
-    run(f"{bindir}/initdb", "-D", str(data), "-U", "lightseek", "--auth=trust", "-E", "UTF8")
-    run(f"{bindir}/pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start")
-    try:
-        yield f"postgresql://lightseek@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+            url = stack.enter_context(pg.temporary_cluster({"fsync": "off", "max_connections": "200"},
+                                                           prefix="lightseek-pg-"))
+        except pg.PgUnavailable as e:
+            pytest.skip(f"{e} (.ci/run installs PostgreSQL)")
+        yield url
 
 
 def _fresh_pg_database(admin_url: str) -> tuple[str, callable]:
