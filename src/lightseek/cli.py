@@ -165,6 +165,8 @@ def cmd_shrink(args, overrides) -> int:
         raise LightseekError(f"shrink takes no config overrides, got {' '.join(overrides)}")
     r = shrink_checkpoint(args.checkpoint, args.out, layers=args.layers, ffn_share=args.ffn_share,
                           calib=args.calib, overwrite=args.overwrite)
+    if "block_influence" in r:
+        print("block influence (1 - cos(in, out)): " + " ".join(f"{i}:{v:.3f}" for i, v in enumerate(r["block_influence"])))
     if "layers_kept" in r:
         print(f"blocks kept: {', '.join(map(str, r['layers_kept']))}")
     for layer in r.get("ffn_layers", []):
@@ -610,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
             "blocks, and/or each FFN's most important neurons (measured on calibration text).")
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--out", required=True, help="output checkpoint folder (new)")
-    p.add_argument("--layers", help="blocks to keep: every-other, or indices such as 0,2,4,-1")
+    p.add_argument("--layers", help="blocks to keep: every-other, influence:N (the N blocks that change the hidden "
+                   "state most on the calibration text), or indices such as 0,2,4,-1")
     p.add_argument("--ffn-share", type=float, help="share of each FFN's neurons to keep (0-1], the most important")
     p.add_argument("--calib", nargs="+", metavar="PATH", help="calibration text for --ffn-share (default: the "
                    "standard library's documentation)")

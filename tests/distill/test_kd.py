@@ -117,6 +117,17 @@ def test_each_row_is_taught_by_its_own_domains_teacher():
         ts.logits(x, ["medical"])
 
 
+def test_a_teacher_of_several_domains_runs_once_per_batch():
+    shared, other = _Const(1.0), _Const(2.0)
+    ts = TeacherSet({"medical": shared, "legal": shared, "finance": other})
+    calls = []
+    shared.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    x = torch.zeros(5, 3, dtype=torch.long)
+    logits, taught = ts.logits(x, ["legal", "medical", "finance", "general", "legal"])
+    assert calls == [3] and other.seen == 1  # one forward over the three rows it teaches
+    assert logits[:, 0, 0].tolist() == [1.0, 1.0, 2.0, 0.0, 1.0] and taught.tolist() == [True] * 3 + [False, True]
+
+
 # --- distill train end to end -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def domain_files(tmp_path_factory):

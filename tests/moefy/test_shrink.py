@@ -14,7 +14,7 @@ from lightseek.errors import ConfigError
 from lightseek.model.checkpoint import load_model, read_checkpoint_config, save_checkpoint
 from lightseek.model.config import preset
 from lightseek.model.transformer import Transformer
-from lightseek.moefy.shrink import drop_layers, narrow_ffn, parse_layers
+from lightseek.moefy.shrink import block_influence, drop_layers, narrow_ffn, parse_layers
 from tests.conftest import corpus_text
 
 
@@ -37,6 +37,26 @@ def test_kept_blocks_are_the_teachers_own() -> None:
     for bad in ("0,9", "first", ""):
         with pytest.raises(ConfigError, match="--layers"):
             parse_layers(bad, 4)
+
+
+@torch.no_grad()
+def test_influence_keeps_the_blocks_that_change_the_hidden_state() -> None:
+    teacher = dense(4)
+    for i in (1, 2):  # blocks 1 and 2 write nothing: they are identities, with no influence
+        teacher.layers[i].attn.wo.weight.zero_()
+        teacher.layers[i].ffn.w2.weight.zero_()
+    x = torch.randint(0, teacher.cfg.vocab_size, (2, 12))
+    influence = block_influence(teacher, [x])
+    assert influence[1] == pytest.approx(0.0, abs=1e-6) and influence[2] == pytest.approx(0.0, abs=1e-6)
+    assert influence[0] > 1e-3 and influence[3] > 1e-3
+    keep = parse_layers("influence:2", 4, influence)
+    assert keep == [0, 3]
+    torch.testing.assert_close(drop_layers(teacher, keep)(x).logits, teacher(x).logits, atol=1e-5, rtol=1e-5)
+    for bad in ("influence:0", "influence:5", "influence:x"):
+        with pytest.raises(ConfigError, match="influence:N"):
+            parse_layers(bad, 4, influence)
+    with pytest.raises(ConfigError, match="one influence figure per block"):
+        parse_layers("influence:2", 4)
 
 
 @torch.no_grad()
@@ -76,6 +96,14 @@ def test_shrink_command_writes_a_student_that_loads(debug_data: Path, tmp_path: 
     x = torch.randint(0, student.cfg.vocab_size, (1, 8))
     assert torch.isfinite(student(x).logits).all()
     assert json.loads((out / "config.json").read_text())["shrink"]["source"]["sha256"]
+
+    assert main(["shrink", str(src), "--out", str(tmp_path / "by_influence"), "--layers", "influence:3",
+                 "--calib", str(calib)]) == 0
+    meta = read_checkpoint_config(tmp_path / "by_influence")["shrink"]
+    assert len(meta["block_influence"]) == 4 and len(meta["layers_kept"]) == 3
+    dropped = (set(range(4)) - set(meta["layers_kept"])).pop()
+    assert meta["block_influence"][dropped] == min(meta["block_influence"])
+    assert "block influence" in capsys.readouterr().out
 
     assert main(["shrink", str(src), "--out", str(tmp_path / "x")]) == 2  # nothing to cut
     assert "--layers, --ffn-share or both" in capsys.readouterr().err

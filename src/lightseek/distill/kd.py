@@ -86,7 +86,8 @@ def kd_loss(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, 
 
 
 class TeacherSet:
-    """One frozen teacher per domain; ``logits`` runs each teacher on its own rows only."""
+    """One frozen teacher per domain; ``logits`` runs each teacher on its own rows only (one
+    forward per distinct model when several domains share a teacher)."""
 
     def __init__(self, teachers: dict[str, Transformer]):
         self.teachers = teachers
@@ -107,11 +108,13 @@ class TeacherSet:
         if not taught_B.any():
             return None, taught_B
         out_BTV = None
-        for domain, teacher in self.teachers.items():
-            rows = [i for i, d in enumerate(domains) if d == domain]
-            if not rows:
-                continue
-            logits = teacher(idx_BT[rows]).logits  # (b, T, V)
+        by_teacher: dict[int, list[int]] = {}  # one forward per model, however many domains it teaches
+        for i, d in enumerate(domains):
+            if d in self.teachers:
+                by_teacher.setdefault(id(self.teachers[d]), []).append(i)
+        models = {id(t): t for t in self.teachers.values()}
+        for key, rows in by_teacher.items():
+            logits = models[key](idx_BT[rows]).logits  # (b, T, V)
             if out_BTV is None:
                 out_BTV = logits.new_zeros(idx_BT.shape[0], idx_BT.shape[1], logits.shape[-1])
             out_BTV[rows] = logits

@@ -2,6 +2,10 @@
 
 - `drop_layers(model, keep)`: a model made of the kept blocks only, in their order; every
   weight is copied from the teacher, embeddings, final norm and head included.
+- `block_influence(model, windows)`: how much each block changes the hidden state on
+  calibration text, ``1 - mean_t cos(h_in, h_out)`` (the Block Influence of Men et al., 2024,
+  "ShortGPT"); ``--layers influence:N`` keeps the N blocks that change it most, and drops the
+  ones closest to an identity, which are the cheapest to lose.
 - `narrow_ffn(model, windows, width)`: every FFN keeps its ``width`` most important neurons.
   A neuron's importance is its mean contribution to the FFN's output on calibration text,
   ``mean_t |h_i(x_t)| * ||W2[:, i]||`` (the measure `moefy` splits experts by), taken layer by
@@ -27,14 +31,23 @@ from lightseek.model.transformer import Transformer
 from lightseek.moefy.convert import check_dense
 
 
-def parse_layers(spec: str, n_layers: int) -> list[int]:
-    """Block indices from ``spec``: ``every-other`` (0, 2, 4, ...) or a comma list (``0,1,5,-1``)."""
+def parse_layers(spec: str, n_layers: int, influence: list[float] | None = None) -> list[int]:
+    """Block indices from ``spec``: ``every-other`` (0, 2, 4, ...), ``influence:N`` (the N blocks
+    of highest ``influence``, one figure per block) or a comma list (``0,1,5,-1``)."""
     if spec == "every-other":
         return list(range(0, n_layers, 2))
+    if spec.startswith("influence:"):
+        n = spec.split(":", 1)[1]
+        if not n.isdigit() or not 0 < int(n) <= n_layers:
+            raise ConfigError(f"--layers {spec!r}: give influence:N with N blocks to keep, 1..{n_layers}")
+        if influence is None or len(influence) != n_layers:
+            raise ConfigError(f"--layers {spec!r} needs one influence figure per block (calibration text)")
+        return sorted(sorted(range(n_layers), key=lambda i: -influence[i])[: int(n)])
     try:
         picked = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"--layers {spec!r}: give 'every-other' or block indices such as 0,2,4,-1") from None
+        raise ConfigError(f"--layers {spec!r}: give 'every-other', influence:N or block indices such as 0,2,4,-1"
+                          ) from None
     keep = sorted({i + n_layers if i < 0 else i for i in picked})
     if not keep or keep[0] < 0 or keep[-1] >= n_layers:
         raise ConfigError(f"--layers {spec!r}: the model has blocks 0..{n_layers - 1}")
@@ -59,6 +72,23 @@ def drop_layers(model: Transformer, keep: list[int]) -> Transformer:
             state[name] = tensor.clone()
     small.load_state_dict(state)
     return small.to(next(model.parameters()).device)
+
+
+@torch.no_grad()
+def block_influence(model: Transformer, windows: list[torch.Tensor]) -> list[float]:
+    """Per block, ``1 - cos(input, output)`` of the hidden state, averaged over every token of
+    ``windows``: near 0 for a block that barely changes its input."""
+    cfg = model.cfg
+    hs = [model.embed(w) * cfg.embed_scale for w in windows]
+    T = windows[0].shape[1]
+    cos, sin = model.rope_cos[:T], model.rope_sin[:T]
+    out = []
+    for block in model.layers:
+        nxt = [block(h, cos, sin, None, 0) for h in hs]
+        sims = torch.cat([torch.nn.functional.cosine_similarity(a, b, dim=-1).reshape(-1) for a, b in zip(hs, nxt)])
+        out.append(float(1.0 - sims.float().mean()))
+        hs = nxt
+    return out
 
 
 @torch.no_grad()
@@ -120,17 +150,23 @@ def shrink_checkpoint(checkpoint: str, out: str, layers: str | None = None, ffn_
     check_dense(model, "shrink")
     before = model.num_params()["total"]
     info: dict = {"source": base_fingerprint(src)}
-    if layers is not None:
-        keep = parse_layers(layers, model.cfg.n_layers)
-        model = drop_layers(model, keep)
-        info["layers_kept"] = keep
-    if ffn_share is not None:
-        width = max(8, int(model.cfg.dense_inter_dim * ffn_share) // 8 * 8)  # kernel-friendly multiples of 8
+    windows = None
+    if ffn_share is not None or (layers or "").startswith("influence:"):
         windows = calibration_windows(Tokenizer.load(src), CalibConfig(files=list(calib or []), samples=calib_samples),
                                       model.cfg.max_seq_len, section="shrink.calib",
                                       default_documents=default_calibration)
+        info["calib_tokens"] = sum(w.numel() for w in windows)
+    if layers is not None:
+        influence = block_influence(model, windows) if layers.startswith("influence:") else None
+        keep = parse_layers(layers, model.cfg.n_layers, influence)
+        model = drop_layers(model, keep)
+        info["layers_kept"] = keep
+        if influence is not None:
+            info["block_influence"] = influence
+    if ffn_share is not None:
+        width = max(8, int(model.cfg.dense_inter_dim * ffn_share) // 8 * 8)  # kernel-friendly multiples of 8
         model, report = narrow_ffn(model, windows, width)
-        info.update(ffn_width=width, ffn_layers=report, calib_tokens=sum(w.numel() for w in windows))
+        info.update(ffn_width=width, ffn_layers=report)
     after = model.num_params()["total"]
     info["params"] = {"before": before, "after": after}
     save_checkpoint(out, model, tokenizer_file=src / TOKENIZER, run_config=meta.get("run"), extra={"shrink": info})
