@@ -95,14 +95,17 @@ def _spread(docs: list[str], n: int) -> list[str]:
 
 
 def eval_windows(tokenizer, tokens_per_source: int) -> dict[str, dict]:
-    """Per source: (n, SEQ_LEN + 1) token windows cut from its documents, and their target bytes."""
+    """Per source: (n, SEQ_LEN + 1) token windows cut from its documents, their target bytes, and
+    the documents read (which a training run that evaluates on these windows must leave out)."""
     import torch
 
     out = {}
     for name, docs in eval_sources().items():
         ids: list[int] = []
+        used: list[str] = []
         for doc in _spread(docs, 400):
             ids += tokenizer.encode(doc) + [tokenizer.eot_id]
+            used.append(doc)
             if len(ids) >= tokens_per_source + SEQ_LEN + 1:
                 break
         n = min(len(ids) // (SEQ_LEN + 1), math.ceil(tokens_per_source / SEQ_LEN))
@@ -110,7 +113,7 @@ def eval_windows(tokenizer, tokens_per_source: int) -> dict[str, dict]:
             raise SystemExit(f"{name}: too little text for one window")
         windows = torch.tensor(ids[: n * (SEQ_LEN + 1)]).view(n, SEQ_LEN + 1)
         n_bytes = sum(len(tokenizer.decode(w[1:].tolist()).encode("utf-8")) for w in windows)
-        out[name] = {"windows": windows, "bytes": n_bytes}
+        out[name] = {"windows": windows, "bytes": n_bytes, "documents": used}
     return out
 
 

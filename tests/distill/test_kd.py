@@ -11,7 +11,7 @@ import torch
 from cli_helpers import torch_threads
 from conftest import corpus_text
 
-from lightseek.distill.kd import KdConfig, TeacherSet, kd_loss, token_kl
+from lightseek.distill.kd import KdConfig, TeacherSet, chunked_token_kl, kd_loss, token_kl
 from lightseek.errors import ConfigError
 
 # one position, three tokens: student and teacher distributions written out by hand
@@ -78,6 +78,34 @@ def test_kd_loss_gradient_pulls_student_toward_teacher():
         opt.step()
     after = token_kl(s[0].detach(), t[0], KdConfig()).item()
     assert after < before / 20
+
+
+@pytest.mark.parametrize("divergence", ["forward", "reverse", "mix"])
+def test_chunked_divergence_has_the_same_values_and_gradients(divergence):
+    torch.manual_seed(0)
+    cfg = KdConfig(divergence=divergence, temperature=2.0, forward_weight=0.3)
+    student, teacher, grad_out = torch.randn(37, 11) * 3, torch.randn(37, 11) * 3, torch.rand(37)
+    a, b = student.clone().requires_grad_(), student.clone().requires_grad_()
+    plain, chunked = token_kl(a, teacher, cfg), chunked_token_kl(b, teacher, cfg, chunk=8)  # 37 = 4 x 8 + 5
+    torch.testing.assert_close(chunked, plain)
+    plain.backward(grad_out)
+    chunked.backward(grad_out)
+    torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_pure_distillation_equals_the_mean_divergence():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    y = torch.randint(0, 7, (2, 5))
+    y[0, :2] = -100
+    loss = kd_loss(s, t, y, KdConfig(ce_weight=0.0))
+    learned = y != -100
+    torch.testing.assert_close(loss, token_kl(s[learned], t[learned], KdConfig()).mean())
+    # a row without a teacher still learns the next token in full
+    taught = torch.tensor([True, False])
+    ce = torch.nn.functional.cross_entropy(s[1], y[1], reduction="sum")
+    expected = (token_kl(s[0][learned[0]], t[0][learned[0]], KdConfig()).sum() + ce) / learned.sum()
+    torch.testing.assert_close(kd_loss(s, t, y, KdConfig(ce_weight=0.0), taught), expected)
 
 
 def test_bad_kd_settings_are_clear_errors():

@@ -48,8 +48,9 @@ class KdConfig:
 def token_kl(student_logits_NV: torch.Tensor, teacher_logits_NV: torch.Tensor, cfg: KdConfig) -> torch.Tensor:
     """Per-position divergence (N,) between softened distributions, times T²."""
     t = cfg.temperature
-    log_s = F.log_softmax(student_logits_NV.float() / t, dim=-1)
-    log_t = F.log_softmax(teacher_logits_NV.float() / t, dim=-1)
+    scale = (lambda x: x.float()) if t == 1.0 else (lambda x: x.float() / t)
+    log_s = F.log_softmax(scale(student_logits_NV), dim=-1)
+    log_t = F.log_softmax(scale(teacher_logits_NV), dim=-1)
     forward = (log_t.exp() * (log_t - log_s)).sum(-1) if cfg.divergence != "reverse" else None
     reverse = (log_s.exp() * (log_s - log_t)).sum(-1) if cfg.divergence != "forward" else None
     if cfg.divergence == "forward":
@@ -59,6 +60,36 @@ def token_kl(student_logits_NV: torch.Tensor, teacher_logits_NV: torch.Tensor, c
     else:
         kl = cfg.forward_weight * forward + (1.0 - cfg.forward_weight) * reverse
     return kl * (t * t)
+
+
+class _ChunkedDivergence(torch.autograd.Function):
+    """``token_kl`` over (N, V) logits, ``chunk`` rows at a time, recomputed chunk by chunk in
+    backward: the softmaxes of a whole batch over a 49k vocabulary are gigabytes, which cost more
+    time in memory traffic than the model's own arithmetic; a chunk stays in the CPU's cache."""
+
+    @staticmethod
+    def forward(ctx, student_NV, teacher_NV, cfg, chunk):
+        ctx.save_for_backward(student_NV, teacher_NV)
+        ctx.cfg, ctx.chunk = cfg, chunk
+        return torch.cat([token_kl(student_NV[i:i + chunk], teacher_NV[i:i + chunk], cfg)
+                          for i in range(0, student_NV.shape[0], chunk)])
+
+    @staticmethod
+    def backward(ctx, grad_N):
+        student_NV, teacher_NV = ctx.saved_tensors
+        grad_NV = torch.empty_like(student_NV)
+        for i in range(0, student_NV.shape[0], ctx.chunk):
+            with torch.enable_grad():
+                s = student_NV[i:i + ctx.chunk].detach().requires_grad_()
+                kl = token_kl(s, teacher_NV[i:i + ctx.chunk], ctx.cfg)
+                grad_NV[i:i + ctx.chunk] = torch.autograd.grad(kl, s, grad_N[i:i + ctx.chunk])[0]
+        return grad_NV, None, None, None
+
+
+def chunked_token_kl(student_logits_NV: torch.Tensor, teacher_logits_NV: torch.Tensor, cfg: KdConfig,
+                     chunk: int = 32) -> torch.Tensor:
+    """``token_kl`` with the same values and gradients, computed ``chunk`` positions at a time."""
+    return _ChunkedDivergence.apply(student_logits_NV.float(), teacher_logits_NV.float().detach(), cfg, chunk)
 
 
 def kd_loss(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, targets_BT: torch.Tensor,
@@ -74,13 +105,19 @@ def kd_loss(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, 
     n = learned_BT.sum()
     if n == 0:
         return student_logits_BTV.sum() * 0.0
-    ce_BT = F.cross_entropy(student_logits_BTV.float().reshape(-1, V), targets_BT.reshape(-1),
-                            ignore_index=-100, reduction="none").view(B, T)
     taught_BT = learned_BT if taught_B is None else learned_BT & taught_B.view(B, 1)
-    kl_BT = torch.zeros_like(ce_BT)
-    if taught_BT.any():
-        kl_BT[taught_BT] = token_kl(student_logits_BTV[taught_BT], teacher_logits_BTV[taught_BT], cfg)
     w = cfg.ce_weight
+    if w == 0.0 and bool((taught_BT == learned_BT).all()):  # pure distillation: no next-token term at all
+        ce_BT = None
+    else:
+        ce_BT = F.cross_entropy(student_logits_BTV.float().reshape(-1, V), targets_BT.reshape(-1),
+                                ignore_index=-100, reduction="none").view(B, T)
+    if taught_BT.any():  # positions without a teacher get a divergence too, masked out below
+        kl_BT = chunked_token_kl(student_logits_BTV.reshape(-1, V), teacher_logits_BTV.reshape(-1, V), cfg).view(B, T)
+    else:
+        kl_BT = torch.zeros(B, T, device=student_logits_BTV.device)
+    if ce_BT is None:
+        return kl_BT[learned_BT].sum() / n
     per_token = torch.where(taught_BT, w * ce_BT + (1.0 - w) * kl_BT, ce_BT)
     return per_token[learned_BT].sum() / n
 
