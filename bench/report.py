@@ -277,6 +277,11 @@ README_ROWS: list[Row] = [
     Row("SmolLM2-135M-Instruct served, 16 streaming clients: output tok/s of lightseek fp32 / MoE / int8 / int4 g64 "
         "and llama.cpp's server (Q4_1); the best lightseek server against transformers `generate` at batch 16",
         "serve_real", _serve_real_row),
+    Row("SmolLM2-135M-Instruct distilled into a student cut to 49% of its parameters (1.2M tokens, 45 min): "
+        "multiple-choice retention; held-out perplexity, teacher / distilled / same student on the data alone",
+        "distill_real", lambda d: (f"{d['models']['distilled']['retention']['tasks']['mean']:.2f}; "
+                                   + " / ".join(f"{d['models'][k]['ppl']['ppl']:.1f}"
+                                                for k in ("teacher", "distilled", "data only")))),
     Row("SmolLM2-135M-Instruct quantized (dense): perplexity change of int8 / int4 gptq g64 / int4 gptq g128 / mixed; "
         "mixed bits per weight", "quant_real", _quant_real_row),
 ]
@@ -832,6 +837,20 @@ def adapters_real() -> str:
                   "stored (vs full)"], rows, "lrrrrlrrlr")
 
 
+def adapters_moe() -> str:
+    """The MoE form of the real base: adapters on attention, routed experts or both, and how the
+    domain's routing moved."""
+    rows = []
+    for r in result("lora_vs_full_moe")["results"]:
+        shift = r["routing_shift"]
+        rows.append([r["config"], f"{r['trainable_parameters']:,} ({r['trainable_pct']:.2f}%)",
+                     f"{r['step_s_median']:.1f}", f"{r['base_domain_ppl']:.2f} → {r['domain_ppl']:.2f}",
+                     f"{r['general_change_pct']:+.1f}%", f"{shift['tv_distance']:.3f}", f"{shift['top4_overlap']:.2f}",
+                     f"{r['stored_mb']:.1f} MB"])
+    return table(["run", "trainable (% of model)", "s/step", "domain ppl before → after", "general ppl change",
+                  "routing moved (TV distance)", "top-4 experts kept (overlap)", "stored"], rows, "lrrlrrrr")
+
+
 def adapters_scale() -> str:
     """The scale check: training memory and step time of each set-up on the 108M preset."""
     runs = result("lora_vs_full")["scale"]
@@ -981,6 +1000,67 @@ def moefy_profile() -> str:
 
 
 # document -> {table name: renderer}
+def _distill_domains(m: dict) -> float:
+    """Mean retention over the domain sources (medical, finance, legal, science)."""
+    r = m["retention"]["ppl"]
+    return sum(r[k] for k in ("medical", "finance", "legal", "science")) / 4
+
+
+def distill_real_candidates() -> str:
+    c = result("distill_real")["choice"]
+    rows = [["teacher (SmolLM2-135M-Instruct)", "30", "1536", f"{c['teacher_params'] / 1e6:.1f}M (100%)",
+             f"{c['teacher_calib_ppl']:.1f}", ""]]
+    for r in c["candidates"]:
+        rows.append([f"`{r['layers']}`, FFN {r['ffn_share']:.1%}", str(len(r["kept"])), str(r["ffn_width"]),
+                     f"{r['params'] / 1e6:.1f}M ({r['params_share']:.1%})", f"{r['calib_ppl']:,.1f}",
+                     "**chosen**" if r == c["chosen"] else ""])
+    return table(["student cut", "blocks", "FFN width", "parameters", "calibration perplexity", ""], rows, "lrrrrl")
+
+
+def distill_real() -> str:
+    d = result("distill_real")
+    models, c = d["models"], d["choice"]
+    sources = list(models["teacher"]["ppl"]["sources"])
+    tasks = [k for k in models["teacher"]["tasks"] if k != "wall_s"]
+    rows = []
+    for label, m in models.items():
+        n = c["teacher_params"] if label == "teacher" else c["chosen"]["params"]
+        t = m.get("train")
+        rows.append([label, f"{n / 1e6:.1f}M", f"{m['ppl']['ppl']:,.2f}"]
+                    + [f"{m['ppl']['sources'][s]:,.2f}" for s in sources]
+                    + [f"{m['tasks'][k]['acc_norm']:.3f}" if "tasks" in m else "-" for k in tasks]
+                    + [f"{t['settings']['steps']} x {t['tokens'] // t['settings']['steps']:,} tokens, "
+                       f"{t['step_s_median']:.1f} s/step, {t['wall_s'] / 60:.0f} min" if t else "-"])
+    return table(["model", "params", "held-out ppl", *sources, *(f"{k} acc_norm" for k in tasks), "training"], rows,
+                 "lrr" + "r" * (len(sources) + len(tasks)) + "l")
+
+
+def distill_real_targets() -> str:
+    d = result("distill_real")
+    models, c = d["models"], d["choice"]
+    kd, data = models["distilled"], models["data only"]
+    share = c["chosen"]["params_share"]
+    r = kd["retention"]
+    rows = [["student at <= 50% of the teacher's active parameters", f"{share:.1%}", _yes(share <= 0.5)],
+            ["retention >= 0.92, multiple choice (student / teacher acc_norm, mean of 3 tasks)",
+             f"{r['tasks']['mean']:.3f} (above chance: {r['tasks_above_chance']['mean']:.3f})",
+             _yes(r["tasks"]["mean"] >= 0.92)],
+            ["retention >= 0.92, domain perplexity (2 - student / teacher, mean of medical, finance, legal, science)",
+             f"{_distill_domains(kd):.3f} (all held-out text: {r['ppl']['all']:.3f})", _yes(_distill_domains(kd) >= 0.92)],
+            ["within one hour of CPU per run (training)", f"{kd['train']['wall_s'] / 60:.0f} min",
+             _yes(kd["train"]["wall_s"] <= 3600)],
+            ["distillation beats the data alone: held-out perplexity", f"{kd['ppl']['ppl']:.2f} vs {data['ppl']['ppl']:.2f}",
+             _yes(kd["ppl"]["ppl"] < data["ppl"]["ppl"])],
+            ["distillation beats the data alone: multiple choice (mean acc_norm)",
+             f"{_mean_acc(kd):.3f} vs {_mean_acc(data):.3f}", _yes(_mean_acc(kd) > _mean_acc(data))]]
+    return table(["target", "measured", "met?"], rows, "lll")
+
+
+def _mean_acc(m: dict) -> float:
+    accs = [v["acc_norm"] for k, v in m["tasks"].items() if k != "wall_s"]
+    return sum(accs) / len(accs)
+
+
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"readme": readme_results},
     "docs/results/real_model.md": {"real_model_systems": real_model_systems, "real_model_tasks": real_model_tasks},
@@ -1007,6 +1087,8 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
                                 "prefix_cache": prefix_cache},
     "docs/results/platform.md": {"platform_overhead": platform_overhead},
     "docs/results/labelhub.md": {"label_load": label_load},
+    "docs/results/distill.md": {"distill_real_candidates": distill_real_candidates, "distill_real": distill_real,
+                                "distill_real_targets": distill_real_targets},
     "docs/results/safety.md": {"safety_stages": safety_stages, "safety_other": safety_other,
                                "safety_sources": safety_sources},
 }
