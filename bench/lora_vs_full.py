@@ -37,6 +37,13 @@ bench/results/lora_vs_full_real.json.
 
     python bench/lora_vs_full.py --real [--configs full lora-r8 ...] [--steps-medical 40] ...
 
+The MoE form: with --real --base CONVERTED (SmolLM2 after `lightseek moefy`) and --configs
+moe-attn moe-experts moe-both, the adapters go on attention (rank 16), on the routed experts
+(rank 2 per expert, 16 experts per layer) or on both, and each run also reports the domain's
+routing before and after: tokens per expert per layer on the held-out conversations, the total
+variation distance between the two load shares, and the overlap of each layer's four most used
+experts (`routing_shift`).
+
 After the domain runs, a scale check measures memory by kind and time per step of the three
 set-ups on a randomly initialised model of a larger preset (`small`: 108M parameters).
 
@@ -85,6 +92,13 @@ CONFIGS = {
     # a pretrained dense base (--real): attention and feed-forward projections, alpha = 2 x rank
     **{f"lora-r{r}": {"mode": "lora", "overrides": [f"--lora.rank={r}", f"--lora.alpha={2 * r}",
                                                    "--lora.targets=[attn,dense]"]} for r in (8, 16, 64)},
+    # the MoE form of the pretrained base (--real --base CONVERTED): attention alone, the routed experts
+    # alone (rank 2 per expert: 16 experts per layer), or both
+    "moe-attn": {"mode": "lora", "overrides": ["--lora.rank=16", "--lora.alpha=32", "--lora.targets=[attn]"]},
+    "moe-experts": {"mode": "lora", "overrides": ["--lora.rank=16", "--lora.alpha=32", "--lora.expert_rank=2",
+                                                  "--lora.targets=[experts]"]},
+    "moe-both": {"mode": "lora", "overrides": ["--lora.rank=16", "--lora.alpha=32", "--lora.expert_rank=2",
+                                               "--lora.targets=[attn,experts]"]},
 }
 # The default run is on the project's own small base; --real runs on the fetched instruct model
 # with these settings instead (each can still be given): one epoch of 240 conversations, so the
@@ -233,7 +247,9 @@ def one_run(spec: dict) -> dict:
     result = {"config": spec["config"], "domain": spec["domain"], "val_conversations": min(cap, n_val)}
     if spec.get("measure_base"):
         model = load_model(base)
-        result["base_domain_ppl"] = evaluate(model, domain_val(), pad_id=tok.pad_id)["ppl"]
+        base_domain = evaluate(model, domain_val(), pad_id=tok.pad_id)
+        result["base_domain_ppl"] = base_domain["ppl"]
+        result["base_routing"] = [r["tokens_per_expert"] for r in base_domain["routing"]]  # [] for a dense base
         result["base_general_ppl"] = evaluate(model, general())["ppl"]
         if items:
             result["base_task"] = score_tasks(model, tok, items)
@@ -296,6 +312,7 @@ def one_run(spec: dict) -> dict:
         "domain_ppl": domain_after["ppl"], "general_ppl": general_after["ppl"], "task": task_after,
         "stored_mb": stored_mb(Path(spec["out"]), spec["mode"]),
         "avg_k": domain_after.get("avg_k"), "max_vio": domain_after.get("max_vio"),
+        "routing": [r["tokens_per_expert"] for r in domain_after["routing"]],
     })
     return result
 
@@ -432,8 +449,11 @@ def main() -> None:
                     sys.exit(f"run {domain}/{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
                 r = json.loads(line[0][7:])
             if i == 0:
-                base_scores = {k: r.get(k) for k in ("base_domain_ppl", "base_general_ppl", "base_task")}
+                base_scores = {k: r.get(k) for k in ("base_domain_ppl", "base_general_ppl", "base_task",
+                                                     "base_routing")}
             r.update(base_scores)
+            if r.get("base_routing"):
+                r["routing_shift"] = routing_shift(r["base_routing"], r["routing"])
             results.append(r)
             print(f"    domain ppl {r['base_domain_ppl']:.2f} -> {r['domain_ppl']:.2f}, general ppl "
                   f"{r['base_general_ppl']:.2f} -> {r['general_ppl']:.2f}, {r['step_s_median']:.3f} s/step"
@@ -441,12 +461,28 @@ def main() -> None:
                      f"({r['task']['items']} items)" if r.get("task") else ""), flush=True)
 
     summarize(results)
-    if args.real:
+    if args.real and any(r["config"] == "full" for r in results):  # the plot is the gain against full fine-tuning's
         plot(results, ROOT / "docs" / "results" / f"{stem}.png")
     scale = scale_check(args.scale_preset, args.scale_batch, args.seq_len) if args.scale_preset else []
     out = write_result(stem, {**provenance(_threads()), "results": results, "scale": scale, "args": vars(args),
                               "torch_threads": _threads()})
     print(f"\nwritten {out}")
+
+
+def routing_shift(before: list[list[int]], after: list[list[int]], top: int = 4) -> dict:
+    """How the domain's routing moved, from tokens per expert per layer on its held-out
+    conversations: the mean over layers of the total variation distance between the two load
+    shares (0 = the same, 1 = disjoint), and the mean overlap (Jaccard) of each layer's ``top``
+    most used experts."""
+    tv, overlap = [], []
+    for b, a in zip(before, after):
+        sb, sa = sum(b) or 1, sum(a) or 1
+        tv.append(0.5 * sum(abs(x / sb - y / sa) for x, y in zip(b, a)))
+        tb = {e for e in sorted(range(len(b)), key=lambda e: -b[e])[:top] if b[e]}  # unused experts are no one's top
+        ta = {e for e in sorted(range(len(a)), key=lambda e: -a[e])[:top] if a[e]}
+        overlap.append(len(tb & ta) / len(tb | ta) if tb | ta else 1.0)
+    return {"tv_distance": statistics.mean(tv), f"top{top}_overlap": statistics.mean(overlap),
+            "tv_by_layer": tv}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -522,6 +558,11 @@ def summarize(results: list[dict]) -> None:
               + (f"{r['stored_mb']:.1f} MB | " if r.get("stored_mb") else "- | ")
               + (f"{r['base_task']['acc']:.3f} -> {r['task']['acc']:.3f} (n {r['task']['items']}) |"
                  if r.get("task") else "- |"))
+    for r in results:
+        if "routing_shift" in r:
+            sh = r["routing_shift"]
+            print(f"{r['domain']}/{r['config']} routing on the domain: TV distance {sh['tv_distance']:.3f}, "
+                  f"top-4 experts overlap {sh['top4_overlap']:.2f} (before -> after)")
     for r in results:
         if "cost_vs_full" in r:
             c = r["cost_vs_full"]

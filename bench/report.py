@@ -1074,7 +1074,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
                                 "routing_targets": routing_targets},
     "docs/results/core.md": {"quickstart": quickstart, "train_throughput": train_throughput},
     "docs/results/adapters.md": {"adapters_main": adapters_main, "adapters_scale": adapters_scale,
-                                 "adapters_real": adapters_real},
+                                 "adapters_real": adapters_real, "adapters_moe": adapters_moe},
     "docs/results/moefy.md": {"moefy_curve": moefy_curve, "moefy_targets": moefy_targets,
                               "moefy_granularity": moefy_granularity, "moefy_layers": moefy_layers,
                               "moefy_kinds": moefy_kinds, "moefy_healed_tasks": moefy_healed_tasks,
