@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -54,30 +53,27 @@ DEFAULTS = {"steps": 600, "lr": 3e-4, "dtype": "bf16", "batch": 8, "seq_len": 25
 
 # --- students ---------------------------------------------------------------------------------------
 def cut(teacher, calib, influence, layers: str, ffn_share: float):
-    from lightseek.moefy.shrink import drop_layers, narrow_ffn, parse_layers
+    from lightseek.moefy.shrink import drop_layers, ffn_width, narrow_ffn, parse_layers
 
     keep = parse_layers(layers, teacher.cfg.n_layers, influence)
     small = drop_layers(teacher, keep)
-    width = int(teacher.cfg.dense_inter_dim * ffn_share) // 8 * 8
+    width = ffn_width(teacher.cfg.dense_inter_dim, ffn_share)
     small, _ = narrow_ffn(small, calib, width)
     return small, keep, width
 
 
 def calib_ppl(model, calib) -> float:
     import torch
-    import torch.nn.functional as F
 
-    nll, n = 0.0, 0
+    from lightseek.eval.perplexity import evaluate
+
     with torch.inference_mode():
-        for w in calib:
-            logits = model(w[:, :-1]).logits
-            nll += float(F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="sum"))
-            n += w[:, 1:].numel()
-    return math.exp(nll / n)
+        return evaluate(model, calib)["ppl"]
 
 
 def choose_student(teacher_dir: Path, out: Path) -> dict:
     """Cut every candidate, keep the one of lowest calibration perplexity as a checkpoint."""
+    import torch
     from moefy import calibration_mix
 
     from lightseek.data.tokenizer import Tokenizer
@@ -89,8 +85,6 @@ def choose_student(teacher_dir: Path, out: Path) -> dict:
         return json.loads(summary_file.read_text())
     teacher = load_model(teacher_dir).eval()
     calib = calibration_mix(Tokenizer.load(teacher_dir), teacher.cfg.max_seq_len)
-    import torch
-
     with torch.inference_mode():
         influence = block_influence(teacher, calib)
     total = teacher.num_params()["total"]

@@ -615,8 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", help="blocks to keep: every-other, influence:N (the N blocks that change the hidden "
                    "state most on the calibration text), or indices such as 0,2,4,-1")
     p.add_argument("--ffn-share", type=float, help="share of each FFN's neurons to keep (0-1], the most important")
-    p.add_argument("--calib", nargs="+", metavar="PATH", help="calibration text for --ffn-share (default: the "
-                   "standard library's documentation)")
+    p.add_argument("--calib", nargs="+", metavar="PATH", help="calibration text for --ffn-share and "
+                   "--layers influence:N (default: the standard library's documentation)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
 
     p = add("generate", cmd_generate, "Generate text from a checkpoint (streams to the terminal).")

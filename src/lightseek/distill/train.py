@@ -123,9 +123,8 @@ def distill_train(cfg: DistillConfig, resume: bool = False, show_progress: bool 
     try:
         device = resolve_device(tc.device, d)
         amp = autocast_dtype(tc.dtype, device)
-        by_spec: dict[str, object] = {}  # a model that teaches several domains is loaded once
-        loaded = {domain: by_spec.get(spec) or by_spec.setdefault(spec, load_local(spec, device))
-                  for domain, spec in cfg.teachers.items()}
+        models = {spec: load_local(spec, device) for spec in dict.fromkeys(cfg.teachers.values())}  # each once
+        loaded = {domain: models[spec] for domain, spec in cfg.teachers.items()}
         check_same_tokenizer(loaded, tokenizer.sha256, str(tok_file))
         teachers = TeacherSet({domain: m.model for domain, m in loaded.items()})
         model, student_run = _student(cfg, tokenizer.vocab_size, device)

@@ -74,6 +74,11 @@ def drop_layers(model: Transformer, keep: list[int]) -> Transformer:
     return small.to(next(model.parameters()).device)
 
 
+def ffn_width(inter: int, share: float) -> int:
+    """The FFN width that keeps ``share`` of ``inter`` neurons, in kernel-friendly multiples of 8."""
+    return max(8, int(inter * share) // 8 * 8)
+
+
 @torch.no_grad()
 def block_influence(model: Transformer, windows: list[torch.Tensor]) -> list[float]:
     """Per block, ``1 - cos(input, output)`` of the hidden state, averaged over every token of
@@ -164,7 +169,7 @@ def shrink_checkpoint(checkpoint: str, out: str, layers: str | None = None, ffn_
         if influence is not None:
             info["block_influence"] = influence
     if ffn_share is not None:
-        width = max(8, int(model.cfg.dense_inter_dim * ffn_share) // 8 * 8)  # kernel-friendly multiples of 8
+        width = ffn_width(model.cfg.dense_inter_dim, ffn_share)
         model, report = narrow_ffn(model, windows, width)
         info.update(ffn_width=width, ffn_layers=report)
     after = model.num_params()["total"]
