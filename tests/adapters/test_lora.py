@@ -14,6 +14,7 @@ from lightseek.adapters.lora import (
     LoraConfig,
     adapter_names,
     apply_lora,
+    format_report,
     merge_lora,
     trainable_parameters,
     use_adapters,
@@ -82,6 +83,18 @@ def test_only_adapter_factors_train_and_every_expert_is_covered() -> None:
     E, D, H = m.moe_layers()[0].w1_EDH.shape
     assert experts[0].params == E * 2 * ((D + H) * 2)  + E * 2 * (H + D)  # w1, w3: D->H; w2: H->D, rank 2
     assert trainable_parameters(m) == sum(r.params for r in report)
+
+
+def test_report_is_one_line_per_kind_of_module_with_its_block_count() -> None:
+    m = model_for("dynamic")
+    report = apply_lora(m, LoraConfig(rank=2, targets=["attn", "experts"]), "a")
+    text = format_report(report, 1000)
+    lines = text.splitlines()
+    n_layers = len(m.layers)
+    wq = [ln for ln in lines if ln.startswith("layers.*.attn.wq ")]
+    assert len(wq) == 1 and wq[0].split()[4] == str(n_layers)  # module, target, rank, params, blocks
+    assert len(lines) == 2 + len({(r.target, r.shape, r.module.split(".", 2)[-1]) for r in report})
+    assert lines[-1].startswith(f"{len(report)} modules") and f"{sum(r.params for r in report):,}" in lines[-1]
 
 
 def test_mixed_batch_equals_each_sequence_alone() -> None:

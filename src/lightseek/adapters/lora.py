@@ -430,10 +430,16 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 def format_report(report: list[AdaptedModule], total_params: int) -> str:
-    """One line per adapted module, then the totals."""
-    lines = [f"{'module':34} {'target':8} {'rank':>4} {'params':>9}  covers"]
+    """One line per kind of adapted module (the same module in every block is one line, its
+    blocks counted), then the totals."""
+    groups: dict[tuple, list[AdaptedModule]] = {}
     for m in report:
-        lines.append(f"{m.module:34} {m.target:8} {m.rank:>4} {m.params:>9,}  {m.shape}")
+        pattern = re.sub(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)", "*", m.module)
+        groups.setdefault((pattern, m.target, m.rank, m.shape), []).append(m)
+    lines = [f"{'module':34} {'target':8} {'rank':>4} {'per block':>9} {'blocks':>6}  covers"]
+    for (pattern, target, rank, shape), ms in groups.items():
+        name = ms[0].module if len(ms) == 1 else pattern
+        lines.append(f"{name:34} {target:8} {rank:>4} {ms[0].params:>9,} {len(ms):>6}  {shape}")
     n = sum(m.params for m in report)
     by_target: dict[str, int] = {}
     for m in report:
