@@ -3,9 +3,9 @@ answered by their domain's adapter on SmolLM2-135M-Instruct, judged and scored b
 then whether the data is useful.
 
 1. Experts: LoRA adapters (rank 16 on attention and feed-forward, lr 5e-4, 30 steps of 8
-   conversations, gradient checkpointing; the set-up of `bench/lora_vs_full.py --real`) for
-   medical (MedQuAD) and finance (FiQA), each on the first 240 conversations of its training
-   split. Other domains go to the base model.
+   conversations; the set-up of `bench/lora_vs_full.py --real`, without gradient checkpointing,
+   which the memory here does not need) for medical (MedQuAD) and finance (FiQA), each on the
+   first 240 conversations of its training split. Other domains go to the base model.
 2. Classifier: `lightseek domains train` on the data `bench/domains.py` builds (runs/domains/data).
 3. Inputs: 500 questions, none of them a conversation any adapter trained on or one of the
    held-out conversations scored below: 200 MedQuAD and 150 FiQA questions from their training
@@ -45,8 +45,8 @@ NAME = "smollm2-135m-instruct"
 FILES = {"medical": [SHARED / "medical_medquad_en"], "finance": [SHARED / "finance_fiqa_en"]}
 TRAINED, BATCH, SEQ_LEN, HELD_OUT = 240, 8, 256, 96
 LORA = ["--lora.rank=16", "--lora.alpha=32", "--lora.targets=[attn,dense]", "--train.lr=5e-4",
-        "--train.grad_checkpoint=true", "--data.split_seed=0", "--train.warmup_steps=3", "--train.plots=false",
-        "--train.eval_batches=0", f"--train.batch_size={BATCH}", f"--train.seq_len={SEQ_LEN}"]
+        "--train.grad_checkpoint=false", "--data.split_seed=0", "--train.warmup_steps=3",
+        "--train.plots=false", "--train.eval_batches=0", f"--train.batch_size={BATCH}", f"--train.seq_len={SEQ_LEN}"]
 DEFAULTS = {"inputs": 500, "min_logprob": -3.0}
 
 
@@ -125,7 +125,7 @@ def score(adapter: Path | None, items: list[dict]) -> dict:
 
         ppl = evaluate(model, itertools.islice(val(), HELD_OUT // BATCH), pad_id=tok.pad_id)["ppl"]
         task = score_tasks(model, tok, items)
-    return {"domain_ppl": ppl, "task": {k: task[k] for k in ("items", "acc", "acc_norm", "acc_ci95")}}
+    return {"domain_ppl": ppl, "task": {k: task[k] for k in ("items", "acc", "acc_norm", "acc_ci95", "acc_norm_ci95")}}
 
 
 def main() -> None:
