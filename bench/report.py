@@ -282,6 +282,10 @@ README_ROWS: list[Row] = [
         "distill_real", lambda d: (f"{d['models']['distilled']['retention']['tasks']['mean']:.2f}; "
                                    + " / ".join(f"{d['models'][k]['ppl']['ppl']:.1f}"
                                                 for k in ("teacher", "distilled", "data only")))),
+    Row("DataDistiller on SmolLM2-135M-Instruct, 500 real questions (experts: LoRA adapters; the base judges and "
+        "scores): answers kept; held-out MedQuAD perplexity with an adapter on none / the original answers / the "
+        "distilled answers to the same questions", "distiller_real",
+        lambda d: f"{d['distiller']['kept']} of {d['distiller']['inputs']}; " + _useful_ppl(d)),
     Row("SmolLM2-135M-Instruct quantized (dense): perplexity change of int8 / int4 gptq g64 / int4 gptq g128 / mixed; "
         "mixed bits per weight", "quant_real", _quant_real_row),
 ]
@@ -1056,6 +1060,90 @@ def distill_real_targets() -> str:
     return table(["target", "measured", "met?"], rows, "lll")
 
 
+STAGES = ("route", "expert", "judge", "score")  # the DataDistiller's rejection stages, in order
+
+
+def distiller_real() -> str:
+    """Acceptance per input source: where the classifier sent its questions and at which stage
+    they were rejected; each stage's pass rate is of the answers that reached it."""
+    d = result("distiller_real")["distiller"]
+    rows = []
+    totals = {k: 0 for k in ("inputs", "kept", *STAGES)}
+    routed_all: dict[str, int] = {}
+    for source, domains in [*d["by_source_and_domain"].items(), ("all", None)]:
+        if domains is None:
+            counts, routed = totals, routed_all
+        else:
+            counts = {k: sum(v.get(k, 0) for v in domains.values()) for k in ("kept", *STAGES)}
+            counts["inputs"] = sum(sum(v.values()) for v in domains.values())
+            routed = {dom: sum(v.values()) for dom, v in domains.items()}
+            for k in totals:
+                totals[k] += counts[k]
+            for dom, n in routed.items():
+                routed_all[dom] = routed_all.get(dom, 0) + n
+        reached, cells = counts["inputs"], []
+        for stage in STAGES:
+            cells.append(f"{counts[stage]} ({1 - counts[stage] / reached:.0%} pass)" if reached else "-")
+            reached -= counts[stage]
+        rows.append([f"**{source}**" if domains is None else source, str(counts["inputs"]),
+                     ", ".join(f"{dom} {n}" for dom, n in sorted(routed.items(), key=lambda x: -x[1])), *cells,
+                     f"{counts['kept']} ({counts['kept'] / counts['inputs']:.0%})"])
+    return table(["questions from", "inputs", "routed to", "rejected: no expert", "length / repetition filter",
+                  "judge (base says no)", "likelihood score", "kept"], rows, "lrlrrrrr")
+
+
+def distiller_real_domains() -> str:
+    d = result("distiller_real")["distiller"]
+    rows = [[dom, str(v["kept"] + v["rejected"]), str(v["kept"]), f"{v['kept'] / (v['kept'] + v['rejected']):.0%}"]
+            for dom, v in sorted(d["by_domain"].items())]
+    q = d["logprob_quartiles"]
+    return (table(["domain (classified)", "inputs", "kept", "acceptance"], rows, "lrrr")
+            + "\nMean log-probability per token of the answers the base scored (min / quartiles / max): "
+            + " / ".join(f"{x:.2f}" for x in q) + ".\n")
+
+
+def _useful_ppl(d: dict) -> str:
+    runs = d.get("usefulness", {}).get("runs", {})
+    if not all(k in runs for k in ("base", "original", "distilled")):
+        return "usefulness not measured in this run"
+    return " / ".join(f"{runs[k]['domain_ppl']:.2f}" for k in ("base", "original", "distilled"))
+
+
+def distiller_real_useful() -> str:
+    u = result("distiller_real").get("usefulness", {"skipped": "the result file was written before its last phase finished"})
+    if "skipped" in u:
+        return f"Not measured: {u['skipped']}.\n"
+    label = {"base": "none (the base model)", "original": f"{u['trained_on']} original MedQuAD answers",
+             "distilled": f"the DataDistiller's {u['trained_on']} accepted answers to the same questions"}
+    rows = []
+    for k in ("base", "original", "distilled"):
+        if k not in u["runs"]:
+            continue
+        m = u["runs"][k]["task"]
+        rows.append([label[k], f"{u['runs'][k]['domain_ppl']:.2f}",
+                     f"{m['acc_norm']:.3f}" + (f" ± {m['acc_norm_ci95']:.3f}" if "acc_norm_ci95" in m else ""),
+                     f"{m['acc']:.3f} ± {m['acc_ci95']:.3f}"])
+    return (table(["adapter trained on", "held-out MedQuAD answers: perplexity",
+                   f"MedQuAD multiple choice ({u['task_items']} items): acc_norm ± 95% CI", "acc ± 95% CI"], rows, "lrrr")
+            + f"\nBoth adapters: {u['steps']} steps (one epoch) of 8 conversations, the same settings and seed.\n")
+
+
+def distiller_agreement() -> str:
+    d = result("distiller_agreement")["sources"]
+    names = {"kept": "kept", "expert": "length / repetition filter", "judge": "judge said no",
+             "score": "likelihood below the floor"}
+    rows = []
+    for source, v in d.items():
+        for outcome, o in v["outcomes"].items():
+            rows.append([source, names.get(outcome, outcome), str(o["n"]), f"{o['f1']:.3f}",
+                         f"{o['f1_other_questions']:.3f}"])
+        rho = v["score_vs_f1_spearman"]
+        rows.append([source, f"score vs F1, {v['scored']} scored answers (Spearman)", "",
+                     "-" if rho is None else f"{rho:+.2f}", ""])
+    return table(["questions from", "outcome", "answers", "token F1 with its reference answer",
+                  "with other questions' answers"], rows, "llrrr")
+
+
 def _mean_acc(m: dict) -> float:
     accs = [v["acc_norm"] for k, v in m["tasks"].items() if k != "wall_s"]
     return sum(accs) / len(accs)
@@ -1088,6 +1176,9 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/platform.md": {"platform_overhead": platform_overhead},
     "docs/results/labelhub.md": {"label_load": label_load},
     "docs/results/distill.md": {"distill_real_candidates": distill_real_candidates, "distill_real": distill_real,
+                                "distiller_real": distiller_real, "distiller_real_domains": distiller_real_domains,
+                                "distiller_agreement": distiller_agreement,
+                                "distiller_real_useful": distiller_real_useful,
                                 "distill_real_targets": distill_real_targets},
     "docs/results/safety.md": {"safety_stages": safety_stages, "safety_other": safety_other,
                                "safety_sources": safety_sources},
