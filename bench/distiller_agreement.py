@@ -16,14 +16,13 @@ tracks closeness to the reference. Nothing is generated: this runs in seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import ROOT, provenance, write_result  # noqa: E402
+from provenance import ROOT, provenance, read_jsonl, write_result  # noqa: E402
 
 WORD = re.compile(r"\w+")
 
@@ -48,10 +47,6 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return None
     return float(spearmanr(x, y).statistic)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def answer_of(record: dict) -> str | None:

@@ -16,8 +16,9 @@ then whether the data is useful.
    reported per stage and per domain.
 5. Usefulness (medical): the accepted answers to MedQuAD questions (N) train an adapter; the
    original MedQuAD answers to the same N questions train another, same steps (one epoch) and
-   settings (5% of the questions held out by the split rule, the same ones for both); both and the base are scored on the 96 held-out MedQuAD conversations (perplexity
-   of the reference answers) and the MedQuAD multiple-choice items of bench/real_model_tasks.py
+   settings (5% of the questions held out by the split rule, the same ones for both); both and
+   the base are scored on the 96 held-out MedQuAD conversations (perplexity of the reference
+   answers) and the MedQuAD multiple-choice items of bench/real_model_tasks.py
    whose question none of them trained on.
 
     python bench/distiller_real.py [--inputs 500] [--min-logprob -3.0]
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
+from provenance import ROOT, provenance, read_jsonl, result_name, write_result  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RUNS = ROOT / "runs" / "distiller_real"
@@ -125,7 +126,8 @@ def score(adapter: Path | None, items: list[dict]) -> dict:
 
         ppl = evaluate(model, itertools.islice(val(), HELD_OUT // BATCH), pad_id=tok.pad_id)["ppl"]
         task = score_tasks(model, tok, items)
-    return {"domain_ppl": ppl, "task": {k: task[k] for k in ("items", "acc", "acc_norm", "acc_ci95", "acc_norm_ci95")}}
+    kept = ("items", "acc", "acc_norm", "acc_ci95", "acc_norm_ci95")
+    return {"domain_ppl": ppl, "task": {k: task[k] for k in kept}}
 
 
 def main() -> None:
@@ -173,24 +175,23 @@ def main() -> None:
     t = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     manifest = json.loads((RUNS / "distilled" / "manifest.json").read_text())
-    kept = [json.loads(x) for x in (RUNS / "distilled" / "data.jsonl").read_text().splitlines() if x.strip()]
-    rejected = [json.loads(x) for x in (RUNS / "distilled" / "rejected.jsonl").read_text().splitlines() if x.strip()]
+    kept, rejected = read_jsonl(RUNS / "distilled" / "data.jsonl"), read_jsonl(RUNS / "distilled" / "rejected.jsonl")
     by = {}
     for r, what in [(r, "kept") for r in kept] + [(r, r["stage"]) for r in rejected]:
         src = Path(r["source"]["file"]).stem
         by.setdefault(src, {}).setdefault(r["domain"], {}).setdefault(what, 0)
         by[src][r["domain"]][what] += 1
     logprobs = sorted(r["quality"]["logprob"] for r in kept + rejected if "quality" in r)
+    quartiles = [logprobs[int(q * (len(logprobs) - 1))] for q in (0, 0.25, 0.5, 0.75, 1)] if logprobs else []
     out["distiller"] = {"wall_s": time.perf_counter() - t, "inputs": manifest["inputs"], "kept": manifest["kept"],
                         "rejected_by_stage": manifest["rejected_by_stage"], "by_domain": manifest["by_domain"],
-                        "by_source_and_domain": by, "logprob_quartiles": [
-                            logprobs[int(q * (len(logprobs) - 1))] for q in (0, 0.25, 0.5, 0.75, 1)] if logprobs else [],
+                        "by_source_and_domain": by, "logprob_quartiles": quartiles,
                         "examples": [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"],
                                       "domain": r["domain"]} for r in kept[:: max(1, len(kept) // 6)][:6]]}
     write_result(name, out)
 
     # 5. usefulness: distilled answers against the original answers to the same questions
-    medquad = [json.loads(x) for x in inputs["medquad"].read_text().splitlines() if x.strip()]
+    medquad = read_jsonl(inputs["medquad"])
     mine = [r for r in kept if Path(r["source"]["file"]).stem == "medquad"]
     n = len(mine)
     if n < BATCH:

@@ -26,7 +26,6 @@ domains_styles_zero-shot.json (--zero-shot).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import subprocess
 import sys
@@ -35,22 +34,17 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
+from provenance import ROOT, provenance, read_jsonl, result_name, write_result  # noqa: E402
 
 
 def language(source: str) -> str:
     return "zh" if source.startswith("zh_") or "_zh" in source else "en"
 
 
-def read(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def test_rows(data: Path, source: str, limit: int) -> list[dict]:
     """The left-out source's held-out passages and questions, at most ``limit`` (a fixed sample)."""
     rows = [r for name in ("heldout.jsonl", "questions.jsonl") if (data / name).is_file()
-            for r in read(data / name) if r["source"] == source]
+            for r in read_jsonl(data / name) if r["source"] == source]
     random.Random(source).shuffle(rows)
     return rows[:limit]
 
@@ -78,7 +72,7 @@ def main() -> None:
         print(f"{data} is missing: building it with `lightseek domains build`", flush=True)
         subprocess.run([sys.executable, "-m", "lightseek", "domains", "build", "--out", str(data)], check=True,
                        cwd=ROOT)
-    train = read(data / "train.jsonl")
+    train = read_jsonl(data / "train.jsonl")
     sources = sorted({r["source"] for r in train})
     domain_of = {r["source"]: r["domain"] for r in train}
     alone = {s for s in sources if not any(o != s and domain_of[o] == domain_of[s] and language(o) == language(s)

@@ -52,6 +52,12 @@ def write_result(name: str, data: dict) -> Path:
     return out
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (blank lines skipped)."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def result_name(base: str, args, defaults: dict, limit: int = 80) -> str:
     """The result file's name (without .json): ``base`` when every argument in ``defaults`` has
     its default value, else ``base_<slug>``, the slug naming each argument that differs, in the

@@ -22,6 +22,7 @@ import difflib
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -1066,28 +1067,24 @@ STAGES = ("route", "expert", "judge", "score")  # the DataDistiller's rejection 
 def distiller_real() -> str:
     """Acceptance per input source: where the classifier sent its questions and at which stage
     they were rejected; each stage's pass rate is of the answers that reached it."""
-    d = result("distiller_real")["distiller"]
-    rows = []
-    totals = {k: 0 for k in ("inputs", "kept", *STAGES)}
-    routed_all: dict[str, int] = {}
-    for source, domains in [*d["by_source_and_domain"].items(), ("all", None)]:
-        if domains is None:
-            counts, routed = totals, routed_all
-        else:
-            counts = {k: sum(v.get(k, 0) for v in domains.values()) for k in ("kept", *STAGES)}
-            counts["inputs"] = sum(sum(v.values()) for v in domains.values())
-            routed = {dom: sum(v.values()) for dom, v in domains.items()}
-            for k in totals:
-                totals[k] += counts[k]
-            for dom, n in routed.items():
-                routed_all[dom] = routed_all.get(dom, 0) + n
-        reached, cells = counts["inputs"], []
+    by_source = result("distiller_real")["distiller"]["by_source_and_domain"]  # source -> domain -> outcome -> n
+
+    def row(label: str, domains: dict[str, dict[str, int]]) -> list[str]:
+        counts = {k: sum(v.get(k, 0) for v in domains.values()) for k in ("kept", *STAGES)}
+        inputs = sum(sum(v.values()) for v in domains.values())
+        routed = sorted(((dom, sum(v.values())) for dom, v in domains.items()), key=lambda x: -x[1])
+        reached, cells = inputs, []
         for stage in STAGES:
             cells.append(f"{counts[stage]} ({1 - counts[stage] / reached:.0%} pass)" if reached else "-")
             reached -= counts[stage]
-        rows.append([f"**{source}**" if domains is None else source, str(counts["inputs"]),
-                     ", ".join(f"{dom} {n}" for dom, n in sorted(routed.items(), key=lambda x: -x[1])), *cells,
-                     f"{counts['kept']} ({counts['kept'] / counts['inputs']:.0%})"])
+        return [label, str(inputs), ", ".join(f"{dom} {n}" for dom, n in routed), *cells,
+                f"{counts['kept']} ({counts['kept'] / inputs:.0%})"]
+
+    merged: dict[str, Counter] = {}
+    for domains in by_source.values():
+        for dom, outcomes in domains.items():
+            merged.setdefault(dom, Counter()).update(outcomes)
+    rows = [row(source, domains) for source, domains in by_source.items()] + [row("**all**", merged)]
     return table(["questions from", "inputs", "routed to", "rejected: no expert", "length / repetition filter",
                   "judge (base says no)", "likelihood score", "kept"], rows, "lrlrrrrr")
 
@@ -1110,7 +1107,8 @@ def _useful_ppl(d: dict) -> str:
 
 
 def distiller_real_useful() -> str:
-    u = result("distiller_real").get("usefulness", {"skipped": "the result file was written before its last phase finished"})
+    u = result("distiller_real").get("usefulness",
+                                     {"skipped": "the result file was written before its last phase finished"})
     if "skipped" in u:
         return f"Not measured: {u['skipped']}.\n"
     label = {"base": "none (the base model)", "original": f"{u['trained_on']} original MedQuAD answers",
@@ -1124,7 +1122,8 @@ def distiller_real_useful() -> str:
                      f"{m['acc_norm']:.3f}" + (f" ± {m['acc_norm_ci95']:.3f}" if "acc_norm_ci95" in m else ""),
                      f"{m['acc']:.3f} ± {m['acc_ci95']:.3f}"])
     return (table(["adapter trained on", "held-out MedQuAD answers: perplexity",
-                   f"MedQuAD multiple choice ({u['task_items']} items): acc_norm ± 95% CI", "acc ± 95% CI"], rows, "lrrr")
+                   f"MedQuAD multiple choice ({u['task_items']} items): acc_norm ± 95% CI", "acc ± 95% CI"], rows,
+                  "lrrr")
             + f"\nBoth adapters: {u['steps']} steps (one epoch) of 8 conversations, the same settings and seed.\n")
 
 
