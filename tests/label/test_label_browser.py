@@ -22,7 +22,7 @@ for _module, _why in [("sqlalchemy", "the platform extra"), ("argon2", "the labe
 uvicorn = pytest.importorskip("uvicorn", reason="the server needs uvicorn (pip install -e .[serve])")
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e .[test])")
 
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+from browser_helpers import click_and_wait, headless_chromium  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -79,17 +79,7 @@ def labelhub(tmp_path):
 def browser(tmp_path):
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--window-size=1200,1000"):
-        opts.add_argument(flag)
-    # downloads land in `downloads` without a prompt: the profile's prefs, and the DevTools call headless honours
-    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                           "download.prompt_for_download": False})
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=shutil.which("chromedriver")))
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver = headless_chromium(downloads)
     try:
         yield driver, downloads
     finally:
@@ -132,9 +122,7 @@ def test_annotate_review_export_and_train_in_a_real_browser(labelhub, browser, d
     assert [it["status"] for it in store.items(triage)] == ["review", "review"]
 
     def click(by, what):  # and wait for the page it leads to
-        old = driver.find_element(by, what)
-        old.click()
-        wait.until(ec.staleness_of(old))
+        click_and_wait(driver, by, what)
 
     def sign_in(name: str, password: str = PASSWORD) -> None:
         driver.find_element(By.ID, "username").send_keys(name)

@@ -258,7 +258,8 @@ def test_admin_api_needs_an_admin_key_and_the_invoice_equals_the_ledger(served) 
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
                     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_usage_page_in_a_real_browser(served) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e .[test])")
+    pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e .[test])")
+    from browser_helpers import click_and_wait, headless_chromium
     from selenium.webdriver.common.by import By
 
     url, gate = served["url"], served["gate"]
@@ -267,21 +268,11 @@ def test_usage_page_in_a_real_browser(served) -> None:
     for _ in range(2):  # spend on the author's adapter
         call(f"{url}/v1/completions", {"model": "debug:shakes", "prompt": "To be", "max_tokens": 5}, buyer)
     assert gate.wait_idle(10)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"):
-        opts.add_argument(flag)
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=shutil.which("chromedriver")))
+    driver = headless_chromium()
 
     def click(by, what):  # and wait for the page it leads to
-        old = driver.find_element(by, what)
-        old.click()
-        WebDriverWait(driver, 10).until(ec.staleness_of(old))
+        click_and_wait(driver, by, what)
+
     try:
         driver.get(f"{url}/usage")
         assert "/usage/login" in driver.current_url  # no session: sign in first
