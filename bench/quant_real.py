@@ -57,6 +57,9 @@ CONFIGS = {
     # as the GGUF the model ships in does: 4-bit layers, the (tied) embedding and head at 8 bits
     "int4 gptq g64, 8-bit embedding": {"bits": 4, "group_size": 64, "method": "gptq",
                                        "roles": {"embed": 8, "head": 8}},
+    # GPTQ's two options against the default (act order, one calibration pass)
+    "int4 gptq g64, stored order": {"bits": 4, "group_size": 64, "method": "gptq", "act_order": False},
+    "int4 gptq g64, sequential": {"bits": 4, "group_size": 64, "method": "gptq", "sequential": True},
 }
 # widths a group does not divide (576 by 128; the MoE form's 96-wide experts by 64 and 128) pad
 # their last group (stored unpadded)

@@ -72,7 +72,8 @@ def test_round_trip_gives_identical_logits(debug_checkpoint) -> None:
     assert size < 0.4 * (debug_checkpoint / "model.safetensors").stat().st_size
 
 
-@pytest.mark.parametrize("kw", [{"bits": 8}, {"bits": 4, "group_size": 32, "method": "gptq"}])
+@pytest.mark.parametrize("kw", [{"bits": 8}, {"bits": 4, "group_size": 32, "method": "gptq"},
+                                {"bits": 4, "group_size": 32, "method": "gptq", "sequential": True, "act_order": False}])
 def test_quantized_checkpoint_stays_close_and_generates(debug_checkpoint, quantized, kw) -> None:
     ref, tok = load_model(debug_checkpoint), Tokenizer.load(debug_checkpoint)
     q = load_model(quantized(**kw))

@@ -16,14 +16,15 @@ def correlated_inputs(rows: int, k: int, seed: int) -> torch.Tensor:
     return torch.randn(rows, k, generator=g) @ mix
 
 
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("bits,group", [(4, 32), (4, 64), (8, 0)])
-def test_gptq_beats_rtn_on_output_error(bits: int, group: int) -> None:
+def test_gptq_beats_rtn_on_output_error(bits: int, group: int, act_order: bool) -> None:
     k, n = 128, 64
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(7)) * 0.05
     calib, held_out = correlated_inputs(2048, k, 0), correlated_inputs(1024, k, 1)
     h = Hessian(k)
     h.add(calib)
-    q_gptq = gptq_quantize(w[None], h.h, bits, group or 32, damp=0.01, block=64)
+    q_gptq = gptq_quantize(w[None], h.h, bits, group or 32, damp=0.01, block=64, act_order=act_order)
     q_rtn = quantize_rtn(w, bits, group or 32)
 
     def out_err(qw: torch.Tensor) -> float:
@@ -40,3 +41,16 @@ def test_gptq_without_calibration_inputs_is_rounding_to_nearest() -> None:
     h = Hessian(64, batch=2)  # no rows seen: all-zero Hessians
     qt = gptq_quantize(w, h.h, 4, 32, damp=0.01, block=64)
     assert torch.equal(qt.qweight, quantize_rtn(w, 4, 32).qweight)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_act_order_keeps_the_stored_column_layout(bits: int) -> None:
+    """With uncorrelated inputs there is no error to spread, so GPTQ in any order is rounding to
+    nearest on the unrounded weights' grids: act order (columns visited by a shuffled, decreasing
+    Hessian diagonal) must put every code back in its own column and group."""
+    w = torch.randn(3, 16, 128, generator=torch.Generator().manual_seed(1))
+    energy = torch.rand(3, 128, generator=torch.Generator().manual_seed(2)) + 0.1
+    h = torch.diag_embed(energy.double())
+    qt = gptq_quantize(w, h, bits, 32, damp=0.0, block=64, act_order=True)
+    rtn = quantize_rtn(w, bits, 32, clip=(1.0,))
+    assert torch.equal(qt.qweight, rtn.qweight) and torch.equal(qt.scales, rtn.scales)

@@ -97,13 +97,9 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
         raise ConfigError(f"{biased} has a bias, which quantized layers do not carry yet; this model "
                           "(attention biases, as in Qwen2) cannot be quantized")
     n_params = sum(p.numel() for p in model.parameters())
-    hessians: dict[str, Hessian] = {}
-    if cfg.method == "gptq":
-        if calib is None:
-            raise ConfigError("quant.method gptq needs calibration text (quant.calib.files / --calib)")
-        hessians = _hessians(model, chosen, calib)
     layers: dict[str, dict] = {}
-    for t, bits in chosen:
+
+    def apply(t: Target, bits: int, hessians: dict[str, Hessian]) -> None:
         qts = {name: _quantize_matrix(w, t, name, bits, cfg, hessians)
                for name, w in _matrices(model, t).items()}
         _install(model, t, qts, cfg.kernel)
@@ -113,6 +109,23 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
                           "out": {k or "w": q.out_features for k, q in qts.items()}}
         if on_layer is not None:
             on_layer(t.path)
+
+    model.eval()
+    if cfg.method == "gptq":
+        if calib is None:
+            raise ConfigError("quant.method gptq needs calibration text (quant.calib.files / --calib)")
+        device = next(model.parameters()).device
+        calib = [batch.to(device) for batch in calib]
+        if cfg.sequential:
+            _quantize_sequentially(model, chosen, calib, apply)
+        else:
+            hessians = collect_hessians(lambda: [model(batch) for batch in calib], *_watched(model, chosen))
+            for t, bits in chosen:
+                apply(t, bits, hessians)
+        model.reset_routing_stats()  # calibration is not serving traffic
+    else:
+        for t, bits in chosen:
+            apply(t, bits, {})
     if model.cfg.tie_embeddings and isinstance(model.embed, QuantEmbedding):
         model.head = QuantLinear(model.embed.qtensor(), cfg.kernel)
         tie_head(model.embed, model.head)
@@ -122,7 +135,8 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
     return model.eval()
 
 
-def _hessians(model: Transformer, chosen, calib) -> dict[str, Hessian]:
+def _watched(model: Transformer, chosen) -> tuple[dict[str, nn.Module], dict[str, MoE]]:
+    """The modules whose inputs give the Hessians of ``chosen``: (linears by path, MoE layers)."""
     linears, moes = {}, {}
     for t, _ in chosen:
         if t.kind == "experts":
@@ -132,7 +146,47 @@ def _hessians(model: Transformer, chosen, calib) -> dict[str, Hessian]:
                 linears["embed"] = model.head
         else:
             linears[t.path] = model.get_submodule(t.path)
-    return collect_hessians(model, calib, linears, moes)
+    return linears, moes
+
+
+# A block's targets in the order their inputs are computed (path after ``layers.<i>.``); each
+# stage is calibrated on the outputs of the stages before it, already quantized.
+STAGES = ({"attn.wq", "attn.wk", "attn.wv"}, {"attn.wo"},
+          {"ffn.w1", "ffn.w3", "ffn.router", "ffn.shared.w1", "ffn.shared.w3", "ffn"}, {"ffn.w2", "ffn.shared.w2"})
+
+
+def _quantize_sequentially(model: Transformer, chosen, calib: list[torch.Tensor],
+                           apply: Callable[[Target, int, dict], None]) -> None:
+    """GPTQ block by block, stage by stage: the calibration activations are carried through the
+    blocks already quantized, so each layer compensates the error of those before it (not only
+    its own), as in GPTQ's reference implementation. The (tied) embedding and the head come
+    last, on the final hidden states of the quantized blocks."""
+    per_block: dict[int, list[list]] = {}
+    last = []
+    for t, bits in chosen:
+        if t.path.startswith("layers."):
+            i, _, sub = t.path.removeprefix("layers.").partition(".")
+            stage = next(n for n, names in enumerate(STAGES) if sub in names)
+            per_block.setdefault(int(i), [[] for _ in STAGES])[stage].append((t, bits))
+        else:
+            last.append((t, bits))
+    xs = [model.embed(batch) * model.cfg.embed_scale for batch in calib]           # block inputs (b, T, D)
+    rope = [(model.rope_cos[:x.shape[1]], model.rope_sin[:x.shape[1]]) for x in xs]
+
+    def run_block(block) -> list[torch.Tensor]:
+        return [block(x, cos, sin, None, 0) for x, (cos, sin) in zip(xs, rope)]
+
+    for i, block in enumerate(model.layers):
+        for stage in per_block.get(i, []):
+            if stage:
+                hessians = collect_hessians(lambda: run_block(block), *_watched(model, stage))
+                for t, bits in stage:
+                    apply(t, bits, hessians)
+        xs = run_block(block)
+    if last:
+        hessians = collect_hessians(lambda: [model.head(model.norm(x)) for x in xs], *_watched(model, last))
+        for t, bits in last:
+            apply(t, bits, hessians)
 
 
 def _quantize_matrix(w: torch.Tensor, t: Target, name: str, bits: int, cfg: QuantConfig,
@@ -143,7 +197,8 @@ def _quantize_matrix(w: torch.Tensor, t: Target, name: str, bits: int, cfg: Quan
     if h is None:  # rtn, or a matrix without calibration inputs (an untied embedding)
         return quantize_rtn(w, bits, cfg.group_size, cfg.pad_groups, where, cfg.clip)
     stacked = w if w.dim() == 3 else w[None]
-    qt = gptq_quantize(stacked, h.h, bits, cfg.group_size, cfg.damp, cfg.block, cfg.pad_groups, where, cfg.clip)
+    qt = gptq_quantize(stacked, h.h, bits, cfg.group_size, cfg.damp, cfg.block, cfg.pad_groups, where, cfg.clip,
+                       cfg.act_order)
     if w.dim() == 2:
         qt = QTensor(qt.bits, qt.group, qt.qweight[0], qt.scales[0], None if qt.zeros is None else qt.zeros[0],
                      qt.in_features)

@@ -55,6 +55,12 @@ class QuantConfig:
         "or auto (the faster, see docs/results/quant.md)."))
     damp: float = field(0.01, help="gptq: damping added to the Hessian's diagonal, as a share of its mean.")
     block: int = field(128, help="gptq: columns rounded per block before the lazy update of the rest.")
+    act_order: bool = field(True, help=(
+        "gptq: round the columns of the inputs with the most energy (largest Hessian diagonal) first; "
+        "4-bit grids are then fixed from the unrounded weights."))
+    sequential: bool = field(False, help=(
+        "gptq: calibrate block by block, each layer on the activations of the layers before it already "
+        "quantized (about twice the time); false: every Hessian from one pass of the full-precision model."))
     calib: CalibConfig = field(default_factory=CalibConfig, help="Calibration data (gptq).")
 
     def __post_init__(self) -> None:

@@ -3,11 +3,13 @@
 For a layer ``y = x W^T`` the output error of a rounded weight is ``(W - Q) H (W - Q)^T`` with
 ``H = sum x x^T`` over calibration inputs. Columns are rounded one at a time; the error of each
 is spread over the remaining columns through the inverse Hessian (its upper Cholesky factor),
-so inputs that move together correct each other (Frantar et al., 2022). The grid of a 4-bit
-group is fixed when the first column of the group is reached, from the weights as updated so far.
+so inputs that move together correct each other (Frantar et al., 2022). In stored order the grid
+of a 4-bit group is fixed when the first column of the group is reached, from the weights as
+updated so far; in act order (largest Hessian diagonal first) every grid is fixed up front.
 
-Hessians come from one pass of calibration windows through the full-precision model: a
-forward pre-hook on every nn.Linear (and router), and for the routed experts the dispatch is
+Hessians are collected while calibration windows run (the caller decides through what: the
+whole full-precision model, or one block of a model quantized block by block): a forward
+pre-hook on every watched nn.Linear (and router), and for the routed experts the dispatch is
 wrapped so that each expert's Hessians use only the tokens routed to it (w1/w3: its inputs; w2:
 its hidden activations). All solves are batched over a leading dim (the experts of a layer).
 """
@@ -15,7 +17,7 @@ its hidden activations). All solves are batched over a leading dim (the experts 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +51,15 @@ class Hessian:
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: float, block: int,
-                  pad: bool = False, where: str = "weight", clip: Sequence[float] = (1.0,)) -> QTensor:
+                  pad: bool = False, where: str = "weight", clip: Sequence[float] = (1.0,),
+                  act_order: bool = False) -> QTensor:
     """GPTQ of ``w`` (B, N, K) against Hessians ``h`` (B, K, K); a matrix whose Hessian is all
-    zero (an expert no calibration token reached) gets the identity, i.e. plain rounding."""
+    zero (an expert no calibration token reached) gets the identity, i.e. plain rounding.
+
+    ``act_order`` rounds the columns in order of decreasing Hessian diagonal (the inputs with
+    the most energy first, while the most columns remain to absorb their error). Each 4-bit
+    group's grid is then fixed up front from the unrounded weights ("static groups"), so the
+    stored layout, one grid per run of ``group`` consecutive columns, is the same either way."""
     B, N, K = w.shape
     kp = K if bits == 8 else padded_dim(K, group, pad, where)
     W = pad_columns(w.to(torch.float64), kp)                                   # (B, N, Kp)
@@ -60,14 +68,23 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp:
     diag = H.diagonal(dim1=-2, dim2=-1)
     diag[diag <= 0] = 1.0  # inputs always zero (and padding): nothing to compensate against
     diag += damp * diag.mean(-1, keepdim=True)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # (B, Kp, Kp)
 
-    codes = torch.zeros(B, N, kp, dtype=torch.float64)
     if bits == 8:
         scale = int8_scale(W).double()                                        # (B, N)
     else:
         scale = torch.zeros(B, N, kp // group, dtype=torch.float64)
         zero = torch.zeros_like(scale)
+    order = torch.arange(kp).expand(B, kp)                                    # rounding order -> column
+    if act_order:
+        order = torch.sort(diag, dim=-1, descending=True, stable=True).indices
+        W = W.gather(-1, order[:, None, :].expand(B, N, kp))
+        H = H.gather(-1, order[:, None, :].expand(B, kp, kp)).gather(-2, order[:, :, None].expand(B, kp, kp))
+        if bits == 4:  # static groups: every grid from the unrounded weights, in stored layout
+            s, z = int4_grid(pad_columns(w.to(torch.float64), kp).unflatten(-1, (kp // group, group)), clip)
+            scale, zero = s.double(), z.double()
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # (B, Kp, Kp)
+
+    codes = torch.zeros(B, N, kp, dtype=torch.float64)
     for i1 in range(0, kp, block):
         i2 = min(i1 + block, kp)
         W1, err1, U1 = W[..., i1:i2].clone(), torch.zeros(B, N, i2 - i1, dtype=torch.float64), U[:, i1:i2, i1:i2]
@@ -77,10 +94,14 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp:
                 q = int8_codes(W1[..., i, None], scale).double()[..., 0]
                 deq = q * scale
             else:
-                if col % group == 0:
-                    s, z = int4_grid(W1[..., i:i + group], clip)             # (B, N)
-                    scale[..., col // group], zero[..., col // group] = s, z
-                s, z = scale[..., col // group], zero[..., col // group]
+                if act_order:  # the grid of the stored group this column belongs to
+                    g = (order[:, col] // group)[:, None, None].expand(B, N, 1)
+                    s, z = scale.gather(-1, g)[..., 0], zero.gather(-1, g)[..., 0]
+                else:
+                    if col % group == 0:  # the group's grid from the weights as updated so far
+                        s, z = int4_grid(W1[..., i:i + group], clip)         # (B, N)
+                        scale[..., col // group], zero[..., col // group] = s, z
+                    s, z = scale[..., col // group], zero[..., col // group]
                 q = int4_codes(W1[..., i], s, z).double()
                 deq = (q - 8.0) * s + z
             codes[..., col] = q
@@ -88,6 +109,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp:
             W1[..., i:] -= err[..., None] * U1[:, i, i:][:, None, :]
             err1[..., i] = err
         W[..., i2:] -= err1 @ U[:, i1:i2, i2:]
+    if act_order:  # back to the stored column order
+        codes = codes.scatter(-1, order[:, None, :].expand(B, N, kp), codes.clone())
     if bits == 8:
         return QTensor(8, 0, codes[..., :K].to(torch.int8), scale.to(SCALE_DTYPE), None, K)
     return QTensor(4, group, pack_codes(codes, K), scale.to(SCALE_DTYPE), zero.to(SCALE_DTYPE), K)
@@ -115,11 +138,11 @@ def _expert_capture(moe: MoE, sinks: dict[str, Hessian]) -> Iterator[None]:
 
 
 @torch.no_grad()
-def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor], linears: dict[str, nn.Module],
+def collect_hessians(run: Callable[[], object], linears: dict[str, nn.Module],
                      moes: dict[str, MoE]) -> dict[str, Hessian]:
-    """Run ``batches`` ((b, T) token ids) through ``model``; Hessians of the inputs of every
-    module in ``linears`` (by path) and of every routed expert of ``moes`` (``<path>.w1`` for
-    w1 and w3, which share their input, and ``<path>.w2``)."""
+    """Call ``run`` (forward passes over the calibration windows) with every module in ``linears``
+    (by path) and every routed expert of ``moes`` watched: Hessians of their inputs (``<path>.w1``
+    for an expert's w1 and w3, which share their input, and ``<path>.w2``)."""
     sinks: dict[str, Hessian] = {}
     handles = []
     for path, mod in linears.items():
@@ -133,11 +156,8 @@ def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor], linears:
             sinks[f"{path}.w1"], sinks[f"{path}.w2"] = own["w1"], own["w2"]
             stack.enter_context(_expert_capture(moe, own))
         try:
-            model.eval()
-            for batch in batches:
-                model(batch.to(next(model.parameters()).device))
+            run()
         finally:
             for h in handles:
                 h.remove()
-    model.reset_routing_stats()
     return sinks
