@@ -63,18 +63,15 @@ def question_answer(ex) -> tuple[str, str]:
     return user, next(m["content"] for m in ex.messages if m["role"] == "assistant")
 
 
-def lora_train(name: str, files: list, out: Path, steps: int, extra: list[str] = ()) -> tuple[Path, float | None]:
+def lora_train(name: str, files: list, out: Path, steps: int, extra: list[str] = ()) -> tuple[Path, float]:
     """An adapter trained with `lightseek lora train`, and the wall seconds its training took (reused
-    when it finished with the same command: the seconds are the ones recorded then, None if none were)."""
+    when it finished with the same command: the seconds are the ones recorded then)."""
     cmd = [sys.executable, "-m", "lightseek", "lora", "train", f"--base={NAME}", f"--name={name}", f"--out_dir={out}",
            f"--data.files={json.dumps([str(f) for f in files])}", f"--train.steps={steps}",
            f"--train.eval_every={steps}", f"--train.ckpt_every={steps}", *LORA, *extra, "--quiet"]
-    stamp = out / "bench_command.json"
-    if stamp.is_file() and (out / "adapter").is_dir():
-        done = json.loads(stamp.read_text())
-        done = done if isinstance(done, dict) else {"command": done}  # stamps before the seconds were kept
-        if done["command"] == cmd[3:]:
-            return out / "adapter", done.get("wall_s")
+    done = stamped(out, cmd[3:])
+    if done is not None and (out / "adapter").is_dir():
+        return out / "adapter", done["wall_s"]
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
@@ -82,8 +79,21 @@ def lora_train(name: str, files: list, out: Path, steps: int, extra: list[str] =
     subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.perf_counter() - t
     print(f"  {name}: {steps} steps in {wall:.0f} s", flush=True)
-    stamp.write_text(json.dumps({"command": cmd[3:], "wall_s": wall}))
-    return out / "adapter", wall
+    return out / "adapter", stamp(out, cmd[3:], wall)["wall_s"]
+
+
+def stamped(out: Path, command: list[str]) -> dict | None:
+    """What ``out``'s stamp recorded ({command, wall_s}) if ``command`` wrote it, else None."""
+    path = out / "bench_command.json"
+    done = json.loads(path.read_text()) if path.is_file() else None
+    return done if done is not None and done["command"] == command else None
+
+
+def stamp(out: Path, command: list[str], wall_s: float) -> dict:
+    """Record that ``command`` produced ``out`` in ``wall_s`` seconds."""
+    done = {"command": command, "wall_s": wall_s}
+    (out / "bench_command.json").write_text(json.dumps(done))
+    return done
 
 
 def write_inputs(n: int) -> dict[str, Path]:
@@ -181,11 +191,7 @@ def main() -> None:
     wall = time.perf_counter() - t
     # a rerun finds its generations cached and takes minutes: the seconds kept are those of the
     # first run of this command
-    stamp = RUNS / "distilled" / "bench_command.json"
-    first = json.loads(stamp.read_text()) if stamp.is_file() else {}
-    if first.get("command") != cmd[3:]:
-        first = {"command": cmd[3:], "wall_s": wall}
-        stamp.write_text(json.dumps(first))
+    first = stamped(RUNS / "distilled", cmd[3:]) or stamp(RUNS / "distilled", cmd[3:], wall)
     manifest = json.loads((RUNS / "distilled" / "manifest.json").read_text())
     kept, rejected = read_jsonl(RUNS / "distilled" / "data.jsonl"), read_jsonl(RUNS / "distilled" / "rejected.jsonl")
     by = {}
@@ -195,7 +201,8 @@ def main() -> None:
         by[src][r["domain"]][what] += 1
     logprobs = sorted(r["quality"]["logprob"] for r in kept + rejected if "quality" in r)
     quartiles = [logprobs[int(q * (len(logprobs) - 1))] for q in (0, 0.25, 0.5, 0.75, 1)] if logprobs else []
-    out["distiller"] = {"wall_s": first["wall_s"], "this_run_wall_s": wall, "inputs": manifest["inputs"], "kept": manifest["kept"],
+    out["distiller"] = {"wall_s": first["wall_s"], "this_run_wall_s": wall, "inputs": manifest["inputs"],
+                        "kept": manifest["kept"],
                         "rejected_by_stage": manifest["rejected_by_stage"], "by_domain": manifest["by_domain"],
                         "by_source_and_domain": by, "logprob_quartiles": quartiles,
                         "examples": [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"],
@@ -233,8 +240,8 @@ def main() -> None:
     useful = {"accepted_medquad": n, "trained_on": n_train, "steps": steps, "task_items": len(items),
               "runs": {"base": score(None, items)}}
     for label in sets:
-        adapter, _ = lora_train(f"med-{label}", [RUNS / "useful" / f"{label}.jsonl"], RUNS / "useful" / label, steps,
-                             ["--data.val_fraction=0.05", "--data.domain=medical"])
+        adapter, _ = lora_train(f"med-{label}", [RUNS / "useful" / f"{label}.jsonl"], RUNS / "useful" / label,
+                                steps, ["--data.val_fraction=0.05", "--data.domain=medical"])
         useful["runs"][label] = score(adapter, items)
         out["usefulness"] = useful
         write_result(name, out)

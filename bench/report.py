@@ -425,31 +425,38 @@ def quant_real() -> str:
                   "p99 KL", "b1 tok/s", "b1 vs fp32", "16 rows tok/s", "16 rows vs fp32"], rows, "llrrrrrrrrrrr")
 
 
+def _int8_figures(r: dict) -> str:
+    return f"{100 * r['ppl_change']:+.2f}%, {r['kl_mean']:.5f}"
+
+
+def _int8_met(r: dict) -> bool:
+    return r["ppl_change"] <= 0.005 and r["kl_mean"] <= 0.002
+
+
+def _ppl_change(r: dict) -> str:
+    return f"{100 * r['ppl_change']:+.2f}%"
+
+
+# (configuration, target, measured, met?) of bench/quant_real.py's rows, per form
+QUANT_REAL_TARGETS = [
+    ("int8", "int8: perplexity within +0.5%, mean KL ≤ 0.002", _int8_figures, _int8_met),
+    ("int8 gptq", "the same with GPTQ", _int8_figures, _int8_met),
+    ("int4 gptq g64", "int4 g64 GPTQ: perplexity within +3%", _ppl_change, lambda r: r["ppl_change"] <= 0.03),
+    ("int4 gptq g64, 8-bit embedding", "the same with the embedding and head at 8 bits (as the shipped GGUF)",
+     _ppl_change, lambda r: r["ppl_change"] <= 0.03),
+    ("mixed gptq g64", "mixed: ≤ 4.9 bits per weight", lambda r: f"{r['bits_per_weight']:.2f}",
+     lambda r: r["bits_per_weight"] <= 4.9),
+]
+
+
 def quant_real_targets() -> str:
     d = result("quant_real")
     rows = []
     for form in dict.fromkeys(r["form"] for r in d["rows"]):
-        by = {r["config"]: r for r in d["rows"] if r["form"] == form}  # a run cut short lacks some
-        if "int8" in by:
-            i8 = by["int8"]
-            rows.append([form, "int8: perplexity within +0.5%, mean KL ≤ 0.002",
-                         f"{100 * i8['ppl_change']:+.2f}%, {i8['kl_mean']:.5f}",
-                         _yes(i8["ppl_change"] <= 0.005 and i8["kl_mean"] <= 0.002)])
-        if "int8 gptq" in by:
-            i8 = by["int8 gptq"]
-            rows.append([form, "the same with GPTQ", f"{100 * i8['ppl_change']:+.2f}%, {i8['kl_mean']:.5f}",
-                         _yes(i8["ppl_change"] <= 0.005 and i8["kl_mean"] <= 0.002)])
-        if "int4 gptq g64" in by:
-            g64 = by["int4 gptq g64"]
-            rows.append([form, "int4 g64 GPTQ: perplexity within +3%", f"{100 * g64['ppl_change']:+.2f}%",
-                         _yes(g64["ppl_change"] <= 0.03)])
-        if "int4 gptq g64, 8-bit embedding" in by:
-            e8 = by["int4 gptq g64, 8-bit embedding"]
-            rows.append([form, "the same with the embedding and head at 8 bits (as the shipped GGUF)",
-                         f"{100 * e8['ppl_change']:+.2f}%", _yes(e8["ppl_change"] <= 0.03)])
-        if "mixed gptq g64" in by:
-            rows.append([form, "mixed: ≤ 4.9 bits per weight", f"{by['mixed gptq g64']['bits_per_weight']:.2f}",
-                         _yes(by["mixed gptq g64"]["bits_per_weight"] <= 4.9)])
+        by = {r["config"]: r for r in d["rows"] if r["form"] == form}
+        for config, target, measured, met in QUANT_REAL_TARGETS:
+            if config in by:  # a run cut short lacks some
+                rows.append([form, target, measured(by[config]), _yes(met(by[config]))])
     forms = {r["form"]: r for r in d["rows"] if r["config"] == "int4 rtn g64"}
     if {"dense", "moe"} <= forms.keys():
         x = forms["moe"]["decode_b1"] / forms["dense"]["decode_b1"]

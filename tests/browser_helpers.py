@@ -18,9 +18,6 @@ from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-HAVE_CHROMIUM = bool(shutil.which("chromium") and shutil.which("chromedriver"))
-NO_CHROMIUM = "needs Debian's chromium and chromium-driver (.ci/run installs them)"
-
 
 def headless_chromium(downloads: Path | None = None):
     """A headless Chromium driver; files it downloads land in `downloads` without a prompt."""

@@ -9,6 +9,7 @@ After quantization ``model.quant_layers`` describes every quantized target (what
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -170,8 +171,7 @@ def _quantize_sequentially(model: Transformer, chosen, calib: list[torch.Tensor]
             per_block.setdefault(int(i), [[] for _ in STAGES])[stage].append((t, bits))
         else:
             last.append((t, bits))
-    xs = [model.embed(batch) * model.cfg.embed_scale for batch in calib]           # block inputs (b, T, D)
-    rope = [(model.rope_cos[:x.shape[1]], model.rope_sin[:x.shape[1]]) for x in xs]
+    xs, rope = _first_block_inputs(model, calib)
 
     def run_block(block) -> list[torch.Tensor]:
         return [block(x, cos, sin, None, 0) for x, (cos, sin) in zip(xs, rope)]
@@ -187,6 +187,30 @@ def _quantize_sequentially(model: Transformer, chosen, calib: list[torch.Tensor]
         hessians = collect_hessians(lambda: [model.head(model.norm(x)) for x in xs], *_watched(model, last))
         for t, bits in last:
             apply(t, bits, hessians)
+
+
+class _Reached(Exception):
+    pass
+
+
+def _first_block_inputs(model: Transformer, calib: list[torch.Tensor]):
+    """What the model's own forward hands its first block for each window: the hidden states
+    (b, T, D) and the rotary tables (cos, sin). The forward stops there."""
+    xs, rope = [], []
+
+    def grab(block, args):
+        xs.append(args[0])
+        rope.append((args[1], args[2]))
+        raise _Reached
+
+    handle = model.layers[0].register_forward_pre_hook(grab)
+    try:
+        for batch in calib:
+            with contextlib.suppress(_Reached):
+                model(batch)
+    finally:
+        handle.remove()
+    return xs, rope
 
 
 def _quantize_matrix(w: torch.Tensor, t: Target, name: str, bits: int, cfg: QuantConfig,
