@@ -1,11 +1,14 @@
 """Weight-only quantization of a real model: SmolLM2-135M-Instruct and its MoE form.
 
 For the dense model (`lightseek fetch smollm2-135m-instruct`) and its MoE form (`lightseek moefy
---target-k 8`, as the README converts it), every configuration `lightseek quant` offers that the
-issue asks about: int8 per channel (rtn and GPTQ), int4 rtn and GPTQ at groups of 64 and 128, and the
+--target-k 8`, as the README converts it), the configurations `lightseek quant` offers that the
+issue asks about: int8 per channel (rtn and GPTQ), int4 rtn and GPTQ at groups of 64 and 128, the
 mixed policy (router, attention and shared experts at 8 bits; routed experts, dense FFNs and the
-tied embedding/head at 4, GPTQ g64), and int4 GPTQ g64 with the tied embedding and head at 8 bits,
-as the GGUF the model ships in keeps its embedding (Q8_0). Columns: file size, bits per weight, perplexity on held-out
+tied embedding/head at 4, GPTQ g64) and the budget policy at 4.9 bits per weight (4 or 8 bits per
+matrix by Fisher-weighted sensitivity, GPTQ g64); the MoE form a subset (MOE_CONFIGS). Ablations
+run when named with --configs (a result file of their own): int4 GPTQ g64 with the tied embedding
+and head at 8 bits (as the GGUF the model ships in keeps its embedding, Q8_0), in stored column
+order, and calibrated sequentially. Columns: file size, bits per weight, perplexity on held-out
 general text and its change against the same model in fp32, mean and p99 per-token
 KL(fp32 || quantized) on the same tokens, batch-1 decode tokens/s through `generate` (the
 one-sequence decode step) and 16-row decode tokens/s through the model's forward with a KV cache,
@@ -54,17 +57,21 @@ CONFIGS = {
     "int4 gptq g64": {"bits": 4, "group_size": 64, "method": "gptq"},
     "int4 gptq g128": {"bits": 4, "group_size": 128, "method": "gptq"},
     "mixed gptq g64": {"policy": "mixed", "group_size": 64, "method": "gptq"},
-    # as the GGUF the model ships in does: 4-bit layers, the (tied) embedding and head at 8 bits
+    # 4 or 8 bits matrix by matrix, by Fisher-weighted sensitivity, within 4.9 bits per weight
+    "budget 4.9 gptq g64": {"policy": "budget", "max_bits": 4.9, "group_size": 64, "method": "gptq"},
+    # ablations, measured when named (--configs): as the GGUF the model ships in does, 4-bit layers with
+    # the (tied) embedding and head at 8 bits; GPTQ's two options against the default (act order, one
+    # calibration pass)
     "int4 gptq g64, 8-bit embedding": {"bits": 4, "group_size": 64, "method": "gptq",
                                        "roles": {"embed": 8, "head": 8}},
-    # GPTQ's two options against the default (act order, one calibration pass)
     "int4 gptq g64, stored order": {"bits": 4, "group_size": 64, "method": "gptq", "act_order": False},
     "int4 gptq g64, sequential": {"bits": 4, "group_size": 64, "method": "gptq", "sequential": True},
 }
 # widths a group does not divide (576 by 128; the MoE form's 96-wide experts by 64 and 128) pad
 # their last group (stored unpadded)
 CONFIGS = {name: {**kw, "pad_groups": True} for name, kw in CONFIGS.items()}
-MOE_CONFIGS = ("int8", "int8 gptq", "int4 rtn g64", "int4 gptq g64", "mixed gptq g64", "int4 gptq g64, 8-bit embedding")
+ABLATIONS = ("int4 gptq g64, 8-bit embedding", "int4 gptq g64, stored order", "int4 gptq g64, sequential")
+MOE_CONFIGS = ("int8", "int8 gptq", "int4 rtn g64", "int4 gptq g64", "budget 4.9 gptq g64")
 
 
 class Reference:
@@ -134,8 +141,10 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
     del fp32
     calib = CalibConfig(files=[str(p) for p in CALIB], samples=args.calib_samples, seq_len=256,
                         text_field="text,context_text")
-    names = CONFIGS if form == "dense" else {k: CONFIGS[k] for k in MOE_CONFIGS}
-    names = {k: v for k, v in names.items() if not args.configs or k in args.configs}
+    if args.configs:
+        names = {k: CONFIGS[k] for k in args.configs if form == "dense" or k in MOE_CONFIGS}
+    else:
+        names = {k: v for k, v in CONFIGS.items() if k not in ABLATIONS and (form == "dense" or k in MOE_CONFIGS)}
     for name, kw in names.items():
         out = WORK / form / name.replace(" ", "_")
         t0 = time.perf_counter()

@@ -129,14 +129,16 @@ def cmd_quant(args, overrides) -> int:
     from lightseek.quant.run import load_quant_config, quantize_checkpoint
 
     flags = [f"--quant.{key}={value}" for key, value in (("bits", args.bits), ("group_size", args.group),
-             ("method", args.method), ("policy", args.policy), ("kernel", args.kernel)) if value is not None]
+             ("method", args.method), ("policy", args.policy), ("max_bits", args.max_bits), ("kernel", args.kernel))
+             if value is not None]
     if args.calib:
         import json
 
         flags.append(f"--quant.calib.files={json.dumps(args.calib, ensure_ascii=False)}")
     cfg = load_quant_config(args.config, overrides + flags)
     r = quantize_checkpoint(args.checkpoint, cfg, args.out, overwrite=args.overwrite, show_progress=not args.quiet)
-    print(f"{r['layers']} layers quantized ({cfg.policy}, {cfg.method}); {r['bits_per_weight']:.2f} bits/weight; "
+    policy = f"budget {cfg.max_bits}: {r['at_8_bits']} at 8 bits" if cfg.policy == "budget" else cfg.policy
+    print(f"{r['layers']} layers quantized ({policy}, {cfg.method}); {r['bits_per_weight']:.2f} bits/weight; "
           f"{r['size_bytes'] / 2**20:.2f} MiB ({r['source_bytes'] / r['size_bytes']:.1f}x smaller) -> {r['out']}")
     return 0
 
@@ -584,8 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, help="same as --quant.bits (4 or 8; the uniform policy)")
     p.add_argument("--group", type=int, help="same as --quant.group_size (32, 64 or 128; 4-bit weights)")
     p.add_argument("--method", help="same as --quant.method (rtn or gptq)")
-    p.add_argument("--policy", help="same as --quant.policy (uniform, or mixed: 8-bit router/attention/shared, "
-                   "4-bit routed experts, dense FFNs, embedding)")
+    p.add_argument("--policy", help="same as --quant.policy (uniform; mixed: 8-bit router/attention/shared, "
+                   "4-bit routed experts, dense FFNs, embedding; budget: 4 or 8 bits per matrix by sensitivity)")
+    p.add_argument("--max-bits", type=float, help="same as --quant.max_bits (the budget policy's bits per weight)")
     p.add_argument("--kernel", help="same as --quant.kernel (auto, packed or dequant)")
     p.add_argument("--calib", nargs="+", metavar="PATH", help="calibration text for gptq (same as --quant.calib.files)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")

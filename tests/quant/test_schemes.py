@@ -127,3 +127,24 @@ def test_clip_search_lowers_the_rounding_error_of_gaussian_groups() -> None:
         plain = (dequantize(quantize_rtn(w, 4, group)) - w).square().sum()
         searched = (dequantize(quantize_rtn(w, 4, group, clip=clip)) - w).square().sum()
         assert searched < 0.97 * plain
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 64)])
+def test_a_quantized_head_computes_its_largest_logits_in_fp32(bits: int, group: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(2000, 128, generator=g) * 0.5  # logits of tens, where bf16 steps are 1/8 and more
+    x = torch.randn(2, 5, 128, generator=g)
+    head = QuantLinear(quantize_rtn(w, bits, group or 32), kernel="packed")
+    with torch.no_grad():
+        rounded = head(x)
+        head.exact_top = 64
+        exact = head(x)
+        head.kernel = "dequant"
+        ref = head(x)
+    top = rounded.topk(64, -1).indices
+    assert exact.dtype == x.dtype and exact.shape == (2, 5, 2000)
+    # the kernel's top 64 of each row as the fp32 reference computes them; the rest as the kernel rounds them
+    torch.testing.assert_close(exact.gather(-1, top), ref.gather(-1, top), rtol=1e-5, atol=1e-4)
+    assert (rounded.gather(-1, top) - ref.gather(-1, top)).abs().max() > 1e-2
+    rest = torch.ones_like(ref, dtype=torch.bool).scatter(-1, top, False)
+    assert torch.equal(exact[rest], rounded[rest])

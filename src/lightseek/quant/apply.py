@@ -21,7 +21,7 @@ from lightseek.model.moe import MoE, SwiGLU
 from lightseek.model.transformer import Transformer
 from lightseek.quant.config import QuantConfig
 from lightseek.quant.gptq import Hessian, collect_hessians, gptq_quantize
-from lightseek.quant.modules import EXPERT_WEIGHTS, QuantEmbedding, QuantLinear, QuantMoE, tie_head
+from lightseek.quant.modules import EXPERT_WEIGHTS, QuantEmbedding, QuantLinear, QuantMoE, mark_head, tie_head
 from lightseek.quant.schemes import QTensor, padded_dim, quantize_rtn
 
 
@@ -51,15 +51,21 @@ def targets(model: Transformer) -> list[Target]:
     return out
 
 
-def _matrices(model: Transformer, t: Target) -> dict[str, torch.Tensor]:
-    """The (out, in) weights of a target: {'': W} or, for experts, {'w1': (E, H, D), ...}."""
+def _params(model: Transformer, t: Target) -> dict[str, nn.Parameter]:
+    """The parameters of a target as the model holds them: {'': weight} or, for experts, the
+    stacks {'w1': (E, D, H), 'w3': (E, D, H), 'w2': (E, H, D)}."""
     mod = model.get_submodule(t.path)
     if t.kind == "experts":
-        return {k: getattr(mod, name).detach().transpose(1, 2) for k, name in EXPERT_WEIGHTS.items()}
+        return {k: getattr(mod, name) for k, name in EXPERT_WEIGHTS.items()}
     if not isinstance(mod, (nn.Linear, nn.Embedding, MoE)) and t.kind != "router":
         raise ConfigError(f"{t.path}: cannot quantize a {type(mod).__name__} (is the model already "
                           f"quantized, or carrying adapters? quantize the plain model)")
-    return {"": mod.weight.detach()}
+    return {"": mod.weight}
+
+
+def _matrices(model: Transformer, t: Target) -> dict[str, torch.Tensor]:
+    """The (out, in) weights of a target: {'': W} or, for experts, {'w1': (E, H, D), ...}."""
+    return {k: (p.transpose(1, 2) if t.kind == "experts" else p).detach() for k, p in _params(model, t).items()}
 
 
 def plan(model: Transformer, cfg: QuantConfig) -> list[tuple[Target, int]]:
@@ -112,28 +118,52 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
             on_layer(t.path)
 
     model.eval()
-    if cfg.method == "gptq":
+    if cfg.needs_calibration:
         if calib is None:
-            raise ConfigError("quant.method gptq needs calibration text (quant.calib.files / --calib)")
+            what = "quant.method gptq" if cfg.method == "gptq" else "quant.policy budget"
+            raise ConfigError(f"{what} needs calibration text (quant.calib.files / --calib)")
         device = next(model.parameters()).device
         calib = [batch.to(device) for batch in calib]
+    if cfg.policy == "budget":
+        chosen = _budget(model, cfg, chosen, calib)
+    if cfg.method == "gptq":
         if cfg.sequential:
             _quantize_sequentially(model, chosen, calib, apply)
         else:
             hessians = collect_hessians(lambda: [model(batch) for batch in calib], *_watched(model, chosen))
             for t, bits in chosen:
                 apply(t, bits, hessians)
-        model.reset_routing_stats()  # calibration is not serving traffic
     else:
         for t, bits in chosen:
             apply(t, bits, {})
+    if cfg.needs_calibration:
+        model.reset_routing_stats()  # calibration is not serving traffic
     if model.cfg.tie_embeddings and isinstance(model.embed, QuantEmbedding):
         model.head = QuantLinear(model.embed.qtensor(), cfg.kernel)
         tie_head(model.embed, model.head)
+    mark_head(model)
     model.quant_layers = layers
     model.quant_config = cfg
     model.quant_params = n_params
     return model.eval()
+
+
+def _budget(model: Transformer, cfg: QuantConfig, chosen, calib: list[torch.Tensor]):
+    """``chosen`` with the budget policy's bits; the sensitivities go to ``model.quant_budget``."""
+    from lightseek.quant.budget import choose_bits
+    from lightseek.quant.schemes import stored_bits
+
+    fixed = weight_bits(model)  # everything in full precision, then the chosen targets taken out
+    for t, bits in chosen:
+        for w in _matrices(model, t).values():
+            fixed -= 8 * w.numel() * w.element_size()
+            if t.role == "router" or t.role in cfg.roles:
+                fixed += stored_bits(w.shape, bits, cfg.group_size)
+    windows = [row[None] for batch in calib for row in batch][:cfg.fisher_samples]
+    bits, sens = choose_bits(model, cfg, chosen, windows, fixed)
+    model.quant_budget = {"max_bits": cfg.max_bits, "windows": len(windows), "matrices": {
+        s.path: {"bits": bits[s.path], "loss_4": s.loss[4], "loss_8": s.loss[8]} for s in sens}}
+    return [(t, bits.get(t.path, b)) for t, b in chosen]
 
 
 def _watched(model: Transformer, chosen) -> tuple[dict[str, nn.Module], dict[str, MoE]]:

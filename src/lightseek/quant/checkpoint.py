@@ -6,7 +6,8 @@ Keys: a quantized linear or embedding ``<path>.qweight``, ``.scales`` (and ``.ze
 bits); routed experts ``<moe path>.qexperts.{w1,w3,w2}.qweight`` ... stacked (E, out, in);
 routers ``<router path>.weight.qweight`` and ``.scales``. A head tied to a quantized embedding
 is not stored again. The ``quantization`` section holds the QuantConfig, every quantized layer
-(role, kind, bits, group, dims), the parameter count and bits per weight, and the source
+(role, kind, bits, group, dims), the parameter count and bits per weight, the budget policy's
+sensitivities (``budget``, when it chose the bits), and the source
 checkpoint (path and the sha256 of its weights, so adapters trained on it still apply).
 """
 
@@ -26,7 +27,7 @@ from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer, rope_tables
 from lightseek.quant.apply import bits_per_weight, install_router
 from lightseek.quant.config import QuantConfig
-from lightseek.quant.modules import QuantEmbedding, QuantLinear, QuantMoE, empty_qtensor, tie_head
+from lightseek.quant.modules import QuantEmbedding, QuantLinear, QuantMoE, empty_qtensor, mark_head, tie_head
 from lightseek.quant.schemes import QTensor
 
 SECTION = "quantization"
@@ -55,6 +56,8 @@ def save_quantized(path: str | Path, model: Transformer, *, tokenizer_file: str 
         raise LightseekError("save_quantized: the model is not quantized (run quantize first)")
     section = {"config": to_dict(model.quant_config), "layers": model.quant_layers,
                "params": model.quant_params, "bits_per_weight": bits_per_weight(model), "source": source or {}}
+    if getattr(model, "quant_budget", None):  # the budget policy's sensitivities, for `lightseek quant` to show
+        section["budget"] = model.quant_budget
     meta = {"lightseek_version": __version__, "model": model.cfg.to_dict(), SECTION: section}
     if run_config is not None:
         meta["run"] = run_config
@@ -124,6 +127,7 @@ def load_quantized(path: Path, meta: dict, cfg: ModelConfig, device: str | torch
             model.head.weight = model.embed.weight
     for rpath, qt in routers.items():
         install_router(model.get_submodule(rpath), qt)
+    mark_head(model)
     cos, sin = rope_tables(cfg)
     model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)
     for m in model.moe_layers():
@@ -131,6 +135,7 @@ def load_quantized(path: Path, meta: dict, cfg: ModelConfig, device: str | torch
         m.router.stat_sums.zero_()
     model.quant_layers, model.quant_config = layers, qcfg
     model.quant_params, model.quant_source = section.get("params"), section.get("source", {})
+    model.quant_budget = section.get("budget")
     return model
 
 

@@ -13,8 +13,9 @@ Every weight matrix of the model has a *role*:
 A role gets 8 bits (int8, one scale per output channel), 4 bits (int4 in groups of
 ``group_size`` input columns, a scale and an offset per group) or none (kept in full precision).
 The ``uniform`` policy gives every role ``bits``; ``mixed`` gives the router, attention and
-shared experts 8 bits and the routed experts, dense FFNs, embedding and head 4 bits. ``roles``
-overrides either, role by role.
+shared experts 8 bits and the routed experts, dense FFNs, embedding and head 4 bits; ``budget``
+chooses 4 or 8 bits matrix by matrix, the most sensitive to the calibration loss first, within
+``max_bits`` per weight (`quant.budget`). ``roles`` overrides any of them, role by role.
 """
 
 from __future__ import annotations
@@ -39,9 +40,15 @@ class QuantConfig:
     method: Literal["rtn", "gptq"] = field("rtn", help=(
         "rtn: round to nearest. gptq: round column by column, compensating each column's error in the "
         "columns not yet rounded, weighted by a Hessian of calibration activations."))
-    policy: Literal["uniform", "mixed"] = field("uniform", help=(
+    policy: Literal["uniform", "mixed", "budget"] = field("uniform", help=(
         "uniform: every role at `bits`. mixed: router, attention and shared experts at 8 bits; routed "
-        "experts, dense FFNs, embedding and head at 4."))
+        "experts, dense FFNs, embedding and head at 4. budget: 4 or 8 bits per matrix, the most sensitive "
+        "(Fisher-weighted rounding error on calibration text) promoted to 8 first, within `max_bits`."))
+    max_bits: float = field(4.9, help=(
+        "budget: the most bits per weight of the whole model (codes, scales, offsets and full-precision "
+        "tensors, per parameter of the original)."))
+    fisher_samples: int = field(16, help=(
+        "budget: calibration windows whose loss gradients measure each matrix's sensitivity."))
     roles: dict[str, int | None] = field(default_factory=dict, help=(
         f"Per-role bits overriding the policy (4, 8 or null = full precision); roles: {', '.join(ROLES)}."))
     pad_groups: bool = field(False, help=(
@@ -78,13 +85,24 @@ class QuantConfig:
             raise ConfigError(f"quant.clip: {self.clip} must be a non-empty list of factors in [0.5, 1]")
         if not 0.0 <= self.damp < 1.0:
             raise ConfigError(f"quant.damp must be in [0, 1), got {self.damp}")
+        if not 4.0 < self.max_bits <= 32.0:
+            raise ConfigError(f"quant.max_bits: {self.max_bits} must be above 4 (bits per weight, at most 32)")
+        if self.fisher_samples < 1:
+            raise ConfigError(f"quant.fisher_samples: {self.fisher_samples} must be at least 1")
         if self.block < 1 or self.block % self.group_size:
             raise ConfigError(f"quant.block: {self.block} must be a positive multiple of group_size {self.group_size}")
 
     def role_bits(self, role: str) -> int | None:
-        """Bits of ``role`` (None: kept in full precision)."""
+        """Bits of ``role`` (None: kept in full precision); under the budget policy, the floor
+        the budget starts from (4 bits; routers 8)."""
         if role not in ROLES:
             raise ConfigError(f"unknown quantization role '{role}' (roles: {', '.join(ROLES)})")
         if role in self.roles:
             return self.roles[role]
+        if self.policy == "budget":
+            return 8 if role == "router" else 4
         return MIXED[role] if self.policy == "mixed" else self.bits
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "gptq" or self.policy == "budget"

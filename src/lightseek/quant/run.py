@@ -42,16 +42,20 @@ def quantize_checkpoint(checkpoint: str | Path, cfg: QuantConfig, out: str | Pat
     model = load_model(src)
     tokenizer = Tokenizer.load(src)
     n_layers = len(plan(model, cfg))  # checks the whole plan before calibrating
-    calib = calibration_windows(tokenizer, cfg.calib, model.cfg.max_seq_len) if cfg.method == "gptq" else None
+    calib = calibration_windows(tokenizer, cfg.calib, model.cfg.max_seq_len) if cfg.needs_calibration else None
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} layers"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress, transient=True) as progress:
         what = f"{cfg.method} ({sum(len(b) for b in calib)} calibration windows)" if calib else cfg.method
+        if cfg.policy == "budget":
+            what += f", sensitivities on {min(cfg.fisher_samples, sum(len(b) for b in calib))} windows first"
         task = progress.add_task(f"quantizing, {what}", total=n_layers)
         quantize(model, cfg, calib, on_layer=lambda path: progress.advance(task))
     source = base_fingerprint(src)
     save_quantized(out, model, tokenizer_file=src / TOKENIZER, run_config=meta.get("run"), source=source)
     from lightseek.model.checkpoint import WEIGHTS
 
-    return {"out": str(out), "layers": len(model.quant_layers), "bits_per_weight": bits_per_weight(model),
+    eight = sum(info["bits"] == 8 for info in model.quant_layers.values())
+    return {"out": str(out), "layers": len(model.quant_layers), "at_8_bits": eight,
+            "bits_per_weight": bits_per_weight(model),
             "size_bytes": (Path(out) / WEIGHTS).stat().st_size, "source_bytes": (src / WEIGHTS).stat().st_size}

@@ -16,6 +16,7 @@ per byte (even column in the low nibble): ``(..., N, K / 2)`` uint8.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,16 @@ class QTensor:
     def storage_bits(self) -> int:
         """Bits on disk: codes, scales and offsets."""
         return sum(8 * t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros) if t is not None)
+
+
+def stored_bits(shape: Sequence[int], bits: int, group: int) -> int:
+    """Bits a ``(..., N, K)`` weight takes quantized: codes, and bf16 scales (and offsets for 4
+    bits); what ``QTensor.storage_bits`` counts, from the shape alone."""
+    *lead, n, k = shape
+    rows = n * math.prod(lead)
+    if bits == 8:
+        return rows * (8 * k + 16)
+    return rows * (8 * -(-k // 2) + 2 * 16 * -(-k // group))
 
 
 def padded_dim(k: int, group: int, pad: bool, where: str) -> int:
