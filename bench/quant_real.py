@@ -151,7 +151,11 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
         quantize_checkpoint(src, QuantConfig(**kw, calib=calib), out, overwrite=True, show_progress=False)
         quant_s = time.perf_counter() - t0
         q = load_model(out).eval()
+        eights: dict[str, int] = {}  # matrices at 8 bits per role (the budget policy chooses them)
+        for info in q.quant_layers.values():
+            eights[info["role"]] = eights.get(info["role"], 0) + (info["bits"] == 8)
         rows.append({"form": form, "config": name, "size_bytes": (out / "model.safetensors").stat().st_size,
+                     "at_8_bits": eights,
                      "bits_per_weight": bits_per_weight(q), "quant_s": quant_s, **ref.compare(q),
                      **decode_speeds(q, args.repeats)})
         report(rows[-1], rows[0])

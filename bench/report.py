@@ -219,11 +219,13 @@ def _serve_real_row(d: dict) -> str:
             f"{'met' if x >= 2 else 'not met'})")
 
 
+QUANT_README = ("int8 gptq", "int4 gptq g64", "int4 gptq g128", "mixed gptq g64", "budget 4.9 gptq g64")
+
+
 def _quant_real_row(d: dict) -> str:
     by = {r["config"]: r for r in d["rows"] if r["form"] == "dense"}
-    changes = " / ".join(f"{100 * by[n]['ppl_change']:+.2f}%" for n in ("int8", "int4 gptq g64", "int4 gptq g128",
-                                                                          "mixed gptq g64"))
-    return f"{changes}; {by['mixed gptq g64']['bits_per_weight']:.2f} bits"
+    return " / ".join(f"{100 * by[n]['ppl_change']:+.2f}% ({by[n]['bits_per_weight']:.2f})" if n in by else "-"
+                      for n in QUANT_README) + f"; int8 gptq mean KL {by['int8 gptq']['kl_mean']:.5f}"
 
 
 README_ROWS: list[Row] = [
@@ -287,8 +289,8 @@ README_ROWS: list[Row] = [
         "scores): answers kept; held-out MedQuAD perplexity with an adapter on none / the original answers / the "
         "distilled answers to the same questions", "distiller_real",
         lambda d: f"{d['distiller']['kept']} of {d['distiller']['inputs']}; " + _useful_ppl(d)),
-    Row("SmolLM2-135M-Instruct quantized (dense): perplexity change of int8 / int4 gptq g64 / int4 gptq g128 / mixed; "
-        "mixed bits per weight", "quant_real", _quant_real_row),
+    Row("SmolLM2-135M-Instruct quantized (dense): perplexity change (bits per weight) of int8 gptq / int4 gptq g64 / "
+        "int4 gptq g128 / mixed by role / budget policy at 4.9 bits", "quant_real", _quant_real_row),
 ]
 
 
@@ -444,8 +446,10 @@ QUANT_REAL_TARGETS = [
     ("int4 gptq g64", "int4 g64 GPTQ: perplexity within +3%", _ppl_change, lambda r: r["ppl_change"] <= 0.03),
     ("int4 gptq g64, 8-bit embedding", "the same with the embedding and head at 8 bits (as the shipped GGUF)",
      _ppl_change, lambda r: r["ppl_change"] <= 0.03),
-    ("mixed gptq g64", "mixed: ≤ 4.9 bits per weight", lambda r: f"{r['bits_per_weight']:.2f}",
+    ("mixed gptq g64", "mixed by role: ≤ 4.9 bits per weight", lambda r: f"{r['bits_per_weight']:.2f}",
      lambda r: r["bits_per_weight"] <= 4.9),
+    ("budget 4.9 gptq g64", "mixed by sensitivity (budget policy): ≤ 4.9 bits per weight",
+     lambda r: f"{r['bits_per_weight']:.2f} ({100 * r['ppl_change']:+.2f}%)", lambda r: r["bits_per_weight"] <= 4.9),
 ]
 
 
