@@ -72,7 +72,7 @@ def test_budget_spends_the_bits_on_the_most_sensitive_matrices(debug_checkpoint,
 
     # greedy by saving per bit: the best ratio that fits is taken, and nothing left out would still fit
     ref = load_model(debug_checkpoint)
-    extra = {t.path: (lambda b: b[8] - b[4])(_stored(ref, t, 32)[1]) for t in targets(ref) if t.path in chosen}
+    extra = {t.path: (lambda b: b[8] - b[4])(_stored(ref, t, 32)) for t in targets(ref) if t.path in chosen}
     ratio = {p: (c["loss_4"] - c["loss_8"]) / extra[p] for p, c in chosen.items()}
     room = max_bits * n - weight_bits(model)
     assert all(extra[p] > room for p, c in chosen.items() if c["bits"] == 4)

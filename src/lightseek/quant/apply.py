@@ -151,17 +151,10 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
 def _budget(model: Transformer, cfg: QuantConfig, chosen, calib: list[torch.Tensor]):
     """``chosen`` with the budget policy's bits; the sensitivities go to ``model.quant_budget``."""
     from lightseek.quant.budget import choose_bits
-    from lightseek.quant.schemes import stored_bits
 
-    fixed = weight_bits(model)  # everything in full precision, then the chosen targets taken out
-    for t, bits in chosen:
-        for w in _matrices(model, t).values():
-            fixed -= 8 * w.numel() * w.element_size()
-            if t.role == "router" or t.role in cfg.roles:
-                fixed += stored_bits(w.shape, bits, cfg.group_size)
-    windows = [row[None] for batch in calib for row in batch][:cfg.fisher_samples]
-    bits, sens = choose_bits(model, cfg, chosen, windows, fixed)
-    model.quant_budget = {"max_bits": cfg.max_bits, "windows": len(windows), "matrices": {
+    windows = torch.cat(calib)[:cfg.fisher_samples]                       # (n, T)
+    bits, sens = choose_bits(model, cfg, chosen, windows)
+    model.quant_budget = {"max_bits": cfg.max_bits, "windows": windows.shape[0], "matrices": {
         s.path: {"bits": bits[s.path], "loss_4": s.loss[4], "loss_8": s.loss[8]} for s in sens}}
     return [(t, bits.get(t.path, b)) for t, b in chosen]
 

@@ -17,7 +17,6 @@ by ``quant.roles``, and the routers (8 bits, tiny), are not chosen.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,8 +32,6 @@ from lightseek.quant.schemes import dequantize, quantize_rtn, stored_bits
 @dataclass
 class Sensitivity:
     path: str
-    role: str
-    params: int
     bits: dict[int, int]        # stored bits at 4 and at 8 bits
     loss: dict[int, float]      # estimated loss rise at 4 and at 8 bits
 
@@ -89,32 +86,37 @@ def sensitivities(model: Transformer, cfg: QuantConfig, free, windows: Sequence[
             for b in loss:
                 qt = quantize_rtn(w, b, cfg.group_size, cfg.pad_groups, _where(t, name, cfg), cfg.clip)
                 loss[b] += (f * (dequantize(qt) - w.float()).square()).sum().item()
-        out.append(Sensitivity(t.path, t.role, *_stored(model, t, cfg.group_size), loss))
+        out.append(Sensitivity(t.path, _stored(model, t, cfg.group_size), loss))
     return out
 
 
-def _stored(model: Transformer, t, group: int) -> tuple[int, dict[int, int]]:
-    """Parameters of target ``t`` and its stored bits at 4 and at 8 bits."""
+def _stored(model: Transformer, t, group: int) -> dict[int, int]:
+    """Stored bits of target ``t`` at 4 and at 8 bits."""
     from lightseek.quant.apply import _matrices
 
     shapes = [w.shape for w in _matrices(model, t).values()]
-    return sum(math.prod(s) for s in shapes), {b: sum(stored_bits(s, b, group) for s in shapes) for b in (4, 8)}
+    return {b: sum(stored_bits(s, b, group) for s in shapes) for b in (4, 8)}
 
 
-def choose_bits(model: Transformer, cfg: QuantConfig, chosen, windows: Sequence[torch.Tensor],
-                fixed_bits: int) -> tuple[dict[str, int], list[Sensitivity]]:
+def choose_bits(model: Transformer, cfg: QuantConfig, chosen,
+                windows: torch.Tensor) -> tuple[dict[str, int], list[Sensitivity]]:
     """Bits of every target of ``chosen`` ((target, bits) at the policy's floor) under the budget
-    ``cfg.max_bits``: {path: bits} and the sensitivities it was chosen by. ``fixed_bits`` are the
-    bits of everything not chosen here (full-precision tensors, routers, roles set by hand)."""
+    ``cfg.max_bits``, sensitivities measured on ``windows`` (n, T): {path: bits} and the
+    sensitivities it was chosen by. Routers and roles set by hand keep their bits."""
+    from lightseek.quant.apply import _matrices, weight_bits
+
     free = [t for t, _ in chosen if t.role != "router" and t.role not in cfg.roles]
     n_params = sum(p.numel() for p in model.parameters())
-    total = fixed_bits + sum(_stored(model, t, cfg.group_size)[1][4] for t in free)
+    total = weight_bits(model)  # everything in full precision, then each chosen target at its (floor) bits
+    for t, bits in chosen:
+        total += _stored(model, t, cfg.group_size)[bits] - sum(8 * w.numel() * w.element_size()
+                                                              for w in _matrices(model, t).values())
     budget = cfg.max_bits * n_params
     if total > budget:  # checked before the (slow) sensitivities
         raise ConfigError(f"quant.max_bits: {cfg.max_bits} bits per weight is below the least this model takes "
                           f"({total / n_params:.3f}, every free matrix at 4 bits in groups of {cfg.group_size}); "
                           f"raise max_bits or group_size")
-    sens = sensitivities(model, cfg, free, windows)
+    sens = sensitivities(model, cfg, free, [windows])
     bits = {s.path: 4 for s in sens}
     for s in sorted(sens, key=lambda s: s.saving_per_bit, reverse=True):
         extra = s.bits[8] - s.bits[4]

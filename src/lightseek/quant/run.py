@@ -46,9 +46,10 @@ def quantize_checkpoint(checkpoint: str | Path, cfg: QuantConfig, out: str | Pat
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} layers"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress, transient=True) as progress:
-        what = f"{cfg.method} ({sum(len(b) for b in calib)} calibration windows)" if calib else cfg.method
+        n_windows = sum(len(b) for b in calib) if calib else 0
+        what = f"{cfg.method} ({n_windows} calibration windows)" if calib else cfg.method
         if cfg.policy == "budget":
-            what += f", sensitivities on {min(cfg.fisher_samples, sum(len(b) for b in calib))} windows first"
+            what += f", sensitivities on {min(cfg.fisher_samples, n_windows)} windows first"
         task = progress.add_task(f"quantizing, {what}", total=n_layers)
         quantize(model, cfg, calib, on_layer=lambda path: progress.advance(task))
     source = base_fingerprint(src)
