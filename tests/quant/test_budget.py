@@ -121,6 +121,8 @@ def test_a_budget_below_the_floor_is_refused_before_any_weight_changes(debug_che
         quantize(model, QuantConfig(policy="budget", group_size=32))
     with pytest.raises(ConfigError, match=r"quant\.max_bits: 3\.5 must be above 4"):
         QuantConfig(policy="budget", max_bits=3.5)
+    with pytest.raises(ConfigError, match=r"quant\.fisher_samples: 0 must be at least 1"):
+        QuantConfig(policy="budget", fisher_samples=0)
 
 
 def test_budget_checkpoint_from_the_cli_round_trips(debug_checkpoint, tmp_path, capsys) -> None:
