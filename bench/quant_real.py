@@ -19,7 +19,10 @@ grid of groups of 32 would find those values again almost exactly, so it is not 
 of 64 and 128 span two and four of the source's groups and lose information for real.
 
 The fp32 reference's log-probabilities are computed once and kept (fp16) for every configuration;
-the fp32 row's KL against them is that rounding alone.
+the fp32 row's KL against them is that rounding alone. The "bf16 autocast" row runs the fp32 model
+under bf16 autocast, no quantization: the packed kernels take bf16 activations, so its KL is the
+floor under theirs. For the MoE form, "same experts" is the share of (token, router) choices equal
+to the fp32 model's: a flipped choice adds or drops a whole expert, so KL there follows the flips.
 GPTQ calibrates on text trained on by nobody here (bench/quant.py's calibration books, 64 windows
 of 256 tokens); the held-out text is bench/lora_vs_full.py's general set.
 
@@ -35,6 +38,7 @@ import math
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -74,22 +78,50 @@ ABLATIONS = ("int4 gptq g64, 8-bit embedding", "int4 gptq g64, stored order", "i
 MOE_CONFIGS = ("int8", "int8 gptq", "int4 rtn g64", "int4 gptq g64", "budget 4.9 gptq g64")
 
 
+@contextmanager
+def recorded_routes(model):
+    """Collects each router's choice while inside: {router name: [(tokens, experts) bool masks]},
+    one mask per forward (nothing for a dense model)."""
+    from lightseek.model.moe import Router
+
+    masks: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name: str):
+        def record(router, inputs, out) -> None:
+            ids = out.expert_ids_TK  # dropped slots hold n_experts: one column past the last expert
+            chosen = torch.zeros(ids.shape[0], router.n_experts + 1, dtype=torch.bool).scatter_(1, ids, True)
+            masks.setdefault(name, []).append(chosen[:, :-1])
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, Router)]
+    try:
+        yield masks
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class Reference:
     """The fp32 model's next-token log-probabilities on the evaluation windows, kept in fp16 (steps
-    of 1/64 at |log p| of 16-32, where bf16's 1/8 put a floor of 3.5e-4 under the mean KL)."""
+    of 1/64 at |log p| of 16-32, where bf16's 1/8 put a floor of 3.5e-4 under the mean KL), and for
+    an MoE model every router's choice of experts per token."""
 
     def __init__(self, model, windows: list[torch.Tensor]):
         self.windows, self.logq, self.loss_sum = windows, [], 0.0
-        with torch.inference_mode():
+        with torch.inference_mode(), recorded_routes(model) as routes:
             for w in windows:
                 logq = F.log_softmax(model(w[:, :-1]).logits.float(), -1)
                 self.loss_sum += -logq.gather(-1, w[:, 1:, None]).sum().item()
                 self.logq.append(logq.half())
+        self.routes = {name: torch.cat(m) for name, m in routes.items()}
         self.n = sum(w[:, 1:].numel() for w in windows)
 
-    def compare(self, model) -> dict:
+    def compare(self, model, bf16: bool = False) -> dict:
+        """Perplexity, KL(fp32 || model) per token (mean, p99) and, for an MoE model, the share of
+        (token, router) choices identical to the fp32 model's; ``bf16`` runs under CPU autocast."""
         kls, loss_sum = [], 0.0
-        with torch.inference_mode():
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+        with torch.inference_mode(), recorded_routes(model) as routes, autocast:
             for w, logq_half in zip(self.windows, self.logq):
                 logp = F.log_softmax(model(w[:, :-1]).logits.float(), -1)
                 logq = logq_half.float()
@@ -97,8 +129,12 @@ class Reference:
                 loss_sum += -logp.gather(-1, w[:, 1:, None]).sum().item()
         kl = torch.cat(kls).double()
         ppl, ref_ppl = math.exp(loss_sum / self.n), math.exp(self.loss_sum / self.n)
-        return {"ppl": ppl, "ref_ppl": ref_ppl, "ppl_change": ppl / ref_ppl - 1, "kl_mean": kl.mean().item(),
-                "kl_p99": kl.sort().values[round(0.99 * (kl.numel() - 1))].item(), "tokens": self.n}
+        out = {"ppl": ppl, "ref_ppl": ref_ppl, "ppl_change": ppl / ref_ppl - 1, "kl_mean": kl.mean().item(),
+               "kl_p99": kl.sort().values[round(0.99 * (kl.numel() - 1))].item(), "tokens": self.n}
+        if self.routes:
+            same = [(torch.cat(routes[name]) == ref).all(-1).double().mean().item() for name, ref in self.routes.items()]
+            out["same_experts"] = sum(same) / len(same)
+        return out
 
 
 def decode_speeds(model, repeats: int, new_tokens: int = 64, rows: int = 16, prompt: int = 64) -> dict:
@@ -137,6 +173,13 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
     rows = [{"form": form, "config": "fp32", "size_bytes": size, "bits_per_weight": 32.0, "quant_s": 0.0,
              **ref.compare(fp32), **decode_speeds(fp32, args.repeats)}]
     report(rows[-1], rows[0])
+    # no quantization, bf16 compute: the packed kernels take bf16 activations, so this is the floor
+    # under their KL (for the MoE form, routing flips caused by rounding alone)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        speeds = decode_speeds(fp32, args.repeats)
+    rows.append({"form": form, "config": "bf16 autocast", "size_bytes": size, "bits_per_weight": 16.0,
+                 "quant_s": 0.0, **ref.compare(fp32, bf16=True), **speeds})
+    report(rows[-1], rows[0])
     save(rows)
     del fp32
     calib = CalibConfig(files=[str(p) for p in CALIB], samples=args.calib_samples, seq_len=256,
@@ -167,6 +210,7 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
 def report(r: dict, fp: dict) -> None:
     print(f"  {r['form']} {r['config']}: {r['size_bytes'] / 2**20:.1f} MiB, {r['bits_per_weight']:.2f} bits/weight, "
           f"ppl {r['ppl']:.3f} ({100 * r['ppl_change']:+.2f}%), KL {r['kl_mean']:.5f} (p99 {r['kl_p99']:.4f}), "
+          + (f"same experts {100 * r['same_experts']:.1f}%, " if "same_experts" in r else "") +
           f"b1 {r['decode_b1']:.1f} tok/s ({r['decode_b1'] / fp['decode_b1']:.2f}x), "
           f"16 rows {r['decode_b16']:.1f} tok/s ({r['decode_b16'] / fp['decode_b16']:.2f}x)", flush=True)
 
@@ -207,13 +251,14 @@ def main() -> None:
 
     for form in args.forms:
         rows += measure_form(form, dense if form == "dense" else moe, windows_of, args, save)
-    print("\n| form | config | file MiB | bits/weight | perplexity | change | mean KL | p99 KL | b1 tok/s | "
-          "b1 vs fp32 | 16 rows tok/s | vs fp32 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| form | config | file MiB | bits/weight | perplexity | change | mean KL | p99 KL | same experts | "
+          "b1 tok/s | b1 vs fp32 | 16 rows tok/s | vs fp32 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         fp = next(x for x in rows if x["form"] == r["form"] and x["config"] == "fp32")
         print(f"| {r['form']} | {r['config']} | {r['size_bytes'] / 2**20:.1f} | {r['bits_per_weight']:.2f} | "
               f"{r['ppl']:.3f} | {100 * r['ppl_change']:+.2f}% | {r['kl_mean']:.5f} | {r['kl_p99']:.4f} | "
+              + (f"{100 * r['same_experts']:.1f}% | " if "same_experts" in r else "– | ") +
               f"{r['decode_b1']:.1f} | {r['decode_b1'] / fp['decode_b1']:.2f}x | {r['decode_b16']:.1f} | "
               f"{r['decode_b16'] / fp['decode_b16']:.2f}x |")
     out = write_result(stem, {**provenance(args.threads), "model": NAME, "complete": True, "rows": rows,
