@@ -412,19 +412,37 @@ def serve_real_targets() -> str:
                  rows, "lrrl")
 
 
+QUANT_REAL_MOE = "quant_real_forms-moe"  # `python bench/quant_real.py --forms moe`
+
+
+def _quant_real_rows() -> list[dict]:
+    """bench/quant_real.py's rows, each with the result file it comes from: the main run's, with
+    its MoE form's rows replaced by those of a run of that form alone (`--forms moe`) where one
+    was written."""
+    rows = [{**r, "file": "quant_real"} for r in result("quant_real")["rows"]]
+    if (RESULTS / f"{QUANT_REAL_MOE}.json").is_file():
+        rows = [r for r in rows if r["form"] != "moe"]
+        rows += [{**r, "file": QUANT_REAL_MOE} for r in result(QUANT_REAL_MOE)["rows"] if r["form"] == "moe"]
+    return rows
+
+
 def quant_real() -> str:
-    d = result("quant_real")
-    fp = {r["form"]: r for r in d["rows"] if r["config"] == "fp32"}
-    rows = []
-    for r in d["rows"]:
+    rows = _quant_real_rows()
+    fp = {r["form"]: r for r in rows if r["config"] == "fp32"}
+    cells = []
+    for r in rows:
         f = fp[r["form"]]
-        rows.append([r["form"], r["config"], f"{r['size_bytes'] / 2**20:.1f}", f"{f['size_bytes'] / r['size_bytes']:.2f}x",
-                     f"{r['bits_per_weight']:.2f}", f"{r['ppl']:.3f}", f"{100 * r['ppl_change']:+.2f}%",
-                     f"{r['kl_mean']:.5f}", f"{r['kl_p99']:.4f}", f"{r['decode_b1']:.1f}",
-                     f"{r['decode_b1'] / f['decode_b1']:.2f}x", f"{r['decode_b16']:.1f}",
-                     f"{r['decode_b16'] / f['decode_b16']:.2f}x"])
+        same = f"{100 * r['same_experts']:.1f}%" if "same_experts" in r else "–"
+        cells.append([r["form"], r["config"], f"{r['size_bytes'] / 2**20:.1f}",
+                      f"{f['size_bytes'] / r['size_bytes']:.2f}x",
+                      f"{r['bits_per_weight']:.2f}", f"{r['ppl']:.3f}", f"{100 * r['ppl_change']:+.2f}%",
+                      f"{r['kl_mean']:.5f}", f"{r['kl_p99']:.4f}", same,
+                      *([f"{r['decode_b1']:.1f}", f"{r['decode_b1'] / f['decode_b1']:.2f}x", f"{r['decode_b16']:.1f}",
+                         f"{r['decode_b16'] / f['decode_b16']:.2f}x"] if "decode_b1" in r else ["–"] * 4),
+                      f"`{r['file']}`"])
     return table(["form", "config", "file MiB", "x smaller", "bits/weight", "perplexity", "change", "mean KL",
-                  "p99 KL", "b1 tok/s", "b1 vs fp32", "16 rows tok/s", "16 rows vs fp32"], rows, "llrrrrrrrrrrr")
+                  "p99 KL", "same experts", "b1 tok/s", "b1 vs fp32", "16 rows tok/s", "16 rows vs fp32", "result"],
+                 cells, "llrrrrrrrrrrrrl")
 
 
 def _int8_figures(r: dict) -> str:
@@ -454,18 +472,20 @@ QUANT_REAL_TARGETS = [
 
 
 def quant_real_targets() -> str:
-    d = result("quant_real")
+    all_rows = _quant_real_rows()
     rows = []
-    for form in dict.fromkeys(r["form"] for r in d["rows"]):
-        by = {r["config"]: r for r in d["rows"] if r["form"] == form}
+    for form in dict.fromkeys(r["form"] for r in all_rows):
+        by = {r["config"]: r for r in all_rows if r["form"] == form}
         for config, target, measured, met in QUANT_REAL_TARGETS:
             if config in by:  # a run cut short lacks some
                 rows.append([form, target, measured(by[config]), _yes(met(by[config]))])
-    forms = {r["form"]: r for r in d["rows"] if r["config"] == "int4 rtn g64"}
+    forms = {r["form"]: r for r in all_rows if r["config"] == "int4 rtn g64"}
     if {"dense", "moe"} <= forms.keys():
-        x = forms["moe"]["decode_b1"] / forms["dense"]["decode_b1"]
-        rows.append(["moe vs dense", "the MoE form faster than the dense one at batch 1 (int4 rtn g64)",
-                     f"{x:.2f}x", _yes(x > 1)])
+        dense, moe = forms["dense"], forms["moe"]
+        x = moe["decode_b1"] / dense["decode_b1"]
+        runs = "one run" if dense["file"] == moe["file"] else "two runs on this machine"
+        rows.append(["moe vs dense", f"the MoE form faster than the dense one at batch 1 (int4 rtn g64; {runs})",
+                     f"{moe['decode_b1']:.1f} / {dense['decode_b1']:.1f} tok/s = {x:.2f}x", _yes(x > 1)])
     return table(["form", "target", "measured", "met?"], rows)
 
 
