@@ -27,6 +27,7 @@ GPTQ calibrates on text trained on by nobody here (bench/quant.py's calibration 
 of 256 tokens); the held-out text is bench/lora_vs_full.py's general set.
 
     python bench/quant_real.py [--eval-tokens 16384] [--forms dense moe] [--configs NAME ...]
+    python bench/quant_real.py --forms moe --speed-only   # decode speeds again, of the checkpoints left
 
 Prints markdown tables and writes bench/results/quant_real.json with the run's provenance.
 """
@@ -206,6 +207,23 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
     return rows
 
 
+def speeds_only(form: str, src: Path, args, save) -> list[dict]:
+    """Decode speeds of fp32 and of each checkpoint in WORK/form, nothing else."""
+    from lightseek.model.checkpoint import load_model
+
+    rows = []
+    names = {"fp32": src} | {d.name.replace("_", " "): d for d in sorted((WORK / form).iterdir())
+                             if (d / "config.json").is_file() and (not args.configs or
+                                                                   d.name.replace("_", " ") in args.configs)}
+    for name, path in names.items():
+        rows.append({"form": form, "config": name, **decode_speeds(load_model(path).eval(), args.repeats)})
+        r, fp = rows[-1], rows[0]
+        print(f"  {form} {name}: b1 {r['decode_b1']:.1f} tok/s ({r['decode_b1'] / fp['decode_b1']:.2f}x), "
+              f"16 rows {r['decode_b16']:.1f} tok/s ({r['decode_b16'] / fp['decode_b16']:.2f}x)", flush=True)
+        save(rows)
+    return rows
+
+
 def report(r: dict, fp: dict) -> None:
     print(f"  {r['form']} {r['config']}: {r['size_bytes'] / 2**20:.1f} MiB, {r['bits_per_weight']:.2f} bits/weight, "
           f"ppl {r['ppl']:.3f} ({100 * r['ppl_change']:+.2f}%), KL {r['kl_mean']:.5f} (p99 {r['kl_p99']:.4f}), "
@@ -224,9 +242,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="only these configurations (and the fp32 "
                     "reference); a result file of its own")
+    ap.add_argument("--speed-only", action="store_true", help="decode speeds alone, of fp32 and of the checkpoints an "
+                    "earlier run left in runs/quant_real/<form>/ (after a change to the engine); a result file of its own")
     args = ap.parse_args()
     stem = result_name("quant_real", args, {k: ap.get_default(k) for k in ("eval_tokens", "calib_samples", "forms",
-                                                                           "configs")})
+                                                                           "configs", "speed_only")})
     torch.set_num_threads(args.threads)
 
     from lightseek.data.tokenizer import Tokenizer
@@ -250,7 +270,16 @@ def main() -> None:
                             "rows": rows + form_rows, "args": vars(args)})
 
     for form in args.forms:
-        rows += measure_form(form, dense if form == "dense" else moe, windows_of, args, save)
+        src = dense if form == "dense" else moe
+        if args.speed_only:
+            rows += speeds_only(form, src, args, save)
+        else:
+            rows += measure_form(form, src, windows_of, args, save)
+    if args.speed_only:
+        out = write_result(stem, {**provenance(args.threads), "model": NAME, "complete": True, "rows": rows,
+                                  "args": vars(args)})
+        print(f"\nwritten {out}")
+        return
     print("\n| form | config | file MiB | bits/weight | perplexity | change | mean KL | p99 KL | same experts | "
           "b1 tok/s | b1 vs fp32 | 16 rows tok/s | vs fp32 |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
