@@ -212,9 +212,8 @@ def speeds_only(form: str, src: Path, args, save) -> list[dict]:
     from lightseek.model.checkpoint import load_model
 
     rows = []
-    names = {"fp32": src} | {d.name.replace("_", " "): d for d in sorted((WORK / form).iterdir())
-                             if (d / "config.json").is_file() and (not args.configs or
-                                                                   d.name.replace("_", " ") in args.configs)}
+    saved = {d.name.replace("_", " "): d for d in sorted((WORK / form).iterdir()) if (d / "config.json").is_file()}
+    names = {"fp32": src} | {name: d for name, d in saved.items() if not args.configs or name in args.configs}
     for name, path in names.items():
         rows.append({"form": form, "config": name, **decode_speeds(load_model(path).eval(), args.repeats)})
         r, fp = rows[-1], rows[0]

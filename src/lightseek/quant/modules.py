@@ -256,38 +256,41 @@ class QuantMoE(MoE):
         return quant_segments(x_TD, expert_ids_TK, weights_TK, self.qexperts)
 
 
+def _expert_runner(qexperts: nn.ModuleDict, x: torch.Tensor):
+    """``(xs, run)``: ``run(rows, e)`` is expert e's SwiGLU, in fp32, on rows of ``xs`` (``x`` as
+    the experts take it). Where all three weights use the packed kernels, ``run`` calls them
+    directly, with the checks, the packed matrices and x's bf16 cast taken once a layer instead of
+    once a product: at batch 1 these 96-wide products cost less than `matmul`'s wrapper around
+    them (int8 SmolLM2 MoE form, 30 layers x 8 experts x 3: 62 ms a token through `matmul`, 24
+    ms direct). Numerics as `matmul`: bf16 in, fp32 out."""
+    w1, w3, w2 = qexperts["w1"], qexperts["w3"], qexperts["w2"]
+    if not all(w.use_packed(x) for w in (w1, w3, w2)):
+        return x, lambda rows, e: w2.matmul(F.silu(w1.matmul(rows, e)) * w3.matmul(rows, e), e).float()
+    p1, p3, p2 = w1.packed(), w3.packed(), w2.packed()
+
+    def run(rows: torch.Tensor, e: int) -> torch.Tensor:
+        h = F.silu(w1.kernel_mm(rows, *p1[e]).float()) * w3.kernel_mm(rows, *p3[e]).float()
+        return w2.kernel_mm(h.to(PACKED_DTYPE), *p2[e]).float()
+
+    return x.to(PACKED_DTYPE).contiguous(), run
+
+
 def quant_few_tokens(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor,
                      qexperts: nn.ModuleDict) -> torch.Tensor:
     """Decode-sized batches (`kernels.dispatch.moe_few_tokens`): each token's chosen experts run
     on its row through their quantized weights, with nothing sorted or gathered. Inference only."""
-    w1, w3, w2 = qexperts["w1"], qexperts["w3"], qexperts["w2"]
-    n_experts = w1.qweight.shape[0]
+    n_experts = qexperts["w1"].qweight.shape[0]
     if not x_TD.shape[0]:
         return torch.zeros_like(x_TD)
     ids, scale = expert_ids_TK.tolist(), weights_TK.tolist()               # host syncs
+    xs, run = _expert_runner(qexperts, x_TD)
     rows = []
-    if all(w.use_packed(x_TD) for w in (w1, w3, w2)):
-        # The packed kernels called directly, with the checks, packed matrices and the cast of x
-        # done once a layer instead of once a product: at batch 1 these 96-wide products cost
-        # less than the wrapper around them (int8 SmolLM2 MoE form, 30 layers x 8 experts x 3:
-        # 62 ms a token through `matmul`). Numerics as `matmul`: bf16 in, fp32 out.
-        p1, p3, p2 = w1.packed(), w3.packed(), w2.packed()
-        xb = x_TD.to(PACKED_DTYPE).contiguous()
-        for t, row in enumerate(ids):
-            x = xb[t:t + 1]
-            y = torch.zeros(1, x_TD.shape[1], dtype=torch.float32, device=x_TD.device)
-            for slot, e in enumerate(row):
-                if e < n_experts:
-                    h = F.silu(w1.kernel_mm(x, *p1[e]).float()) * w3.kernel_mm(x, *p3[e]).float()
-                    y.add_(w2.kernel_mm(h.to(PACKED_DTYPE), *p2[e]).float(), alpha=scale[t][slot])
-            rows.append(y)
-        return (rows[0] if len(rows) == 1 else torch.cat(rows)).to(x_TD.dtype)
     for t, row in enumerate(ids):
-        x = x_TD[t:t + 1]
+        x = xs[t:t + 1]
         y = torch.zeros(1, x_TD.shape[1], dtype=torch.float32, device=x_TD.device)
         for slot, e in enumerate(row):
             if e < n_experts:
-                y.add_(w2.matmul(F.silu(w1.matmul(x, e)) * w3.matmul(x, e), e).float(), alpha=scale[t][slot])
+                y.add_(run(x, e), alpha=scale[t][slot])
         rows.append(y)
     return (rows[0] if len(rows) == 1 else torch.cat(rows)).to(x_TD.dtype)
 
@@ -298,30 +301,19 @@ def quant_segments(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: 
     three projections through its quantized weights."""
     from lightseek.kernels.dispatch import _combine, _sort_by_expert
 
-    w1, w3, w2 = qexperts["w1"], qexperts["w3"], qexperts["w2"]
-    order, counts_E = _sort_by_expert(expert_ids_TK, w1.qweight.shape[0])
+    order, counts_E = _sort_by_expert(expert_ids_TK, qexperts["w1"].qweight.shape[0])
     counts = counts_E.tolist()                                            # the one host sync
     order = order[:sum(counts)]
     if not order.numel():
         return torch.zeros_like(x_TD)
     token_idx = order // expert_ids_TK.shape[1]                           # (N,) token of each pair
     x_ND = x_TD.index_select(0, token_idx)
+    xs, run = _expert_runner(qexperts, x_ND)
     outputs, start = [], 0
-    if all(w.use_packed(x_ND) for w in (w1, w3, w2)):  # as quant_few_tokens: checks and casts once
-        p1, p3, p2 = w1.packed(), w3.packed(), w2.packed()
-        xb = x_ND.to(PACKED_DTYPE).contiguous()
-        for e, n in enumerate(counts):
-            if n:
-                x = xb[start:start + n]
-                h = F.silu(w1.kernel_mm(x, *p1[e]).float()) * w3.kernel_mm(x, *p3[e]).float()
-                outputs.append(w2.kernel_mm(h.to(PACKED_DTYPE), *p2[e]).to(x_TD.dtype))
-                start += n
-    else:
-        for e, n in enumerate(counts):
-            if n:
-                x = x_ND[start:start + n]
-                outputs.append(w2.matmul(F.silu(w1.matmul(x, e)) * w3.matmul(x, e), e))
-                start += n
+    for e, n in enumerate(counts):
+        if n:
+            outputs.append(run(xs[start:start + n], e).to(x_TD.dtype))
+            start += n
     return _combine(x_TD, token_idx, torch.cat(outputs), weights_TK.reshape(-1)[order])
 
 
