@@ -212,7 +212,13 @@ def speeds_only(form: str, src: Path, args, save) -> list[dict]:
     from lightseek.model.checkpoint import load_model
 
     rows = []
-    saved = {d.name.replace("_", " "): d for d in sorted((WORK / form).iterdir()) if (d / "config.json").is_file()}
+    work = WORK / form
+    saved = {d.name.replace("_", " "): d for d in sorted(work.iterdir()) if (d / "config.json").is_file()} \
+        if work.is_dir() else {}
+    missing = [name for name in args.configs or () if name not in saved]
+    if not saved or missing:
+        raise SystemExit(f"--speed-only: no saved checkpoint of {', '.join(missing) or 'any configuration'} in "
+                         f"{work} (run python bench/quant_real.py --forms {form} first)")
     names = {"fp32": src} | {name: d for name, d in saved.items() if not args.configs or name in args.configs}
     for name, path in names.items():
         rows.append({"form": form, "config": name, **decode_speeds(load_model(path).eval(), args.repeats)})
