@@ -54,3 +54,30 @@ def test_act_order_keeps_the_stored_column_layout(bits: int) -> None:
     qt = gptq_quantize(w, h, bits, 32, damp=0.0, block=64, act_order=True)
     rtn = quantize_rtn(w, bits, 32, clip=(1.0,))
     assert torch.equal(qt.qweight, rtn.qweight) and torch.equal(qt.scales, rtn.scales)
+
+
+def test_collected_hessians_are_each_layers_input_products() -> None:
+    """collect_hessians on a small model: every watched layer's Hessian equals sum x x^T of the
+    inputs it saw (recorded separately), and layers called on one tensor (wq, wk, wv) share one."""
+    from lightseek.model.config import preset
+    from lightseek.model.transformer import Transformer
+    from lightseek.quant.gptq import collect_hessians
+
+    torch.manual_seed(0)
+    model = Transformer(preset("debug")).eval()
+    block = model.layers[0]
+    linears = {"wq": block.attn.wq, "wk": block.attn.wk, "wv": block.attn.wv, "wo": block.attn.wo}
+    seen: dict[str, list[torch.Tensor]] = {p: [] for p in linears}
+    hooks = [m.register_forward_pre_hook(lambda m, a, p=p: seen[p].append(a[0].reshape(-1, a[0].shape[-1])))
+             for p, m in linears.items()]
+    batches = [torch.randint(0, model.cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(i))
+               for i in range(3)]
+    sinks = collect_hessians(lambda: [model(b) for b in batches], linears, {})
+    for h in hooks:
+        h.remove()
+    for path in linears:
+        x = torch.cat(seen[path]).double()
+        exact = x.T @ x  # float32 products per call: a relative error near 1e-6 of the largest entry
+        torch.testing.assert_close(sinks[path].h[0], exact, rtol=0, atol=1e-5 * exact.abs().max().item())
+        assert sinks[path].rows[0] == x.shape[0] == 3 * 2 * 16
+    assert sinks["wq"] is sinks["wk"] is sinks["wv"] and sinks["wo"] is not sinks["wq"]

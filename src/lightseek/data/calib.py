@@ -30,24 +30,29 @@ def calibration_windows(tokenizer, cfg: CalibConfig, max_seq_len: int, batch_siz
                         section: str = "quant.calib",
                         default_documents: Callable[[], Iterable] | None = None) -> list[torch.Tensor]:
     """``cfg.samples`` windows of ``cfg.seq_len`` tokens (capped at the model's context), spread
-    evenly over the first tokens of the corpus (up to four times what the windows need), in
-    batches of (b, T) token ids. Without ``cfg.files`` the documents come from
+    evenly over the first tokens of the calibration text (up to four times what the windows
+    need), in batches of (b, T) token ids. Each entry of ``cfg.files`` (a file, folder or
+    pattern) gives an equal share of those tokens, so that every source named is calibrated on,
+    not only the first when it is long. Without ``cfg.files`` the documents come from
     ``default_documents`` (an error when there is none)."""
     from lightseek.data.corpus import iter_documents
 
     if cfg.files:
-        documents = iter_documents(cfg.files, text_field=cfg.text_field)
+        sources = [lambda f=f: iter_documents([f], text_field=cfg.text_field) for f in cfg.files]
     elif default_documents is not None:
-        documents = default_documents()
+        sources = [default_documents]
     else:
         raise ConfigError(f"{section}.files: calibration text is needed (--calib FILES)")
     seq_len = min(cfg.seq_len, max_seq_len)
-    want = 4 * cfg.samples * seq_len
+    share = -(-4 * cfg.samples * seq_len // len(sources))
     ids: list[int] = []
-    for doc in documents:
-        ids += tokenizer.encode(doc.text) + [tokenizer.eot_id]
-        if len(ids) >= want:
-            break
+    for documents in sources:
+        got: list[int] = []
+        for doc in documents():
+            got += tokenizer.encode(doc.text) + [tokenizer.eot_id]
+            if len(got) >= share:
+                break
+        ids += got[:share]
     if len(ids) < seq_len:
         raise DataError(f"{section}.files: {len(ids)} tokens of calibration text; one window needs {seq_len}")
     tokens = np.asarray(ids, dtype=np.int64)
