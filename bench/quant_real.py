@@ -23,8 +23,10 @@ the fp32 row's KL against them is that rounding alone. The "bf16 autocast" row r
 under bf16 autocast, no quantization: the packed kernels take bf16 activations, so its KL is the
 floor under theirs. For the MoE form, "same experts" is the share of (token, router) choices equal
 to the fp32 model's: a flipped choice adds or drops a whole expert, so KL there follows the flips.
-GPTQ calibrates on text trained on by nobody here (bench/quant.py's calibration books, 64 windows
-of 256 tokens); the held-out text is bench/lora_vs_full.py's general set.
+GPTQ calibrates on 64 windows of 256 tokens, a third from each of CALIB's sources: a Gutenberg
+book and the State of the Union addresses (bench/quant.py's calibration text) and the CMRC 2018
+dev passages, since a quarter of the held-out text is Chinese (its trial passages: no text is on
+both sides). The held-out text is bench/lora_vs_full.py's general set.
 
     python bench/quant_real.py [--eval-tokens 16384] [--forms dense moe] [--configs NAME ...]
     python bench/quant_real.py --forms moe --speed-only   # decode speeds again, of the checkpoints left
@@ -48,10 +50,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lora_vs_full import general_tokens  # noqa: E402
 from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
-from quant import CALIB  # noqa: E402
+from quant import CALIB as BOOKS  # noqa: E402
 from real_model import timed  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
+# English and Chinese, as the held-out text (whose Chinese quarter is CMRC 2018's trial passages)
+CALIB = [*BOOKS, BOOKS[0].parents[1] / "zh_cmrc2018_wiki" / "cmrc2018_dev.json"]
 WORK = ROOT / "runs" / "quant_real"
 CONFIGS = {
     "int8": {"bits": 8},
