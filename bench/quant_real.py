@@ -236,7 +236,7 @@ def speeds_only(form: str, src: Path, args, save) -> list[dict]:
 def report(r: dict, fp: dict) -> None:
     print(f"  {r['form']} {r['config']}: {r['size_bytes'] / 2**20:.1f} MiB, {r['bits_per_weight']:.2f} bits/weight, "
           f"ppl {r['ppl']:.3f} ({100 * r['ppl_change']:+.2f}%), KL {r['kl_mean']:.5f} (p99 {r['kl_p99']:.4f}), "
-          + (f"same experts {100 * r['same_experts']:.1f}%, " if "same_experts" in r else "") +
+          + (f"same experts {100 * r['same_experts']:.1f}%, " if "same_experts" in r else "")
           + (f"b1 {r['decode_b1']:.1f} tok/s ({r['decode_b1'] / fp['decode_b1']:.2f}x), "
              f"16 rows {r['decode_b16']:.1f} tok/s ({r['decode_b16'] / fp['decode_b16']:.2f}x)"
              if "decode_b1" in r else "speed not measured"), flush=True)

@@ -73,3 +73,15 @@ def test_bf16_autocast_is_measured_and_a_dense_model_has_no_routes(bench):
     assert "same_experts" not in r
     assert 0.0 < r["kl_mean"] < 0.05  # bf16 rounding moves the distributions a little, no more
     assert not torch.is_autocast_enabled("cpu")  # left as it was
+
+
+def test_report_prints_rows_with_and_without_speeds(bench, capsys):
+    """The bf16 row is measured for quality only: its line says so instead of failing."""
+    base = {"form": "moe", "size_bytes": 2**20, "bits_per_weight": 32.0, "ppl": 10.0, "ppl_change": 0.0,
+            "kl_mean": 0.0, "kl_p99": 0.0, "same_experts": 1.0}
+    fp = {**base, "config": "fp32", "decode_b1": 10.0, "decode_b16": 40.0}
+    bench.report(fp, fp)
+    bench.report({**base, "config": "bf16 autocast", "bits_per_weight": 16.0}, fp)
+    out = capsys.readouterr().out.splitlines()
+    assert "b1 10.0 tok/s (1.00x)" in out[0] and "same experts 100.0%" in out[0]
+    assert out[1].endswith("speed not measured") and "bf16 autocast" in out[1]
