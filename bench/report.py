@@ -219,13 +219,19 @@ def _serve_real_row(d: dict) -> str:
             f"{'met' if x >= 2 else 'not met'})")
 
 
-QUANT_README = ("int8 gptq", "int4 gptq g64", "int4 gptq g128", "mixed gptq g64", "budget 4.9 gptq g64")
+QUANT_README = ("int4 gptq g64", "int4 gptq g128", "mixed gptq g64", "budget 4.9 gptq g64")
 
 
 def _quant_real_row(d: dict) -> str:
     by = {r["config"]: r for r in d["rows"] if r["form"] == "dense"}
     return " / ".join(f"{100 * by[n]['ppl_change']:+.2f}% ({by[n]['bits_per_weight']:.2f})" if n in by else "-"
-                      for n in QUANT_README) + f"; int8 gptq mean KL {by['int8 gptq']['kl_mean']:.5f}"
+                      for n in QUANT_README)
+
+
+def _quant_real_int8_row(d: dict) -> str:
+    by = {r["config"]: r for r in d["rows"] if r["form"] == "dense"}
+    return " / ".join(f"{100 * by[n]['ppl_change']:+.2f}%, {by[n]['kl_mean']:.5f}" for n in ("int8", "int8 gptq")
+                      ) + f"; bf16 autocast alone {by['bf16 autocast']['kl_mean']:.5f}"
 
 
 README_ROWS: list[Row] = [
@@ -289,7 +295,9 @@ README_ROWS: list[Row] = [
         "scores): answers kept; held-out MedQuAD perplexity with an adapter on none / the original answers / the "
         "distilled answers to the same questions", "distiller_real",
         lambda d: f"{d['distiller']['kept']} of {d['distiller']['inputs']}; " + _useful_ppl(d)),
-    Row("SmolLM2-135M-Instruct quantized (dense): perplexity change (bits per weight) of int8 gptq / int4 gptq g64 / "
+    Row("SmolLM2-135M-Instruct int8 per channel (dense): perplexity change, mean KL of round-to-nearest / GPTQ "
+        "(target +0.5%, 0.002)", "quant_real_forms-dense", _quant_real_int8_row),
+    Row("SmolLM2-135M-Instruct quantized (dense): perplexity change (bits per weight) of int4 gptq g64 / "
         "int4 gptq g128 / mixed by role / budget policy at 4.9 bits", "quant_real", _quant_real_row),
 ]
 
@@ -412,26 +420,30 @@ def serve_real_targets() -> str:
                  rows, "lrrl")
 
 
-QUANT_REAL_MOE = "quant_real_forms-moe"  # `python bench/quant_real.py --forms moe`
+# per form, the result files its rows come from, newest first: a run of that form alone
+# (`python bench/quant_real.py --forms FORM`), then the earlier run of both forms for the
+# configurations a later run did not reach
+QUANT_REAL = {"dense": ("quant_real_forms-dense", "quant_real"), "moe": ("quant_real_forms-moe",)}
 
 
 def _quant_real_rows() -> list[dict]:
-    """bench/quant_real.py's rows, each with the result file it comes from: the main run's, with
-    its MoE form's rows replaced by those of a run of that form alone (`--forms moe`) where one
-    was written."""
-    rows = [{**r, "file": "quant_real"} for r in result("quant_real")["rows"]]
-    if (RESULTS / f"{QUANT_REAL_MOE}.json").is_file():
-        rows = [r for r in rows if r["form"] != "moe"]
-        rows += [{**r, "file": QUANT_REAL_MOE} for r in result(QUANT_REAL_MOE)["rows"] if r["form"] == "moe"]
+    """bench/quant_real.py's rows of every form, each configuration from the newest file that has
+    it, with the name of that file ("file") and that file's fp32 row ("fp32", for the ratios)."""
+    rows = []
+    for form, names in QUANT_REAL.items():
+        seen = set()
+        for name in names:
+            mine = [r for r in result(name)["rows"] if r["form"] == form]
+            fp32 = next(r for r in mine if r["config"] == "fp32")
+            rows += [{**r, "file": name, "fp32": fp32} for r in mine if r["config"] not in seen]
+            seen |= {r["config"] for r in mine}
     return rows
 
 
 def quant_real() -> str:
-    rows = _quant_real_rows()
-    fp = {r["form"]: r for r in rows if r["config"] == "fp32"}
     cells = []
-    for r in rows:
-        f = fp[r["form"]]
+    for r in _quant_real_rows():
+        f = r["fp32"]
         same = f"{100 * r['same_experts']:.1f}%" if "same_experts" in r else "–"
         cells.append([r["form"], r["config"], f"{r['size_bytes'] / 2**20:.1f}",
                       f"{f['size_bytes'] / r['size_bytes']:.2f}x",
