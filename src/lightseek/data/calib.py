@@ -16,7 +16,8 @@ from lightseek.errors import ConfigError, DataError
 @dataclass
 class CalibConfig:
     files: list[str] = field(default_factory=list, help=(
-        "Calibration text: files or folders (.txt, .md, .jsonl, ...) cut into token windows."))
+        "Calibration text: files or folders (.txt, .md, .jsonl, ...) cut into token windows; each entry "
+        "gives an equal share of the tokens."))
     samples: int = field(64, help="Number of calibration windows.")
     seq_len: int = field(256, help="Tokens per calibration window (capped at the model's context).")
     text_field: str = field("text", help="Record field(s) holding the text of .jsonl/.json/.csv files.")
