@@ -48,14 +48,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lora_vs_full import general_tokens  # noqa: E402
+from lora_vs_full import SHARED, general_tokens  # noqa: E402
 from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
 from quant import CALIB as BOOKS  # noqa: E402
 from real_model import timed  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
 # English and Chinese, as the held-out text (whose Chinese quarter is CMRC 2018's trial passages)
-CALIB = [*BOOKS, BOOKS[0].parents[1] / "zh_cmrc2018_wiki" / "cmrc2018_dev.json"]
+CALIB = [*BOOKS, SHARED / "zh_cmrc2018_wiki" / "cmrc2018_dev.json"]
 WORK = ROOT / "runs" / "quant_real"
 CONFIGS = {
     "int8": {"bits": 8},

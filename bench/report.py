@@ -222,14 +222,18 @@ def _serve_real_row(d: dict) -> str:
 QUANT_README = ("int4 gptq g64", "int4 gptq g128", "mixed gptq g64", "budget 4.9 gptq g64")
 
 
+def _dense_by_config(d: dict) -> dict[str, dict]:
+    return {r["config"]: r for r in d["rows"] if r["form"] == "dense"}
+
+
 def _quant_real_row(d: dict) -> str:
-    by = {r["config"]: r for r in d["rows"] if r["form"] == "dense"}
+    by = _dense_by_config(d)
     return " / ".join(f"{100 * by[n]['ppl_change']:+.2f}% ({by[n]['bits_per_weight']:.2f})" if n in by else "-"
                       for n in QUANT_README)
 
 
 def _quant_real_int8_row(d: dict) -> str:
-    by = {r["config"]: r for r in d["rows"] if r["form"] == "dense"}
+    by = _dense_by_config(d)
     return " / ".join(f"{100 * by[n]['ppl_change']:+.2f}%, {by[n]['kl_mean']:.5f}" for n in ("int8", "int8 gptq")
                       ) + f"; bf16 autocast alone {by['bf16 autocast']['kl_mean']:.5f}"
 
