@@ -8,7 +8,7 @@ tied embedding/head at 4, GPTQ g64) and the budget policy at 4.9 bits per weight
 matrix by Fisher-weighted sensitivity, GPTQ g64); the MoE form a subset (MOE_CONFIGS). Ablations
 run when named with --configs (a result file of their own): int4 GPTQ g64 with the tied embedding
 and head at 8 bits (as the GGUF the model ships in keeps its embedding, Q8_0), in stored column
-order, and calibrated sequentially. Columns: file size, bits per weight, perplexity on held-out
+order, calibrated sequentially, and without refitting the 4-bit grids to the rounded codes. Columns: file size, bits per weight, perplexity on held-out
 general text and its change against the same model in fp32, mean and p99 per-token
 KL(fp32 || quantized) on the same tokens, batch-1 decode tokens/s through `generate` (the
 one-sequence decode step) and 16-row decode tokens/s through the model's forward with a KV cache,
@@ -75,11 +75,13 @@ CONFIGS = {
                                        "roles": {"embed": 8, "head": 8}},
     "int4 gptq g64, stored order": {"bits": 4, "group_size": 64, "method": "gptq", "act_order": False},
     "int4 gptq g64, sequential": {"bits": 4, "group_size": 64, "method": "gptq", "sequential": True},
+    "int4 gptq g64, no refit": {"bits": 4, "group_size": 64, "method": "gptq", "refit": 0},
 }
 # widths a group does not divide (576 by 128; the MoE form's 96-wide experts by 64 and 128) pad
 # their last group (stored unpadded)
 CONFIGS = {name: {**kw, "pad_groups": True} for name, kw in CONFIGS.items()}
-ABLATIONS = ("int4 gptq g64, 8-bit embedding", "int4 gptq g64, stored order", "int4 gptq g64, sequential")
+ABLATIONS = ("int4 gptq g64, 8-bit embedding", "int4 gptq g64, stored order", "int4 gptq g64, sequential",
+             "int4 gptq g64, no refit")
 MOE_CONFIGS = ("int8", "int8 gptq", "int4 rtn g64", "int4 gptq g64", "budget 4.9 gptq g64")
 
 
@@ -253,6 +255,7 @@ def main() -> None:
                     "reference); a result file of its own")
     ap.add_argument("--speed-only", action="store_true", help="decode speeds alone, of fp32 and of the checkpoints an "
                     "earlier run left in runs/quant_real/<form>/ (after a change to the engine); a result file of its own")
+    ap.add_argument("--result", help="the result file's name (default: from the arguments that differ)")
     args = ap.parse_args()
     stem = result_name("quant_real", args, {k: ap.get_default(k) for k in ("eval_tokens", "calib_samples", "forms",
                                                                            "configs", "speed_only")})

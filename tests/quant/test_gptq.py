@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightseek.quant.gptq import Hessian, gptq_quantize
-from lightseek.quant.schemes import dequantize, quantize_rtn
+from lightseek.quant.schemes import dequantize, group_codes, quantize_rtn
 
 
 def correlated_inputs(rows: int, k: int, seed: int) -> torch.Tensor:
@@ -81,3 +81,54 @@ def test_collected_hessians_are_each_layers_input_products() -> None:
         torch.testing.assert_close(sinks[path].h[0], exact, rtol=0, atol=1e-5 * exact.abs().max().item())
         assert sinks[path].rows[0] == x.shape[0] == 3 * 2 * 16
     assert sinks["wq"] is sinks["wk"] is sinks["wv"] and sinks["wo"] is not sinks["wq"]
+
+
+def _row_errors(w: torch.Tensor, h: torch.Tensor, qt) -> torch.Tensor:
+    d = w.double() - dequantize(qt, torch.float64)
+    return ((d @ h) * d).sum(-1)
+
+
+@pytest.mark.parametrize("k", [128, 96])  # 96: a short last group of 32 (padded)
+def test_refit_grid_is_the_least_squares_grid_of_the_codes(k: int) -> None:
+    """refit_grid keeps the codes and solves for each row's scales and offsets: the output error
+    of each row falls, and no small move of any one scale or offset lowers it further."""
+    from lightseek.quant.gptq import refit_grid
+
+    w = torch.randn(2, 16, k, generator=torch.Generator().manual_seed(3)) * 0.05
+    h = Hessian(k, batch=2)
+    h.add(correlated_inputs(1024, k, 0), 0)
+    h.add(correlated_inputs(1024, k, 1), 1)
+    qt = gptq_quantize(w, h.h, 4, 64, damp=0.0, block=64, pad=True, act_order=True)
+    fit = refit_grid(w, h.h, qt, damp=0.0)
+    assert torch.equal(fit.qweight, qt.qweight) and fit.scales.dtype == qt.scales.dtype
+    before, after = _row_errors(w, h.h, qt), _row_errors(w, h.h, fit)
+    assert (after <= before * 1.0001).all() and after.sum() < 0.97 * before.sum(), (before.sum(), after.sum())
+    # each row's grid is the least-squares one: against an explicit design matrix, solved by lstsq
+    g, G = 64, fit.scales.shape[-1]
+    codes = group_codes(qt).double()[..., :k] - 8.0                           # (B, N, K)
+    member = torch.nn.functional.one_hot(torch.arange(k) // g, G).double()      # (K, G)
+    for b in range(2):
+        L = torch.linalg.cholesky(h.h[b])
+        for r in range(16):
+            design = torch.cat([codes[b, r, :, None] * member, member], -1)    # (K, 2G)
+            theta = torch.linalg.lstsq(L.T @ design, L.T @ w[b, r].double()[:, None]).solution[:, 0]
+            torch.testing.assert_close(fit.scales[b, r].double(), theta[:G].bfloat16().double(), rtol=8e-3, atol=1e-5)
+            torch.testing.assert_close(fit.zeros[b, r].double(), theta[G:].bfloat16().double(), rtol=8e-3, atol=1e-5)
+
+
+def test_refit_rounds_never_make_a_row_worse_and_keep_the_layout() -> None:
+    k, n = 128, 32
+    w = torch.randn(1, n, k, generator=torch.Generator().manual_seed(5)) * 0.05
+    h = Hessian(k)
+    h.add(correlated_inputs(2048, k, 2))
+    base = gptq_quantize(w, h.h, 4, 64, damp=0.01, block=64, act_order=True)
+    errs = [_row_errors(w, h.h, base)]
+    for rounds in (1, 2):
+        qt = gptq_quantize(w, h.h, 4, 64, damp=0.01, block=64, act_order=True, refit=rounds)
+        assert qt.qweight.shape == base.qweight.shape and qt.scales.shape == base.scales.shape
+        errs.append(_row_errors(w, h.h, qt))
+        assert (errs[-1] <= errs[-2] * 1.0001).all()
+    assert errs[-1].sum() < 0.9 * errs[0].sum()
+    # int8 has one scale per channel and no grid to refit: unchanged
+    q8 = gptq_quantize(w, h.h, 8, 64, damp=0.01, block=64, refit=2)
+    assert torch.equal(q8.qweight, gptq_quantize(w, h.h, 8, 64, damp=0.01, block=64).qweight)

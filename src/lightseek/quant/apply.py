@@ -245,7 +245,7 @@ def _quantize_matrix(w: torch.Tensor, t: Target, name: str, bits: int, cfg: Quan
         return quantize_rtn(w, bits, cfg.group_size, cfg.pad_groups, where, cfg.clip)
     stacked = w if w.dim() == 3 else w[None]
     qt = gptq_quantize(stacked, h.h, bits, cfg.group_size, cfg.damp, cfg.block, cfg.pad_groups, where, cfg.clip,
-                       cfg.act_order)
+                       cfg.act_order, cfg.refit)
     if w.dim() == 2:
         qt = QTensor(qt.bits, qt.group, qt.qweight[0], qt.scales[0], None if qt.zeros is None else qt.zeros[0],
                      qt.in_features)

@@ -65,6 +65,10 @@ class QuantConfig:
     act_order: bool = field(True, help=(
         "gptq: round the columns of the inputs with the most energy (largest Hessian diagonal) first; "
         "4-bit grids are then fixed from the unrounded weights."))
+    refit: int = field(2, help=(
+        "gptq, 4 bits: rounds of refitting each group's scale and offset to its rounded codes (least squares "
+        "against the calibration Hessian), each round after the first rounding again on the refit grids; "
+        "0: the grids chosen before rounding."))
     sequential: bool = field(False, help=(
         "gptq: calibrate block by block, each layer on the activations of the layers before it already "
         "quantized (about twice the time); false: every Hessian from one pass of the full-precision model."))
@@ -89,6 +93,8 @@ class QuantConfig:
             raise ConfigError(f"quant.max_bits: {self.max_bits} must be above 4 (bits per weight, at most 32)")
         if self.fisher_samples < 1:
             raise ConfigError(f"quant.fisher_samples: {self.fisher_samples} must be at least 1")
+        if not 0 <= self.refit <= 8:
+            raise ConfigError(f"quant.refit: {self.refit} must be between 0 and 8 rounds")
         if self.block < 1 or self.block % self.group_size:
             raise ConfigError(f"quant.block: {self.block} must be a positive multiple of group_size {self.group_size}")
 

@@ -27,6 +27,8 @@ from lightseek.model.moe import MoE
 from lightseek.quant.schemes import (
     SCALE_DTYPE,
     QTensor,
+    dequantize,
+    group_codes,
     int4_codes,
     int4_grid,
     int8_codes,
@@ -56,14 +58,88 @@ class Hessian:
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: float, block: int,
                   pad: bool = False, where: str = "weight", clip: Sequence[float] = (1.0,),
-                  act_order: bool = False) -> QTensor:
+                  act_order: bool = False, refit: int = 0) -> QTensor:
     """GPTQ of ``w`` (B, N, K) against Hessians ``h`` (B, K, K); a matrix whose Hessian is all
     zero (an expert no calibration token reached) gets the identity, i.e. plain rounding.
 
     ``act_order`` rounds the columns in order of decreasing Hessian diagonal (the inputs with
     the most energy first, while the most columns remain to absorb their error). Each 4-bit
     group's grid is then fixed up front from the unrounded weights ("static groups"), so the
-    stored layout, one grid per run of ``group`` consecutive columns, is the same either way."""
+    stored layout, one grid per run of ``group`` consecutive columns, is the same either way.
+
+    ``refit`` (4 bits): rounds of fitting every group's scale and offset to the codes just
+    rounded (``refit_grid``); each round after the first rounds the weights again, on the
+    grids of the round before. A row keeps whichever of its candidates has the least output
+    error on the calibration inputs, so a round never makes a row worse."""
+    qt = _gptq(w, h, bits, group, damp, block, pad, where, clip, act_order)
+    if bits != 4:
+        return qt
+    for i in range(refit):
+        if i:
+            qt = _better_rows(w, h, qt, _gptq(w, h, bits, group, damp, block, pad, where, clip, act_order,
+                                                 grid=(qt.scales, qt.zeros)))
+        qt = _better_rows(w, h, qt, refit_grid(w, h, qt, damp))
+    return qt
+
+
+def refit_grid(w: torch.Tensor, h: torch.Tensor, qt: QTensor, damp: float) -> QTensor:
+    """``qt`` (4 bits, (B, N, ...)) with every row's scales and offsets refit to its codes: the
+    least-squares solution of ``min (W - Q) H (W - Q)^T`` over a row's 2 x n_groups grid values,
+    codes held fixed (H damped as GPTQ damps it). GPTQ's grids are chosen before the codes,
+    from the unrounded weights; once the codes are known, a row's best grid is one linear solve.
+    A tiny ridge towards the current grid keeps a group whose codes are all equal (its scale
+    then undetermined) where it was. Scales and offsets are rounded to bf16, as stored."""
+    B, N, K = w.shape
+    G, g = qt.scales.shape[-1], qt.group
+    kp = G * g
+    H = torch.zeros(B, kp, kp, dtype=torch.float64)
+    H[:, :K, :K] = h
+    diag = H.diagonal(dim1=-2, dim2=-1)[..., :K]
+    diag[diag <= 0] = 1.0
+    diag += damp * diag.mean(-1, keepdim=True)
+    W = F.pad(w.to(torch.float64), (0, kp - K))      # padding columns have no inputs: H is zero there
+    HW = W @ H                                                                 # (B, N, Kp)
+    Hzz = H.unflatten(-1, (G, g)).unflatten(-3, (G, g)).sum((-1, -3))           # (B, G, G)
+    scales, zeros = torch.empty(B, N, G, dtype=torch.float64), torch.empty(B, N, G, dtype=torch.float64)
+    rows = max(1, 2 ** 24 // (G * kp))                      # (rows, G, Kp) float64 products at a time
+    for b in range(B):
+        Hg = H[b].unflatten(0, (G, g))                                          # (G, g, Kp)
+        for r0 in range(0, N, rows):
+            r1 = min(r0 + rows, N)
+            c = group_codes(QTensor(4, g, qt.qweight[b, r0:r1], qt.scales[b, r0:r1], qt.zeros[b, r0:r1],
+                                    K)).double() - 8.0                          # (n, Kp)
+            cg = c.unflatten(-1, (G, g))                                        # (n, G, g)
+            A = torch.einsum("ngi,gij->ngj", cg, Hg).unflatten(-1, (G, g))      # (n, G, G, g): c_g H_gh
+            M = torch.cat([torch.cat([torch.einsum("nghj,nhj->ngh", A, cg), A.sum(-1)], -1),
+                           torch.cat([A.sum(-1).transpose(-1, -2), Hzz[b].expand(r1 - r0, G, G)], -1)], -2)
+            hw = HW[b, r0:r1].unflatten(-1, (G, g))
+            v = torch.cat([(cg * hw).sum(-1), hw.sum(-1)], -1)                 # (n, 2G)
+            theta0 = torch.cat([qt.scales[b, r0:r1], qt.zeros[b, r0:r1]], -1).double()
+            ridge = 1e-6 * M.diagonal(dim1=-2, dim2=-1).abs().mean(-1, keepdim=True).clamp_min(1e-30)
+            M = M + torch.diag_embed(ridge.expand(-1, 2 * G))
+            theta = torch.linalg.solve(M, (v + ridge * theta0)[..., None])[..., 0]
+            scales[b, r0:r1], zeros[b, r0:r1] = theta[:, :G], theta[:, G:]
+    return QTensor(4, g, qt.qweight, scales.to(SCALE_DTYPE), zeros.to(SCALE_DTYPE), K)
+
+
+def _row_error(w: torch.Tensor, h: torch.Tensor, qt: QTensor) -> torch.Tensor:
+    """(B, N): each row's output error ``(W - Q) H (W - Q)^T`` on the calibration inputs."""
+    d = w.to(torch.float64) - dequantize(qt, torch.float64)
+    return ((d @ h.to(torch.float64)) * d).sum(-1)
+
+
+def _better_rows(w: torch.Tensor, h: torch.Tensor, a: QTensor, b: QTensor) -> QTensor:
+    """Row by row, whichever of two 4-bit quantizations of ``w`` has the smaller output error."""
+    take = (_row_error(w, h, b) < _row_error(w, h, a))[..., None]              # (B, N, 1)
+    return QTensor(4, a.group, torch.where(take, b.qweight, a.qweight), torch.where(take, b.scales, a.scales),
+                   torch.where(take, b.zeros, a.zeros), a.in_features)
+
+
+def _gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: float, block: int, pad: bool,
+          where: str, clip: Sequence[float], act_order: bool,
+          grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> QTensor:
+    """One GPTQ pass (see gptq_quantize); ``grid``: 4-bit scales and offsets to round on, fixed
+    up front, instead of choosing them."""
     B, N, K = w.shape
     kp = K if bits == 8 else padded_dim(K, group, pad, where)
     W = pad_columns(w.to(torch.float64), kp)                                   # (B, N, Kp)
@@ -83,9 +159,11 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp:
         order = torch.sort(diag, dim=-1, descending=True, stable=True).indices
         W = W.gather(-1, order[:, None, :].expand(B, N, kp))
         H = H.gather(-1, order[:, None, :].expand(B, kp, kp)).gather(-2, order[:, :, None].expand(B, kp, kp))
-        if bits == 4:  # static groups: every grid from the unrounded weights, in stored layout
+        if bits == 4 and grid is None:  # static groups: every grid from the unrounded weights, in stored layout
             s, z = int4_grid(pad_columns(w.to(torch.float64), kp).unflatten(-1, (kp // group, group)), clip)
             scale, zero = s.double(), z.double()
+    if bits == 4 and grid is not None:
+        scale, zero = grid[0].double(), grid[1].double()
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # (B, Kp, Kp)
 
     codes = torch.zeros(B, N, kp, dtype=torch.float64)
@@ -98,7 +176,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp:
                 q = int8_codes(W1[..., i, None], scale).double()[..., 0]
                 deq = q * scale
             else:
-                if act_order:  # the grid of the stored group this column belongs to
+                if act_order or grid is not None:  # the grid of the stored group this column belongs to
                     g = (order[:, col] // group)[:, None, None].expand(B, N, 1)
                     s, z = scale.gather(-1, g)[..., 0], zero.gather(-1, g)[..., 0]
                 else:
