@@ -132,3 +132,32 @@ def test_refit_rounds_never_make_a_row_worse_and_keep_the_layout() -> None:
     # int8 has one scale per channel and no grid to refit: unchanged
     q8 = gptq_quantize(w, h.h, 8, 64, damp=0.01, block=64, refit=2)
     assert torch.equal(q8.qweight, gptq_quantize(w, h.h, 8, 64, damp=0.01, block=64).qweight)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_rounding_on_a_given_grid_uses_that_grid(act_order: bool) -> None:
+    """A refit round's GPTQ pass rounds on the grids it is given: with uncorrelated inputs
+    (nothing to compensate) its codes are plain rounding on those grids, in every column."""
+    from lightseek.quant.gptq import _gptq
+    from lightseek.quant.schemes import int4_codes, pack_codes
+
+    w = torch.randn(2, 16, 128, generator=torch.Generator().manual_seed(4))
+    h = torch.diag_embed(torch.rand(2, 128, generator=torch.Generator().manual_seed(5)).double() + 0.1)
+    other = quantize_rtn(w * 1.3 + 0.05, 4, 32)                      # some grid other than w's own
+    qt = _gptq(w, h, 4, 32, 0.0, 64, False, "w", (1.0,), act_order, grid=(other.scales, other.zeros))
+    s, z = other.scales.float().repeat_interleave(32, -1), other.zeros.float().repeat_interleave(32, -1)
+    assert torch.equal(qt.scales, other.scales) and torch.equal(qt.zeros, other.zeros)
+    assert torch.equal(qt.qweight, pack_codes(int4_codes(w, s, z), 128))
+
+
+def test_refit_leaves_its_inputs_alone_and_uncalibrated_experts_rounded_to_nearest() -> None:
+    """gptq_quantize with refit rounds never writes to the caller's weights or Hessians (fp64
+    weights in stored order were once updated in place), and an expert no calibration token
+    reached stays at round-to-nearest."""
+    w = torch.randn(2, 16, 96, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 0.05
+    h = Hessian(96, batch=2)
+    h.add(correlated_inputs(512, 96, 3), 0)                            # expert 1 sees nothing
+    w0, h0 = w.clone(), h.h.clone()
+    qt = gptq_quantize(w, h.h, 4, 32, damp=0.01, block=32, refit=2)
+    assert torch.equal(w, w0) and torch.equal(h.h, h0)
+    assert torch.equal(qt.qweight[1], quantize_rtn(w[1], 4, 32).qweight)

@@ -6,6 +6,8 @@ is spread over the remaining columns through the inverse Hessian (its upper Chol
 so inputs that move together correct each other (Frantar et al., 2022). In stored order the grid
 of a 4-bit group is fixed when the first column of the group is reached, from the weights as
 updated so far; in act order (largest Hessian diagonal first) every grid is fixed up front.
+Once the codes are rounded, each row's 4-bit grids are refit to them by least squares of the
+same output error (``refit_grid``), and a further round rounds again on the refit grids.
 
 Hessians are collected while calibration windows run (the caller decides through what: the
 whole full-precision model, or one block of a model quantized block by block): a forward
@@ -122,10 +124,20 @@ def refit_grid(w: torch.Tensor, h: torch.Tensor, qt: QTensor, damp: float) -> QT
     return QTensor(4, g, qt.qweight, scales.to(SCALE_DTYPE), zeros.to(SCALE_DTYPE), K)
 
 
-def _row_error(w: torch.Tensor, h: torch.Tensor, qt: QTensor) -> torch.Tensor:
-    """(B, N): each row's output error ``(W - Q) H (W - Q)^T`` on the calibration inputs."""
-    d = w.to(torch.float64) - dequantize(qt, torch.float64)
-    return ((d @ h.to(torch.float64)) * d).sum(-1)
+def _row_error(w: torch.Tensor, h: torch.Tensor, qt: QTensor, rows: int = 4096) -> torch.Tensor:
+    """(B, N): each row's output error ``(W - Q) H (W - Q)^T`` on the calibration inputs, in
+    chunks of ``rows`` rows (a vocabulary-sized embedding would otherwise take several float64
+    copies of itself)."""
+    B, N, _ = w.shape
+    out = torch.empty(B, N, dtype=torch.float64)
+    for b in range(B):
+        hb = h[b].to(torch.float64)
+        for r0 in range(0, N, rows):
+            sl = slice(r0, r0 + rows)
+            part = QTensor(4, qt.group, qt.qweight[b, sl], qt.scales[b, sl], qt.zeros[b, sl], qt.in_features)
+            d = w[b, sl].to(torch.float64) - dequantize(part, torch.float64)
+            out[b, sl] = ((d @ hb) * d).sum(-1)
+    return out
 
 
 def _better_rows(w: torch.Tensor, h: torch.Tensor, a: QTensor, b: QTensor) -> QTensor:
@@ -142,7 +154,7 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: float, 
     up front, instead of choosing them."""
     B, N, K = w.shape
     kp = K if bits == 8 else padded_dim(K, group, pad, where)
-    W = pad_columns(w.to(torch.float64), kp)                                   # (B, N, Kp)
+    W = pad_columns(w.to(torch.float64, copy=True), kp)   # (B, N, Kp); updated in place below, never the caller's
     H = torch.zeros(B, kp, kp, dtype=torch.float64)
     H[:, :K, :K] = h
     diag = H.diagonal(dim1=-2, dim2=-1)
