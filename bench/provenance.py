@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -31,8 +32,8 @@ def provenance(threads: int | None = None) -> dict:
     revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=False).stdout.strip()
     script = Path(sys.argv[0]).resolve()
-    command = " ".join(["python", str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else str(script),
-                        *sys.argv[1:]])
+    command = shlex.join(["python", str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else str(script),
+                          *sys.argv[1:]])  # quoted: an argument with spaces (a configuration's name) stays one
     return {"command": command, "git_revision": revision, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "threads": threads},
