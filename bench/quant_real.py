@@ -8,11 +8,11 @@ tied embedding/head at 4, GPTQ g64) and the budget policy at 4.9 bits per weight
 matrix by Fisher-weighted sensitivity, GPTQ g64); the MoE form a subset (MOE_CONFIGS). Ablations
 run when named with --configs (a result file of their own): int4 GPTQ g64 with the tied embedding
 and head at 8 bits (as the GGUF the model ships in keeps its embedding, Q8_0), in stored column
-order, calibrated sequentially, and without refitting the 4-bit grids to the rounded codes. Columns: file size, bits per weight, perplexity on held-out
-general text and its change against the same model in fp32, mean and p99 per-token
-KL(fp32 || quantized) on the same tokens, batch-1 decode tokens/s through `generate` (the
-one-sequence decode step) and 16-row decode tokens/s through the model's forward with a KV cache,
-each against fp32 in the same run.
+order, calibrated sequentially, and without refitting the 4-bit grids to the rounded codes.
+Columns: file size, bits per weight, perplexity on held-out general text and its change against
+the same model in fp32, mean and p99 per-token KL(fp32 || quantized) on the same tokens, batch-1
+decode tokens/s through `generate` (the one-sequence decode step) and 16-row decode tokens/s
+through the model's forward with a KV cache, each against fp32 in the same run.
 
 The imported weights come from a Q4_1 GGUF: 4-bit codes in groups of 32 along each row. A 4-bit
 grid of groups of 32 would find those values again almost exactly, so it is not measured; groups

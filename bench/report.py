@@ -427,9 +427,9 @@ def serve_real_targets() -> str:
                  rows, "lrrl")
 
 
-# per form, the result files its rows come from, newest first: a run of that form alone
-# (`python bench/quant_real.py --forms FORM`), then the earlier run of both forms for the
-# configurations a later run did not reach
+# per form, the result files its rows come from, newest first (dense: the 4-bit GPTQ run with
+# refit grids, the int8 run of that form alone, then the earlier run of both forms); each
+# configuration comes from the first file that has it
 QUANT_REAL = {"dense": ("quant_real_int4-refit", "quant_real_forms-dense", "quant_real"), "moe": ("quant_real_forms-moe",)}
 
 

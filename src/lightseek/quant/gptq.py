@@ -74,14 +74,20 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp:
     grids of the round before. A row keeps whichever of its candidates has the least output
     error on the calibration inputs, so a round never makes a row worse."""
     qt = _gptq(w, h, bits, group, damp, block, pad, where, clip, act_order)
-    if bits != 4:
+    if bits != 4 or not refit:
         return qt
+    err = _row_error(w, h, qt)
     for i in range(refit):
         if i:
-            qt = _better_rows(w, h, qt, _gptq(w, h, bits, group, damp, block, pad, where, clip, act_order,
-                                                 grid=(qt.scales, qt.zeros)))
-        qt = _better_rows(w, h, qt, refit_grid(w, h, qt, damp))
+            qt, err = _better_rows(w, h, qt, err, _gptq(w, h, bits, group, damp, block, pad, where, clip,
+                                                        act_order, grid=(qt.scales, qt.zeros)))
+        qt, err = _better_rows(w, h, qt, err, refit_grid(w, h, qt, damp))
     return qt
+
+
+def _rows(qt: QTensor, b: int, rows: slice) -> QTensor:
+    """Rows ``rows`` of matrix ``b`` of a stacked 4-bit ``qt``."""
+    return QTensor(4, qt.group, qt.qweight[b, rows], qt.scales[b, rows], qt.zeros[b, rows], qt.in_features)
 
 
 def refit_grid(w: torch.Tensor, h: torch.Tensor, qt: QTensor, damp: float) -> QTensor:
@@ -108,8 +114,7 @@ def refit_grid(w: torch.Tensor, h: torch.Tensor, qt: QTensor, damp: float) -> QT
         Hg = H[b].unflatten(0, (G, g))                                          # (G, g, Kp)
         for r0 in range(0, N, rows):
             r1 = min(r0 + rows, N)
-            c = group_codes(QTensor(4, g, qt.qweight[b, r0:r1], qt.scales[b, r0:r1], qt.zeros[b, r0:r1],
-                                    K)).double() - 8.0                          # (n, Kp)
+            c = group_codes(_rows(qt, b, slice(r0, r1))).double() - 8.0        # (n, Kp)
             cg = c.unflatten(-1, (G, g))                                        # (n, G, g)
             A = torch.einsum("ngi,gij->ngj", cg, Hg).unflatten(-1, (G, g))      # (n, G, G, g): c_g H_gh
             M = torch.cat([torch.cat([torch.einsum("nghj,nhj->ngh", A, cg), A.sum(-1)], -1),
@@ -134,17 +139,20 @@ def _row_error(w: torch.Tensor, h: torch.Tensor, qt: QTensor, rows: int = 4096) 
         hb = h[b].to(torch.float64)
         for r0 in range(0, N, rows):
             sl = slice(r0, r0 + rows)
-            part = QTensor(4, qt.group, qt.qweight[b, sl], qt.scales[b, sl], qt.zeros[b, sl], qt.in_features)
-            d = w[b, sl].to(torch.float64) - dequantize(part, torch.float64)
+            d = w[b, sl].to(torch.float64) - dequantize(_rows(qt, b, sl), torch.float64)
             out[b, sl] = ((d @ hb) * d).sum(-1)
     return out
 
 
-def _better_rows(w: torch.Tensor, h: torch.Tensor, a: QTensor, b: QTensor) -> QTensor:
-    """Row by row, whichever of two 4-bit quantizations of ``w`` has the smaller output error."""
-    take = (_row_error(w, h, b) < _row_error(w, h, a))[..., None]              # (B, N, 1)
-    return QTensor(4, a.group, torch.where(take, b.qweight, a.qweight), torch.where(take, b.scales, a.scales),
-                   torch.where(take, b.zeros, a.zeros), a.in_features)
+def _better_rows(w: torch.Tensor, h: torch.Tensor, a: QTensor, err_a: torch.Tensor,
+                 b: QTensor) -> tuple[QTensor, torch.Tensor]:
+    """Row by row, whichever of two 4-bit quantizations of ``w`` has the smaller output error,
+    and that error (``err_a``: the incumbent ``a``'s, carried from the round before)."""
+    err_b = _row_error(w, h, b)
+    take = err_b < err_a                                                        # (B, N)
+    t = take[..., None]
+    return (QTensor(4, a.group, torch.where(t, b.qweight, a.qweight), torch.where(t, b.scales, a.scales),
+                    torch.where(t, b.zeros, a.zeros), a.in_features), torch.where(take, err_b, err_a))
 
 
 def _gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, damp: float, block: int, pad: bool,
