@@ -19,6 +19,8 @@ from lightseek.quant.run import load_quant_config
     ({"roles": {"moe": 4}}, r"unknown role 'moe'"),
     ({"roles": {"experts": 2}}, r"quant\.roles\.experts: bits 2 not in \{4, 8\}"),
     ({"block": 100, "group_size": 64}, r"quant\.block: 100"),
+    ({"refit": -1}, r"quant\.refit: -1 must be between 0 and 8 rounds"),
+    ({"refit": 9}, r"quant\.refit: 9 must be between 0 and 8 rounds"),
 ])
 def test_bad_config_values(kw, match) -> None:
     with pytest.raises(ConfigError, match=match):
