@@ -246,11 +246,12 @@ def test_model_features_from_a_lightseek_checkpoint(debug_checkpoint: Path, tmp_
 
 def test_zero_shot_asks_the_model_behind_the_same_interface(debug_checkpoint: Path, tmp_path: Path) -> None:
     """The zero-shot mode scores each domain's name as the model's whole answer: the scores equal
-    a plain forward pass over prompt + answer, and the classifier saves, loads and predicts like
-    a trained one."""
+    a plain forward pass over prompt + answer (the answers run as one padded batch), calibration
+    subtracts the content-free texts' scores, and the classifier saves, loads and predicts like a
+    trained one."""
     import torch
 
-    from lightseek.classify.zero_shot import QUESTION, ZeroShotDomains, _answer_scores
+    from lightseek.classify.zero_shot import CONTENT_FREE, QUESTION, ZeroShotDomains, _answer_scores
     from lightseek.data.chat import encode_chat
 
     texts, labels = synthetic(3, seed=5)
@@ -270,7 +271,18 @@ def test_zero_shot_asks_the_model_behind_the_same_interface(debug_checkpoint: Pa
             logp = model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
             want = sum(float(logp[i - 1, ids[i]]) for i in range(len(prompt), len(ids)) if learn[i])
             assert got == pytest.approx(want, abs=1e-4)
-    assert np.allclose(np.exp(fast - np.max(fast)) / np.exp(fast - np.max(fast)).sum(), proba[0], atol=1e-6)
+    zs.classes_ = np.array(clf.domains)
+    assert len({len(ids) for ids, _ in answers}) > 1   # the batch is padded: answers of different lengths
+    content_free = np.mean([zs.scores(t) for t in CONTENT_FREE], axis=0)
+    assert np.allclose(zs.scores(texts[0]), fast)
+
+    def softmax(x):
+        return np.exp(x - np.max(x)) / np.exp(x - np.max(x)).sum()
+
+    assert np.allclose(softmax(np.array(fast) - content_free), proba[0], atol=1e-6)
+    plain = DomainClassifier.fit(texts, labels, DomainConfig(zero_shot=str(debug_checkpoint), threshold=0.0,
+                                                             zero_shot_calibrate=False))
+    assert np.allclose(softmax(np.array(fast)), plain.predict_proba(texts[:1])[0], atol=1e-6)
 
     loaded = DomainClassifier.load(clf.save(tmp_path / "zs"))
     assert np.allclose(loaded.predict_proba(texts[:4]), proba, atol=1e-6)

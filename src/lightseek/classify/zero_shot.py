@@ -6,8 +6,12 @@ is saved, loaded, evaluated and used for routing like a trained one. `fit` learn
 the label set. For each text the model sees, in its chat template, the question "Which of these
 domains is this text from: ...? Answer with one word." followed by the text, and each domain's
 name is scored as the whole answer (the sum of the log-probabilities of its tokens and the end
-of the turn); a softmax over those scores is the probability. The prompt is encoded once per
-text and each answer continues from its KV cache. The model is loaded once per process (not
+of the turn); a softmax over those scores is the probability. A small model prefers some answers
+whatever the text (SmolLM2-135M answers `finance` or `medical` for most texts), so by default the
+scores are calibrated as in "Calibrate Before Use" (Zhao et al., 2021): each domain's score for
+content-free texts (`N/A`, an empty text, `[MASK]`) is subtracted, which divides every domain's
+probability by its probability when there is nothing to read. The prompt is encoded once per
+text and the answers continue from its KV cache as one batch. The model is loaded once per process (not
 pickled): a saved classifier keeps the model's name, not its weights.
 """
 
@@ -18,6 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from lightseek.errors import ConfigError
 from lightseek.progress import progress
 
+CONTENT_FREE = ("N/A", "", "[MASK]")
 QUESTION = ("Which of these domains is the text below from: {domains}? Answer with one word.\n\n"
             "Text: {text}")
 
@@ -25,10 +30,11 @@ QUESTION = ("Which of these domains is the text below from: {domains}? Answer wi
 class ZeroShotDomains(ClassifierMixin, BaseEstimator):
     """Asks checkpoint ``model`` (a folder or a fetched model's name) which domain each text is from."""
 
-    def __init__(self, model: str, max_chars: int = 1000, question: str = QUESTION) -> None:
+    def __init__(self, model: str, max_chars: int = 1000, question: str = QUESTION, calibrate: bool = True) -> None:
         self.model = model
         self.max_chars = max_chars
         self.question = question
+        self.calibrate = calibrate
 
     def fit(self, texts, labels):
         import numpy as np
@@ -41,26 +47,41 @@ class ZeroShotDomains(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, texts):
         import numpy as np
+
+        out = np.zeros((len(texts), len(self.classes_)))
+        with progress(len(texts), f"asking {self.model}") as step:
+            for row, text in enumerate(texts):
+                out[row] = self.scores(text)
+                step(1)
+        if getattr(self, "calibrate", False):   # classifiers saved before calibration existed: as they were
+            out -= self.content_free_scores()
+        out -= out.max(axis=1, keepdims=True)
+        probs = np.exp(out)
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    def scores(self, text: str) -> list[float]:
+        """Each domain's summed answer log-probability for ``text`` (uncalibrated)."""
         import torch
 
         from lightseek.data.chat import encode_chat
 
         model, tok = self._load()
         names = [str(c) for c in self.classes_]
-        listed = ", ".join(names)
-        out = np.zeros((len(texts), len(names)))
-        with torch.inference_mode(), progress(len(texts), f"asking {self.model}") as step:
-            for row, text in enumerate(texts):
-                messages = [{"role": "user", "content": self.question.format(domains=listed,
-                                                                             text=text[: self.max_chars])}]
-                prompt = encode_chat(tok, messages, add_generation_prompt=True)[0]
-                answers = [encode_chat(tok, [*messages, {"role": "assistant", "content": n}])
-                           for n in names]
-                out[row] = _answer_scores(model, prompt, answers)
-                step(1)
-        out -= out.max(axis=1, keepdims=True)
-        probs = np.exp(out)
-        return probs / probs.sum(axis=1, keepdims=True)
+        messages = [{"role": "user", "content": self.question.format(domains=", ".join(names),
+                                                                     text=text[: self.max_chars])}]
+        prompt = encode_chat(tok, messages, add_generation_prompt=True)[0]
+        answers = [encode_chat(tok, [*messages, {"role": "assistant", "content": n}]) for n in names]
+        with torch.inference_mode():
+            return _answer_scores(model, prompt, answers)
+
+    def content_free_scores(self):
+        """The mean scores of the content-free texts: what the model answers with nothing to read."""
+        import numpy as np
+
+        key = (self.model, self.question, self.max_chars, tuple(map(str, self.classes_)))
+        if key not in _CONTENT_FREE:
+            _CONTENT_FREE[key] = np.mean([self.scores(t) for t in CONTENT_FREE], axis=0)
+        return _CONTENT_FREE[key]
 
     def predict(self, texts):
         return self.classes_[self.predict_proba(texts).argmax(axis=1)]
@@ -72,31 +93,39 @@ class ZeroShotDomains(ClassifierMixin, BaseEstimator):
         return load_checkpoint(self.model, "domains.zero_shot")[1:]
 
 
+_CONTENT_FREE: dict = {}   # per process: the model's content-free scores per (model, question, domains)
+
+
 def _answer_scores(model, prompt: list[int], answers: list[tuple[list[int], list[bool]]]):
     """Per answer, the summed log-probability of its learned tokens (its text and the end of the
-    turn) after ``prompt``; the prompt runs once and each answer continues from a copy of its cache."""
-    import copy
-
+    turn) after ``prompt``. Two forward passes: the prompt once, then every answer at once as one
+    batch, each row continuing from a copy of the prompt's cache (rows right-padded: a causal
+    model's positions never see the padding after them)."""
     import torch
 
     from lightseek.model.kv_cache import KVCache
 
-    longest = max(len(ids) - len(prompt) for ids, _ in answers)
+    rests, masks = [], []
+    for ids, learn in answers:
+        if len(ids) <= len(prompt) or ids[:len(prompt)] != prompt:
+            raise ConfigError("domains.zero_shot: the chat template renders the answer's turn differently "
+                              "from the generation prompt")
+        rests.append(ids[len(prompt):])
+        masks.append(learn[len(prompt):])
+    longest = max(map(len, rests))
     limit = model.cfg.max_seq_len - longest - 1
     if limit < 8:
         raise ConfigError(f"domains.zero_shot: the answers leave no room in a context of {model.cfg.max_seq_len}")
     head = prompt[:limit] if len(prompt) <= limit else prompt[: limit - 2] + prompt[-2:]  # keep the turn's opening
-    cache = KVCache.for_model(model, 1, max_len=len(head) + longest)
-    last = model(torch.tensor([head]), cache=cache, last_only=True).logits[0, -1].float().log_softmax(-1)
-    scores = []
-    for ids, learn in answers:
-        rest, mask = ids[len(prompt):], learn[len(prompt):]
-        if not rest or ids[:len(prompt)] != prompt:
-            raise ConfigError("domains.zero_shot: the chat template renders the answer's turn differently "
-                              "from the generation prompt")
-        mine = copy.deepcopy(cache)
-        logits = model(torch.tensor([rest]), cache=mine).logits[0].float().log_softmax(-1)   # (len(rest), V)
-        logp = torch.cat([last[None], logits[:-1]])                                          # predicts rest[i]
-        picked = logp.gather(1, torch.tensor(rest)[:, None])[:, 0]
-        scores.append(float(picked[torch.tensor(mask)].sum()))
-    return scores
+    one = KVCache.for_model(model, 1, max_len=len(head))
+    last = model(torch.tensor([head]), cache=one, last_only=True).logits[0, -1].float().log_softmax(-1)
+    rows = KVCache.for_model(model, len(rests), max_len=len(head) + longest)
+    for mine, theirs in zip((*rows.k, *rows.v), (*one.k, *one.v)):
+        mine[:, :, :len(head)] = theirs
+    rows.advance(len(head))
+    tokens = torch.tensor([r + [r[-1]] * (longest - len(r)) for r in rests])                # (A, L)
+    logp = model(tokens, cache=rows).logits.float().log_softmax(-1)                            # (A, L, V)
+    logp = torch.cat([last.expand(len(rests), 1, -1), logp[:, :-1]], dim=1)                 # predicts tokens[:, i]
+    picked = logp.gather(2, tokens[..., None])[..., 0]
+    learned = torch.tensor([m + [False] * (longest - len(m)) for m in masks])
+    return [float(v) for v in torch.where(learned, picked, 0.0).sum(1)]

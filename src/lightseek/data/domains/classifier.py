@@ -211,7 +211,8 @@ def _pipeline(config: DomainConfig):
     from sklearn.pipeline import Pipeline
 
     if config.zero_shot:
-        return Pipeline([("model", domain_mode("zero_shot")(config.zero_shot, config.max_chars))])
+        return Pipeline([("model", domain_mode("zero_shot")(config.zero_shot, config.max_chars,
+                                                                calibrate=config.zero_shot_calibrate))])
     if config.model:
         features = _model_features(config)
     elif config.encoder:

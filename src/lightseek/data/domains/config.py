@@ -42,6 +42,8 @@ class DomainConfig:
                                          "and Chinese, which an English-first model reads poorly)")
     zero_shot: str = field("", help="an instruct model (checkpoint or fetched name) asked which domain each text "
                                     "is from; nothing is trained but the label set")
+    zero_shot_calibrate: bool = field(True, help="with `zero_shot`: subtract each domain's score for content-free "
+                                                 "texts (N/A, empty): the model's favourite answers lose their lead")
     feature_cache: str = field("", help="folder caching `model` features per text (empty: "
                                         "$LIGHTSEEK_CACHE/features; off: no cache)")
 
