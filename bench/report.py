@@ -769,16 +769,19 @@ STYLE_RUNS = (("domains_styles", "TF-IDF n-grams"), ("domains_styles_model", "Sm
               ("domains_styles_zero-shot", "zero-shot SmolLM2"))
 
 
+STYLE_GROUPS = {"en": "English, styles with a same-language sibling",
+                "zh": "Chinese, styles with a same-language sibling",
+                "en (alone)": "English, the only source of its domain (contracts)",
+                "zh (alone)": "Chinese, the only sources of their domain (statutes, patient dialogues)"}
+
+
 def domains_styles() -> str:
     """Leave one source out (bench/domains_styles.py): pooled macro-F1 per language for each
     feature kind measured, then accuracy per left-out source."""
     runs = [(label, result(name)) for name, label in STYLE_RUNS if (RESULTS / f"{name}.json").is_file()]
-    groups = {"en": "English, styles with a same-language sibling", "zh": "Chinese, styles with a same-language sibling",
-              "en (alone)": "English, the only source of its domain (contracts)",
-              "zh (alone)": "Chinese, the only sources of their domain (statutes, patient dialogues)"}
     rows = [[what, str(runs[0][1]["pooled"][g]["n"]),
              *(f"**{d['pooled'][g]['macro_f1']:.3f}** / {d['pooled'][g]['accuracy']:.3f}" for _, d in runs)]
-            for g, what in groups.items() if g in runs[0][1]["pooled"]]
+            for g, what in STYLE_GROUPS.items() if g in runs[0][1]["pooled"]]
     head = table(["left-out sources, pooled", "texts", *(f"{label}: macro-F1 / accuracy" for label, _ in runs)],
                  rows, "lr" + "r" * len(runs))
     sources = runs[0][1]["sources"]
@@ -787,6 +790,23 @@ def domains_styles() -> str:
     commands = "; ".join(f"`{d['command']}`" for _, d in runs)
     return (head + "\n" + table(["left-out source", "domain", "texts", *(f"{label}: accuracy" for label, _ in runs)],
                                  per, "llr" + "r" * len(runs)) + f"\nCommands: {commands}.\n")
+
+
+ZERO_SHOT_RUN = "domains_styles_zero-shot_max-test-60"
+
+
+def domains_zero_shot() -> str:
+    """The zero-shot mode on the first texts of each left-out source (bench/domains_styles.py
+    --zero-shot): pooled macro-F1 per language, then per source its accuracy and what it said instead."""
+    d = result(ZERO_SHOT_RUN)
+    pooled = [[what, str(d["pooled"][g]["n"]), f"**{d['pooled'][g]['macro_f1']:.3f}**",
+               f"{d['pooled'][g]['accuracy']:.3f}"] for g, what in STYLE_GROUPS.items() if g in d["pooled"]]
+    per = [[src, v["domain"], str(v["n"]), f"{v['accuracy']:.3f}",
+            ", ".join(f"{k} {n}" for k, n in v["predicted_instead"].items()) or "–"]
+           for src, v in sorted(d["sources"].items(), key=lambda kv: (kv[1]["language"], kv[1]["domain"], kv[0]))]
+    return (table(["left-out sources, pooled", "texts", "macro-F1", "accuracy"], pooled, "lrrr") + "\n"
+            + table(["source", "domain", "texts", "accuracy", "answered instead (texts)"], per, "llrrl")
+            + f"\nCommand: `{d['command']}` ({d['wall_s'] / 60:.0f} minutes).\n")
 
 
 def _macro_f1(d: dict, key: str) -> float:
@@ -1212,7 +1232,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/pipeline.md": {"pipeline": pipeline, "pipeline_removed": pipeline_removed},
     "docs/results/specialisation.md": {"specialisation_report": specialisation_report},
     "docs/results/domains.md": {"domains_results": domains_results, "domains_by_source": domains_by_source,
-                                "domains_styles": domains_styles},
+                                "domains_styles": domains_styles, "domains_zero_shot": domains_zero_shot},
     "docs/results/quant.md": {"quant": quant_results, "quant_real": quant_real,
                               "quant_real_targets": quant_real_targets},
     "docs/results/routing.md": {"routing_en": routing_table("en"), "routing_zh": routing_table("zh"),
