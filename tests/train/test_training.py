@@ -57,8 +57,8 @@ def test_resume_refuses_a_config_that_changes_the_run(debug_data, tmp_path):
 
 
 def _routing_run(debug_data: Path, out: Path, *extra: str) -> tuple[dict, list[dict]]:
-    cfg = _cfg(debug_data, out, "--model.router_mode=dynamic", "--model.target_k=2.5", "--train.steps=800",
-               "--train.eval_every=800", "--train.ckpt_every=800", "--train.eval_batches=0", *extra)
+    cfg = _cfg(debug_data, out, "--model.router_mode=dynamic", "--model.target_k=2.5", "--train.steps=400",
+               "--train.eval_every=400", "--train.ckpt_every=400", "--train.eval_batches=0", *extra)
     summary = pretrain(cfg, show_progress=False)
     train = [m for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "train"]
     return summary, train
