@@ -11,8 +11,8 @@ whatever the text (SmolLM2-135M answers `finance` or `medical` for most texts), 
 scores are calibrated as in "Calibrate Before Use" (Zhao et al., 2021): each domain's score for
 content-free texts (`N/A`, an empty text, `[MASK]`) is subtracted, which divides every domain's
 probability by its probability when there is nothing to read. The prompt is encoded once per
-text and the answers continue from its KV cache as one batch. The model is loaded once per process (not
-pickled): a saved classifier keeps the model's name, not its weights.
+text and the answers continue from its KV cache as one batch. The model is loaded once per
+process (not pickled): a saved classifier keeps the model's name, not its weights.
 """
 
 from __future__ import annotations
