@@ -147,9 +147,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transfor
         return loader(path, meta, cfg, device).eval()
     with torch.device("meta"):
         model = Transformer(cfg)
-    model = model.to_empty(device=device)
+    model = materialize(model, device)
     load_weights(model, path)
     return model.eval()
+
+
+def materialize(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """``model``, built on the meta device, with uninitialised tensors on ``device`` to load
+    weights into. What ``Module.to_empty`` does, without its meta-device ``empty_like``, whose
+    first call imports torch's symbolic-shape machinery: ~1.5 s of every command's start."""
+    return model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
 
 
 def load_weights(model: Transformer, path: str | Path) -> None:

@@ -235,7 +235,12 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # On the meta device the model is a shell to load a checkpoint into: nothing is initialised
+        # and the RoPE tables are left to the loader (random fills and aranges there import torch's
+        # compiler, ~2.5 s of every command's start).
+        shell = torch.get_default_device().type == "meta"
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim,
+                                  _weight=torch.empty(cfg.vocab_size, cfg.dim) if shell else None)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -244,13 +249,18 @@ class Transformer(nn.Module):
         # gradient checkpointing (train.grad_checkpoint): activations inside each block are
         # recomputed in backward instead of stored, for models whose activations do not fit
         self.grad_checkpoint = False
-        cos, sin = rope_tables(cfg)
+        if shell:
+            cos = sin = torch.empty(cfg.max_seq_len, cfg.rope_dim // 2)
+        else:
+            cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
+        if self.embed.weight.is_meta:  # a shell (see __init__)
+            return
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.n_layers)  # residual-branch outputs
         for name, p in self.named_parameters():

@@ -22,7 +22,7 @@ from lightseek import __version__
 from lightseek.config import from_dict, to_dict
 from lightseek.errors import CheckpointError, LightseekError
 from lightseek.fileio import write_dir_atomic, write_json_atomic
-from lightseek.model.checkpoint import CONFIG, WEIGHTS, copy_tokenizer, read_tensors
+from lightseek.model.checkpoint import CONFIG, WEIGHTS, copy_tokenizer, materialize, read_tensors
 from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer, rope_tables
 from lightseek.quant.apply import bits_per_weight, install_router
@@ -106,7 +106,7 @@ def load_quantized(path: Path, meta: dict, cfg: ModelConfig, device: str | torch
             _build(model, layers, qcfg.kernel)
     except (LightseekError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{label}: {CONFIG}: bad {SECTION} section ({e})") from None
-    model = model.to_empty(device=device)
+    model = materialize(model, device)
     state = read_tensors(path / WEIGHTS, label, device)
     routers = _router_codes(state, layers, label)
     expected = model.state_dict()
