@@ -338,6 +338,7 @@ def cmd_serve(args, overrides) -> int:
     from lightseek.model.kv_cache import SlotCache
     from lightseek.serve.app import EngineHost, PendingHost, build_app
     from lightseek.serve.engine import Engine
+    from lightseek.sockets import bind_server_socket
 
     # the engine shares the machine with the HTTP side (and, on loopback, with the clients):
     # PyTorch's spinning worker threads on every core would fight them for it
@@ -352,6 +353,8 @@ def cmd_serve(args, overrides) -> int:
         if value is not None and value <= 0:
             raise ConfigError(f"{flag} must be positive, got {value}")
     ckpt = resolve_checkpoint(args.checkpoint)  # fail fast on a wrong path, before listening
+    sock = bind_server_socket(args.host, args.port)  # before any loading: a bad port fails now
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
     model_id = args.name or (ckpt.parent.name if ckpt.name == "checkpoint" else ckpt.name)
     if args.kv_cache_gb:  # a budget that holds no sequence fails now, not after loading the weights
         cfg = ModelConfig.from_dict(read_checkpoint_config(ckpt)["model"])
@@ -396,16 +399,16 @@ def cmd_serve(args, overrides) -> int:
                 pass  # llguidance is not installed: such requests get a 400 that says so
             pending.set(EngineHost(engine, usage_log=args.usage_log, on_end=gate.ended if gate else None))
             print(f"serving {model_id}" + (f" with adapters {', '.join(names)}" if names else "")
-                  + f" on http://{args.host}:{args.port}/v1 (KV cache: {slots} sequences of up to {max_len} "
+                  + f" on http://{args.host}:{port}/v1 (KV cache: {slots} sequences of up to {max_len} "
                   f"tokens, {engine.cache.bytes() / 2**30:.2f} GiB)", flush=True)
         except BaseException as e:  # reported, and the server stops
             failed.append(e)
             server.should_exit = True
 
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, log_level="warning"))
     threading.Thread(target=load, name="lightseek-load", daemon=True).start()
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         if pending.target is not None:
             pending.target.close()

@@ -175,3 +175,30 @@ def test_a_kv_cache_budget_too_small_fails_before_listening(debug_checkpoint):
     assert "serving" not in stderr
     with pytest.raises(OSError):
         http(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_a_port_it_cannot_listen_on_is_one_line_before_loading(debug_checkpoint):
+    """A port in use, out of range, or a host that is not this machine's: the server binds its
+    socket before it loads anything, and says which with one line (exit status 2)."""
+    from lightseek.errors import ConfigError
+    from lightseek.sockets import bind_server_socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for host, p, msg in (("127.0.0.1", port, "Address already in use"), ("127.0.0.1", 70000, "0-65535"),
+                             ("127.0.0.1", -1, "0-65535"), ("192.0.2.1", 0, "cannot listen on 192.0.2.1:0"),
+                             ("no-such-host.invalid", 0, "cannot listen on no-such-host.invalid:0")):
+            with pytest.raises(ConfigError, match=msg):
+                bind_server_socket(host, p)
+        proc = serve(debug_checkpoint, port)
+        try:
+            rc = proc.wait(timeout=60)
+        finally:
+            _, stderr = stop(proc)
+    assert rc == 2, stderr
+    assert stderr.strip().splitlines() == [f"lightseek serve: error: cannot listen on 127.0.0.1:{port}: "
+                                           "Address already in use"]
+    with bind_server_socket("127.0.0.1", 0) as sock:  # port 0: the system picks a free one
+        assert sock.getsockname()[1] > 0

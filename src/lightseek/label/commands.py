@@ -119,7 +119,9 @@ def _serve(args) -> int:
     except ImportError:
         raise ConfigError("LabelHub's server needs uvicorn: pip install 'lightseek[label]'") from None
     from lightseek.label.web import build_label_app
+    from lightseek.sockets import bind_server_socket
 
+    sock = bind_server_socket(args.host, args.port)  # before the database opens: a bad port fails now
     engine, users, store = _open(args)
     # the dashboards' statistics libraries, loaded now rather than inside the first request (one
     # missing says so at its first use, in agreement.py)
@@ -135,11 +137,12 @@ def _serve(args) -> int:
         print("no admin yet: add one with `lightseek label user-add NAME --role admin"
               + (f" --db {args.db}`" if args.db else "`"), file=sys.stderr)
     app = build_label_app(users, store, secure_cookies=args.secure_cookies)
-    print(f"LabelHub on http://{args.host}:{args.port}/ ({engine.url.render_as_string(hide_password=True)})",
+    print(f"LabelHub on http://{args.host}:{sock.getsockname()[1]}/ ({engine.url.render_as_string(hide_password=True)})",
           file=sys.stderr)
     # idle connections stay open 30 s (uvicorn's default is 5): a page polled every few seconds
     # keeps its connection instead of racing the server's close
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
+    uvicorn.Server(uvicorn.Config(app, host=args.host, port=sock.getsockname()[1], log_level="warning",
+                                  timeout_keep_alive=30)).run(sockets=[sock])
     return 0
 
 
