@@ -71,6 +71,34 @@ def test_models_and_completion_usage(server) -> None:
     assert r.usage.completion_tokens <= 8 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
+
+def test_a_prompt_of_token_ids_completes_as_its_text(server) -> None:
+    """Evaluation harnesses send completions prompts as token ids (alone or as a list of one): the
+    same tokens give the same answer as the text; echo gives the text back; an id outside the
+    vocabulary, several prompts, or a value of no accepted form is a 400 that says which."""
+    client, tok, url, _ = server
+    text = "To be, or not"
+    ids = tok.encode(text)
+    by_text = client.completions.create(model="debug", prompt=text, max_tokens=6, temperature=0)
+    for prompt in (ids, [ids]):
+        r = client.completions.create(model="debug", prompt=prompt, max_tokens=6, temperature=0, echo=True)
+        assert r.choices[0].text == text + by_text.choices[0].text
+        assert r.usage.prompt_tokens == len(ids)
+    for prompt, msg in (([tok.vocab_size], f"token id {tok.vocab_size} is not in the vocabulary"),
+                        ([-1], "token id -1"), ([ids, ids], "one prompt per request"),
+                        ([1, "a"], "prompt: expected one of str, list[str], list[int], list[list[int]]")):
+        status, body = http(f"{url}/v1/completions", json.dumps({"model": "debug", "prompt": prompt}).encode())
+        err = json.loads(body)["error"]
+        assert status == 400 and msg in err["message"] and err["param"] == "prompt", err
+    # a message's content of no accepted form is named at the message; two bad fields, the first
+    status, body = http(f"{url}/v1/chat/completions", json.dumps(
+        {"model": "debug", "messages": [{"role": "user", "content": 5}]}).encode())
+    assert status == 400 and json.loads(body)["error"]["message"] == \
+        "messages.0.content: expected one of str, list[ContentPart]"
+    status, body = http(f"{url}/v1/chat/completions", json.dumps(
+        {"model": "debug", "messages": [{"role": 5, "content": 5}]}).encode())
+    assert status == 400 and json.loads(body)["error"]["message"].startswith("messages.0.role:")
+
 def test_chat_streaming_with_usage_n_and_seed(server) -> None:
     client, tok, _, _ = server
     msgs = [{"role": "user", "content": "Speak, my lord."}]

@@ -284,19 +284,34 @@ class Handlers:
 
     async def completions(self, body: CompletionBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1:
-            raise ApiError(400, "prompt: give one prompt per request", param="prompt", code="invalid_value")
-        ids = self.tokenizer.encode(prompts[0])
-        if not ids:
-            raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
+        ids, text = self.prompt_ids(body.prompt)
         rid = f"cmpl-{uuid.uuid4().hex}"
-        await moderate_input(self.moderator, [prompts[0]], rid, ctx, "prompt")
+        await moderate_input(self.moderator, [text], rid, ctx, "prompt")
         run = await self.run(ids, body, adapter, body.logprobs, rid, ctx)
         return await self.respond(
             body, run, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
-            lambda r: {"text": (prompts[0] if body.echo else "") + r.text,
+            lambda r: {"text": (text if body.echo else "") + r.text,
                        "logprobs": _completion_logprobs(r, self.tokenizer) if body.logprobs is not None else None})
+
+    def prompt_ids(self, prompt: str | list) -> tuple[list[int], str]:
+        """A completion prompt's token ids and its text: a string is encoded (special tokens as
+        text), token ids are taken as given (any id of the vocabulary) and decoded."""
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            prompt = [prompt]
+        if len(prompt) != 1:
+            raise ApiError(400, "prompt: give one prompt per request", param="prompt", code="invalid_value")
+        if isinstance(prompt[0], str):
+            ids, text = self.tokenizer.encode(prompt[0]), prompt[0]
+        else:
+            ids, vocab = list(prompt[0]), self.tokenizer.vocab_size
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ApiError(400, f"prompt: token id {bad} is not in the vocabulary (0-{vocab - 1})",
+                               param="prompt", code="invalid_value")
+            text = self.tokenizer.decode(ids, skip_special=False)
+        if not ids:
+            raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
+        return ids, text
 
     async def chat(self, body: ChatBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Header
@@ -46,6 +47,10 @@ def build_app(host: EngineHost | PendingHost, model_id: str, adapters: list[str]
         if first.get("type") == "json_invalid":
             return error_response(ApiError(400, "the request body is not valid JSON", code="invalid_json"))
         msg = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid value')}"
+        union = _union(e.errors())
+        if union is not None:  # a field of several accepted forms, none of which matched: name them all
+            loc, kinds = union
+            msg = f"{'.'.join(loc)}: expected one of {', '.join(kinds)}"
         return error_response(ApiError(400, msg, param=".".join(loc) or None, code="invalid_value"))
 
     # FastAPI reads each body's type from the route function's signature, so each route names it
@@ -103,3 +108,22 @@ async def _admin(h: Handlers, authorization: str | None):
     if ctx is not None and not ctx.admin:
         raise ApiError(403, "this needs an admin key", code="admin_only")
     return ctx
+
+
+_FORM = re.compile(r"str|int|float|bool|none|[A-Z]\w*|[\w-]+\[.*\]")  # how pydantic names a union's members
+
+
+def _union(errors: list[dict]) -> tuple[list[str], list[str]] | None:
+    """(the field's location, the forms tried) when every error is one member of a union failing
+    for the same field (pydantic puts each member's form, ``str`` or ``list[int]``, right after
+    the field in the location); None otherwise."""
+    locs = [[str(x) for x in err.get("loc", []) if x != "body"] for err in errors]
+    if len(locs) < 2:
+        return None
+    n = 0
+    while all(len(loc) > n for loc in locs) and len({loc[n] for loc in locs}) == 1:
+        n += 1
+    kinds = [loc[n] for loc in locs if len(loc) > n]
+    if n == 0 or len(kinds) < len(locs) or not all(_FORM.fullmatch(k) for k in kinds):
+        return None  # errors in different fields (`role`, `content`): not one union
+    return locs[0][:n], list(dict.fromkeys(kinds))

@@ -44,7 +44,8 @@ class CommonParams(BaseModel):
 
 
 class CompletionBody(CommonParams):
-    prompt: str | list[str]
+    # text, or token ids (as evaluation harnesses send them), alone or as a list of one
+    prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
 
