@@ -230,6 +230,15 @@ def test_embeddings(server) -> None:
     assert not torch.allclose(torch.tensor(adapted.data[0].embedding), a, atol=1e-3)
     with pytest.raises(openai.BadRequestError, match="dimensions"):
         client.embeddings.create(model="debug", input="x", dimensions=3)
+    ids = tok.encode("To be, or not to be")
+    for given in (ids, [ids, tok.encode("My lord")]):  # token ids, as for a completion's prompt
+        r = client.embeddings.create(model="debug", input=given)
+        assert torch.allclose(torch.tensor(r.data[0].embedding), a, atol=1e-5)
+    assert torch.allclose(torch.tensor(r.data[1].embedding), b, atol=1e-5)
+    with pytest.raises(openai.BadRequestError, match=f"input: token id {tok.vocab_size} is not in the vocabulary"):
+        client.embeddings.create(model="debug", input=[ids, [tok.vocab_size]])
+    with pytest.raises(openai.BadRequestError, match="non-empty"):
+        client.embeddings.create(model="debug", input=[ids, []])
 
 
 def test_errors_have_openai_shape_and_4xx(server) -> None:

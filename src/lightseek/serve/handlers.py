@@ -284,7 +284,12 @@ class Handlers:
 
     async def completions(self, body: CompletionBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
-        ids, text = self.prompt_ids(body.prompt)
+        prompts = token_inputs(body.prompt, self.tokenizer, "prompt")
+        if len(prompts) != 1:
+            raise ApiError(400, "prompt: give one prompt per request", param="prompt", code="invalid_value")
+        ids, text = prompts[0]
+        if not ids:
+            raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
         rid = f"cmpl-{uuid.uuid4().hex}"
         await moderate_input(self.moderator, [text], rid, ctx, "prompt")
         run = await self.run(ids, body, adapter, body.logprobs, rid, ctx)
@@ -292,26 +297,6 @@ class Handlers:
             body, run, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
             lambda r: {"text": (text if body.echo else "") + r.text,
                        "logprobs": _completion_logprobs(r, self.tokenizer) if body.logprobs is not None else None})
-
-    def prompt_ids(self, prompt: str | list) -> tuple[list[int], str]:
-        """A completion prompt's token ids and its text: a string is encoded (special tokens as
-        text), token ids are taken as given (any id of the vocabulary) and decoded."""
-        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
-            prompt = [prompt]
-        if len(prompt) != 1:
-            raise ApiError(400, "prompt: give one prompt per request", param="prompt", code="invalid_value")
-        if isinstance(prompt[0], str):
-            ids, text = self.tokenizer.encode(prompt[0]), prompt[0]
-        else:
-            ids, vocab = list(prompt[0]), self.tokenizer.vocab_size
-            bad = next((t for t in ids if not 0 <= t < vocab), None)
-            if bad is not None:
-                raise ApiError(400, f"prompt: token id {bad} is not in the vocabulary (0-{vocab - 1})",
-                               param="prompt", code="invalid_value")
-            text = self.tokenizer.decode(ids, skip_special=False)
-        if not ids:
-            raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
-        return ids, text
 
     async def chat(self, body: ChatBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
@@ -363,18 +348,18 @@ class Handlers:
 
     async def embeddings(self, body: EmbeddingBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts or any(not t for t in texts):
-            raise ApiError(400, "input: give non-empty strings", param="input", code="invalid_value")
-        if len(texts) > 256:
-            raise ApiError(400, "input: at most 256 strings per request", param="input", code="invalid_value")
+        inputs = token_inputs(body.input, self.tokenizer, "input")
+        if not inputs or any(not ids for ids, _ in inputs):
+            raise ApiError(400, "input: give non-empty texts or token lists", param="input", code="invalid_value")
+        if len(inputs) > 256:
+            raise ApiError(400, "input: at most 256 inputs per request", param="input", code="invalid_value")
         dim = self.engine.model.cfg.dim
         if body.dimensions is not None and body.dimensions != dim:
             raise ApiError(400, f"dimensions: this model's embeddings have {dim}", param="dimensions",
                            code="invalid_value")
         if body.encoding_format not in ("float", "base64"):
             raise ApiError(400, "encoding_format: 'float' or 'base64'", param="encoding_format", code="invalid_value")
-        ids = [self.tokenizer.encode(t) for t in texts]
+        ids = [x for x, _ in inputs]
         max_len = self.engine.max_len
         too_long = [i for i, x in enumerate(ids) if len(x) > max_len]
         if too_long:
@@ -528,3 +513,21 @@ def _completion_logprobs(r: Request, tokenizer) -> dict:
     return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
             "top_logprobs": [{tokenizer.decode([i]): v for i, v in e.get("top", [])} for e in entries],
             "text_offset": offsets}
+
+
+def token_inputs(value: str | list, tokenizer, field: str) -> list[tuple[list[int], str]]:
+    """Each input of a completions prompt or an embeddings input, as (token ids, text): a string,
+    token ids, or a list of either (as OpenAI's API takes them). Strings are encoded (special
+    tokens as text); token ids are taken as given, any id of the vocabulary, and decoded."""
+    items = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else value
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append((tokenizer.encode(item), item))
+            continue
+        bad = next((t for t in item if not 0 <= t < tokenizer.vocab_size), None)
+        if bad is not None:
+            raise ApiError(400, f"{field}: token id {bad} is not in the vocabulary (0-{tokenizer.vocab_size - 1})",
+                           param=field, code="invalid_value")
+        out.append((list(item), tokenizer.decode(item, skip_special=False)))
+    return out

@@ -134,7 +134,7 @@ class ModerationBody(BaseModel):
 class EmbeddingBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]]  # texts or token ids, as for completions' prompt
     encoding_format: str = "float"
     dimensions: int | None = None
     user: str | None = None
