@@ -126,6 +126,28 @@ def test_logprobs(server) -> None:
     assert len(c.choices[0].logprobs.token_logprobs) == c.usage.completion_tokens
 
 
+def test_echo_with_logprobs_scores_the_prompt(server) -> None:
+    """As OpenAI's completions do (and evaluation harnesses read): with echo and logprobs the
+    prompt's tokens come first, the first without a logprob, each other's equal to the model's
+    own log-softmax after the tokens before it; then the generated tokens as without echo."""
+    client, tok, _, host = server
+    ids = tok.encode("To be, or not to be, that is the question")
+    c = client.completions.create(model="debug", prompt=ids, max_tokens=2, temperature=0, logprobs=3, echo=True)
+    lp = c.choices[0].logprobs
+    plain = client.completions.create(model="debug", prompt=ids, max_tokens=2, temperature=0, logprobs=3)
+    assert len(lp.tokens) == len(ids) + c.usage.completion_tokens
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[len(ids):] == plain.choices[0].logprobs.token_logprobs
+    with torch.no_grad():
+        want = torch.log_softmax(host.engine.model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+    got = torch.tensor(lp.token_logprobs[1:len(ids)])
+    assert torch.allclose(got, want.gather(1, torch.tensor(ids[1:])[:, None])[:, 0], atol=1e-4)
+    for t in range(1, len(ids)):
+        assert len(lp.top_logprobs[t]) == 3
+        assert max(lp.top_logprobs[t].values()) == pytest.approx(want[t - 1].max().item(), abs=1e-4)
+    assert "".join(lp.tokens[:len(ids)]) == tok.decode(ids)
+
+
 def test_adapter_by_model_name(server) -> None:
     client, _, _, _ = server
     base = client.completions.create(model="debug", prompt="My lord", max_tokens=8, temperature=0)

@@ -293,10 +293,14 @@ class Handlers:
         rid = f"cmpl-{uuid.uuid4().hex}"
         await moderate_input(self.moderator, [text], rid, ctx, "prompt")
         run = await self.run(ids, body, adapter, body.logprobs, rid, ctx)
+        scored = None  # echo with logprobs scores the prompt's tokens too, as OpenAI's API does
+        if body.echo and body.logprobs is not None and not body.stream:
+            scored = await self.host.call(lambda eng: _prompt_logprobs(eng.model, ids, adapter, body.logprobs))
         return await self.respond(
             body, run, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
             lambda r: {"text": (text if body.echo else "") + r.text,
-                       "logprobs": _completion_logprobs(r, self.tokenizer) if body.logprobs is not None else None})
+                       "logprobs": _completion_logprobs(r, self.tokenizer, ids if scored else None, scored)
+                       if body.logprobs is not None else None})
 
     async def chat(self, body: ChatBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
@@ -506,13 +510,42 @@ def _chat_logprobs(r: Request, tokenizer) -> dict:
                         for e in r.logprobs[:len(r.output_ids)]]}
 
 
-def _completion_logprobs(r: Request, tokenizer) -> dict:
+def _completion_logprobs(r: Request, tokenizer, prompt_ids: list[int] | None = None,
+                         prompt: list[dict] | None = None) -> dict:
+    """OpenAI's completions logprobs of the generated tokens, after the prompt's (``prompt``, from
+    `_prompt_logprobs`: the first token has none) when an echoed prompt was scored."""
     entries = r.logprobs[:len(r.output_ids)]  # not the end-of-text token that finished it
-    tokens = [tokenizer.decode([e["token"]]) for e in entries]
+    if prompt_ids is not None:
+        entries = [{"token": prompt_ids[0], "logprob": None, "top": None}, *prompt, *entries]
+    tokens = [tokenizer.decode([e["token"]], skip_special=False) for e in entries]
     offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
     return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{tokenizer.decode([i]): v for i, v in e.get("top", [])} for e in entries],
+            "top_logprobs": [None if e.get("top", []) is None else {tokenizer.decode([i]): v for i, v in e["top"]}
+                             for e in entries],
             "text_offset": offsets}
+
+
+def _prompt_logprobs(model, ids: list[int], adapter: str | None, top: int, chunk: int = 256) -> list[dict]:
+    """Log-probability of each prompt token after the ones before it (positions 1 on), with the
+    ``top`` likeliest tokens there, from one forward pass; the logits are made ``chunk`` positions
+    at a time (a whole 8k-token prompt's would take 1.6 GB)."""
+    import torch
+
+    from lightseek.adapters.lora import use_adapters
+
+    out = []
+    with torch.no_grad(), use_adapters(model, adapter):
+        hidden = model(torch.tensor([ids]), return_hidden=True, last_only=True).hidden[0]  # (T, D), normed
+        for start in range(0, len(ids) - 1, chunk):
+            logp = torch.log_softmax(model.head(hidden[start:start + chunk].unsqueeze(0))[0].float(), -1)
+            nxt = torch.tensor(ids[start + 1:start + 1 + len(logp)])
+            logp = logp[:len(nxt)]
+            chosen = logp.gather(1, nxt[:, None])[:, 0].tolist()
+            best = logp.topk(top, dim=-1) if top else None
+            for j, token in enumerate(nxt.tolist()):
+                alts = list(zip(best.indices[j].tolist(), best.values[j].tolist())) if best is not None else []
+                out.append({"token": token, "logprob": chosen[j], "top": alts})
+    return out
 
 
 def token_inputs(value: str | list, tokenizer, field: str) -> list[tuple[list[int], str]]:
