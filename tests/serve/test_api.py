@@ -146,6 +146,8 @@ def test_echo_with_logprobs_scores_the_prompt(server) -> None:
         assert len(lp.top_logprobs[t]) == 3
         assert max(lp.top_logprobs[t].values()) == pytest.approx(want[t - 1].max().item(), abs=1e-4)
     assert "".join(lp.tokens[:len(ids)]) == tok.decode(ids)
+    one = client.completions.create(model="debug", prompt=ids[:1], max_tokens=1, temperature=0, logprobs=0, echo=True)
+    assert one.choices[0].logprobs.token_logprobs[0] is None and len(one.choices[0].logprobs.tokens) == 2
 
 
 def test_adapter_by_model_name(server) -> None:

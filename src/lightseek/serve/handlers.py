@@ -299,7 +299,7 @@ class Handlers:
         return await self.respond(
             body, run, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
             lambda r: {"text": (text if body.echo else "") + r.text,
-                       "logprobs": _completion_logprobs(r, self.tokenizer, ids if scored else None, scored)
+                       "logprobs": _completion_logprobs(r, self.tokenizer, None if scored is None else ids, scored)
                        if body.logprobs is not None else None})
 
     async def chat(self, body: ChatBody, ctx: KeyContext | None = None):
@@ -520,7 +520,7 @@ def _completion_logprobs(r: Request, tokenizer, prompt_ids: list[int] | None = N
     tokens = [tokenizer.decode([e["token"]], skip_special=False) for e in entries]
     offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
     return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [None if e.get("top", []) is None else {tokenizer.decode([i]): v for i, v in e["top"]}
+            "top_logprobs": [None if (top := e.get("top", [])) is None else {tokenizer.decode([i]): v for i, v in top}
                              for e in entries],
             "text_offset": offsets}
 
