@@ -149,3 +149,29 @@ def test_write_dir_atomic_error_keeps_the_old_folder(tmp_path):
         write_dir_atomic(target, broken)
     assert (target / "v").read_text() == "1"
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_an_output_that_cannot_be_written_is_one_error_before_any_work(tmp_path, debug_checkpoint, capsys):
+    """A folder inside a file (what an unwritable place looks like even to root) is refused with
+    the path named: by the output check that quant, moefy and shrink run before their work, by
+    the folder writer itself, and, for any other command, by the entry point (no traceback)."""
+    from cli_helpers import write_instructions
+
+    from lightseek.cli import main
+    from lightseek.errors import LightseekError
+    from lightseek.fileio import check_new_checkpoint_dir
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    with pytest.raises(LightseekError, match=f"--out {blocker / 'out'}: cannot write there"):
+        check_new_checkpoint_dir(blocker / "out", debug_checkpoint, overwrite=False)
+    with pytest.raises(LightseekError, match=f"cannot write {blocker / 'out'}"):
+        write_dir_atomic(blocker / "out", lambda tmp: None)
+    assert main(["quant", str(debug_checkpoint), "--bits", "8", "--out", str(blocker / "q")]) == 2
+    assert "cannot write there" in capsys.readouterr().err
+    data = write_instructions(tmp_path / "qa.jsonl")
+    rc = main(["lora", "train", "--base", str(debug_checkpoint), "--data", str(data), "--name", "x", "--quiet",
+               "--out_dir", str(blocker / "run"), "--train.steps=1", "--train.seq_len=32"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and err.strip().endswith(f"{blocker / 'run'}: Not a directory"), err
+    assert blocker.read_text(encoding="utf-8") == "not a folder"

@@ -826,6 +826,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")
         return 0
+    except OSError as e:  # the system refused a file (a folder that cannot be written, a full disk)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"lightseek {name}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -89,12 +89,15 @@ def write_dir_atomic(path: str | os.PathLike, fill: Callable[[Path], None]) -> P
     name, the old one is removed. Killed at any moment, this leaves a complete folder at ``path``,
     or (killed between the two renames) in `.NAME.new-X`, which `recover_dir` puts back."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(path)
-    for stage in _STAGES:  # what earlier killed swaps left: ``path`` is the complete copy now
-        for p in _leftovers(path, stage):
-            shutil.rmtree(p, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(path)
+        for stage in _STAGES:  # what earlier killed swaps left: ``path`` is the complete copy now
+            for p in _leftovers(path, stage):
+                shutil.rmtree(p, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    except OSError as e:
+        raise LightseekError(f"cannot write {path} ({e.strerror or e})") from None
     suffix = tmp.name.rsplit("-", 1)[1]
     new, old = _stage(path, "new", suffix), _stage(path, "old", suffix)
     try:
@@ -185,3 +188,8 @@ def check_new_checkpoint_dir(out: str | os.PathLike, src: str | os.PathLike, ove
     if out.exists() and not (overwrite and is_checkpoint):
         raise LightseekError(f"--out {out} exists{'' if is_checkpoint else ' and is not a checkpoint'}; choose a new "
                              f"folder{' (or pass --overwrite to replace that checkpoint)' if is_checkpoint else ''}")
+    try:  # a folder that cannot be written fails now, not after the work that fills it
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.probe-").cleanup()
+    except OSError as e:
+        raise LightseekError(f"--out {out}: cannot write there ({e.strerror or e})") from None
