@@ -61,3 +61,14 @@ def test_admin_cli(tmp_path, secret, capsys) -> None:
         assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     err = admin_process(db, "org-create", "acme", ok=False).stderr  # the same, from the entry point
     assert "exists already" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_database_that_cannot_be_opened_is_one_line(tmp_path, secret, capsys) -> None:
+    """A folder given as the SQLite file, and a PostgreSQL server that does not answer: one line
+    naming the database (the password hidden), not the driver's traceback."""
+    err = admin(capsys, tmp_path, "init", ok=False).stderr
+    assert err.strip() == f"lightseek admin init: error: cannot open database sqlite:///{tmp_path}: " \
+                          "unable to open database file"
+    err = admin(capsys, "postgresql://someone:hunter2@127.0.0.1:1/none", "org-list", ok=False).stderr
+    assert "cannot open database postgresql+psycopg://someone:***@127.0.0.1:1/none" in err
+    assert "hunter2" not in err and len(err.strip().splitlines()) == 1

@@ -60,12 +60,28 @@ def connect(url: str | Path):
         def _begin(conn):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        return engine
+        return _reachable(engine)
     try:
-        return sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+        engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
     except ImportError as e:
         raise ConfigError(f"PostgreSQL needs psycopg ({e.name} is missing): pip install 'lightseek[platform]'") \
             from None
+    return _reachable(engine)
+
+
+def _reachable(engine):
+    """``engine``, once one connection has opened: a file that cannot be opened or a server that
+    does not answer (or refuses the login) is one line naming the database, not a driver traceback."""
+    sa = _need()
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as e:
+        engine.dispose()
+        reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+        raise ConfigError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: {reason}") \
+            from None
+    return engine
 
 
 def upgrade(engine, revision: str = "head") -> None:

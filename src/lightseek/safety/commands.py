@@ -28,6 +28,7 @@ def train(out: str | Path, data: str | Path, model: str | None = None, layer: in
     from lightseek.safety.classifier import SafetyClassifier
     from lightseek.safety.data import for_training, load_examples, load_labelled
 
+    Path(out).mkdir(parents=True, exist_ok=True)  # a folder that cannot be written fails now, not after the fit
     try:
         examples = load_examples(data, harmless_per_source, seed)
     except DataError:
