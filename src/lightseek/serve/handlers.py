@@ -179,6 +179,8 @@ class Handlers:
         """Server-sent events: ``chunk(i, event)`` per choice as events arrive, then [DONE]. A
         choice the content policy stops gets a last chunk with finish_reason content_filter (the
         event that tripped the check is not sent)."""
+        held: dict[int, list[int]] = {}
+
         async def gen():
             try:
                 while not all(guard.ended(r) for r in reqs) or not queue.empty():
@@ -194,8 +196,13 @@ class Handlers:
                         elif ev.text:
                             ev = Event(ev.request, ev.token_ids, guard.redact(ev.text), ev.finished)
                         shown.append(ev)
-                    out = [f"data: {json.dumps(chunk(reqs.index(ev.request), ev), ensure_ascii=False)}\n\n"
-                           for ev in shown if ev.text or ev.finished]
+                    out = []
+                    for ev in shown:  # tokens whose text is held back go out with the next chunk's
+                        ev = Event(ev.request, held.pop(ev.request.id, []) + ev.token_ids, ev.text, ev.finished)
+                        if ev.text or ev.finished:
+                            out.append(f"data: {json.dumps(chunk(reqs.index(ev.request), ev), ensure_ascii=False)}\n\n")
+                        else:
+                            held[ev.request.id] = ev.token_ids
                     if out:
                         yield "".join(out)
                 if final_usage:
@@ -221,7 +228,7 @@ class Handlers:
         def chunk(i, ev):
             if ev is None:
                 return head(chunk_kind)
-            return head(chunk_kind) | {"choices": [{"index": i, **delta(i, ev), "logprobs": None,
+            return head(chunk_kind) | {"choices": [{"index": i, "logprobs": None, **delta(i, ev),
                                                     "finish_reason": self.finish(ev.request) if ev.finished else None}]}
 
         if body.stream:
@@ -296,8 +303,22 @@ class Handlers:
         scored = None  # echo with logprobs scores the prompt's tokens too, as OpenAI's API does
         if body.echo and body.logprobs is not None and not body.stream:
             scored = await self.host.call(lambda eng: _prompt_logprobs(eng.model, ids, adapter, body.logprobs))
+        streamed = _StreamedLogprobs()
+        echoed: set[int] = set()
+
+        def delta(i, ev) -> dict:
+            d = {"text": ev.text}
+            if body.echo and i not in echoed:  # the prompt first, as OpenAI streams an echo
+                echoed.add(i)
+                d["text"] = text + ev.text
+                streamed.advance(i, [text])  # the generated tokens' text offsets count from its end
+            if body.logprobs is not None:
+                d["logprobs"] = _completion_logprobs_of(streamed.take(i, ev), self.tokenizer, streamed.offset(i))
+                streamed.advance(i, d["logprobs"]["tokens"])
+            return d
+
         return await self.respond(
-            body, run, rid, "text_completion", "text_completion", lambda i, ev: {"text": ev.text},
+            body, run, rid, "text_completion", "text_completion", delta,
             lambda r: {"text": (text if body.echo else "") + r.text,
                        "logprobs": _completion_logprobs(r, self.tokenizer, None if scored is None else ids, scored)
                        if body.logprobs is not None else None})
@@ -326,12 +347,16 @@ class Handlers:
         run = await self.run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid, ctx)
         started: set[int] = set()
 
+        streamed = _StreamedLogprobs()
+
         def delta(i, ev) -> dict:
             d = {"content": ev.text} if ev.text else {}
             if i not in started:  # the first chunk of a choice names the role
                 started.add(i)
                 d = {"role": "assistant", **d}
-            return {"delta": d}
+            if not body.logprobs:
+                return {"delta": d}
+            return {"delta": d, "logprobs": _chat_logprobs_of(streamed.take(i, ev), self.tokenizer)}
 
         def choice(r: Request) -> dict:
             out = {"message": {"role": "assistant", "content": r.text},
@@ -502,12 +527,16 @@ def _embed(model, ids: list[list[int]], adapter: str | None) -> list[list[float]
 
 
 def _chat_logprobs(r: Request, tokenizer) -> dict:
+    return _chat_logprobs_of(r.logprobs[:len(r.output_ids)], tokenizer)  # not the end token that finished it
+
+
+def _chat_logprobs_of(entries: list[dict], tokenizer) -> dict:
     def entry(token: int, logprob: float) -> dict:
         text = tokenizer.decode([token])
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     return {"content": [entry(e["token"], e["logprob"]) | {"top_logprobs": [entry(i, v) for i, v in e.get("top", [])]}
-                        for e in r.logprobs[:len(r.output_ids)]]}
+                        for e in entries]}
 
 
 def _completion_logprobs(r: Request, tokenizer, prompt_ids: list[int] | None = None,
@@ -517,12 +546,37 @@ def _completion_logprobs(r: Request, tokenizer, prompt_ids: list[int] | None = N
     entries = r.logprobs[:len(r.output_ids)]  # not the end-of-text token that finished it
     if prompt_ids is not None:
         entries = [{"token": prompt_ids[0], "logprob": None, "top": None}, *prompt, *entries]
+    return _completion_logprobs_of(entries, tokenizer)
+
+
+def _completion_logprobs_of(entries: list[dict], tokenizer, start: int = 0) -> dict:
+    """The completions form of ``entries``; ``start``: the text offset of the first token."""
     tokens = [tokenizer.decode([e["token"]], skip_special=False) for e in entries]
-    offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    offsets = [start + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
     return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
             "top_logprobs": [None if (top := e.get("top", [])) is None else {tokenizer.decode([i]): v for i, v in top}
                              for e in entries],
             "text_offset": offsets}
+
+
+class _StreamedLogprobs:
+    """Which of each choice's logprob entries a stream has sent: a chunk carries those of its
+    event's tokens (the engine records one entry per token, in order)."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, int] = {}
+        self.chars: dict[int, int] = {}
+
+    def take(self, i: int, ev: Event) -> list[dict]:
+        start = self.sent.get(i, 0)
+        self.sent[i] = start + len(ev.token_ids)
+        return ev.request.logprobs[start:self.sent[i]]
+
+    def offset(self, i: int) -> int:
+        return self.chars.get(i, 0)
+
+    def advance(self, i: int, tokens: list[str]) -> None:
+        self.chars[i] = self.chars.get(i, 0) + sum(map(len, tokens))
 
 
 def _prompt_logprobs(model, ids: list[int], adapter: str | None, top: int, chunk: int = 256) -> list[dict]:
