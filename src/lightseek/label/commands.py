@@ -122,6 +122,7 @@ def _serve(args) -> int:
     from lightseek.sockets import bind_server_socket
 
     sock = bind_server_socket(args.host, args.port)  # before the database opens: a bad port fails now
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
     engine, users, store = _open(args)
     # the dashboards' statistics libraries, loaded now rather than inside the first request (one
     # missing says so at its first use, in agreement.py)
@@ -137,11 +138,11 @@ def _serve(args) -> int:
         print("no admin yet: add one with `lightseek label user-add NAME --role admin"
               + (f" --db {args.db}`" if args.db else "`"), file=sys.stderr)
     app = build_label_app(users, store, secure_cookies=args.secure_cookies)
-    print(f"LabelHub on http://{args.host}:{sock.getsockname()[1]}/ ({engine.url.render_as_string(hide_password=True)})",
+    print(f"LabelHub on http://{args.host}:{port}/ ({engine.url.render_as_string(hide_password=True)})",
           file=sys.stderr)
     # idle connections stay open 30 s (uvicorn's default is 5): a page polled every few seconds
     # keeps its connection instead of racing the server's close
-    uvicorn.Server(uvicorn.Config(app, host=args.host, port=sock.getsockname()[1], log_level="warning",
+    uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, log_level="warning",
                                   timeout_keep_alive=30)).run(sockets=[sock])
     return 0
 

@@ -4,6 +4,7 @@ to the engine through the host and builds the OpenAI response (whole or streamed
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -552,7 +553,7 @@ def _completion_logprobs(r: Request, tokenizer, prompt_ids: list[int] | None = N
 def _completion_logprobs_of(entries: list[dict], tokenizer, start: int = 0) -> dict:
     """The completions form of ``entries``; ``start``: the text offset of the first token."""
     tokens = [tokenizer.decode([e["token"]], skip_special=False) for e in entries]
-    offsets = [start + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=start))[:len(tokens)]
     return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
             "top_logprobs": [None if (top := e.get("top", [])) is None else {tokenizer.decode([i]): v for i, v in top}
                              for e in entries],
@@ -595,10 +596,9 @@ def _prompt_logprobs(model, ids: list[int], adapter: str | None, top: int, chunk
             nxt = torch.tensor(ids[start + 1:start + 1 + len(logp)])
             logp = logp[:len(nxt)]
             chosen = logp.gather(1, nxt[:, None])[:, 0].tolist()
-            best = logp.topk(top, dim=-1) if top else None
-            for j, token in enumerate(nxt.tolist()):
-                alts = list(zip(best.indices[j].tolist(), best.values[j].tolist())) if best is not None else []
-                out.append({"token": token, "logprob": chosen[j], "top": alts})
+            best = logp.topk(top, dim=-1)  # top 0: empty rows
+            for token, lp, ids_k, lps_k in zip(nxt.tolist(), chosen, best.indices.tolist(), best.values.tolist()):
+                out.append({"token": token, "logprob": lp, "top": list(zip(ids_k, lps_k))})
     return out
 
 
