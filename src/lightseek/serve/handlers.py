@@ -552,10 +552,13 @@ def _completion_logprobs(r: Request, tokenizer, prompt_ids: list[int] | None = N
 
 def _completion_logprobs_of(entries: list[dict], tokenizer, start: int = 0) -> dict:
     """The completions form of ``entries``; ``start``: the text offset of the first token."""
-    tokens = [tokenizer.decode([e["token"]], skip_special=False) for e in entries]
+    def text(token: int) -> str:  # special tokens as themselves: an echoed chat prompt has them
+        return tokenizer.decode([token], skip_special=False)
+
+    tokens = [text(e["token"]) for e in entries]
     offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=start))[:len(tokens)]
     return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [None if (top := e.get("top", [])) is None else {tokenizer.decode([i]): v for i, v in top}
+            "top_logprobs": [None if (top := e.get("top", [])) is None else {text(i): v for i, v in top}
                              for e in entries],
             "text_offset": offsets}
 
