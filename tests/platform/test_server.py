@@ -152,6 +152,11 @@ def test_billed_tokens_equal_a_recount_however_a_request_ends(served) -> None:
     r = client.completions.create(model="debug", prompt="To be", max_tokens=12, temperature=0, stop=[stop])
     assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens < first.usage.completion_tokens
     cases.append((r.id, len(tok.encode("To be")), r.usage.completion_tokens, "finished"))
+    # several prompts in one request: each billed once, however many choices it has
+    texts = ["To be, or not", "My lord"]
+    r = client.completions.create(model="debug", prompt=texts, n=2, max_tokens=5, temperature=0, logprobs=0)
+    assert len(r.choices) == 4 and sum(len(c.logprobs.tokens) for c in r.choices) == r.usage.completion_tokens
+    cases.append((r.id, sum(len(tok.encode(t)) for t in texts), r.usage.completion_tokens, "finished"))
     with pytest.raises(openai.BadRequestError):  # refused before it runs: never billed
         client.completions.create(model="debug", prompt="x " * 5000, max_tokens=4)
     # a client that goes away mid-stream: billed for what the engine generated until it stopped
@@ -306,3 +311,23 @@ def test_usage_page_in_a_real_browser(served) -> None:
         assert driver.find_element(By.ID, "total").text == f"{spent // 10**6}.{spent % 10**6:06d}"
     finally:
         driver.quit()
+
+
+def test_a_prompt_is_billed_only_if_it_ran() -> None:
+    """Of a request of several prompts whose client left early, the prompts no choice started
+    (still queued) are not billed; a request served outside the engine bills its prompt."""
+    from types import SimpleNamespace
+
+    from lightseek.platform.gate import _Open, _prompt_billed
+
+    reqs = [SimpleNamespace(meta={"choice": c, "prompt": c // 2}, prompt_ids=[0] * (5 if c < 2 else 7))
+            for c in range(4)]
+    o = _Open(SimpleNamespace(prompt_tokens=12), [], 4, reqs)
+    o.ended = {0: (3, "cancelled", True), 1: (0, "cancelled", False), 2: (0, "cancelled", False),
+               3: (0, "cancelled", False)}
+    assert _prompt_billed(o) == 5
+    o.ended[3] = (1, "cancelled", True)
+    assert _prompt_billed(o) == 12
+    o.ended = {c: (0, "cancelled", False) for c in range(4)}
+    assert _prompt_billed(o) == 0
+    assert _prompt_billed(_Open(SimpleNamespace(prompt_tokens=9), [], 1, [], {0: (0, "stop", True)})) == 9

@@ -75,7 +75,7 @@ def test_models_and_completion_usage(server) -> None:
 def test_a_prompt_of_token_ids_completes_as_its_text(server) -> None:
     """Evaluation harnesses send completions prompts as token ids (alone or as a list of one): the
     same tokens give the same answer as the text; echo gives the text back; an id outside the
-    vocabulary, several prompts, or a value of no accepted form is a 400 that says which."""
+    vocabulary or a value of no accepted form is a 400 that says which."""
     client, tok, url, _ = server
     text = "To be, or not"
     ids = tok.encode(text)
@@ -85,7 +85,7 @@ def test_a_prompt_of_token_ids_completes_as_its_text(server) -> None:
         assert r.choices[0].text == text + by_text.choices[0].text
         assert r.usage.prompt_tokens == len(ids)
     for prompt, msg in (([tok.vocab_size], f"token id {tok.vocab_size} is not in the vocabulary"),
-                        ([-1], "token id -1"), ([ids, ids], "one prompt per request"),
+                        ([-1], "token id -1"),
                         ([1, "a"], "prompt: expected one of str, list[str], list[int], list[list[int]]")):
         status, body = http(f"{url}/v1/completions", json.dumps({"model": "debug", "prompt": prompt}).encode())
         err = json.loads(body)["error"]
@@ -98,6 +98,44 @@ def test_a_prompt_of_token_ids_completes_as_its_text(server) -> None:
     status, body = http(f"{url}/v1/chat/completions", json.dumps(
         {"model": "debug", "messages": [{"role": 5, "content": 5}]}).encode())
     assert status == 400 and json.loads(body)["error"]["message"].startswith("messages.0.role:")
+
+def test_several_prompts_in_one_request(server) -> None:
+    """As OpenAI's completions (and evaluation harnesses batching their prompts): a list of
+    prompts, texts or token ids, gets ``n`` choices per prompt, numbered prompt-major; each is
+    the answer that prompt gets alone (greedy, or sampled with the same seed), an echo or a
+    scored echo is its own prompt's, and usage counts every prompt once."""
+    client, tok, url, _ = server
+    texts = ["To be, or not", "My lord, the king"]
+    kw = {"model": "debug", "max_tokens": 6, "extra_body": {"ignore_eos": True}}
+    alone = [client.completions.create(prompt=t, temperature=0, logprobs=1, echo=True, **kw) for t in texts]
+    for prompt in (texts, [tok.encode(t) for t in texts]):
+        both = client.completions.create(prompt=prompt, temperature=0, logprobs=1, echo=True, n=2, **kw)
+        assert [c.index for c in both.choices] == [0, 1, 2, 3]
+        for i, c in enumerate(both.choices):
+            one = alone[i // 2].choices[0]
+            assert c.text == one.text and c.text.startswith(texts[i // 2])
+            assert c.logprobs.tokens == one.logprobs.tokens
+            assert c.logprobs.token_logprobs == pytest.approx(one.logprobs.token_logprobs, abs=1e-5)
+        assert both.usage.prompt_tokens == sum(len(tok.encode(t)) for t in texts)
+        assert both.usage.completion_tokens == 4 * 6
+    sampled = [client.completions.create(prompt=t, temperature=1.0, seed=3, n=2, **kw) for t in texts]
+    batched = client.completions.create(prompt=texts, temperature=1.0, seed=3, n=2, **kw)
+    assert [c.text for c in batched.choices] == [c.text for r in sampled for c in r.choices]
+    # streamed: each choice's chunks carry its index and join to its text
+    chunks = [c.choices[0] for c in client.completions.create(prompt=texts, temperature=0, stream=True, **kw)]
+    assert {c.index for c in chunks} == {0, 1}
+    for i in (0, 1):
+        assert "".join(c.text for c in chunks if c.index == i) == alone[i].choices[0].text[len(texts[i]):]
+    # what cannot be served is named: the prompt it is about, or the server's queue limit
+    for prompt, extra, msg in ((["To be", ""], {}, "prompt[1]: the prompt is empty"),
+                               ([], {}, "prompt: give at least one prompt"),
+                               (["To be", "a " * 600], {}, "prompt[1]: the prompt has"),
+                               (texts * 2, {"n": 2}, "8 choices (4 prompts x n=2) in one request; this server "
+                                                     "queues at most 4")):
+        status, body = http(f"{url}/v1/completions", json.dumps({"model": "debug", "prompt": prompt, **extra}).encode())
+        err = json.loads(body)["error"]
+        assert status == 400 and msg in err["message"] and err["param"] == "prompt", err
+
 
 def test_chat_streaming_with_usage_n_and_seed(server) -> None:
     client, tok, _, _ = server

@@ -169,9 +169,7 @@ class Gate:
             completion = sum(t for t, _, _ in o.ended.values())
             finishes = {f for _, f, _ in o.ended.values()}
             outcome = next((f for f in ("error", "cancelled", "refused") if f in finishes), "finished")
-            # the prompt is billed once it was processed for any choice (not for a request
-            # cancelled while it waited, nor one refused)
-            prompt = o.ticket.prompt_tokens if any(s for _, _, s in o.ended.values()) else 0
+            prompt = _prompt_billed(o)
             if self._guard(self.ledger.settle, rid, prompt, completion, outcome) is False:
                 continue  # tried again at the next tick; the others are not held up
             with self._lock:
@@ -191,6 +189,22 @@ class Gate:
         except Exception:  # noqa: BLE001 -- the database may be briefly unreachable
             log.exception("ledger write failed (%s); it is retried", fn.__name__)
             return False
+
+
+def _prompt_billed(o: _Open) -> int:
+    """The prompt tokens to bill: a prompt is billed once it was processed for any of its choices
+    (not one cancelled while it waited, nor a refused request). A request of several prompts
+    (completions) bills those that ran; one served outside the engine, its whole prompt."""
+    started = {c for c, (_, _, s) in o.ended.items() if s}
+    if not started:
+        return 0
+    if not o.reqs:
+        return o.ticket.prompt_tokens
+    prompts: dict[int, int] = {}
+    for r in o.reqs:
+        if r.meta.get("choice") in started:
+            prompts[r.meta.get("prompt", 0)] = len(r.prompt_ids)
+    return min(sum(prompts.values()), o.ticket.prompt_tokens)
 
 
 def _started(req) -> bool:

@@ -120,20 +120,27 @@ class Handlers:
         except BudgetError as e:
             raise ApiError(429, str(e), kind="insufficient_quota", code="insufficient_quota") from None
 
-    async def run(self, prompt_ids: list[int], body: CommonParams, adapter, logprobs, api_id: str,
+    async def run(self, prompts: list[list[int]], body: CommonParams, adapter, logprobs, api_id: str,
                   ctx: KeyContext | None = None) -> tuple[list[Request], asyncio.Queue, dict[str, str]]:
-        """Submit ``body.n`` requests for ``prompt_ids``; their events arrive in the returned queue.
-        With the platform, the request is admitted (and its worst case reserved) first."""
+        """Submit ``body.n`` requests for each of ``prompts`` (choice ``p * n + j`` is the ``j``-th
+        of prompt ``p``, as OpenAI numbers them); their events arrive in the returned queue. With
+        the platform, the request is admitted (and its worst case reserved) first."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        params = [self.gen_params(body, logprobs, i) for i in range(body.n)]
-        headers = await self.admit(ctx, api_id, adapter, len(prompt_ids), sum(p.max_tokens for p in params), body.n)
+        choices = len(prompts) * body.n
+        if choices > self.engine.max_waiting:  # it could never be queued: not a retry later, a 400
+            raise ApiError(400, f"{choices} choices ({len(prompts)} prompts x n={body.n}) in one request; this server "
+                           f"queues at most {self.engine.max_waiting} (serve --max-waiting)", param="prompt",
+                           code="invalid_value")
+        params = [self.gen_params(body, logprobs, i % body.n) for i in range(choices)]  # seeds as if sent alone
+        headers = await self.admit(ctx, api_id, adapter, sum(map(len, prompts)), sum(p.max_tokens for p in params),
+                                   choices)
         reqs: list[Request] = []
         try:
             for i, p in enumerate(params):
-                reqs.append(self.host.submit(prompt_ids, p, adapter, queue.put_nowait,
-                                             {"id": api_id, "choice": i, "model": body.model, "user": body.user,
-                                              "key": ctx.key_id if ctx is not None else None,
+                reqs.append(self.host.submit(prompts[i // body.n], p, adapter, queue.put_nowait,
+                                             {"id": api_id, "choice": i, "prompt": i // body.n, "model": body.model,
+                                              "user": body.user, "key": ctx.key_id if ctx is not None else None,
                                               "policy": getattr(ctx, "safety_policy", None)},
                                              loop))
         except BaseException as e:  # whatever stops the submission, nothing admitted is left open
@@ -146,14 +153,16 @@ class Handlers:
             if isinstance(e, QueueFull):
                 raise ApiError(429, f"the server is busy ({e}); retry shortly", kind="rate_limit_error",
                                code="queue_full", headers={"Retry-After": "1"}) from None
-            raise ApiError(400, str(e), param=_param_of(e, "prompt"), code="invalid_value") from None
+            where = f"prompt[{len(reqs) // body.n}]: " if len(prompts) > 1 else ""  # which one it was
+            raise ApiError(400, where + str(e), param=_param_of(e, "prompt"), code="invalid_value") from None
         if ctx is not None:
             self.gate.track(api_id, reqs)
         return reqs, queue, headers
 
     @staticmethod
     def usage(reqs: list[Request]) -> dict:
-        p = len(reqs[0].prompt_ids)
+        """Token counts: each prompt once, however many choices it has; every choice's output."""
+        p = sum({r.meta.get("prompt", 0): len(r.prompt_ids) for r in reqs}.values())
         c = sum(len(r.output_ids) for r in reqs)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
@@ -293,17 +302,22 @@ class Handlers:
     async def completions(self, body: CompletionBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
         prompts = token_inputs(body.prompt, self.tokenizer, "prompt")
-        if len(prompts) != 1:
-            raise ApiError(400, "prompt: give one prompt per request", param="prompt", code="invalid_value")
-        ids, text = prompts[0]
-        if not ids:
-            raise ApiError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
+        if not prompts:
+            raise ApiError(400, "prompt: give at least one prompt", param="prompt", code="invalid_value")
+        empty = next((i for i, (ids, _) in enumerate(prompts) if not ids), None)
+        if empty is not None:
+            where = f"prompt[{empty}]" if len(prompts) > 1 else "prompt"
+            raise ApiError(400, f"{where}: the prompt is empty", param="prompt", code="invalid_value")
+        ids = [x for x, _ in prompts]
+        texts = [t for _, t in prompts]
         rid = f"cmpl-{uuid.uuid4().hex}"
-        await moderate_input(self.moderator, [text], rid, ctx, "prompt")
+        await moderate_input(self.moderator, texts, rid, ctx, "prompt")
         run = await self.run(ids, body, adapter, body.logprobs, rid, ctx)
-        scored = None  # echo with logprobs scores the prompt's tokens too, as OpenAI's API does
+        n = body.n
+        scored = None  # echo with logprobs scores the prompts' tokens too, as OpenAI's API does
         if body.echo and body.logprobs is not None and not body.stream:
-            scored = await self.host.call(lambda eng: _prompt_logprobs(eng.model, ids, adapter, body.logprobs))
+            scored = await self.host.call(lambda eng: [_prompt_logprobs(eng.model, x, adapter, body.logprobs)
+                                                       for x in ids])
         streamed = _StreamedLogprobs()
         echoed: set[int] = set()
 
@@ -311,18 +325,22 @@ class Handlers:
             d = {"text": ev.text}
             if body.echo and i not in echoed:  # the prompt first, as OpenAI streams an echo
                 echoed.add(i)
-                d["text"] = text + ev.text
-                streamed.advance(i, [text])  # the generated tokens' text offsets count from its end
+                d["text"] = texts[i // n] + ev.text
+                streamed.advance(i, [texts[i // n]])  # the generated tokens' text offsets count from its end
             if body.logprobs is not None:
                 d["logprobs"] = _completion_logprobs_of(streamed.take(i, ev), self.tokenizer, streamed.offset(i))
                 streamed.advance(i, d["logprobs"]["tokens"])
             return d
 
-        return await self.respond(
-            body, run, rid, "text_completion", "text_completion", delta,
-            lambda r: {"text": (text if body.echo else "") + r.text,
-                       "logprobs": _completion_logprobs(r, self.tokenizer, None if scored is None else ids, scored)
-                       if body.logprobs is not None else None})
+        def choice(r: Request) -> dict:
+            p = r.meta["prompt"]
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = _completion_logprobs(r, self.tokenizer, None if scored is None else ids[p],
+                                                None if scored is None else scored[p])
+            return {"text": (texts[p] if body.echo else "") + r.text, "logprobs": logprobs}
+
+        return await self.respond(body, run, rid, "text_completion", "text_completion", delta, choice)
 
     async def chat(self, body: ChatBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
@@ -345,7 +363,7 @@ class Handlers:
         said += [str((c.get("function") or {}).get("arguments", "")) for m in body.messages
                  for c in ((m.model_extra or {}).get("tool_calls") or []) if isinstance(c, dict)]
         await moderate_input(self.moderator, said, rid, ctx, "messages")
-        run = await self.run(ids, body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid, ctx)
+        run = await self.run([ids], body, adapter, (body.top_logprobs or 0) if body.logprobs else None, rid, ctx)
         started: set[int] = set()
 
         streamed = _StreamedLogprobs()
