@@ -137,6 +137,33 @@ def test_several_prompts_in_one_request(server) -> None:
         assert status == 400 and msg in err["message"] and err["param"] == "prompt", err
 
 
+def test_a_chat_rendered_as_text_completes_as_the_chat(server) -> None:
+    """A client that renders the chat template itself and sends the text to /v1/completions (as
+    harnesses with a chat template do) gets the chat's tokens, special ones included, and so the
+    chat's answer; /tokenize reads a prompt the same way. A user's message is never read that
+    way: a special token's text in it stays text. /tokenizer_info tells a client the rest."""
+    client, tok, url, _ = server
+    msgs = [{"role": "user", "content": "Speak, my lord."}]
+    ids = encode_chat(tok, msgs, add_generation_prompt=True)[0]
+    text = tok.decode(ids, skip_special=False)
+    assert any(tok.is_special(t) for t in ids)
+    status, body = http(f"{url}/tokenize", json.dumps({"prompt": text}).encode())
+    assert status == 200 and json.loads(body)["tokens"] == ids
+    chat = client.chat.completions.create(model="debug", messages=msgs, max_tokens=8, temperature=0)
+    done = client.completions.create(model="debug", prompt=text, max_tokens=8, temperature=0)
+    assert done.usage.prompt_tokens == len(ids) and done.choices[0].text == chat.choices[0].message.content
+    end = tok.decode([tok.end_ids[-1]], skip_special=False)
+    status, body = http(f"{url}/tokenize", json.dumps({"messages": [{"role": "user", "content": end}]}).encode())
+    got = json.loads(body)["tokens"]
+    assert got.count(tok.end_ids[-1]) == ids.count(tok.end_ids[-1])  # only the template's own
+    status, body = http(f"{url}/tokenizer_info")
+    info = json.loads(body)
+    assert status == 200 and info["model_max_length"] == server[3].engine.max_len
+    assert info["vocab_size"] == tok.vocab_size
+    eos = json.loads(http(f"{url}/tokenize", json.dumps({"prompt": info["eos_token"]}).encode())[1])["tokens"]
+    assert eos == [tok.eot_id]
+
+
 def test_chat_streaming_with_usage_n_and_seed(server) -> None:
     client, tok, _, _ = server
     msgs = [{"role": "user", "content": "Speak, my lord."}]

@@ -452,8 +452,22 @@ class Handlers:
     async def tokenize(self, body: TokenizeBody):
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "give exactly one of prompt and messages", param="prompt", code="invalid_value")
-        ids = self.tokenizer.encode(body.prompt) if body.prompt is not None else self.chat_ids(body.messages)
+        if body.prompt is not None:  # as a completions prompt is read
+            ids = self.tokenizer.encode(body.prompt, allow_special=True)
+        else:
+            ids = self.chat_ids(body.messages)
         return {"tokens": ids, "count": len(ids), "max_model_len": self.engine.max_len}
+
+    async def tokenizer_info(self):
+        """The tokenizer's special tokens, chat template and context length, in the shape vLLM's
+        server gives them (an evaluation harness reads them to tokenize through the server)."""
+        tokenizer = self.tokenizer
+        chat = tokenizer.chat
+        eos = chat.eos_token if chat is not None else tokenizer.decode([tokenizer.eot_id], skip_special=False)
+        return {"tokenizer_class": "lightseek", "eos_token": eos, "bos_token": chat.bos_token if chat else None,
+                "pad_token": (chat.pad_token if chat else None) or tokenizer.decode([tokenizer.pad_id], skip_special=False),
+                "chat_template": chat.chat_template if chat else None, "model_max_length": self.engine.max_len,
+                "vocab_size": tokenizer.vocab_size}
 
     async def detokenize(self, body: DetokenizeBody):
         tokenizer = self.tokenizer
@@ -625,13 +639,16 @@ def _prompt_logprobs(model, ids: list[int], adapter: str | None, top: int, chunk
 
 def token_inputs(value: str | list, tokenizer, field: str) -> list[tuple[list[int], str]]:
     """Each input of a completions prompt or an embeddings input, as (token ids, text): a string,
-    token ids, or a list of either (as OpenAI's API takes them). Strings are encoded (special
-    tokens as text); token ids are taken as given, any id of the vocabulary, and decoded."""
+    token ids, or a list of either (as OpenAI's API takes them). Strings are encoded with their
+    special tokens read as such (a client that renders a chat template into a completions prompt
+    means ``<|im_start|>`` as the token, as vLLM's and llama.cpp's servers read it; a chat
+    message's content, written by a user, is never read that way); token ids are taken as
+    given, any id of the vocabulary, and decoded."""
     items = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else value
     out = []
     for item in items:
         if isinstance(item, str):
-            out.append((tokenizer.encode(item), item))
+            out.append((tokenizer.encode(item, allow_special=True), item))
             continue
         bad = next((t for t in item if not 0 <= t < tokenizer.vocab_size), None)
         if bad is not None:

@@ -83,6 +83,11 @@ def build_app(host: EngineHost | PendingHost, model_id: str, adapters: list[str]
         await h.authorize(authorization)
         return await h.tokenize(body)
 
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(authorization: str | None = Auth):
+        await h.authorize(authorization)
+        return await h.tokenizer_info()
+
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeBody, authorization: str | None = Auth):
         await h.authorize(authorization)
