@@ -240,6 +240,37 @@ def test_echo_with_logprobs_scores_the_prompt(server) -> None:
     assert one.choices[0].logprobs.token_logprobs[0] is None and len(one.choices[0].logprobs.tokens) == 2
 
 
+def test_the_end_token_is_a_generated_token(server) -> None:
+    """An answer the model ends with its end token: that token is counted in usage and has its
+    logprob entry (as OpenAI's and vLLM's APIs give it; the text leaves it out), streamed too.
+    A harness scoring with ``echo``, ``logprobs`` and ``max_tokens=1`` drops the last entry as
+    the generated one, so it must be there whether or not the model chose to stop."""
+    client, tok, _, host = server
+    end = tok.end_ids[-1]
+
+    def prefer_end(module, inputs, logits):  # the model now ends every answer at once
+        logits[..., end] += 1e4
+        return logits
+
+    ids = tok.encode("To be, or not")
+    hook = host.engine.model.head.register_forward_hook(prefer_end)
+    try:
+        r = client.completions.create(model="debug", prompt=ids, max_tokens=1, temperature=0, logprobs=1, echo=True)
+        streamed = [c.choices[0] for c in client.completions.create(model="debug", prompt=ids, max_tokens=4,
+                                                                      temperature=0, logprobs=1, stream=True)]
+        chat = client.chat.completions.create(model="debug", messages=[{"role": "user", "content": "Speak."}],
+                                              max_tokens=4, temperature=0, logprobs=True)
+    finally:
+        hook.remove()
+    c = r.choices[0]
+    assert c.finish_reason == "stop" and c.text == tok.decode(ids) and r.usage.completion_tokens == 1
+    assert len(c.logprobs.tokens) == len(ids) + 1 and c.logprobs.tokens[-1] == tok.decode([end], skip_special=False)
+    assert [t for p in streamed if p.logprobs for t in p.logprobs.tokens] == [c.logprobs.tokens[-1]]
+    assert "".join(p.text for p in streamed) == "" and streamed[-1].finish_reason == "stop"
+    assert chat.usage.completion_tokens == 1 and chat.choices[0].message.content == ""
+    assert [e.token for e in chat.choices[0].logprobs.content] == [c.logprobs.tokens[-1]]
+
+
 def test_adapter_by_model_name(server) -> None:
     client, _, _, _ = server
     base = client.completions.create(model="debug", prompt="My lord", max_tokens=8, temperature=0)

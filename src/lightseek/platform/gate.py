@@ -95,7 +95,7 @@ class Gate:
         """The host's callback (engine thread) for each engine request that ended."""
         meta = getattr(req, "meta", None) or {}
         if "id" in meta:
-            self._ended.put((meta["id"], meta.get("choice", 0), len(req.output_ids), req.finish_reason,
+            self._ended.put((meta["id"], meta.get("choice", 0), req.completion_tokens, req.finish_reason,
                              _started(req)))
 
     def refuse(self, request_id: str) -> None:
@@ -178,7 +178,7 @@ class Gate:
 
     def _progress(self) -> dict[str, tuple[bool, int]]:
         with self._lock:
-            return {rid: (any(_started(r) for r in o.reqs), sum(len(r.output_ids) for r in o.reqs))
+            return {rid: (any(_started(r) for r in o.reqs), sum(r.completion_tokens for r in o.reqs))
                     for rid, o in self.open.items() if o.reqs}
 
     @staticmethod

@@ -91,7 +91,8 @@ class Request:
     adapter: str | None = None
     slot: int | None = None
     prefilled: int = 0
-    output_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)  # the answer's tokens (not the end token)
+    end_token: int | None = None  # the end token that finished it, if one did
     logprobs: list[dict] = field(default_factory=list)
     text: str = ""
     emitted: int = 0  # characters of `text` already reported in events
@@ -105,6 +106,12 @@ class Request:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated: the answer's and the end token that finished it, which was
+        generated too (as OpenAI's and vLLM's usage count it); ``logprobs`` has one entry each."""
+        return len(self.output_ids) + (self.end_token is not None)
 
 
 @dataclass
@@ -315,6 +322,7 @@ class Engine:
         # a token the grammar refuses ends this request (not the engine), as the end token does
         if refused or (tok in self.end_ids and not req.params.ignore_eos):
             req.finish_reason = "stop"
+            req.end_token = None if refused else tok
             req.text += req.decoder.flush()
         else:
             req.output_ids.append(tok)

@@ -163,7 +163,7 @@ class Handlers:
     def usage(reqs: list[Request]) -> dict:
         """Token counts: each prompt once, however many choices it has; every choice's output."""
         p = sum({r.meta.get("prompt", 0): len(r.prompt_ids) for r in reqs}.values())
-        c = sum(len(r.output_ids) for r in reqs)
+        c = sum(r.completion_tokens for r in reqs)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
     @staticmethod
@@ -560,12 +560,12 @@ def _embed(model, ids: list[list[int]], adapter: str | None) -> list[list[float]
 
 
 def _chat_logprobs(r: Request, tokenizer) -> dict:
-    return _chat_logprobs_of(r.logprobs[:len(r.output_ids)], tokenizer)  # not the end token that finished it
+    return _chat_logprobs_of(r.logprobs[:r.completion_tokens], tokenizer)  # not a token the grammar refused
 
 
 def _chat_logprobs_of(entries: list[dict], tokenizer) -> dict:
     def entry(token: int, logprob: float) -> dict:
-        text = tokenizer.decode([token])
+        text = tokenizer.decode([token], skip_special=False)  # the end token as itself
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     return {"content": [entry(e["token"], e["logprob"]) | {"top_logprobs": [entry(i, v) for i, v in e.get("top", [])]}
@@ -576,7 +576,7 @@ def _completion_logprobs(r: Request, tokenizer, prompt_ids: list[int] | None = N
                          prompt: list[dict] | None = None) -> dict:
     """OpenAI's completions logprobs of the generated tokens, after the prompt's (``prompt``, from
     `_prompt_logprobs`: the first token has none) when an echoed prompt was scored."""
-    entries = r.logprobs[:len(r.output_ids)]  # not the end-of-text token that finished it
+    entries = r.logprobs[:r.completion_tokens]  # the end token that finished it too, as OpenAI's API gives it
     if prompt_ids is not None:
         entries = [{"token": prompt_ids[0], "logprob": None, "top": None}, *prompt, *entries]
     return _completion_logprobs_of(entries, tokenizer)
@@ -605,7 +605,7 @@ class _StreamedLogprobs:
 
     def take(self, i: int, ev: Event) -> list[dict]:
         start = self.sent.get(i, 0)
-        self.sent[i] = start + len(ev.token_ids)
+        self.sent[i] = start + len(ev.token_ids) + (ev.finished and ev.request.end_token is not None)
         return ev.request.logprobs[start:self.sent[i]]
 
     def offset(self, i: int) -> int:

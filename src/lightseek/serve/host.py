@@ -132,7 +132,7 @@ class EngineHost:
         if self.usage_log is None:
             return
         rec = {"time": time.time(), **req.meta, "request": req.id, "adapter": req.adapter,
-               "prompt_tokens": len(req.prompt_ids), "completion_tokens": len(req.output_ids),
+               "prompt_tokens": len(req.prompt_ids), "completion_tokens": req.completion_tokens,
                "finish_reason": req.finish_reason}
         try:
             self.usage_log.write(json.dumps(rec, ensure_ascii=False) + "\n")
