@@ -21,7 +21,6 @@ for other --items or --batch).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -57,7 +56,7 @@ def own_scores(files: dict[str, Path]) -> tuple[dict, dict, float]:
     import torch
 
     from lightseek.data.tokenizer import Tokenizer
-    from lightseek.eval.tasks import choice_logprobs, load_tasks, score_tasks
+    from lightseek.eval.tasks import choice_logprobs, load_tasks, task_metrics
     from lightseek.model.checkpoint import load_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(NAME)
@@ -67,9 +66,9 @@ def own_scores(files: dict[str, Path]) -> tuple[dict, dict, float]:
     t = time.perf_counter()
     for task, f in files.items():
         items = load_tasks(f)
-        metrics[task] = score_tasks(model, tok, items)
         with torch.inference_mode():
             lls[task] = [choice_logprobs(model, tok, item) for item in items]
+        metrics[task] = task_metrics(items, lls[task])
     return lls, metrics, time.perf_counter() - t
 
 

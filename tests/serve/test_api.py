@@ -193,20 +193,22 @@ def test_logprobs(server) -> None:
 
 def test_streams_carry_their_tokens_logprobs_and_the_echo(server) -> None:
     """Streamed with logprobs, each chunk carries its tokens' entries: joined, they equal the
-    whole answer's (greedy, so the same tokens). An echoed stream starts with the prompt."""
-    client, _, _, _ = server
+    whole answer's (greedy, so the same tokens). An echoed stream starts with the prompt, and
+    with logprobs with the prompt's scored tokens, as the whole echoed answer does."""
+    client, tok, _, _ = server
     kw = {"model": "debug", "prompt": "My lord, the", "max_tokens": 12, "temperature": 0, "logprobs": 2,
           "extra_body": {"ignore_eos": True}}  # all 12 tokens, whatever the debug model says
-    whole = client.completions.create(**kw).choices[0]
-    chunks = list(client.completions.create(**kw, stream=True, echo=True))
-    parts = [c.choices[0] for c in chunks if c.choices]
-    assert "".join(p.text for p in parts) == "My lord, the" + whole.text
-    streamed = [lp for p in parts if p.logprobs for lp in p.logprobs.token_logprobs]
-    assert streamed == whole.logprobs.token_logprobs and len(streamed) == 12
-    tops = [t for p in parts if p.logprobs for t in p.logprobs.top_logprobs]
-    assert tops == whole.logprobs.top_logprobs
-    offsets = [o for p in parts if p.logprobs for o in p.logprobs.text_offset]
-    assert offsets[0] == len("My lord, the") and offsets == sorted(offsets)
+    for echo in (False, True):
+        whole = client.completions.create(**kw, echo=echo).choices[0]
+        parts = [c.choices[0] for c in client.completions.create(**kw, stream=True, echo=echo) if c.choices]
+        assert "".join(p.text for p in parts) == whole.text
+        streamed = [lp for p in parts if p.logprobs for lp in p.logprobs.token_logprobs]
+        assert streamed == whole.logprobs.token_logprobs
+        assert len(streamed) == 12 + echo * len(tok.encode("My lord, the"))
+        tops = [t for p in parts if p.logprobs for t in p.logprobs.top_logprobs]
+        assert tops == whole.logprobs.top_logprobs
+        offsets = [o for p in parts if p.logprobs for o in p.logprobs.text_offset]
+        assert offsets == whole.logprobs.text_offset and offsets == sorted(offsets)
     msgs = [{"role": "user", "content": "Speak."}]
     kw = {"model": "debug", "messages": msgs, "max_tokens": 8, "temperature": 0, "logprobs": True, "top_logprobs": 2,
           "extra_body": {"ignore_eos": True}}

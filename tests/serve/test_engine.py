@@ -4,6 +4,7 @@ the bounded queue, per-request sampling, stop strings and per-request adapters."
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lightseek.adapters.lora import use_adapters
 from lightseek.data.tokenizer import Tokenizer
@@ -114,7 +115,8 @@ def test_bounded_queue_and_bad_requests(served) -> None:
         engine.submit([10**6])
     with pytest.raises(ConfigError, match="unknown adapter"):
         engine.submit([1, 2], adapter="nope")
-    for bad in ({"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"stop": [""]}, {"logprobs": 50}):
+    for bad in ({"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"stop": [""]}, {"logprobs": 50},
+                {"prompt_logprobs": 21}):
         with pytest.raises(ConfigError):
             GenParams(**bad)
 
@@ -133,6 +135,30 @@ def test_stop_strings_and_streamed_text(served) -> None:
     assert req.finish_reason == "stop" and req.text == free.text[:free.text.find(stop)]
     assert shown == req.text and stop not in shown
     assert len(req.logprobs) == len(req.output_ids) and len(req.logprobs[0]["top"]) == 2
+
+
+def test_a_prompt_is_scored_while_it_is_prefilled(served) -> None:
+    """With ``prompt_logprobs``, each prompt token after the first gets its log-probability (and
+    the top alternatives) from the prefill itself, in chunks, beside other requests; equal to a
+    whole forward pass of the prompt. A prompt a finished request left in the cache is computed
+    again, not reused: every position needs its logits."""
+    model, tok = served
+    prompt = tok.encode(" ".join(TEXTS))
+    assert len(prompt) > 40  # several chunks of 16
+    with torch.no_grad():
+        want = torch.log_softmax(model(torch.tensor([prompt])).logits[0, :-1].float(), -1)
+    engine = Engine(model, tok, max_slots=2, prefill_chunk=16)
+    for round in range(2):  # the second time, the first one's tokens are in a free slot's cache
+        other = engine.submit(tok.encode(TEXTS[2]), GenParams(max_tokens=3, temperature=0)) if not round else None
+        req = engine.submit(prompt, GenParams(max_tokens=2, temperature=0, prompt_logprobs=3))
+        while not (req.done and (other is None or other.done)):
+            engine.step()
+        assert [e["token"] for e in req.prompt_logprobs] == prompt[1:]
+        got = torch.tensor([e["logprob"] for e in req.prompt_logprobs])
+        assert torch.allclose(got, want.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0], atol=1e-4)
+        assert all(len(e["top"]) == 3 and e["top"][0][1] == pytest.approx(want[t].max().item(), abs=1e-4)
+                   for t, e in enumerate(req.prompt_logprobs))
+    assert engine.prefix_hit_tokens == 0
 
 
 def test_each_request_gets_its_own_adapter(debug_checkpoint, strong_adapter) -> None:

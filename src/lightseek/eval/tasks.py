@@ -76,15 +76,22 @@ def score_tasks(model, tokenizer, items: list[dict], progress_step=None) -> dict
     """Accuracy and length-normalised accuracy over ``items``, with a 95% interval half-width."""
     was_training = model.training
     model.eval()
-    correct = correct_norm = 0
+    lps = []
     for item in items:
-        lp = choice_logprobs(model, tokenizer, item)
-        norm = [v / max(1, len(c.encode("utf-8"))) for v, c in zip(lp, item["choices"])]
-        correct += int(max(range(len(lp)), key=lp.__getitem__) == item["answer"])
-        correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == item["answer"])
+        lps.append(choice_logprobs(model, tokenizer, item))
         if progress_step:
             progress_step(1)
     model.train(was_training)
+    return task_metrics(items, lps)
+
+
+def task_metrics(items: list[dict], lps: list[list[float]]) -> dict:
+    """The metrics of `score_tasks` from each item's choice log-probabilities, however computed."""
+    correct = correct_norm = 0
+    for item, lp in zip(items, lps, strict=True):
+        norm = [v / max(1, len(c.encode("utf-8"))) for v, c in zip(lp, item["choices"])]
+        correct += int(max(range(len(lp)), key=lp.__getitem__) == item["answer"])
+        correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == item["answer"])
     n = len(items)
     acc, acc_norm = correct / n, correct_norm / n
     chance = sum(1 / len(i["choices"]) for i in items) / n

@@ -54,6 +54,9 @@ class GenParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     logprobs: int | None = None  # also return this many top alternatives per token (0 = chosen only)
+    # score the prompt too: each prompt token's logprob after those before it, with this many
+    # alternatives, computed while the prompt is prefilled (`Request.prompt_logprobs`)
+    prompt_logprobs: int | None = None
     ignore_eos: bool = False     # keep going past the end-of-text token (benchmarks; as in vLLM)
     response_format: dict | None = None  # OpenAI's: text, json_object or json_schema (`serve.grammar`)
 
@@ -68,8 +71,10 @@ class GenParams:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError("stop strings must be non-empty strings")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            raise ConfigError(f"logprobs must be in [0, 20], got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 20:
+                raise ConfigError(f"{name} must be in [0, 20], got {value}")
         if schema_of(self.response_format) is not None:
             if self.ignore_eos:
                 raise ConfigError("ignore_eos cannot be combined with a structured response_format: a complete "
@@ -94,6 +99,7 @@ class Request:
     output_ids: list[int] = field(default_factory=list)  # the answer's tokens (not the end token)
     end_token: int | None = None  # the end token that finished it, if one did
     logprobs: list[dict] = field(default_factory=list)
+    prompt_logprobs: list[dict] = field(default_factory=list)  # prompt tokens 1.. (with params.prompt_logprobs)
     text: str = ""
     emitted: int = 0  # characters of `text` already reported in events
     finish_reason: str | None = None  # "length" | "stop" | "cancelled"
@@ -270,7 +276,7 @@ class Engine:
             if n > common:
                 best, common = slot, n
         common = min(common, len(req.prompt_ids) - 1)  # the last prompt token is run: its logits are needed
-        if common < MIN_PREFIX:
+        if common < MIN_PREFIX or req.params.prompt_logprobs is not None:  # a scored prompt runs whole
             best, common = self.free_slots[0], 0
         self.free_slots.remove(best)
         req.slot = best
@@ -285,9 +291,13 @@ class Engine:
         chunk = req.prompt_ids[start:start + self.prefill_chunk]
         self.cache.bind([req.slot], len(chunk))
         ids = torch.tensor([chunk], device=self.device)
+        top = req.params.prompt_logprobs
         with use_adapters(self.model, req.adapter):
-            out = self.model(ids, cache=self.cache, last_only=True)
+            out = self.model(ids, cache=self.cache, last_only=top is None)
         req.prefilled += len(chunk)
+        if top is not None:  # each position scores the prompt token after it (the last: none here)
+            following = req.prompt_ids[start + 1:start + 1 + len(chunk)]
+            req.prompt_logprobs += _score(out.logits[0, :len(following)], following, top)
         if req.prefilled == len(req.prompt_ids):
             req._last_logits = out.logits[0, -1]
 
@@ -388,3 +398,13 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _score(logits: torch.Tensor, targets: list[int], top: int) -> list[dict]:
+    """Per row of ``logits`` (T, V): the log-probability of its target token and the ``top``
+    likeliest tokens, as the engine's logprob entries."""
+    logp = torch.log_softmax(logits.float(), -1)
+    chosen = logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0].tolist()
+    best = logp.topk(top, dim=-1)  # top 0: empty rows
+    return [{"token": t, "logprob": lp, "top": list(zip(i, v))}
+            for t, lp, i, v in zip(targets, chosen, best.indices.tolist(), best.values.tolist())]

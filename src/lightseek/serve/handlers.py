@@ -68,7 +68,8 @@ class Handlers:
         raise ApiError(404, f"the model {name!r} does not exist (see GET /v1/models)", param="model",
                        code="model_not_found")
 
-    def gen_params(self, body: CommonParams, logprobs: int | None, index: int) -> GenParams:
+    def gen_params(self, body: CommonParams, logprobs: int | None, index: int,
+                   prompt_logprobs: int | None = None) -> GenParams:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         seed = body.seed + index if body.seed is not None else None
         # a structured answer without a limit may use the rest of the context (as OpenAI's do):
@@ -78,7 +79,7 @@ class Handlers:
             return GenParams(max_tokens=body.max_completion_tokens or body.max_tokens or default,
                              temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=stop,
                              seed=seed, logprobs=logprobs, ignore_eos=body.ignore_eos,
-                             response_format=body.response_format)
+                             response_format=body.response_format, prompt_logprobs=prompt_logprobs)
         except LightseekError as e:
             raise ApiError(400, str(e), param=_param_of(e, None), code="invalid_value") from None
 
@@ -121,10 +122,12 @@ class Handlers:
             raise ApiError(429, str(e), kind="insufficient_quota", code="insufficient_quota") from None
 
     async def run(self, prompts: list[list[int]], body: CommonParams, adapter, logprobs, api_id: str,
-                  ctx: KeyContext | None = None) -> tuple[list[Request], asyncio.Queue, dict[str, str]]:
+                  ctx: KeyContext | None = None,
+                  prompt_logprobs: int | None = None) -> tuple[list[Request], asyncio.Queue, dict[str, str]]:
         """Submit ``body.n`` requests for each of ``prompts`` (choice ``p * n + j`` is the ``j``-th
         of prompt ``p``, as OpenAI numbers them); their events arrive in the returned queue. With
-        the platform, the request is admitted (and its worst case reserved) first."""
+        the platform, the request is admitted (and its worst case reserved) first.
+        ``prompt_logprobs``: each choice also scores its prompt while prefilling it."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         choices = len(prompts) * body.n
@@ -132,7 +135,8 @@ class Handlers:
             raise ApiError(400, f"{choices} choices ({len(prompts)} prompts x n={body.n}) in one request; this server "
                            f"queues at most {self.engine.max_waiting} (serve --max-waiting)", param="prompt",
                            code="invalid_value")
-        params = [self.gen_params(body, logprobs, i % body.n) for i in range(choices)]  # seeds as if sent alone
+        params = [self.gen_params(body, logprobs, i % body.n, prompt_logprobs)  # seeds as if sent alone
+                  for i in range(choices)]
         headers = await self.admit(ctx, api_id, adapter, sum(map(len, prompts)), sum(p.max_tokens for p in params),
                                    choices)
         reqs: list[Request] = []
@@ -312,23 +316,25 @@ class Handlers:
         texts = [t for _, t in prompts]
         rid = f"cmpl-{uuid.uuid4().hex}"
         await moderate_input(self.moderator, texts, rid, ctx, "prompt")
-        run = await self.run(ids, body, adapter, body.logprobs, rid, ctx)
+        # echo with logprobs scores the prompt's tokens too, as OpenAI's API does: the engine
+        # scores each while prefilling it
+        scored = body.logprobs if body.echo else None
+        run = await self.run(ids, body, adapter, body.logprobs, rid, ctx, prompt_logprobs=scored)
         n = body.n
-        scored = None  # echo with logprobs scores the prompts' tokens too, as OpenAI's API does
-        if body.echo and body.logprobs is not None and not body.stream:
-            scored = await self.host.call(lambda eng: [_prompt_logprobs(eng.model, x, adapter, body.logprobs)
-                                                       for x in ids])
         streamed = _StreamedLogprobs()
         echoed: set[int] = set()
 
         def delta(i, ev) -> dict:
             d = {"text": ev.text}
-            if body.echo and i not in echoed:  # the prompt first, as OpenAI streams an echo
+            first = body.echo and i not in echoed
+            if first:  # the prompt first, as OpenAI streams an echo
                 echoed.add(i)
                 d["text"] = texts[i // n] + ev.text
-                streamed.advance(i, [texts[i // n]])  # the generated tokens' text offsets count from its end
             if body.logprobs is not None:
-                d["logprobs"] = _completion_logprobs_of(streamed.take(i, ev), self.tokenizer, streamed.offset(i))
+                entries = streamed.take(i, ev)
+                if first:
+                    entries = _prompt_entries(ids[i // n], ev.request.prompt_logprobs) + entries
+                d["logprobs"] = _completion_logprobs_of(entries, self.tokenizer, streamed.offset(i))
                 streamed.advance(i, d["logprobs"]["tokens"])
             return d
 
@@ -336,8 +342,7 @@ class Handlers:
             p = r.meta["prompt"]
             logprobs = None
             if body.logprobs is not None:
-                logprobs = _completion_logprobs(r, self.tokenizer, None if scored is None else ids[p],
-                                                None if scored is None else scored[p])
+                logprobs = _completion_logprobs(r, self.tokenizer, ids[p] if scored is not None else None)
             return {"text": (texts[p] if body.echo else "") + r.text, "logprobs": logprobs}
 
         return await self.respond(body, run, rid, "text_completion", "text_completion", delta, choice)
@@ -572,14 +577,18 @@ def _chat_logprobs_of(entries: list[dict], tokenizer) -> dict:
                         for e in entries]}
 
 
-def _completion_logprobs(r: Request, tokenizer, prompt_ids: list[int] | None = None,
-                         prompt: list[dict] | None = None) -> dict:
-    """OpenAI's completions logprobs of the generated tokens, after the prompt's (``prompt``, from
-    `_prompt_logprobs`: the first token has none) when an echoed prompt was scored."""
+def _completion_logprobs(r: Request, tokenizer, prompt_ids: list[int] | None = None) -> dict:
+    """OpenAI's completions logprobs of the generated tokens, after the prompt's when an echoed
+    prompt was scored (``prompt_ids``; the engine scored them into ``r.prompt_logprobs``)."""
     entries = r.logprobs[:r.completion_tokens]  # the end token that finished it too, as OpenAI's API gives it
     if prompt_ids is not None:
-        entries = [{"token": prompt_ids[0], "logprob": None, "top": None}, *prompt, *entries]
+        entries = _prompt_entries(prompt_ids, r.prompt_logprobs) + entries
     return _completion_logprobs_of(entries, tokenizer)
+
+
+def _prompt_entries(prompt_ids: list[int], scored: list[dict]) -> list[dict]:
+    """A scored prompt's logprob entries: its first token has none (nothing comes before it)."""
+    return [{"token": prompt_ids[0], "logprob": None, "top": None}, *scored]
 
 
 def _completion_logprobs_of(entries: list[dict], tokenizer, start: int = 0) -> dict:
@@ -613,28 +622,6 @@ class _StreamedLogprobs:
 
     def advance(self, i: int, tokens: list[str]) -> None:
         self.chars[i] = self.chars.get(i, 0) + sum(map(len, tokens))
-
-
-def _prompt_logprobs(model, ids: list[int], adapter: str | None, top: int, chunk: int = 256) -> list[dict]:
-    """Log-probability of each prompt token after the ones before it (positions 1 on), with the
-    ``top`` likeliest tokens there, from one forward pass; the logits are made ``chunk`` positions
-    at a time (a whole 8k-token prompt's would take 1.6 GB)."""
-    import torch
-
-    from lightseek.adapters.lora import use_adapters
-
-    out = []
-    with torch.no_grad(), use_adapters(model, adapter):
-        hidden = model(torch.tensor([ids]), return_hidden=True, last_only=True).hidden[0]  # (T, D), normed
-        for start in range(0, len(ids) - 1, chunk):
-            logp = torch.log_softmax(model.head(hidden[start:start + chunk].unsqueeze(0))[0].float(), -1)
-            nxt = torch.tensor(ids[start + 1:start + 1 + len(logp)])
-            logp = logp[:len(nxt)]
-            chosen = logp.gather(1, nxt[:, None])[:, 0].tolist()
-            best = logp.topk(top, dim=-1)  # top 0: empty rows
-            for token, lp, ids_k, lps_k in zip(nxt.tolist(), chosen, best.indices.tolist(), best.values.tolist()):
-                out.append({"token": token, "logprob": lp, "top": list(zip(ids_k, lps_k))})
-    return out
 
 
 def token_inputs(value: str | list, tokenizer, field: str) -> list[tuple[list[int], str]]:
