@@ -531,6 +531,20 @@ def structured() -> str:
               f"{'met' if ratio >= 0.8 else '**not met**'}); {d['slots']} requests decode together.\n")
 
 
+def eval_harness() -> str:
+    """lm-eval's local-completions through the server beside lightseek's evaluator, per task."""
+    d = result("eval_harness")
+    rows = [[r["task"], f"{r['items']}", f"{r['choices']}", f"{r['max_abs_ll_diff']:.1e}",
+             f"{r['same_argmax_items']} / {r['items']}",
+             f"{r['lightseek']['acc']:.3f} / {r['harness']['acc']:.3f}",
+             f"{r['lightseek']['acc_norm']:.3f} / {r['harness']['acc_norm']:.3f}"] for r in d["rows"]]
+    return (table(["task", "items", "choices", "largest log-likelihood difference", "same pick",
+                   "acc: lightseek / lm-eval", "acc_norm: lightseek / lm-eval"], rows, "lrrrrll")
+            + f"\nWall time: lightseek's evaluator in process {d['lightseek_wall_s']:.0f} s; lm-eval "
+              f"{d['lm_eval']} through the server, {d['args']['batch']} prompts per request, "
+              f"{d['harness_wall_s']:.0f} s.\n")
+
+
 def platform_overhead() -> str:
     d = result("platform_overhead")
     m = d["median"]
@@ -1252,7 +1266,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
                                 "serve_real": serve_real, "serve_real_targets": serve_real_targets,
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor,
                                 "grammar_libs": grammar_libs, "structured": structured,
-                                "prefix_cache": prefix_cache},
+                                "prefix_cache": prefix_cache, "eval_harness": eval_harness},
     "docs/results/platform.md": {"platform_overhead": platform_overhead},
     "docs/results/labelhub.md": {"label_load": label_load},
     "docs/results/distill.md": {"distill_real_candidates": distill_real_candidates, "distill_real": distill_real,
