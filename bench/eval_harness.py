@@ -10,6 +10,10 @@ files over the same JSONL. lightseek's evaluator (`lightseek eval --tasks`, in t
 the same weights) scores the same items. Compared: each choice's log-likelihood, acc and
 acc_norm per task, and the wall time of each way.
 
+Then generation: the harness's `generate_until` on the same prompts (greedy, up to 24 tokens,
+stopping at a newline), 16 prompts per request and so decoded 16 rows at a time, against
+lightseek's engine answering each prompt alone. Compared: how many answers are identical.
+
 Needs lm-eval (`pip install "lm_eval[api]"`; not a lightseek dependency) and the shared data.
 
     python bench/eval_harness.py [--items 50] [--batch 16]
@@ -49,6 +53,24 @@ metric_list:
   - metric: acc
   - metric: acc_norm
 """
+GEN_YAML = """task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{ (context ~ '\\n') if context is defined and context else '' }}}}Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{choices[answer] if answer is number else answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: {max_tokens}
+  do_sample: false
+  temperature: 0
+metric_list:
+  - metric: exact_match
+"""
+GEN_TOKENS = 24
 
 
 def own_scores(files: dict[str, Path]) -> tuple[dict, dict, float]:
@@ -70,6 +92,46 @@ def own_scores(files: dict[str, Path]) -> tuple[dict, dict, float]:
             lls[task] = [choice_logprobs(model, tok, item) for item in items]
         metrics[task] = task_metrics(items, lls[task])
     return lls, metrics, time.perf_counter() - t
+
+
+def own_answers(files: dict[str, Path]) -> tuple[dict, float]:
+    """lightseek's engine answering each task prompt alone: greedy, up to GEN_TOKENS tokens,
+    stopping at a newline (what the harness asks the server for)."""
+    from lightseek.data.tokenizer import Tokenizer
+    from lightseek.eval.tasks import load_tasks, prompt_of
+    from lightseek.model.checkpoint import load_model, resolve_checkpoint
+    from lightseek.serve.engine import Engine, GenParams
+
+    ckpt = resolve_checkpoint(NAME)
+    model, tok = load_model(ckpt), Tokenizer.load(ckpt)
+    engine = Engine(model, tok, max_slots=1)
+    params = GenParams(max_tokens=GEN_TOKENS, temperature=0, stop=["\n"])
+    t = time.perf_counter()
+    answers = {task: [engine.generate([tok.encode(prompt_of(item))], params)[0].text for item in load_tasks(f)]
+               for task, f in files.items()}
+    return answers, time.perf_counter() - t
+
+
+def harness_answers(files: dict[str, Path], port: int, batch: int) -> tuple[dict, float]:
+    """lm-eval's `generate_until` through the server: each prompt's answer (document order)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    tasks_dir = WORK / "gen_tasks"
+    tasks_dir.mkdir(parents=True, exist_ok=True)
+    for task, f in files.items():
+        (tasks_dir / f"{task}.yaml").write_text(
+            GEN_YAML.format(task=f"lightseek_gen_{task}", data=f.resolve(), max_tokens=GEN_TOKENS), encoding="utf-8")
+    t = time.perf_counter()
+    out = lm_eval.simple_evaluate(
+        model="local-completions",
+        model_args={"base_url": f"http://127.0.0.1:{port}/v1/completions", "model": NAME, "batch_size": batch,
+                    "num_concurrent": 1, "max_retries": 1, "max_length": 2048},
+        tasks=[f"lightseek_gen_{t}" for t in files], task_manager=TaskManager(include_path=str(tasks_dir)),
+        log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+    wall = time.perf_counter() - t
+    return {task: [s["resps"][0][0] for s in sorted(out["samples"][f"lightseek_gen_{task}"],
+                                                    key=lambda s: s["doc_id"])] for task in files}, wall
 
 
 def harness_scores(files: dict[str, Path], port: int, batch: int) -> tuple[dict, dict, float]:
@@ -120,6 +182,8 @@ def main() -> None:
     files = build(args.items)
     own_ll, own_m, own_wall = own_scores(files)
     print(f"lightseek eval: {own_wall:.0f} s", flush=True)
+    own_gen, own_gen_wall = own_answers(files)
+    print(f"lightseek engine, one prompt at a time: {own_gen_wall:.0f} s", flush=True)
     port = free_port()
     WORK.mkdir(parents=True, exist_ok=True)
     with open(WORK / "server.log", "w+b") as log:
@@ -127,6 +191,7 @@ def main() -> None:
                          "--max-waiting", str(max(64, 2 * args.batch)), "--threads", str(args.threads)], port, log=log)
         try:
             h_ll, h_m, h_wall = harness_scores(files, port, args.batch)
+            h_gen, h_gen_wall = harness_answers(files, port, args.batch)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -140,16 +205,23 @@ def main() -> None:
                      "max_abs_ll_diff": max(abs(a - b) for a, b in pairs),
                      "same_argmax_items": same_pick,
                      "lightseek": {k: own_m[task][k] for k in ("acc", "acc_norm")},
-                     "harness": {k: h_m[task][k] for k in ("acc", "acc_norm")}})
+                     "harness": {k: h_m[task][k] for k in ("acc", "acc_norm")},
+                     "answers_identical": sum(a == b for a, b in zip(own_gen[task], h_gen[task], strict=True)),
+                     "answers_differing": [{"item": i, "lightseek": a, "harness": b} for i, (a, b)
+                                           in enumerate(zip(own_gen[task], h_gen[task])) if a != b][:5]})
     print("| task | items | choices | max abs log-likelihood difference | acc (lightseek / lm-eval) | "
-          "acc_norm (lightseek / lm-eval) |\n|---|---:|---:|---:|---|---|")
+          "acc_norm (lightseek / lm-eval) | generation |\n|---|---:|---:|---:|---|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['items']} | {r['choices']} | {r['max_abs_ll_diff']:.2e} | "
               f"{r['lightseek']['acc']:.3f} / {r['harness']['acc']:.3f} | "
-              f"{r['lightseek']['acc_norm']:.3f} / {r['harness']['acc_norm']:.3f} |")
+              f"{r['lightseek']['acc_norm']:.3f} / {r['harness']['acc_norm']:.3f} | "
+              f"{r['answers_identical']} / {r['items']} answers identical |")
     name = result_name("eval_harness", args, {"items": 50, "batch": 16})
     write_result(name, {**provenance(threads=args.threads), "lm_eval": harness_version, "model": NAME,
-                        "args": vars(args), "lightseek_wall_s": own_wall, "harness_wall_s": h_wall, "rows": rows})
+                        "args": vars(args), "lightseek_wall_s": own_wall, "harness_wall_s": h_wall,
+                        "generation": {"max_tokens": GEN_TOKENS, "stop": "\n", "lightseek_alone_wall_s": own_gen_wall,
+                                       "harness_wall_s": h_gen_wall},
+                        "rows": rows})
 
 
 if __name__ == "__main__":

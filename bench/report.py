@@ -537,12 +537,17 @@ def eval_harness() -> str:
     rows = [[r["task"], f"{r['items']}", f"{r['choices']}", f"{r['max_abs_ll_diff']:.1e}",
              f"{r['same_argmax_items']} / {r['items']}",
              f"{r['lightseek']['acc']:.3f} / {r['harness']['acc']:.3f}",
-             f"{r['lightseek']['acc_norm']:.3f} / {r['harness']['acc_norm']:.3f}"] for r in d["rows"]]
+             f"{r['lightseek']['acc_norm']:.3f} / {r['harness']['acc_norm']:.3f}",
+             f"{r['answers_identical']} / {r['items']}"] for r in d["rows"]]
+    g = d["generation"]
     return (table(["task", "items", "choices", "largest log-likelihood difference", "same pick",
-                   "acc: lightseek / lm-eval", "acc_norm: lightseek / lm-eval"], rows, "lrrrrll")
-            + f"\nWall time: lightseek's evaluator in process {d['lightseek_wall_s']:.0f} s; lm-eval "
+                   "acc: lightseek / lm-eval", "acc_norm: lightseek / lm-eval", "greedy answers identical"], rows,
+                  "lrrrrllr")
+            + f"\nWall time, scoring: lightseek's evaluator in process {d['lightseek_wall_s']:.0f} s; lm-eval "
               f"{d['lm_eval']} through the server, {d['args']['batch']} prompts per request, "
-              f"{d['harness_wall_s']:.0f} s.\n")
+              f"{d['harness_wall_s']:.0f} s. Generation (up to {g['max_tokens']} tokens each): lightseek's engine, "
+              f"one prompt at a time, {g['lightseek_alone_wall_s']:.0f} s; lm-eval through the server "
+              f"{g['harness_wall_s']:.0f} s.\n")
 
 
 def platform_overhead() -> str:

@@ -149,6 +149,7 @@ def test_a_chat_rendered_as_text_completes_as_the_chat(server) -> None:
     assert any(tok.is_special(t) for t in ids)
     status, body = http(f"{url}/tokenize", json.dumps({"prompt": text}).encode())
     assert status == 200 and json.loads(body)["tokens"] == ids
+    assert json.loads(http(f"{url}/detokenize", json.dumps({"tokens": ids}).encode())[1])["prompt"] == text
     chat = client.chat.completions.create(model="debug", messages=msgs, max_tokens=8, temperature=0)
     done = client.completions.create(model="debug", prompt=text, max_tokens=8, temperature=0)
     assert done.usage.prompt_tokens == len(ids) and done.choices[0].text == chat.choices[0].message.content

@@ -480,7 +480,7 @@ class Handlers:
         if bad:
             raise ApiError(400, f"tokens: ids out of range [0, {tokenizer.vocab_size}): {bad[:3]}", param="tokens",
                            code="invalid_value")
-        return {"prompt": tokenizer.decode(body.tokens)}
+        return {"prompt": tokenizer.decode(body.tokens, skip_special=False)}  # /tokenize's inverse
 
     async def metrics(self):
         """The Prometheus text format: counters, queue gauges, tokens per expert, and latency
