@@ -274,6 +274,54 @@ def test_the_end_token_is_a_generated_token(server) -> None:
     assert [e.token for e in chat.choices[0].logprobs.content] == [c.logprobs.tokens[-1]]
 
 
+def test_logit_bias_and_penalties(server) -> None:
+    """OpenAI's logit adjustments: a +100 bias all but forces its token and -100 bans one; the
+    presence penalty lowers a token once it is in the answer, the frequency penalty per
+    occurrence (checked on a model whose logits are fixed, so the choices follow from the
+    formula alone); logprobs still report the model's own. Bad values are 400s naming the field,
+    and options this server would otherwise ignore (best_of, suffix) are refused."""
+    client, tok, url, host = server
+    x, y = tok.encode(" the")[0], tok.encode(" lord")[0]
+    kw = {"model": "debug", "prompt": "To be, or not", "max_tokens": 4, "temperature": 0, "logprobs": 0,
+          "extra_body": {"ignore_eos": True}}
+    free = client.completions.create(**kw).choices[0]
+    forced = client.completions.create(**kw, logit_bias={str(x): 100}).choices[0]
+    assert forced.text == tok.decode([x] * 4) and forced.logprobs.token_logprobs[0] < -0.01
+    first = tok.encode(free.text)[0]
+    banned = client.completions.create(**kw, logit_bias={str(first): -100}).choices[0]
+    assert tok.encode(banned.text)[0] != first
+    chat = client.chat.completions.create(model="debug", messages=[{"role": "user", "content": "Speak."}],
+                                          max_tokens=3, temperature=0, logit_bias={str(y): 100},
+                                          extra_body={"ignore_eos": True})
+    assert chat.choices[0].message.content == tok.decode([y] * 3)
+
+    def fixed(module, inputs, logits):  # x scores 3, y 2, every other token 0
+        logits.zero_()
+        logits[..., x], logits[..., y] = 3.0, 2.0
+        return logits
+
+    hook = host.engine.model.head.register_forward_hook(fixed)
+    try:
+        def answer(**penalty) -> str:
+            return client.completions.create(**{**kw, "logprobs": None}, **penalty).choices[0].text
+        plain, presence, frequency = answer(), answer(presence_penalty=1.5), answer(frequency_penalty=0.6)
+    finally:
+        hook.remove()
+    assert plain == tok.decode([x] * 4)
+    assert presence == tok.decode([x, y, x, x])   # x: 3 - 1.5 after its first time; y: 2 - 1.5 after its
+    assert frequency == tok.decode([x, x, y, x])  # x: 3, 2.4, 1.8 against y's 2, then 1.4
+    for extra, field, msg in (({"logit_bias": {"abc": 1}}, "logit_bias", "'abc' is not a token id"),
+                              ({"logit_bias": {"99999": 1}}, "logit_bias", "token id 99999 is not in the vocabulary"),
+                              ({"logit_bias": {"5": 500}}, "logit_bias", "bias in [-100, 100]"),
+                              ({"presence_penalty": 3}, "presence_penalty", "presence_penalty"),
+                              ({"best_of": 3}, "best_of", "best_of: choosing the best"),
+                              ({"suffix": "end."}, "suffix", "suffix: inserting")):
+        status, body = http(f"{url}/v1/completions", json.dumps({"model": "debug", "prompt": "To be", **extra}).encode())
+        err = json.loads(body)["error"]
+        assert status == 400 and msg in err["message"] and err["param"] == field, err
+    assert client.completions.create(model="debug", prompt="To be", max_tokens=2, best_of=1).choices
+
+
 def test_adapter_by_model_name(server) -> None:
     client, _, _, _ = server
     base = client.completions.create(model="debug", prompt="My lord", max_tokens=8, temperature=0)

@@ -116,7 +116,8 @@ def test_bounded_queue_and_bad_requests(served) -> None:
     with pytest.raises(ConfigError, match="unknown adapter"):
         engine.submit([1, 2], adapter="nope")
     for bad in ({"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"stop": [""]}, {"logprobs": 50},
-                {"prompt_logprobs": 21}):
+                {"prompt_logprobs": 21}, {"presence_penalty": 2.5}, {"frequency_penalty": -3},
+                {"logit_bias": {"7": 1.0}}, {"logit_bias": {7: 101.0}}):
         with pytest.raises(ConfigError):
             GenParams(**bad)
 

@@ -59,6 +59,12 @@ class GenParams:
     prompt_logprobs: int | None = None
     ignore_eos: bool = False     # keep going past the end-of-text token (benchmarks; as in vLLM)
     response_format: dict | None = None  # OpenAI's: text, json_object or json_schema (`serve.grammar`)
+    # OpenAI's logit adjustments, applied before sampling (logprobs report the model's own):
+    # a bias per token id in [-100, 100] (-100 bans it, +100 all but forces it), and penalties in
+    # [-2, 2] for tokens the answer already has: presence once, frequency per occurrence
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -71,6 +77,13 @@ class GenParams:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError("stop strings must be non-empty strings")
+        bad = next(((t, b) for t, b in self.logit_bias.items()
+                    if not isinstance(t, int) or not -100 <= b <= 100), None)
+        if bad is not None:
+            raise ConfigError(f"logit_bias: {bad[0]!r}: {bad[1]} is not a token id with a bias in [-100, 100]")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ConfigError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 20:
@@ -82,6 +95,10 @@ class GenParams:
             if self.stop:
                 raise ConfigError("stop strings cannot be combined with a structured response_format: they would "
                                   "cut the JSON (the grammar ends the answer when it is complete)")
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.logit_bias) or self.presence_penalty != 0 or self.frequency_penalty != 0
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
@@ -180,6 +197,9 @@ class Engine:
                               f"(prompt plus at least one generated token)")
         if adapter is not None and adapter not in adapter_names(self.model):
             raise ConfigError(f"unknown adapter {adapter!r}")
+        outside = next((t for t in params.logit_bias if not 0 <= t < self.vocab), None)
+        if outside is not None:
+            raise ConfigError(f"logit_bias: token id {outside} is not in the vocabulary (0-{self.vocab - 1})")
         req = Request(next(self._ids), prompt, params, adapter, decoder=StreamDecoder(self.tokenizer),
                       constraint=self.grammars.constraint(params.response_format))
         if params.seed is not None:
@@ -253,9 +273,11 @@ class Engine:
             if self.vocab < logits.shape[-1]:
                 logits[:, self.vocab:] = float("-inf")
             allowed = logits
-            if any(r.constraint is not None for r in todo):  # logprobs still report the model's own
-                allowed = logits.clone()
+            if any(r.constraint is not None or r.params.adjusts_logits for r in todo):
+                allowed = logits.clone()  # logprobs still report the model's own
                 for r, row in zip(todo, allowed):
+                    if r.params.adjusts_logits:
+                        _adjust(row, r.params, r.output_ids)
                     if r.constraint is not None:
                         r.constraint.mask_(row)
             tokens = sample_rows(allowed, [r.params.sampling() for r in todo], [r.generator for r in todo])
@@ -408,3 +430,13 @@ def _score(logits: torch.Tensor, targets: list[int], top: int) -> list[dict]:
     best = logp.topk(top, dim=-1)  # top 0: empty rows
     return [{"token": t, "logprob": lp, "top": list(zip(i, v))}
             for t, lp, i, v in zip(targets, chosen, best.indices.tolist(), best.values.tolist())]
+
+
+def _adjust(row: torch.Tensor, params: GenParams, output_ids: list[int]) -> None:
+    """OpenAI's logit bias and presence and frequency penalties, in place on one row of logits."""
+    if params.logit_bias:
+        ids = torch.tensor(list(params.logit_bias), device=row.device)
+        row[ids] += torch.tensor(list(params.logit_bias.values()), dtype=row.dtype, device=row.device)
+    if output_ids and (params.presence_penalty or params.frequency_penalty):
+        counts = torch.bincount(torch.tensor(output_ids, device=row.device), minlength=row.shape[-1])[:row.shape[-1]]
+        row -= (params.presence_penalty * (counts > 0) + params.frequency_penalty * counts).to(row.dtype)

@@ -79,7 +79,9 @@ class Handlers:
             return GenParams(max_tokens=body.max_completion_tokens or body.max_tokens or default,
                              temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=stop,
                              seed=seed, logprobs=logprobs, ignore_eos=body.ignore_eos,
-                             response_format=body.response_format, prompt_logprobs=prompt_logprobs)
+                             response_format=body.response_format, prompt_logprobs=prompt_logprobs,
+                             logit_bias=body.token_bias(), presence_penalty=body.presence_penalty,
+                             frequency_penalty=body.frequency_penalty)
         except LightseekError as e:
             raise ApiError(400, str(e), param=_param_of(e, None), code="invalid_value") from None
 
@@ -305,6 +307,7 @@ class Handlers:
 
     async def completions(self, body: CompletionBody, ctx: KeyContext | None = None):
         adapter = self.resolve_model(body.model)
+        body.unsupported_options()
         prompts = token_inputs(body.prompt, self.tokenizer, "prompt")
         if not prompts:
             raise ApiError(400, "prompt: give at least one prompt", param="prompt", code="invalid_value")
@@ -535,8 +538,9 @@ def _as_stream(resp: dict, include_usage: bool, headers: dict[str, str]) -> Stre
 
 
 def _param_of(e: LightseekError, otherwise: str | None) -> str | None:
-    """The request field a request error is about: response_format when its message names it."""
-    return "response_format" if "response_format" in str(e) else otherwise
+    """The request field a request error is about: the generation option its message names."""
+    named = ("response_format", "logit_bias", "presence_penalty", "frequency_penalty")
+    return next((field for field in named if field in str(e)), otherwise)
 
 
 def _merge(events: list[Event]) -> list[Event]:

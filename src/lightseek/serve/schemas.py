@@ -41,6 +41,20 @@ class CommonParams(BaseModel):
     ignore_eos: bool = False  # an extension (as in vLLM): generate max_tokens whatever the model says
     # text, json_object or json_schema (`serve.grammar`); on completions an extension, as in vLLM
     response_format: dict | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as JSON writes keys: a string) -> bias
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+
+    def token_bias(self) -> dict[int, float]:
+        """``logit_bias`` with its keys as token ids; a 400 naming a key that is not one."""
+        out = {}
+        for key, bias in (self.logit_bias or {}).items():
+            try:
+                out[int(key)] = bias
+            except ValueError:
+                raise ApiError(400, f"logit_bias: {key!r} is not a token id", param="logit_bias",
+                               code="invalid_value") from None
+        return out
 
 
 class CompletionBody(CommonParams):
@@ -48,6 +62,18 @@ class CompletionBody(CommonParams):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
+    # accepted at their defaults only, refused otherwise rather than silently ignored
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def unsupported_options(self) -> None:
+        if self.best_of is not None and self.best_of != self.n:
+            raise ApiError(400, "best_of: choosing the best of several answers on the server is not supported; ask "
+                           "for n choices and their logprobs and choose on the client", param="best_of",
+                           code="unsupported_value")
+        if self.suffix:
+            raise ApiError(400, "suffix: inserting text before a suffix is not supported by this model",
+                           param="suffix", code="unsupported_value")
 
 
 class ContentPart(BaseModel):
