@@ -200,6 +200,8 @@ class Engine:
         outside = next((t for t in params.logit_bias if not 0 <= t < self.vocab), None)
         if outside is not None:
             raise ConfigError(f"logit_bias: token id {outside} is not in the vocabulary (0-{self.vocab - 1})")
+        if params.prompt_logprobs is not None and max(prompt) >= self.vocab:
+            raise ConfigError(f"a scored prompt's token ids must be in [0, {self.vocab}) (the tokenizer's vocabulary)")
         req = Request(next(self._ids), prompt, params, adapter, decoder=StreamDecoder(self.tokenizer),
                       constraint=self.grammars.constraint(params.response_format))
         if params.seed is not None:
@@ -319,7 +321,8 @@ class Engine:
         req.prefilled += len(chunk)
         if top is not None:  # each position scores the prompt token after it (the last: none here)
             following = req.prompt_ids[start + 1:start + 1 + len(chunk)]
-            req.prompt_logprobs += _score(out.logits[0, :len(following)], following, top)
+            # over the tokenizer's vocabulary, as generated tokens' logprobs are (no padding rows)
+            req.prompt_logprobs += _score(out.logits[0, :len(following), :self.vocab], following, top)
         if req.prefilled == len(req.prompt_ids):
             req._last_logits = out.logits[0, -1]
 
