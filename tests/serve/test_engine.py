@@ -281,6 +281,30 @@ def test_structured_output_errors_name_the_field(served) -> None:
     assert engine.idle and engine.stats()["free_slots"] == 2
 
 
+def test_requests_arriving_together_share_their_prompt_start(served) -> None:
+    """Requests that run at the same time with one system prompt compute it once: each later one
+    copies what the first has already computed (the whole shared start, once its prefill is
+    done), and every answer is what that prompt gets alone. An identical prompt (a request's other
+    choices) copies all but its last token."""
+    model, tok = served
+    system = tok.encode("You are a helpful assistant who answers in the words of the plays. " * 2)
+    asks = [tok.encode(t) for t in ("What say you?", "My lord, I", "Enter the king")]
+    prompts = [system + a for a in asks] + [system + asks[0]]
+    engine = Engine(model, tok, max_slots=4, prefill_chunk=16)
+    reqs = engine.generate(prompts, GenParams(max_tokens=6, temperature=0))
+    for p, r in zip(prompts, reqs):
+        assert r.output_ids == alone(model, tok, p, 6, temperature=0)
+    shared = len(system) + _common(asks[1], asks[0])  # at least the system prompt, three times over
+    assert engine.stats()["prefix_hit_tokens"] >= 2 * shared + len(prompts[3]) - 1
+    alone_engine = Engine(model, tok, max_slots=4, prefill_chunk=16, prefix_cache=False)
+    alone_engine.generate(prompts, GenParams(max_tokens=6, temperature=0))
+    assert alone_engine.stats()["prefix_hit_tokens"] == 0
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def test_a_shared_prompt_prefix_is_computed_once(served, strong_adapter) -> None:
     """Prefix caching: a prompt that starts as an earlier one (a shared system prompt) reuses the
     keys and values its slot still holds, and generates exactly what it would without them."""

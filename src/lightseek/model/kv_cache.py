@@ -94,6 +94,14 @@ class SlotCache:
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
+    def copy_prefix(self, src: int, dst: int, start: int, end: int) -> None:
+        """Positions ``start:end`` of slot ``src`` into slot ``dst``, which then holds ``end``
+        tokens (the two sequences share their first ``end`` tokens)."""
+        for layer in range(len(self.k)):
+            self.k[layer][dst, :, start:end] = self.k[layer][src, :, start:end]
+            self.v[layer][dst, :, start:end] = self.v[layer][src, :, start:end]
+        self.lengths[dst] = end
+
     def reset(self, slot: int) -> None:
         """Free a slot: its old keys are never read again (they are masked by its length)."""
         self.lengths[slot] = 0

@@ -6,7 +6,8 @@ Each `step`:
    cannot hold, with `QueueFull`);
 2. runs one prefill chunk (at most ``prefill_chunk`` prompt tokens of the oldest request still
    prefilling), so a long prompt is spread over many steps and never stalls running streams
-   for more than one chunk;
+   for more than one chunk; what a running request has already computed of the same prompt
+   start (a shared system prompt, the other choices of an ``n``) is copied, not computed;
 3. runs one batched decode forward for every request that has finished its prefill, each row
    at its own position, with its own adapter (`adapters.lora.use_adapters`);
 4. samples each row with the request's own parameters and seeded generator, and reports what
@@ -310,7 +311,31 @@ class Engine:
             self.prefix_hit_tokens += common
         self.slot_tokens[best] = (None, [])
 
+    def _share_prefix(self, req: Request) -> None:
+        """Copy into ``req``'s slot the longest start of its prompt that a running request with the
+        same adapter has in its cache (at least MIN_PREFIX tokens more than ``req`` has): requests
+        that arrive together with one system prompt, or the choices of one request, compute it
+        once. Not for a scored prompt (every position needs its logits)."""
+        if not self.prefix_cache or req.params.prompt_logprobs is not None:
+            return
+        head = req.prompt_ids[:MIN_PREFIX]
+        best, common = None, req.prefilled
+        for other in self.running.values():
+            if other is req or other.slot is None or other.adapter != req.adapter or other.prefilled <= common \
+                    or other.prompt_ids[:MIN_PREFIX] != head:
+                continue
+            n = _common_prefix(other.prompt_ids[:other.prefilled], req.prompt_ids)
+            if n > common:
+                best, common = other, n
+        common = min(common, len(req.prompt_ids) - 1)  # the last prompt token is run: its logits are needed
+        if best is None or common - req.prefilled < MIN_PREFIX:
+            return
+        self.cache.copy_prefix(best.slot, req.slot, req.prefilled, common)
+        self.prefix_hit_tokens += common - req.prefilled
+        req.prefilled = common
+
     def _prefill_chunk(self, req: Request) -> None:
+        self._share_prefix(req)
         start = req.prefilled
         chunk = req.prompt_ids[start:start + self.prefill_chunk]
         self.cache.bind([req.slot], len(chunk))
