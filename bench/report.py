@@ -648,7 +648,19 @@ def prefix_cache() -> str:
                   "lrrr")
             + f"\n{d['settings']['questions']} requests of {d['mean_prompt_tokens']:.0f} prompt tokens on average, one "
               f"after another; {d['ttft_speedup']:.1f}x faster to the first token with the cache; greedy outputs "
-              f"{'identical' if d['outputs_identical'] else '**different**'}.\n")
+              f"{'identical' if d['outputs_identical'] else '**different**'}.\n" + _prefix_burst(d))
+
+
+def _prefix_burst(d: dict) -> str:
+    """The same requests all at once (bench/prefix_cache.py's ``together``), where it was measured."""
+    if "together" not in d:
+        return ""
+    rows = [[name, f"{r['ttft_ms_p50']:.0f}", f"{r['ttft_ms_max']:.0f}", f"{r['wall_s']:.1f}",
+             f"{r['prefix_hit_tokens']:,}", "yes" if r["outputs_identical"] else "**no**"]
+            for name, r in d["together"].items()]
+    return "\nAll at once:\n\n" + table(["prefix cache", "time to first token p50 (ms)", "last first token (ms)",
+                                          "wall (s)", "prompt tokens reused", "outputs as one at a time"], rows,
+                                         "lrrrrl")
 
 
 def serve_ceiling() -> str:
