@@ -63,8 +63,15 @@ def server(debug_checkpoint, strong_adapter):
 
 
 def test_models_and_completion_usage(server) -> None:
-    client, tok, _, _ = server
+    client, tok, url, _ = server
     assert [m.id for m in client.models.list().data] == ["debug", "debug:shakes"]
+    assert client.models.retrieve("debug:shakes").id == "debug:shakes"
+    with pytest.raises(openai.NotFoundError, match="'nope' does not exist"):
+        client.models.retrieve("nope")
+    for path, data, status, code in (("/v1/nothing", None, 404, "unknown_url"),
+                                     ("/v1/completions", None, 405, "method_not_allowed")):
+        got, body = http(url + path, data)
+        assert got == status and json.loads(body)["error"]["code"] == code
     r = client.completions.create(model="debug", prompt="To be, or not", max_tokens=8, temperature=0)
     assert r.choices[0].finish_reason in ("length", "stop")
     assert r.usage.prompt_tokens == len(tok.encode("To be, or not"))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Header
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from lightseek.serve.handlers import Handlers
 from lightseek.serve.host import EngineHost, PendingHost
@@ -40,6 +41,16 @@ def build_app(host: EngineHost | PendingHost, model_id: str, adapters: list[str]
     async def _api_error(_, e: ApiError):
         return error_response(e)
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, e: HTTPException):  # an unknown path or method, in OpenAI's shape too
+        if e.status_code == 404:
+            message, code = f"no such endpoint: {request.method} {request.url.path}", "unknown_url"
+        elif e.status_code == 405:
+            message, code = f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
+        else:
+            message, code = str(e.detail), None
+        return error_response(ApiError(e.status_code, message, code=code, headers=dict(e.headers or {})))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {}
@@ -61,6 +72,15 @@ def build_app(host: EngineHost | PendingHost, model_id: str, adapters: list[str]
     @app.get("/v1/models")
     async def models(authorization: str | None = Auth):
         return await h.models(await h.authorize(authorization))
+
+    @app.get("/v1/models/{model:path}")  # an adapter's id has a colon; keep anything after the slash
+    async def model(model: str, authorization: str | None = Auth):
+        listed = (await h.models(await h.authorize(authorization)))["data"]
+        found = next((m for m in listed if m["id"] == model), None)
+        if found is None:
+            raise ApiError(404, f"the model {model!r} does not exist (see GET /v1/models)", param="model",
+                           code="model_not_found")
+        return found
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, authorization: str | None = Auth):
