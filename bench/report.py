@@ -547,7 +547,11 @@ def eval_harness() -> str:
               f"{d['lm_eval']} through the server, {d['args']['batch']} prompts per request, "
               f"{d['harness_wall_s']:.0f} s. Generation (up to {g['max_tokens']} tokens each): lightseek's engine, "
               f"one prompt at a time, {g['lightseek_alone_wall_s']:.0f} s; lm-eval through the server "
-              f"{g['harness_wall_s']:.0f} s.\n")
+              f"{g['harness_wall_s']:.0f} s.\n"
+            + f"\nThe same scoring at git {(b := result('eval_harness_git-856b058'))['git_revision'][:7]}, before the "
+              f"engine scored a prompt in its prefill (a second forward pass over each prompt then; "
+              f"`eval_harness_git-856b058.json`, the same hour): lm-eval through the server {b['harness_wall_s']:.0f} s, "
+              f"log-likelihoods within {max(r['max_abs_ll_diff'] for r in b['rows']):.1e} of the evaluator's.\n")
 
 
 def platform_overhead() -> str:
