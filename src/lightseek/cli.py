@@ -649,7 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "served together is what fits at --max-len tokens each")
     p.add_argument("--max-len", type=int, help="longest sequence (prompt + reply) in tokens (default: the "
                                                "model's context length)")
-    p.add_argument("--max-waiting", type=int, default=64, help="queued requests before 429")
+    p.add_argument("--max-waiting", type=int, default=64,
+                   help="queued sequences before 429 (a completions request queues one per prompt and choice)")
     p.add_argument("--prefill-chunk", type=int, default=64, help="prompt tokens per prefill step")
     p.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (default: one core fewer than the machine has)")
     p.add_argument("--usage-log", help="append one JSON line per ended request (token counts, finish reason)")
