@@ -141,25 +141,45 @@ def test_stop_strings_and_streamed_text(served) -> None:
 def test_a_prompt_is_scored_while_it_is_prefilled(served) -> None:
     """With ``prompt_logprobs``, each prompt token after the first gets its log-probability (and
     the top alternatives) from the prefill itself, in chunks, beside other requests; equal to a
-    whole forward pass of the prompt. A prompt a finished request left in the cache is computed
-    again, not reused: every position needs its logits."""
+    whole forward pass of the prompt. A scored prompt takes a cached start only with its scores:
+    not from an unscored request's slot, but from a slot a request scored the same way left."""
     model, tok = served
     prompt = tok.encode(" ".join(TEXTS))
     assert len(prompt) > 40  # several chunks of 16
     with torch.no_grad():
         want = torch.log_softmax(model(torch.tensor([prompt])).logits[0, :-1].float(), -1)
     engine = Engine(model, tok, max_slots=2, prefill_chunk=16)
-    for round in range(2):  # the second time, the first one's tokens are in a free slot's cache
-        other = engine.submit(tok.encode(TEXTS[2]), GenParams(max_tokens=3, temperature=0)) if not round else None
+    plain = engine.submit(prompt, GenParams(max_tokens=2, temperature=0))
+    other = engine.submit(tok.encode(TEXTS[2]), GenParams(max_tokens=3, temperature=0))
+    while not (plain.done and other.done):
+        engine.step()
+    for reused in (0, len(prompt) - 1):  # the first time its keys are cached unscored; then scored
+        hits = engine.prefix_hit_tokens
         req = engine.submit(prompt, GenParams(max_tokens=2, temperature=0, prompt_logprobs=3))
-        while not (req.done and (other is None or other.done)):
+        while not req.done:
             engine.step()
+        assert engine.prefix_hit_tokens - hits == reused
         assert [e["token"] for e in req.prompt_logprobs] == prompt[1:]
         got = torch.tensor([e["logprob"] for e in req.prompt_logprobs])
         assert torch.allclose(got, want.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0], atol=1e-4)
         assert all(len(e["top"]) == 3 and e["top"][0][1] == pytest.approx(want[t].max().item(), abs=1e-4)
                    for t, e in enumerate(req.prompt_logprobs))
-    assert engine.prefix_hit_tokens == 0
+    # scored prompts that run together with one start share it, scores included: a harness's
+    # continuations of one context; each is scored as its own whole forward pass scores it
+    ends = [tok.encode(t) for t in (" What say you?", " My lord, I", " Enter")]
+    prompts = [prompt + e for e in ends]
+    engine = Engine(model, tok, max_slots=3, prefill_chunk=16)
+    reqs = [engine.submit(p, GenParams(max_tokens=1, temperature=0, prompt_logprobs=2)) for p in prompts]
+    while not all(r.done for r in reqs):
+        engine.step()
+    assert engine.prefix_hit_tokens >= 2 * (len(prompt) - 1)
+    for p, r in zip(prompts, reqs):
+        with torch.no_grad():
+            want = torch.log_softmax(model(torch.tensor([p])).logits[0, :-1].float(), -1)
+        assert [e["token"] for e in r.prompt_logprobs] == p[1:]
+        got = torch.tensor([e["logprob"] for e in r.prompt_logprobs])
+        assert torch.allclose(got, want.gather(1, torch.tensor(p[1:])[:, None])[:, 0], atol=1e-4)
+        assert all(len(e["top"]) == 2 for e in r.prompt_logprobs)
 
 
 def test_each_request_gets_its_own_adapter(debug_checkpoint, strong_adapter) -> None:

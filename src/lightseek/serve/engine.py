@@ -167,7 +167,9 @@ class Engine:
         self.grammars = Grammars(tokenizer, model.cfg.vocab_size)
         # prefix caching: the tokens whose keys and values each free slot still holds (and the
         # adapter they were computed with); a new prompt that starts the same way skips that part
-        self.slot_tokens: list[tuple[str | None, list[int]]] = [(None, [])] * max_slots
+        # what each free slot still holds: (adapter, tokens, and for a scored prompt its top-k
+        # count and scores, which a prompt with the same start may take with the keys and values)
+        self.slot_tokens: list[tuple[str | None, list[int], int | None, list[dict]]] = [(None, [], None, [])] * max_slots
         self.prefix_hit_tokens = 0
         self.prefix_cache = prefix_cache
         # models often pad their embedding past the tokenizer's last id (Qwen2: 151,936 rows for
@@ -238,7 +240,7 @@ class Engine:
         if req.slot is not None:
             if self.prefix_cache:
                 held = (req.prompt_ids + req.output_ids)[:self.cache.lengths[req.slot]]
-                self.slot_tokens[req.slot] = (req.adapter, held)
+                self.slot_tokens[req.slot] = (req.adapter, held, req.params.prompt_logprobs, req.prompt_logprobs)
             self.cache.reset(req.slot)
             bisect.insort(self.free_slots, req.slot)
             req.slot = None
@@ -292,16 +294,13 @@ class Engine:
         """Give ``req`` a slot: the free slot whose kept tokens share the longest prefix with its
         prompt (same adapter, at least MIN_PREFIX tokens: that part is not computed again), else
         the lowest free one, so that running rows stay packed."""
-        best, common = self.free_slots[0], 0
+        best, common, scores = self.free_slots[0], 0, []
         for slot in self.free_slots if self.prefix_cache else ():
-            adapter, held = self.slot_tokens[slot]
-            if adapter != req.adapter or len(held) <= common:
-                continue
-            n = _common_prefix(held, req.prompt_ids)
+            n = _reusable(req, *self.slot_tokens[slot])
             if n > common:
-                best, common = slot, n
+                best, common, scores = slot, n, self.slot_tokens[slot][3]
         common = min(common, len(req.prompt_ids) - 1)  # the last prompt token is run: its logits are needed
-        if common < MIN_PREFIX or req.params.prompt_logprobs is not None:  # a scored prompt runs whole
+        if common < MIN_PREFIX:
             best, common = self.free_slots[0], 0
         self.free_slots.remove(best)
         req.slot = best
@@ -309,30 +308,35 @@ class Engine:
             self.cache.lengths[best] = common
             req.prefilled = common
             self.prefix_hit_tokens += common
-        self.slot_tokens[best] = (None, [])
+            if req.params.prompt_logprobs is not None:
+                req.prompt_logprobs = list(scores[:common])
+        self.slot_tokens[best] = (None, [], None, [])
 
     def _share_prefix(self, req: Request) -> None:
-        """Copy into ``req``'s slot the longest start of its prompt that a running request with the
-        same adapter has in its cache (at least MIN_PREFIX tokens more than ``req`` has): requests
-        that arrive together with one system prompt, or the choices of one request, compute it
-        once. Not for a scored prompt (every position needs its logits)."""
-        if not self.prefix_cache or req.params.prompt_logprobs is not None:
+        """Copy into ``req``'s slot the longest start of its prompt that a running request, or a
+        free slot a finished one left, holds for the same adapter (at least MIN_PREFIX tokens more
+        than ``req`` has): requests that arrive together with one system prompt, or the choices of
+        one request, compute it once. A scored prompt (``prompt_logprobs``) copies the scores of those positions too, from
+        a request scored the same way, and runs the last shared position itself: its logits score
+        the first token that differs (a harness's continuations of one context)."""
+        if not self.prefix_cache:
             return
-        head = req.prompt_ids[:MIN_PREFIX]
-        best, common = None, req.prefilled
-        for other in self.running.values():
-            if other is req or other.slot is None or other.adapter != req.adapter or other.prefilled <= common \
-                    or other.prompt_ids[:MIN_PREFIX] != head:
-                continue
-            n = _common_prefix(other.prompt_ids[:other.prefilled], req.prompt_ids)
-            if n > common:
-                best, common = other, n
-        common = min(common, len(req.prompt_ids) - 1)  # the last prompt token is run: its logits are needed
-        if best is None or common - req.prefilled < MIN_PREFIX:
+        best, share, best_scores = None, req.prefilled, []
+        donors = [(o.slot, o.adapter, o.prompt_ids[:o.prefilled], o.params.prompt_logprobs, o.prompt_logprobs)
+                  for o in self.running.values() if o is not req and o.slot is not None]
+        donors += [(slot, *self.slot_tokens[slot]) for slot in self.free_slots]  # finished, not yet reused
+        for slot, *held in donors:
+            n = _reusable(req, *held)
+            if n > share:
+                best, share, best_scores = slot, n, held[3]
+        share = min(share, len(req.prompt_ids) - 1)  # the last prompt token is run: its logits are needed
+        if best is None or share - req.prefilled < MIN_PREFIX:
             return
-        self.cache.copy_prefix(best.slot, req.slot, req.prefilled, common)
-        self.prefix_hit_tokens += common - req.prefilled
-        req.prefilled = common
+        self.cache.copy_prefix(best, req.slot, req.prefilled, share)
+        if req.params.prompt_logprobs is not None:
+            req.prompt_logprobs += best_scores[len(req.prompt_logprobs):share]
+        self.prefix_hit_tokens += share - req.prefilled
+        req.prefilled = share
 
     def _prefill_chunk(self, req: Request) -> None:
         self._share_prefix(req)
@@ -448,6 +452,20 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _reusable(req: Request, adapter: str | None, held: list[int], top: int | None, scores: list[dict]) -> int:
+    """How many of ``req``'s prompt tokens a cache holding ``held`` (computed with ``adapter``; for
+    a scored prompt with ``top`` alternatives and ``scores``) can give it. A scored request takes
+    only positions whose scores it takes too, from a prompt scored the same way: entry i scores
+    token i + 1, so both must be shared, and the last shared position runs again (its logits
+    score the first token that differs)."""
+    if adapter != req.adapter or held[:MIN_PREFIX] != req.prompt_ids[:MIN_PREFIX]:
+        return 0
+    n = _common_prefix(held, req.prompt_ids)
+    if req.params.prompt_logprobs is None:
+        return n
+    return min(n - 1, len(scores)) if top == req.params.prompt_logprobs else 0
 
 
 def _score(logits: torch.Tensor, targets: list[int], top: int) -> list[dict]:
