@@ -164,6 +164,11 @@ def test_a_prompt_is_scored_while_it_is_prefilled(served) -> None:
         assert torch.allclose(got, want.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0], atol=1e-4)
         assert all(len(e["top"]) == 3 and e["top"][0][1] == pytest.approx(want[t].max().item(), abs=1e-4)
                    for t, e in enumerate(req.prompt_logprobs))
+    hits = engine.prefix_hit_tokens  # scores with another number of alternatives are not taken
+    req = engine.submit(prompt, GenParams(max_tokens=1, temperature=0, prompt_logprobs=1))
+    while not req.done:
+        engine.step()
+    assert engine.prefix_hit_tokens == hits and all(len(e["top"]) == 1 for e in req.prompt_logprobs)
     # scored prompts that run together with one start share it, scores included: a harness's
     # continuations of one context; each is scored as its own whole forward pass scores it
     ends = [tok.encode(t) for t in (" What say you?", " My lord, I", " Enter")]
