@@ -38,29 +38,24 @@ from serve_load import free_port, launch  # noqa: E402
 
 WORK = ROOT / "runs" / "eval_harness"
 
-# the prompt lightseek's evaluator writes (`lightseek.eval.tasks.prompt_of`), as a harness template
-TASK_YAML = """task: {task}
+# each task file as a harness task; the prompt is the one lightseek's evaluator writes
+# (`lightseek.eval.tasks.prompt_of`)
+TASK_HEAD = """task: {task}
 dataset_path: json
 dataset_kwargs:
   data_files:
     test: {data}
 test_split: test
-output_type: multiple_choice
 doc_to_text: "{{{{ (context ~ '\\n') if context is defined and context else '' }}}}Question: {{{{question}}}}\\nAnswer:"
+"""
+TASK_YAML = TASK_HEAD + """output_type: multiple_choice
 doc_to_choice: "{{{{choices}}}}"
 doc_to_target: answer
 metric_list:
   - metric: acc
   - metric: acc_norm
 """
-GEN_YAML = """task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{ (context ~ '\\n') if context is defined and context else '' }}}}Question: {{{{question}}}}\\nAnswer:"
+GEN_YAML = TASK_HEAD + """output_type: generate_until
 doc_to_target: "{{{{choices[answer] if answer is number else answer}}}}"
 generation_kwargs:
   until: ["\\n"]
@@ -112,52 +107,48 @@ def own_answers(files: dict[str, Path]) -> tuple[dict, float]:
     return answers, time.perf_counter() - t
 
 
-def harness_answers(files: dict[str, Path], port: int, batch: int) -> tuple[dict, float]:
-    """lm-eval's `generate_until` through the server: each prompt's answer (document order)."""
+def run_harness(files: dict[str, Path], port: int, batch: int, kind: str, template: str) -> tuple[dict, float]:
+    """lm-eval's `local-completions` against the server on each task file written as a harness
+    task of ``kind`` (its name prefix and folder) from ``template``: the harness's output (with
+    every sample) and the wall time."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    tasks_dir = WORK / "gen_tasks"
+    tasks_dir = WORK / kind
     tasks_dir.mkdir(parents=True, exist_ok=True)
     for task, f in files.items():
         (tasks_dir / f"{task}.yaml").write_text(
-            GEN_YAML.format(task=f"lightseek_gen_{task}", data=f.resolve(), max_tokens=GEN_TOKENS), encoding="utf-8")
+            template.format(task=f"{kind}_{task}", data=f.resolve(), max_tokens=GEN_TOKENS), encoding="utf-8")
     t = time.perf_counter()
     out = lm_eval.simple_evaluate(
         model="local-completions",
         model_args={"base_url": f"http://127.0.0.1:{port}/v1/completions", "model": NAME, "batch_size": batch,
                     "num_concurrent": 1, "max_retries": 1, "max_length": 2048},
-        tasks=[f"lightseek_gen_{t}" for t in files], task_manager=TaskManager(include_path=str(tasks_dir)),
+        tasks=[f"{kind}_{t}" for t in files], task_manager=TaskManager(include_path=str(tasks_dir)),
         log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
-    wall = time.perf_counter() - t
-    return {task: [s["resps"][0][0] for s in sorted(out["samples"][f"lightseek_gen_{task}"],
-                                                    key=lambda s: s["doc_id"])] for task in files}, wall
+    return out, time.perf_counter() - t
+
+
+def samples_of(out: dict, name: str) -> list[dict]:
+    """The harness's samples of one task, in document order."""
+    return sorted(out["samples"][name], key=lambda s: s["doc_id"])
+
+
+def harness_answers(files: dict[str, Path], port: int, batch: int) -> tuple[dict, float]:
+    """lm-eval's `generate_until` through the server: each prompt's answer (document order)."""
+    out, wall = run_harness(files, port, batch, "lightseek_gen", GEN_YAML)
+    return {task: [s["resps"][0][0] for s in samples_of(out, f"lightseek_gen_{task}")] for task in files}, wall
 
 
 def harness_scores(files: dict[str, Path], port: int, batch: int) -> tuple[dict, dict, float]:
-    """lm-eval's `local-completions` against the server: per-item choice log-likelihoods (in
+    """lm-eval's multiple-choice scoring through the server: per-item choice log-likelihoods (in
     document order), acc and acc_norm, wall time."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    tasks_dir = WORK / "tasks"
-    tasks_dir.mkdir(parents=True, exist_ok=True)
-    for task, f in files.items():
-        (tasks_dir / f"{task}.yaml").write_text(TASK_YAML.format(task=f"lightseek_{task}", data=f.resolve()),
-                                               encoding="utf-8")
-    t = time.perf_counter()
-    out = lm_eval.simple_evaluate(
-        model="local-completions",
-        model_args={"base_url": f"http://127.0.0.1:{port}/v1/completions", "model": NAME, "batch_size": batch,
-                    "num_concurrent": 1, "max_retries": 1, "max_length": 2048},
-        tasks=[f"lightseek_{t}" for t in files], task_manager=TaskManager(include_path=str(tasks_dir)),
-        log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
-    wall = time.perf_counter() - t
+    out, wall = run_harness(files, port, batch, "lightseek_mc", TASK_YAML)
     lls, metrics = {}, {}
     for task in files:
-        samples = sorted(out["samples"][f"lightseek_{task}"], key=lambda s: s["doc_id"])
+        samples = samples_of(out, f"lightseek_mc_{task}")
         lls[task] = [[r[0][0] for r in s["resps"]] for s in samples]
-        m = out["results"][f"lightseek_{task}"]
+        m = out["results"][f"lightseek_mc_{task}"]
         metrics[task] = {"items": len(samples), "acc": m["acc,none"], "acc_norm": m["acc_norm,none"]}
     return lls, metrics, wall
 
