@@ -294,14 +294,8 @@ class Engine:
         """Give ``req`` a slot: the free slot whose kept tokens share the longest prefix with its
         prompt (same adapter, at least MIN_PREFIX tokens: that part is not computed again), else
         the lowest free one, so that running rows stay packed."""
-        best, common, scores = self.free_slots[0], 0, []
-        for slot in self.free_slots if self.prefix_cache else ():
-            n = _reusable(req, *self.slot_tokens[slot])
-            if n > common:
-                best, common, scores = slot, n, self.slot_tokens[slot][3]
-        common = min(common, len(req.prompt_ids) - 1)  # the last prompt token is run: its logits are needed
-        if common < MIN_PREFIX:
-            best, common = self.free_slots[0], 0
+        found = self._longest_cached(req, [(slot, *self.slot_tokens[slot]) for slot in self.free_slots])
+        best, common, scores = found or (self.free_slots[0], 0, [])
         self.free_slots.remove(best)
         req.slot = best
         if common:
@@ -312,26 +306,33 @@ class Engine:
                 req.prompt_logprobs = list(scores[:common])
         self.slot_tokens[best] = (None, [], None, [])
 
+    def _longest_cached(self, req: Request, donors: list[tuple]) -> tuple[int, int, list[dict]] | None:
+        """Of ``donors`` (slot, adapter, tokens held, and for a scored prompt its top-k count and
+        scores), the one that can give ``req`` the most of its prompt beyond what it has, as
+        (slot, tokens it will then have, the donor's scores); None when the prefix cache is off
+        or none gives at least MIN_PREFIX more. The last prompt token is always left to run:
+        its logits are needed."""
+        best, have = None, req.prefilled
+        for slot, *held in donors if self.prefix_cache else ():
+            n = min(_reusable(req, *held), len(req.prompt_ids) - 1)
+            if n - have >= MIN_PREFIX and (best is None or n > best[1]):
+                best = (slot, n, held[3])
+        return best
+
     def _share_prefix(self, req: Request) -> None:
         """Copy into ``req``'s slot the longest start of its prompt that a running request, or a
-        free slot a finished one left, holds for the same adapter (at least MIN_PREFIX tokens more
-        than ``req`` has): requests that arrive together with one system prompt, or the choices of
-        one request, compute it once. A scored prompt (``prompt_logprobs``) copies the scores of those positions too, from
-        a request scored the same way, and runs the last shared position itself: its logits score
-        the first token that differs (a harness's continuations of one context)."""
-        if not self.prefix_cache:
-            return
-        best, share, best_scores = None, req.prefilled, []
+        free slot a finished one left, holds for the same adapter: requests that arrive together
+        with one system prompt, or the choices of one request, compute it once. A scored prompt
+        (``prompt_logprobs``) copies the scores of those positions too, from a request scored the
+        same way, and runs the last shared position itself: its logits score the first token
+        that differs (a harness's continuations of one context)."""
         donors = [(o.slot, o.adapter, o.prompt_ids[:o.prefilled], o.params.prompt_logprobs, o.prompt_logprobs)
                   for o in self.running.values() if o is not req and o.slot is not None]
         donors += [(slot, *self.slot_tokens[slot]) for slot in self.free_slots]  # finished, not yet reused
-        for slot, *held in donors:
-            n = _reusable(req, *held)
-            if n > share:
-                best, share, best_scores = slot, n, held[3]
-        share = min(share, len(req.prompt_ids) - 1)  # the last prompt token is run: its logits are needed
-        if best is None or share - req.prefilled < MIN_PREFIX:
+        found = self._longest_cached(req, donors)
+        if found is None:
             return
+        best, share, best_scores = found
         self.cache.copy_prefix(best, req.slot, req.prefilled, share)
         if req.params.prompt_logprobs is not None:
             req.prompt_logprobs += best_scores[len(req.prompt_logprobs):share]
