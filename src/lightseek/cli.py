@@ -129,7 +129,8 @@ def cmd_quant(args, overrides) -> int:
     from lightseek.quant.run import load_quant_config, quantize_checkpoint
 
     flags = [f"--quant.{key}={value}" for key, value in (("bits", args.bits), ("group_size", args.group),
-             ("method", args.method), ("policy", args.policy), ("max_bits", args.max_bits), ("kernel", args.kernel))
+             ("method", args.method), ("policy", args.policy), ("max_bits", args.max_bits), ("kernel", args.kernel),
+             ("tune_steps", args.tune_steps))
              if value is not None]
     if args.calib:
         import json
@@ -140,6 +141,10 @@ def cmd_quant(args, overrides) -> int:
     policy = f"budget {cfg.max_bits}: {r['at_8_bits']} at 8 bits" if cfg.policy == "budget" else cfg.policy
     print(f"{r['layers']} layers quantized ({policy}, {cfg.method}); {r['bits_per_weight']:.2f} bits/weight; "
           f"{r['size_bytes'] / 2**20:.2f} MiB ({r['source_bytes'] / r['size_bytes']:.1f}x smaller) -> {r['out']}")
+    if r["tuning"]:
+        t = r["tuning"]
+        print(f"scales and offsets tuned for {t['steps']} steps in {t['seconds']:.0f} s: KL to the source "
+              f"{t['kl_first']:.4f} -> {t['kl_last']:.4f} (calibration windows)")
     return 0
 
 
@@ -594,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bits", type=float, help="same as --quant.max_bits (the budget policy's bits per weight)")
     p.add_argument("--kernel", help="same as --quant.kernel (auto, packed or dequant)")
     p.add_argument("--calib", nargs="+", metavar="PATH", help="calibration text for gptq (same as --quant.calib.files)")
+    p.add_argument("--tune-steps", type=int, metavar="N", help="same as --quant.tune_steps: after quantizing, N steps "
+                   "of training the scales and offsets towards the source model's predictions (codes fixed)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

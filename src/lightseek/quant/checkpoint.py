@@ -58,6 +58,8 @@ def save_quantized(path: str | Path, model: Transformer, *, tokenizer_file: str 
                "params": model.quant_params, "bits_per_weight": bits_per_weight(model), "source": source or {}}
     if getattr(model, "quant_budget", None):  # the budget policy's sensitivities, for `lightseek quant` to show
         section["budget"] = model.quant_budget
+    if getattr(model, "quant_tuning", None):  # what end-to-end tuning of the grids did (quant.tune)
+        section["tuning"] = model.quant_tuning
     meta = {"lightseek_version": __version__, "model": model.cfg.to_dict(), SECTION: section}
     if run_config is not None:
         meta["run"] = run_config

@@ -72,7 +72,15 @@ class QuantConfig:
     sequential: bool = field(False, help=(
         "gptq: calibrate block by block, each layer on the activations of the layers before it already "
         "quantized (about twice the time); false: every Hessian from one pass of the full-precision model."))
-    calib: CalibConfig = field(default_factory=CalibConfig, help="Calibration data (gptq).")
+    tune_steps: int = field(0, help=(
+        "Steps of end-to-end tuning after quantization: every scale and offset trained so that the quantized "
+        "model's next-token distributions match the full-precision model's (KL) on calibration windows, codes "
+        "held fixed (quant.tune); 0: none. Each step is a forward of both models and a backward of one."))
+    tune_lr: float = field(2e-3, help="tuning: Adam's step, relative to each scale (cosine decay to zero).")
+    tune_batch: int = field(4, help="tuning: calibration windows per step.")
+    tune_samples: int = field(256, help=(
+        "tuning: calibration windows to cycle through, drawn from quant.calib.files like GPTQ's."))
+    calib: CalibConfig = field(default_factory=CalibConfig, help="Calibration data (gptq, budget, tuning).")
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
@@ -95,6 +103,9 @@ class QuantConfig:
             raise ConfigError(f"quant.fisher_samples: {self.fisher_samples} must be at least 1")
         if not 0 <= self.refit <= 8:
             raise ConfigError(f"quant.refit: {self.refit} must be between 0 and 8 rounds")
+        if self.tune_steps < 0 or self.tune_batch < 1 or self.tune_samples < 1 or not self.tune_lr > 0:
+            raise ConfigError(f"quant.tune_*: steps {self.tune_steps} must be >= 0, batch {self.tune_batch} and "
+                              f"samples {self.tune_samples} >= 1, lr {self.tune_lr} > 0")
         if self.block < 1 or self.block % self.group_size:
             raise ConfigError(f"quant.block: {self.block} must be a positive multiple of group_size {self.group_size}")
 
