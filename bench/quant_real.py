@@ -87,7 +87,7 @@ CONFIGS = {
 CONFIGS = {name: {**kw, "pad_groups": True} for name, kw in CONFIGS.items()}
 ABLATIONS = ("int4 gptq g64, 8-bit embedding", "int4 gptq g64, stored order", "int4 gptq g64, sequential",
              "int4 gptq g64, no refit")
-MOE_CONFIGS = ("int8", "int8 gptq", "int4 rtn g64", "int4 gptq g64", "budget 4.9 gptq g64")
+MOE_CONFIGS = ("int8", "int8 gptq", "int4 rtn g64", "int4 gptq g64", "int4 gptq g64, tuned", "budget 4.9 gptq g64")
 
 
 @contextmanager
@@ -202,7 +202,7 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
     for name, kw in names.items():
         out = WORK / form / name.replace(" ", "_")
         t0 = time.perf_counter()
-        quantize_checkpoint(src, QuantConfig(**kw, calib=calib), out, overwrite=True, show_progress=False)
+        made = quantize_checkpoint(src, QuantConfig(**kw, calib=calib), out, overwrite=True, show_progress=False)
         quant_s = time.perf_counter() - t0
         q = load_model(out).eval()
         eights: dict[str, int] = {}  # matrices at 8 bits per role (the budget policy chooses them)
@@ -210,7 +210,8 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
             eights[info["role"]] = eights.get(info["role"], 0) + (info["bits"] == 8)
         rows.append({"form": form, "config": name, "size_bytes": (out / "model.safetensors").stat().st_size,
                      "at_8_bits": eights,
-                     "bits_per_weight": bits_per_weight(q), "quant_s": quant_s, **ref.compare(q),
+                     "bits_per_weight": bits_per_weight(q), "quant_s": quant_s,
+                     **({"tuning": made["tuning"]} if made["tuning"] else {}), **ref.compare(q),
                      **decode_speeds(q, args.repeats)})
         report(rows[-1], rows[0])
         save(rows)

@@ -113,3 +113,21 @@ def test_quant_cli_end_to_end(debug_checkpoint, tmp_path, capsys) -> None:
     assert "exists" in capsys.readouterr().err
     assert main(["quant", str(out), "--bits", "8", "--out", str(tmp_path / "again")]) == 2
     assert "already quantized" in capsys.readouterr().err
+
+
+def test_quant_cli_tunes_the_grids(debug_checkpoint, tmp_path, capsys) -> None:
+    text = tmp_path / "calib.txt"
+    text.write_text(corpus_text()[:20_000], encoding="utf-8")
+    out = tmp_path / "q4t"
+    rc = main(["quant", str(debug_checkpoint), "--bits", "4", "--group", "32", "--calib", str(text), "--tune-steps",
+               "6", "--out", str(out), "--quant.tune_samples=8", "--quant.calib.seq_len=32", "--quiet"])
+    printed = capsys.readouterr().out
+    m = re.search(r"scales and offsets tuned for 6 steps in \d+ s: KL to the source (\S+) -> (\S+) \(calibration", printed)
+    assert rc == 0 and m, printed
+    tuning = json.loads((out / "config.json").read_text())["quantization"]["tuning"]
+    assert float(m.group(1)) == pytest.approx(tuning["kl_first"], abs=6e-5) and tuning["steps"] == 6
+    # round to nearest needs no calibration text, but tuning does: one line saying so, nothing written
+    bad = tmp_path / "bad"
+    assert main(["quant", str(debug_checkpoint), "--bits", "4", "--group", "32", "--tune-steps", "2",
+                 "--out", str(bad)]) == 2
+    assert "quant.calib.files" in capsys.readouterr().err and not bad.exists()

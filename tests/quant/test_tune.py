@@ -75,6 +75,9 @@ def test_tune_grids_refuses_a_model_without_quantized_weights(debug_checkpoint) 
     model = load_model(debug_checkpoint)
     with pytest.raises(ValueError, match="no quantized weights"):
         tune_grids(model, model, [torch.zeros(1, 4, dtype=torch.long)], steps=1, lr=1e-3)
+    q = quantize(load_model(debug_checkpoint), QuantConfig(**COARSE))
+    with pytest.raises(ValueError, match="at least one step"):
+        tune_grids(q, model, [], steps=1, lr=1e-3)
 
 
 @pytest.mark.parametrize("field,value", [("tune_steps", -1), ("tune_batch", 0), ("tune_samples", 0), ("tune_lr", 0.0)])

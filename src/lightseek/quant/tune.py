@@ -75,6 +75,10 @@ def tune_grids(model: Transformer, reference: Transformer, windows: Sequence[tor
     grids, users = _grids(model)
     if not grids:
         raise ValueError("tune_grids: the model has no quantized weights")
+    if steps < 1 or not windows:
+        raise ValueError(f"tune_grids: needs at least one step and one window (got {steps} steps, "
+                         f"{len(windows)} windows)")
+    device = grids[0].s0.device
     params = [p for g in grids for p in g.params()]
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
@@ -84,7 +88,7 @@ def tune_grids(model: Transformer, reference: Transformer, windows: Sequence[tor
     kls, t0 = [], time.perf_counter()
     try:
         for i in range(steps):
-            ids = windows[i % len(windows)]
+            ids = windows[i % len(windows)].to(device)
             with torch.inference_mode():
                 logq = F.log_softmax(reference(ids[:, :-1]).logits.float(), -1)
             for m, g in users.items():  # computed afresh each step: the graph runs through them
