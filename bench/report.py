@@ -235,6 +235,14 @@ def _quant_real_row(d: dict) -> str:
     return out
 
 
+def _quant_tuned_row(d: dict) -> str:
+    by = _dense_by_config(d)
+    plain, tuned = by["int4 gptq g64"], by["int4 gptq g64, tuned"]
+    return (f"{100 * plain['ppl_change']:+.2f}%, {plain['kl_mean']:.4f} / {100 * tuned['ppl_change']:+.2f}%, "
+            f"{tuned['kl_mean']:.4f}; quantizing took {tuned['quant_s'] / 60:.0f} min with the tuning, "
+            f"{plain['quant_s'] / 60:.0f} min without")
+
+
 def _quant_real_int8_row(d: dict) -> str:
     by = _dense_by_config(d)
     return " / ".join(f"{100 * by[n]['ppl_change']:+.2f}%, {by[n]['kl_mean']:.5f}" for n in ("int8", "int8 gptq")
@@ -306,6 +314,8 @@ README_ROWS: list[Row] = [
         "(target +0.5%, 0.002)", "quant_real_forms-dense", _quant_real_int8_row),
     Row("SmolLM2-135M-Instruct quantized (dense): perplexity change (bits per weight) of int4 gptq g64 / "
         "int4 gptq g128 / mixed by role / budget policy at 4.9 bits", "quant_real_int4-refit", _quant_real_row),
+    Row("SmolLM2-135M-Instruct int4 gptq g64 (dense), its scales and offsets as rounded / tuned end to end "
+        "(`--tune-steps`): perplexity change, mean KL (target +3%); tuning time", "quant_real_tuned", _quant_tuned_row),
 ]
 
 
@@ -427,11 +437,11 @@ def serve_real_targets() -> str:
                  rows, "lrrl")
 
 
-# per form, the result files its rows come from, newest first (dense: the 4-bit GPTQ run with
-# refit grids, the int8 run of that form alone, then the earlier run of both forms; MoE: its
+# per form, the result files its rows come from, newest first (dense: int4 GPTQ g64 with and
+# without end-to-end tuning of its grids, the 4-bit GPTQ run with refit grids, the int8 run of that form alone, then the earlier run of both forms; MoE: its
 # 4-bit GPTQ rows with refit grids, then its full earlier run); each configuration comes from
 # the first file that has it
-QUANT_REAL = {"dense": ("quant_real_int4-refit", "quant_real_forms-dense", "quant_real"),
+QUANT_REAL = {"dense": ("quant_real_tuned", "quant_real_int4-refit", "quant_real_forms-dense", "quant_real"),
               "moe": ("quant_real_moe-refit", "quant_real_forms-moe")}
 
 
@@ -483,6 +493,8 @@ QUANT_REAL_TARGETS = [
     ("int8", "int8: perplexity within +0.5%, mean KL ≤ 0.002", _int8_figures, _int8_met),
     ("int8 gptq", "the same with GPTQ", _int8_figures, _int8_met),
     ("int4 gptq g64", "int4 g64 GPTQ: perplexity within +3%", _ppl_change, lambda r: r["ppl_change"] <= 0.03),
+    ("int4 gptq g64, tuned", "int4 g64 GPTQ, scales and offsets then tuned end to end (quant.tune_steps): within +3%",
+     _ppl_change, lambda r: r["ppl_change"] <= 0.03),
     ("int4 gptq g64, 8-bit embedding", "the same with the embedding and head at 8 bits (as the shipped GGUF)",
      _ppl_change, lambda r: r["ppl_change"] <= 0.03),
     ("mixed gptq g64", "mixed by role: ≤ 4.9 bits per weight", lambda r: f"{r['bits_per_weight']:.2f}",
