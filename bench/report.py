@@ -438,11 +438,13 @@ def serve_real_targets() -> str:
 
 
 # per form, the result files its rows come from, newest first (dense: int4 GPTQ g64 with and
-# without end-to-end tuning of its grids, the 4-bit GPTQ run with refit grids, the int8 run of that form alone, then the earlier run of both forms; MoE: its
-# 4-bit GPTQ rows with refit grids, then its full earlier run); each configuration comes from
-# the first file that has it
+# without end-to-end tuning of its grids, the 4-bit GPTQ run with refit grids, the int8 run of
+# that form alone, then the earlier run of both forms; MoE: int4 GPTQ g64 with and without
+# tuning, its 4-bit GPTQ rows with refit grids, then its full earlier run; not every MoE file
+# used the same conversion, so a row compares with its own file's fp32); each configuration
+# comes from the first file that has it
 QUANT_REAL = {"dense": ("quant_real_tuned", "quant_real_int4-refit", "quant_real_forms-dense", "quant_real"),
-              "moe": ("quant_real_moe-refit", "quant_real_forms-moe")}
+              "moe": ("quant_real_moe-tuned", "quant_real_moe-refit", "quant_real_forms-moe")}
 
 
 def _quant_real_rows() -> list[dict]:
