@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from lightseek.model.transformer import Transformer
 
 
+def kl_per_token(logq: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) of each row of two log-probability tensors (..., V)."""
+    return (logq.exp() * (logq - logp)).sum(-1)
+
+
 @torch.no_grad()
 def kl_divergence(model: Transformer, ref: Transformer, batches: Iterable[torch.Tensor]) -> dict:
     """Per-token KL(ref || model) over ``batches`` of (b, T + 1) windows: mean, p99, max, and
@@ -28,7 +33,7 @@ def kl_divergence(model: Transformer, ref: Transformer, batches: Iterable[torch.
         x, y = batch[:, :-1], batch[:, 1:]
         logp = F.log_softmax(model(x).logits.float(), -1)                  # (b, T, V)
         logq = F.log_softmax(ref(x).logits.float(), -1)
-        kls.append((logq.exp() * (logq - logp)).sum(-1).reshape(-1).clamp_min(0.0))  # (b*T,)
+        kls.append(kl_per_token(logq, logp).reshape(-1).clamp_min(0.0))  # (b*T,)
         loss_sum += -logp.gather(-1, y[..., None]).sum().item()
         ref_loss_sum += -logq.gather(-1, y[..., None]).sum().item()
         n += y.numel()

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from lightseek.eval.kl import kl_per_token
 from lightseek.model.transformer import Transformer
 from lightseek.quant.modules import _QuantWeights
 
@@ -33,7 +34,7 @@ class _Grid:
     """One stored grid (a module's scales, and offsets for 4 bits) and its trainable deltas."""
 
     def __init__(self, mod: _QuantWeights):
-        self.mod, self.scales, self.zeros = mod, mod.scales, mod.zeros
+        self.scales, self.zeros = mod.scales, mod.zeros
         self.s0 = mod.scales.float()
         self.a = torch.zeros_like(self.s0, requires_grad=True)
         self.z0 = None if mod.zeros is None else mod.zeros.float()
@@ -59,11 +60,6 @@ def _grids(model: Transformer) -> tuple[list[_Grid], dict[_QuantWeights, _Grid]]
                 by_storage[key] = _Grid(m)
             users[m] = by_storage[key]
     return list(by_storage.values()), users
-
-
-def kl_per_token(logq: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    """KL(q || p) of each row of two log-probability tensors (..., V)."""
-    return (logq.exp() * (logq - logp)).sum(-1)
 
 
 def tune_grids(model: Transformer, reference: Transformer, windows: Sequence[torch.Tensor], steps: int,
