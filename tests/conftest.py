@@ -89,8 +89,10 @@ def instruction_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def strong_adapter():
-    """Attach adapter ``name`` to ``model`` with large, seeded B factors (the same whatever ran
-    before), so the adapter visibly changes what the model generates."""
+    """Attach adapter ``name`` to ``model`` with large B factors, both factors drawn from a
+    seeded generator (A at its usual scale, uniform in +-1/sqrt(fan_in)): the same adapter
+    whatever ran before and drew from the global generator, so the adapter visibly changes what
+    the model generates."""
     import torch
 
     from lightseek.adapters.lora import LoraConfig, apply_lora
@@ -102,5 +104,8 @@ def strong_adapter():
             for n, p in model.named_parameters():
                 if "lora_B" in n:
                     p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+                elif "lora_A" in n:  # (rank, n_in), or (experts, n_in, rank) for routed experts
+                    n_in = p.shape[-1] if p.dim() == 2 else p.shape[-2]
+                    p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) / n_in ** 0.5)
 
     return attach
