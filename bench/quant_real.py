@@ -9,8 +9,9 @@ matrix by Fisher-weighted sensitivity, GPTQ g64); the MoE form a subset (MOE_CON
 run when named with --configs (a result file of their own): int4 GPTQ g64 with the tied embedding
 and head at 8 bits (as the GGUF the model ships in keeps its embedding, Q8_0), in stored column
 order, calibrated sequentially, and without refitting the 4-bit grids to the rounded codes. The
-"tuned" row is int4 GPTQ g64 followed by end-to-end tuning of its scales and offsets
-(quant.tune_steps: KL to the fp32 model on 256 further windows of the calibration text, codes fixed).
+"tuned" rows are int4 GPTQ g64 and the budget policy followed by end-to-end tuning of their scales
+and offsets (quant.tune_steps: KL to the fp32 model on 256 further windows of the calibration
+text, codes fixed).
 Columns: file size, bits per weight, perplexity on held-out general text and its change against
 the same model in fp32, mean and p99 per-token KL(fp32 || quantized) on the same tokens, batch-1
 decode tokens/s through `generate` (the one-sequence decode step) and 16-row decode tokens/s
@@ -73,6 +74,9 @@ CONFIGS = {
     "mixed gptq g64": {"policy": "mixed", "group_size": 64, "method": "gptq"},
     # 4 or 8 bits matrix by matrix, by Fisher-weighted sensitivity, within 4.9 bits per weight
     "budget 4.9 gptq g64": {"policy": "budget", "max_bits": 4.9, "group_size": 64, "method": "gptq"},
+    # the same choice of bits, its grids then tuned end to end as above (8-bit ones too)
+    "budget 4.9 gptq g64, tuned": {"policy": "budget", "max_bits": 4.9, "group_size": 64, "method": "gptq",
+                                   "tune_steps": TUNE_STEPS},
     # ablations, measured when named (--configs): as the GGUF the model ships in does, 4-bit layers with
     # the (tied) embedding and head at 8 bits; GPTQ's two options against the default (act order, one
     # calibration pass)
