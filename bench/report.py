@@ -243,6 +243,13 @@ def _quant_tuned_row(d: dict) -> str:
             f"{plain['quant_s'] / 60:.0f} min without")
 
 
+def _budget_tuned_row(d: dict) -> str:
+    by = _dense_by_config(d)
+    plain, tuned = by["budget 4.9 gptq g64"], by["budget 4.9 gptq g64, tuned"]
+    return (f"{tuned['bits_per_weight']:.2f} bits per weight: {100 * plain['ppl_change']:+.2f}%, "
+            f"{plain['kl_mean']:.4f} / {100 * tuned['ppl_change']:+.2f}%, {tuned['kl_mean']:.4f}")
+
+
 def _quant_real_int8_row(d: dict) -> str:
     by = _dense_by_config(d)
     return " / ".join(f"{100 * by[n]['ppl_change']:+.2f}%, {by[n]['kl_mean']:.5f}" for n in ("int8", "int8 gptq")
@@ -316,6 +323,9 @@ README_ROWS: list[Row] = [
         "int4 gptq g128 / mixed by role / budget policy at 4.9 bits", "quant_real_int4-refit", _quant_real_row),
     Row("SmolLM2-135M-Instruct int4 gptq g64 (dense), its scales and offsets as rounded / tuned end to end "
         "(`--tune-steps`): perplexity change, mean KL (target +3%); tuning time", "quant_real_tuned", _quant_tuned_row),
+    Row("SmolLM2-135M-Instruct mixed by sensitivity within 4.9 bits per weight (budget policy, GPTQ g64, dense), "
+        "its grids as rounded / tuned end to end: perplexity change, mean KL", "quant_real_budget-tuned",
+        _budget_tuned_row),
 ]
 
 
@@ -437,13 +447,13 @@ def serve_real_targets() -> str:
                  rows, "lrrl")
 
 
-# per form, the result files its rows come from, newest first (dense: int4 GPTQ g64 with and
-# without end-to-end tuning of its grids, the 4-bit GPTQ run with refit grids, the int8 run of
+# per form, the result files its rows come from, newest first (dense: the budget policy at 4.9
+# bits with and without end-to-end tuning of its grids, int4 GPTQ g64 with and without it, the 4-bit GPTQ run with refit grids, the int8 run of
 # that form alone, then the earlier run of both forms; MoE: int4 GPTQ g64 with and without
 # tuning, its 4-bit GPTQ rows with refit grids, then its full earlier run; not every MoE file
 # used the same conversion, so a row compares with its own file's fp32); each configuration
 # comes from the first file that has it
-QUANT_REAL = {"dense": ("quant_real_tuned", "quant_real_int4-refit", "quant_real_forms-dense", "quant_real"),
+QUANT_REAL = {"dense": ("quant_real_budget-tuned", "quant_real_tuned", "quant_real_int4-refit", "quant_real_forms-dense", "quant_real"),
               "moe": ("quant_real_moe-tuned", "quant_real_moe-refit", "quant_real_forms-moe")}
 
 
@@ -502,6 +512,8 @@ QUANT_REAL_TARGETS = [
     ("mixed gptq g64", "mixed by role: ≤ 4.9 bits per weight", lambda r: f"{r['bits_per_weight']:.2f}",
      lambda r: r["bits_per_weight"] <= 4.9),
     ("budget 4.9 gptq g64", "mixed by sensitivity (budget policy): ≤ 4.9 bits per weight",
+     lambda r: f"{r['bits_per_weight']:.2f} ({100 * r['ppl_change']:+.2f}%)", lambda r: r["bits_per_weight"] <= 4.9),
+    ("budget 4.9 gptq g64, tuned", "the same, its grids then tuned end to end: ≤ 4.9 bits per weight",
      lambda r: f"{r['bits_per_weight']:.2f} ({100 * r['ppl_change']:+.2f}%)", lambda r: r["bits_per_weight"] <= 4.9),
 ]
 
