@@ -453,6 +453,8 @@ def serve_real_targets() -> str:
 # tuning, its 4-bit GPTQ rows with refit grids, then its full earlier run; not every MoE file
 # used the same conversion, so a row compares with its own file's fp32); each configuration
 # comes from the first file that has it
+# decode speeds alone of both forms' int4 GPTQ g64 checkpoints in one run (--speed-only)
+QUANT_B1_FORMS = "quant_real_b1-forms"
 QUANT_REAL = {"dense": ("quant_real_budget-tuned", "quant_real_tuned", "quant_real_int4-refit", "quant_real_forms-dense", "quant_real"),
               "moe": ("quant_real_moe-tuned", "quant_real_moe-refit", "quant_real_forms-moe")}
 
@@ -526,12 +528,15 @@ def quant_real_targets() -> str:
         for config, target, measured, met in QUANT_REAL_TARGETS:
             if config in by:  # a run cut short lacks some
                 rows.append([form, target, measured(by[config]), _yes(met(by[config]))])
-    forms = {r["form"]: r for r in all_rows if r["config"] == "int4 rtn g64"}
+    # batch-1 speed of the two forms: from one speed-only run of both when there is one
+    config = "int4 gptq g64"
+    forms = {r["form"]: {**r, "file": QUANT_B1_FORMS} for r in result(QUANT_B1_FORMS)["rows"]
+             if r["config"] == config}
     if {"dense", "moe"} <= forms.keys():
         dense, moe = forms["dense"], forms["moe"]
         x = moe["decode_b1"] / dense["decode_b1"]
         runs = "one run" if dense["file"] == moe["file"] else "two runs on this machine"
-        rows.append(["moe vs dense", f"the MoE form faster than the dense one at batch 1 (int4 rtn g64; {runs})",
+        rows.append(["moe vs dense", f"the MoE form faster than the dense one at batch 1 ({config}; {runs})",
                      f"{moe['decode_b1']:.1f} / {dense['decode_b1']:.1f} tok/s = {x:.2f}x", _yes(x > 1)])
     return table(["form", "target", "measured", "met?"], rows)
 
@@ -625,6 +630,19 @@ def label_load(name: str = "label_load") -> str:
               f"(review queue and stats every {s['review_every']:g} s) on {s['items']:,} items, overlap "
               f"{s['overlap']}, least-confidence order; {s['duration']:g} s measured after {s['warmup']:g} s.\n\n"
             + "".join(f"- {n}\n" for n in notes))
+
+
+def safety_linear_variants() -> str:
+    """The linear stage's "harmful at all" head under other settings, on the same splits."""
+    d = result("safety_linear_variants")
+    rows = [[r["features"], f"{r['n_features']:,}", f"{r['C']:g}", r["weights"],
+             f"{r['en']['recall_at_fpr_0.05']:.3f} / {r['zh']['recall_at_fpr_0.05']:.3f}",
+             f"{r['en']['f1']:.3f} / {r['zh']['f1']:.3f}",
+             f"{r['openai_moderation_f1']:.3f} ({r['openai_moderation_best_f1']:.3f})"] for r in d["rows"]]
+    return (table(["n-grams", "features", "C", "class weights", "recall at 5% false positives (en / zh)",
+                   "F1 at 0.5 (en / zh)", "OpenAI moderation set F1 at 0.5 (best threshold)"], rows, "lrrlrrr")
+            + f"\nCommand: `{d['command']}` ({d['training_texts']:,} training, {d['validation_texts']:,} "
+              f"validation texts).\n")
 
 
 def safety_stages() -> str:
@@ -1322,7 +1340,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
                                 "distiller_real_useful": distiller_real_useful,
                                 "distill_real_targets": distill_real_targets},
     "docs/results/safety.md": {"safety_stages": safety_stages, "safety_other": safety_other,
-                               "safety_sources": safety_sources},
+                               "safety_sources": safety_sources, "safety_linear_variants": safety_linear_variants},
 }
 
 
