@@ -195,3 +195,37 @@ def test_gradient_checkpointing_on_the_first_forward_and_a_second_backward():
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, 2 * first[n], atol=1e-6, rtol=1e-5, msg=n)
     assert model.moe_layers()[0].router.stat_sums[0] == x.numel()  # counted once, recomputed twice
+
+
+def test_vocab_head_in_slices_is_the_same_product(monkeypatch) -> None:
+    """The head's sliced product (a wide vocabulary, a few rows, no gradient) gives F.linear's
+    values, in the model's output shape; with gradients it is F.linear itself, and they flow."""
+    import torch.nn.functional as F
+
+    from lightseek.model.transformer import VocabHead
+
+    linear, calls = F.linear, []
+
+    def counting(x, *args, **kwargs):
+        calls.append(tuple(x.shape))
+        return linear(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "linear", counting)
+    torch.manual_seed(0)
+    head = VocabHead(32, 8 * 2048, bias=False)
+    for shape in [(1, 32), (1, 1, 32), (3, 5, 32), (2, 16, 32)]:
+        x = torch.randn(shape)
+        with torch.inference_mode():
+            y = head(x)
+        assert y.shape == (*shape[:-1], head.out_features)
+        assert torch.allclose(y, linear(x, head.weight), atol=1e-5, rtol=1e-5)
+    assert calls == []  # each went through the slices
+    x = torch.randn(4, 32, requires_grad=True)
+    head(x).sum().backward()  # training: the plain product, with its backward
+    assert calls == [(4, 32)] and x.grad is not None and head.weight.grad is not None
+    calls.clear()
+    with torch.inference_mode():
+        head(torch.randn(VocabHead.MAX_ROWS + 1, 32))  # many rows (a prefill's logits): whole
+        small = VocabHead(32, 1000, bias=False)  # a vocabulary below MIN_VOCAB: nothing to gain
+        small(torch.randn(2, 32))
+    assert calls == [(VocabHead.MAX_ROWS + 1, 32), (2, 32)]
