@@ -4,9 +4,10 @@ bench/safety_eval.py.
 
 The shipped stage (`lightseek safety train`): TF-IDF of character (2-4, `char_wb`) and word
 (1-2) n-grams, a logistic regression with C = 4 and balanced class weights. Variants: the
-regularisation C (1, 4, 16); source-balanced sample weights (every (source, harmful or not) cell
-of the training data weighs the same, so the many easy harmless instructions do not outweigh the
-few hard harmless texts of the toxicity sets, whose false positives set the 5% threshold); wider
+regularisation C (1, 4, 16); source-balanced sample weights (harmful and harmless texts half the
+weight each, and within each, every source the same share, so the many easy harmless
+instructions do not outweigh the few hard harmless texts of the toxicity sets, whose false
+positives set the 5% threshold); wider
 n-grams (character 1-5, word 1-3, up to 500k features each). Per variant: recall at a 5%
 false-positive rate and F1 at 0.5 per language, and F1 on the OpenAI moderation set's held-out
 part at 0.5 (the targets' three figures), plus that set's best F1 over thresholds 0.05-0.95
@@ -32,8 +33,8 @@ from safety_eval import prf, recall_at_fpr  # noqa: E402
 
 
 def source_balanced(sources: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Sample weights: each (source, label) cell the same total, the two labels half each,
-    scaled so the weights sum to the number of examples."""
+    """Sample weights: the two labels half the total each, and within a label every source the
+    same share; scaled so the weights sum to the number of examples."""
     w = np.zeros(len(y))
     cells = {(s, t) for s, t in zip(sources, y)}
     for s, t in cells:
@@ -100,9 +101,9 @@ def main() -> None:
         for c, weighting in fits[feat_name]:
             t0 = time.perf_counter()
             if weighting == "balanced":
-                head = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit(x, y)
+                head = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit(x, y)  # as shipped
             else:
-                head = LogisticRegression(C=c, max_iter=3000).fit(x, y, sample_weight=weights)
+                head = LogisticRegression(C=c, max_iter=2000).fit(x, y, sample_weight=weights)
             row = {"features": feat_name, "n_features": int(x.shape[1]), "C": c, "weights": weighting,
                    "features_s": round(feat_s, 1), "fit_s": round(time.perf_counter() - t0, 1),
                    **scores_of(head.predict_proba(xv)[:, 1], yv, lang, om)}
