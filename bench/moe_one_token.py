@@ -38,18 +38,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from lora_vs_full import general_tokens
+
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.model.checkpoint import load_model
     from lightseek.model.generate import generate_ids
     from lightseek.model.sampling import SamplingParams
     from lightseek.models.fetch import fetch
-    from lora_vs_full import general_tokens
 
     dense_dir = Path(fetch(NAME))
     if not (MOE / "config.json").is_file():
         subprocess.run([sys.executable, "-m", "lightseek", "moefy", NAME, "--out", str(MOE), "--target-k", "8",
                         "--quiet"], check=True)
-    prompt = general_tokens(Tokenizer.load(dense_dir / "tokenizer.json"), 64)[:64]
+    prompt = [int(t) for t in general_tokens(Tokenizer.load(dense_dir / "tokenizer.json"), 64)[:64]]
     models = {"dense": load_model(dense_dir).eval(), "moe": load_model(MOE).eval()}
     runs = {"dense": ("dense", None), "moe few_tokens": ("moe", "few_tokens"), "moe one_token": ("moe", "auto")}
     speeds: dict[str, list[float]] = {name: [] for name in runs}
