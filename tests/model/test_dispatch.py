@@ -11,7 +11,6 @@ from lightseek.kernels.dispatch import (
     grouped_mm_works,
     moe_few_tokens,
     moe_grouped_mm,
-    moe_one_token,
     moe_reference,
     moe_sorted_segments,
 )
@@ -77,31 +76,6 @@ def test_few_tokens_path_without_autograd_equals_reference():
             torch.testing.assert_close(get_dispatch("auto")(x[rows], ids[rows], weights[rows], *w), want[rows],
                                        atol=1e-5, rtol=1e-5)
     assert not want[2].any()
-
-
-def test_one_token_path_equals_reference():
-    """Batch-1 decode gathers the token's experts into one stack: the same output for every
-    token (each with its own number of experts, one with none), in fp32 and bf16; with more
-    tokens, or with autograd on, it hands over to the per-expert path, gradients included."""
-    T, D, H, E, K = 6, 16, 12, 8, 4
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(T, D, generator=g)
-    w = _experts(E, D, H, g, 0.3)
-    ids, weights = _routing(T, E, K, 3)
-    ids[5], weights[5] = E, 0.0
-    want = moe_reference(x, ids, weights, *w)
-    with torch.inference_mode():
-        for t in range(T):
-            got = moe_one_token(x[t:t + 1], ids[t:t + 1], weights[t:t + 1], *w)
-            assert got.shape == (1, D) and got.dtype == x.dtype
-            torch.testing.assert_close(got, want[t:t + 1], atol=1e-5, rtol=1e-5)
-        half = moe_one_token(x[:1].bfloat16(), ids[:1], weights[:1], *(t.bfloat16() for t in w))
-        assert half.dtype == torch.bfloat16
-        torch.testing.assert_close(half.float(), want[:1], atol=0.05, rtol=0.05)
-        torch.testing.assert_close(moe_one_token(x, ids, weights, *w), want, atol=1e-5, rtol=1e-5)
-    xs = x[:1].clone().requires_grad_()
-    moe_one_token(xs, ids[:1], weights[:1], *w).sum().backward()
-    assert xs.grad is not None and xs.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("mode", ["topk", "dynamic"])

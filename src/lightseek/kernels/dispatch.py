@@ -107,26 +107,6 @@ def moe_few_tokens(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: 
     return out_TD.to(x_TD.dtype)
 
 
-def moe_one_token(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor,
-                  w1_EDH: torch.Tensor, w3_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
-    """One token at inference (batch-1 decode): its chosen experts' weights are gathered into
-    one stack and run as three ``bmm``s. The per-expert products of ``moe_few_tokens`` are too
-    small for the BLAS to spread over threads (a 576 x 96 matrix each, memory-bound on one
-    thread); one ``bmm`` over the stack uses them all, and the copy that gathers it costs less
-    than it saves (bench/moe_one_token.py). Anything else goes to ``moe_few_tokens``."""
-    if x_TD.shape[0] != 1 or torch.is_grad_enabled():
-        return moe_few_tokens(x_TD, expert_ids_TK, weights_TK, w1_EDH, w3_EDH, w2_EHD)
-    chosen = expert_ids_TK[0] < w1_EDH.shape[0]                     # dynamic routing: ids past E are "none"
-    ids, w = expert_ids_TK[0][chosen], weights_TK[0][chosen]
-    k = ids.shape[0]
-    if k == 0:
-        return torch.zeros_like(x_TD)
-    x_K1D = x_TD.expand(k, -1).unsqueeze(1)
-    h_K1H = F.silu(torch.bmm(x_K1D, w1_EDH.index_select(0, ids))) * torch.bmm(x_K1D, w3_EDH.index_select(0, ids))
-    y_KD = torch.bmm(h_K1H, w2_EHD.index_select(0, ids)).squeeze(1).float()
-    return (w.float() @ y_KD).unsqueeze(0).to(x_TD.dtype)
-
-
 def _grouped_mm_fn():
     return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
@@ -152,7 +132,6 @@ DISPATCH = {
     "segments": moe_sorted_segments,
     "grouped_mm": moe_grouped_mm,
     "few_tokens": moe_few_tokens,
-    "one_token": moe_one_token,
 }
 
 # 'auto' runs up to this many tokens through moe_few_tokens: batch-1 decode. Timed on 2 CPU
@@ -199,7 +178,7 @@ def get_dispatch(name: str):
     if name == "auto":
         def auto(x_TD, *args):
             if x_TD.shape[0] <= FEW_TOKENS and x_TD.device.type == "cpu":
-                return moe_one_token(x_TD, *args)
+                return moe_few_tokens(x_TD, *args)
             return DISPATCH[auto_dispatch(x_TD.device.type, x_TD.dtype)](x_TD, *args)
 
         return auto
