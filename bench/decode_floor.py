@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import RESULTS, ROOT, provenance, result_name, write_result  # noqa: E402
+from provenance import RESULTS, ROOT, provenance, result_name, timed_ms, write_result  # noqa: E402
 
 
 def static_step(model):
@@ -176,19 +176,6 @@ def static_step_int8(model):
     return step
 
 
-def timed(fn, repeats: int, blocks: int = 5) -> float:
-    """Median over ``blocks`` of the mean time of ``repeats`` calls, in ms."""
-    for _ in range(10):
-        fn()
-    means = []
-    for _ in range(blocks):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        means.append(1000 * (time.perf_counter() - t0) / repeats)
-    return sorted(means)[blocks // 2]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(ROOT / "runs" / "base"))
@@ -234,7 +221,7 @@ def main() -> None:
             cache.length = S
             return model(new[:, None], cache=cache)
 
-        results["model"] = timed(model_decode, args.repeats)
+        results["model"] = timed_ms(model_decode, args.repeats)
         def checked(label: str, fn):
             diff = (fn(new, S, keys, values) - reference).abs().max().item()
             print(f"{label} against the model: max |logit difference| {diff:.2e}", flush=True)
@@ -243,7 +230,7 @@ def main() -> None:
             limit = 4 * 2.0 ** (int(reference.abs().max().log2().floor()) - 7) if quantized else 1e-3
             if diff > limit:
                 raise SystemExit(f"{label} does not reproduce the model; not timing it")
-            results[label] = timed(lambda: fn(new, S, keys, values), args.repeats)
+            results[label] = timed_ms(lambda: fn(new, S, keys, values), args.repeats)
 
         step = static_step_int8(model) if quantized else static_step(model)
         checked("static eager", step)
@@ -257,7 +244,7 @@ def main() -> None:
             checked(label, compiled)
         inductor_config.freezing = False
         head_x = torch.randn(B, cfg.dim)
-        results["head product alone"] = timed(lambda: model.head(head_x), args.repeats)
+        results["head product alone"] = timed_ms(lambda: model.head(head_x), args.repeats)
 
     ceiling = RESULTS / "serve_ceiling.json"
     needed = json.loads(ceiling.read_text()).get("needed_forward_ms") if ceiling.exists() else None

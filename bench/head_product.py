@@ -31,22 +31,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import provenance, write_result  # noqa: E402
+from provenance import provenance, timed_ms, write_result  # noqa: E402
 
 VOCAB, DIM = 49_152, 576
 ROWS = (1, 2, 4, 7, 8, 16, 32, 64, 256)
-
-
-def timed(fn, repeats: int, inner: int) -> float:
-    """Median over ``repeats`` of the mean milliseconds of ``inner`` calls."""
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        out.append((time.perf_counter() - t0) / inner * 1e3)
-    return statistics.median(out)
 
 
 def product_rows(repeats: int) -> list[dict]:
@@ -67,9 +55,9 @@ def product_rows(repeats: int) -> list[dict]:
             x = torch.randn(m, DIM)
             inner = max(2, 64 // m)
             ref = F.linear(x, w)
-            row = {"rows": m, "linear_ms": timed(lambda: F.linear(x, w), repeats, inner)}
+            row = {"rows": m, "linear_ms": timed_ms(lambda: F.linear(x, w), inner, repeats, warmup=1)}
             for s, h in heads.items():
-                row[f"slices_{s}_ms"] = timed(lambda: h(x), repeats, inner)
+                row[f"slices_{s}_ms"] = timed_ms(lambda: h(x), inner, repeats, warmup=1)
                 row[f"slices_{s}_max_abs_diff"] = float((h(x) - ref).abs().max())
             rows.append(row)
             print(f"rows {m:>3}: F.linear {row['linear_ms']:.2f} ms; "

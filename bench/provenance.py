@@ -1,6 +1,7 @@
 """What every benchmark result records about the run that made it: the command, the git
 revision, the date, the machine and the library versions; where the JSON goes; and what it is
-called, so that a probe or a partial run never overwrites a main result."""
+called, so that a probe or a partial run never overwrites a main result. Also the one timing
+loop the micro-benchmarks share (`timed_ms`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -110,3 +112,17 @@ def _text(value) -> str:
     if os.sep in value.rstrip(os.sep) and not value.startswith("-"):
         value = Path(value).name  # a path: its last part
     return re.sub(r"[^A-Za-z0-9_.+]+", "-", value).strip("-.") or "none"
+
+
+def timed_ms(fn, calls: int, blocks: int = 5, warmup: int = 10) -> float:
+    """Median over ``blocks`` of the mean milliseconds of ``calls`` calls of ``fn``, after
+    ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    means = []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        means.append(1000 * (time.perf_counter() - t0) / calls)
+    return statistics.median(means)
