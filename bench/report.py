@@ -235,19 +235,23 @@ def _quant_real_row(d: dict) -> str:
     return out
 
 
-def _quant_tuned_row(d: dict) -> str:
+def _as_rounded_and_tuned(d: dict, config: str) -> tuple[dict, dict, str]:
+    """The dense rows of ``config`` and of ``config`` tuned end to end, and their perplexity
+    change and mean KL: "as rounded / tuned"."""
     by = _dense_by_config(d)
-    plain, tuned = by["int4 gptq g64"], by["int4 gptq g64, tuned"]
-    return (f"{100 * plain['ppl_change']:+.2f}%, {plain['kl_mean']:.4f} / {100 * tuned['ppl_change']:+.2f}%, "
-            f"{tuned['kl_mean']:.4f}; quantizing took {tuned['quant_s'] / 60:.0f} min with the tuning, "
+    plain, tuned = by[config], by[f"{config}, tuned"]
+    return plain, tuned, " / ".join(f"{100 * r['ppl_change']:+.2f}%, {r['kl_mean']:.4f}" for r in (plain, tuned))
+
+
+def _quant_tuned_row(d: dict) -> str:
+    plain, tuned, figures = _as_rounded_and_tuned(d, "int4 gptq g64")
+    return (f"{figures}; quantizing took {tuned['quant_s'] / 60:.0f} min with the tuning, "
             f"{plain['quant_s'] / 60:.0f} min without")
 
 
 def _budget_tuned_row(d: dict) -> str:
-    by = _dense_by_config(d)
-    plain, tuned = by["budget 4.9 gptq g64"], by["budget 4.9 gptq g64, tuned"]
-    return (f"{tuned['bits_per_weight']:.2f} bits per weight: {100 * plain['ppl_change']:+.2f}%, "
-            f"{plain['kl_mean']:.4f} / {100 * tuned['ppl_change']:+.2f}%, {tuned['kl_mean']:.4f}")
+    _, tuned, figures = _as_rounded_and_tuned(d, "budget 4.9 gptq g64")
+    return f"{tuned['bits_per_weight']:.2f} bits per weight: {figures}"
 
 
 def _quant_real_int8_row(d: dict) -> str:
@@ -448,15 +452,16 @@ def serve_real_targets() -> str:
 
 
 # per form, the result files its rows come from, newest first (dense: the budget policy at 4.9
-# bits with and without end-to-end tuning of its grids, int4 GPTQ g64 with and without it, the 4-bit GPTQ run with refit grids, the int8 run of
-# that form alone, then the earlier run of both forms; MoE: int4 GPTQ g64 with and without
-# tuning, its 4-bit GPTQ rows with refit grids, then its full earlier run; not every MoE file
-# used the same conversion, so a row compares with its own file's fp32); each configuration
-# comes from the first file that has it
+# bits with and without end-to-end tuning of its grids, int4 GPTQ g64 with and without it, the
+# 4-bit GPTQ run with refit grids, the int8 run of that form alone, then the earlier run of both
+# forms; MoE: int4 GPTQ g64 with and without tuning, its 4-bit GPTQ rows with refit grids, then
+# its full earlier run; not every MoE file used the same conversion, so a row compares with its
+# own file's fp32); each configuration comes from the first file that has it
+QUANT_REAL = {"dense": ("quant_real_budget-tuned", "quant_real_tuned", "quant_real_int4-refit",
+                        "quant_real_forms-dense", "quant_real"),
+              "moe": ("quant_real_moe-tuned", "quant_real_moe-refit", "quant_real_forms-moe")}
 # decode speeds alone of both forms' int4 GPTQ g64 checkpoints in one run (--speed-only)
 QUANT_B1_FORMS = "quant_real_b1-forms"
-QUANT_REAL = {"dense": ("quant_real_budget-tuned", "quant_real_tuned", "quant_real_int4-refit", "quant_real_forms-dense", "quant_real"),
-              "moe": ("quant_real_moe-tuned", "quant_real_moe-refit", "quant_real_forms-moe")}
 
 
 def _quant_real_rows() -> list[dict]:
