@@ -62,9 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="the shared data folder (default ../shared/data)")
     args = ap.parse_args()
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import FeatureUnion
 
     from lightseek.safety.classifier import SafetyClassifier
     from lightseek.safety.commands import shared_dir
@@ -82,12 +80,10 @@ def main() -> None:
     weights = source_balanced(np.array([e.source for e in train]), y)
     print(f"{len(train)} training texts, {len(val)} validation texts", flush=True)
 
-    common = {"sublinear_tf": True, "min_df": 2, "max_features": 500_000, "dtype": np.float32}
     featurizers = {
         "shipped n-grams": SafetyClassifier("linear")._featurizer(),
-        "wider n-grams": FeatureUnion([
-            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 5), **common)),
-            ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 3), token_pattern=r"(?u)\b\w+\b", **common))]),
+        "wider n-grams": SafetyClassifier("linear", max_features=500_000, char_ngrams=(1, 5),
+                                          word_ngrams=(1, 3))._featurizer(),
     }
     fits = {"shipped n-grams": [(4.0, "balanced"), (1.0, "balanced"), (16.0, "balanced"),
                                 (4.0, "source-balanced"), (16.0, "source-balanced")],

@@ -29,12 +29,14 @@ ANY = "any"
 
 class SafetyClassifier:
     def __init__(self, kind: str = "linear", model: str | None = None, layer: int = 15, C: float = 4.0,  # noqa: N803
-                 max_features: int = 300_000):
+                 max_features: int = 300_000, char_ngrams: tuple[int, int] = (2, 4),
+                 word_ngrams: tuple[int, int] = (1, 2)):
         if kind not in ("linear", "model"):
             raise ConfigError(f"safety classifier kind {kind!r}: linear or model")
         if kind == "model" and not model:
             raise ConfigError("the model stage needs a checkpoint (--model smollm2-135m-instruct)")
         self.kind, self.model, self.layer, self.C, self.max_features = kind, model, layer, C, max_features
+        self.char_ngrams, self.word_ngrams = char_ngrams, word_ngrams  # the linear stage's n-gram ranges
         self.heads: dict[str, object] = {}
         self.features = None
         self.card: dict = {}
@@ -48,8 +50,8 @@ class SafetyClassifier:
         from sklearn.pipeline import FeatureUnion
 
         common = {"sublinear_tf": True, "min_df": 2, "max_features": self.max_features, "dtype": np.float32}
-        return FeatureUnion([("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), **common)),
-                             ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2),
+        return FeatureUnion([("char", TfidfVectorizer(analyzer="char_wb", ngram_range=self.char_ngrams, **common)),
+                             ("word", TfidfVectorizer(analyzer="word", ngram_range=self.word_ngrams,
                                                       token_pattern=r"(?u)\b\w+\b", **common))])
 
     def fit(self, texts: list[str], labels: list[frozenset[str]]) -> SafetyClassifier:
