@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from lightseek.config import field
 from lightseek.errors import ConfigError
+from lightseek.eval.kl import kl_per_token
 from lightseek.model.transformer import Transformer
 
 Divergence = Literal["forward", "reverse", "mix"]
@@ -51,8 +52,8 @@ def token_kl(student_logits_NV: torch.Tensor, teacher_logits_NV: torch.Tensor, c
     scale = (lambda x: x.float()) if t == 1.0 else (lambda x: x.float() / t)
     log_s = F.log_softmax(scale(student_logits_NV), dim=-1)
     log_t = F.log_softmax(scale(teacher_logits_NV), dim=-1)
-    forward = (log_t.exp() * (log_t - log_s)).sum(-1) if cfg.divergence != "reverse" else None
-    reverse = (log_s.exp() * (log_s - log_t)).sum(-1) if cfg.divergence != "forward" else None
+    forward = kl_per_token(log_t, log_s) if cfg.divergence != "reverse" else None
+    reverse = kl_per_token(log_s, log_t) if cfg.divergence != "forward" else None
     if cfg.divergence == "forward":
         kl = forward
     elif cfg.divergence == "reverse":
