@@ -10,7 +10,7 @@ with one of SCHEMAS in turn) go through lightseek's serving engine twice, 16 at 
                  the masks
 
 Reported: how many constrained answers finish, parse as JSON and validate against their schema
-(jsonschema); generated tokens, wall time and output tokens/s of each run, and the constrained
+(jsonschema), and which the engine closed early to fit max_tokens; generated tokens, wall time and output tokens/s of each run, and the constrained
 run's throughput relative to the free one (the cost of the masks).
 
     python bench/structured.py [--model smollm2-135m-instruct] [--requests 200] [--slots 16]
@@ -99,8 +99,11 @@ def score(reqs, schemas) -> dict:
             failures.append({"request": i, "finish_reason": r.finish_reason, "tokens": len(r.output_ids),
                              "error": f"schema: {e.message}", "text": r.text})
     tokens = sum(len(r.output_ids) for r in reqs)
+    # answers the engine closed early to fit max_tokens (`serve.grammar`: finish_reason "length")
+    closed = [{"request": i, "tokens": len(r.output_ids), "text": r.text}
+              for i, r in enumerate(reqs) if r.constraint is not None and r.constraint.cut]
     return {"requests": len(reqs), "finished": finished, "parsed": parsed, "valid": valid, "tokens": tokens,
-            "failures": failures}
+            "closed_by_budget": closed, "failures": failures}
 
 
 def main() -> None:
@@ -139,9 +142,12 @@ def main() -> None:
         reqs, wall = run(engine, prompts, fmts, lengths)
         lengths = [max(1, len(r.output_ids)) for r in reqs]  # the free run generates the same lengths
         results[name] = {**score(reqs, [s for _, s in picked]), "wall_s": wall}
+        if name == "free":  # cut to the constrained lengths, its texts say nothing: counts only
+            results[name].pop("failures")
         results[name]["output_tok_s"] = results[name]["tokens"] / wall
         r = results[name]
         print(f"{name}: {r['valid']}/{r['requests']} valid, {r['parsed']} parse, {r['finished']} finished, "
+              f"{len(r['closed_by_budget'])} closed by the budget, "
               f"{r['tokens']} tokens in {wall:.1f} s = {r['output_tok_s']:.1f} tok/s", flush=True)
         if name == "constrained":
             results[name]["examples"] = [r.text for r in reqs[:len(SCHEMAS)]]

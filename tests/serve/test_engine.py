@@ -287,6 +287,66 @@ def test_a_complete_answer_ends_at_its_last_token(served) -> None:
     assert exact.finish_reason == "stop" and exact.text == whole.text
 
 
+LONG_SCHEMA = {"type": "object", "properties": {"note": {"type": "string", "maxLength": 400},
+                                                "items": {"type": "array", "items": {"type": "object", "properties": {
+                                                    "name": {"type": "string"}, "ok": {"type": "boolean"}},
+                                                    "required": ["name", "ok"], "additionalProperties": False}},
+                                                "level": {"enum": ["low", "high"]}},
+               "required": ["note", "items", "level"], "additionalProperties": False}
+
+
+def test_a_json_answer_closes_within_its_budget(served) -> None:
+    """A random model writes long strings; with too few tokens for them, each answer still ends
+    as complete JSON that validates, reported as "length" (the budget shortened it), and is the
+    model's own answer up to the token the budget replaced."""
+    pytest.importorskip("llguidance", reason="structured outputs need llguidance (pip install -e .[serve])")
+    jsonschema = pytest.importorskip("jsonschema", reason="the outputs are validated with jsonschema")
+    import json
+
+    model, tok = served
+    fmt = {"type": "json_schema", "json_schema": {"schema": LONG_SCHEMA}}
+    prompt = tok.encode("To be, or not")
+    engine = Engine(model, tok, max_slots=4)
+    shortest = len(engine.grammars.constraint(fmt).closing(500))  # the fewest tokens a valid answer takes
+    short = [engine.submit(prompt, GenParams(max_tokens=shortest + n, temperature=1.0, seed=s, response_format=fmt))
+             for s, n in ((1, 1), (2, 8), (3, 20), (4, 40))]
+    free = [engine.submit(prompt, GenParams(max_tokens=400, temperature=1.0, seed=s, response_format=fmt))
+            for s in (1, 2, 3, 4)]
+    engine.run()
+    cut = 0
+    for r, f in zip(short, free):
+        assert len(r.output_ids) <= r.params.max_tokens
+        jsonschema.validate(json.loads(r.text), LONG_SCHEMA)
+        if r.constraint.cut:
+            cut += 1
+            assert r.finish_reason == "length"
+            same = next(i for i, (a, b) in enumerate(zip(r.output_ids, f.output_ids + [None] * 999)) if a != b)
+            assert r.output_ids[:same] == f.output_ids[:same] and same > 0  # the model's own tokens until then
+        else:  # it fitted: the same answer as without the limit
+            assert r.finish_reason == "stop" and r.output_ids == f.output_ids
+    assert cut >= 2, [r.text for r in short]  # the random model's strings outrun these budgets
+
+
+def test_closing_completes_the_answer_from_where_it_stands(served) -> None:
+    """`Constraint.closing` finds tokens that end the answer validly from the middle of a string
+    and of an array of objects, and None when that needs more tokens than allowed."""
+    pytest.importorskip("llguidance", reason="structured outputs need llguidance (pip install -e .[serve])")
+    jsonschema = pytest.importorskip("jsonschema", reason="the outputs are validated with jsonschema")
+    import json
+
+    from lightseek.serve.grammar import Grammars
+
+    _, tok = served
+    grammars = Grammars(tok, tok.vocab_size)
+    for start in ('{"note": "It was the best of', '{"note": "", "items": [{"name": "x", "ok": true}, {"na'):
+        c = grammars.constraint({"type": "json_schema", "json_schema": {"schema": LONG_SCHEMA}})
+        ids = tok.encode(start)
+        assert all(c.advance(t) for t in ids)
+        path = c.closing(100)
+        assert path is not None and c.closing(len(path) - 1) is None
+        jsonschema.validate(json.loads(tok.decode(ids + path)), LONG_SCHEMA)
+
+
 def test_structured_output_errors_name_the_field(served) -> None:
     pytest.importorskip("llguidance", reason="structured outputs need llguidance (pip install -e .[serve])")
     model, tok = served

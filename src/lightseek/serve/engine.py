@@ -287,8 +287,15 @@ class Engine:
                         r.constraint.mask_(row)
             tokens = sample_rows(allowed, [r.params.sampling() for r in todo], [r.generator for r in todo])
             for r, tok, row in zip(todo, tokens, logits):
+                if r.constraint is not None:  # a JSON answer closes within its budget (`serve.grammar`)
+                    tok = r.constraint.within_budget(tok, self._budget(r))
                 events.append(self._accept(r, tok, row))
         return events
+
+    def _budget(self, req: Request) -> int:
+        """Tokens ``req`` may still generate, the next one included: its max_tokens or the context."""
+        made = len(req.output_ids)
+        return min(req.params.max_tokens - made, self.max_len - len(req.prompt_ids) - made)
 
     def _admit(self, req: Request) -> None:
         """Give ``req`` a slot: the free slot whose kept tokens share the longest prefix with its
@@ -398,7 +405,7 @@ class Engine:
                 req.text = req.text[:cut]
                 req.finish_reason = "stop"
             elif req.constraint is not None and req.constraint.stopped:  # the JSON is complete
-                req.finish_reason = "stop"
+                req.finish_reason = "length" if req.constraint.cut else "stop"  # "length": closed early to fit
                 req.text += req.decoder.flush()
             elif len(req.output_ids) >= req.params.max_tokens or len(req.prompt_ids) + len(req.output_ids) >= self.max_len:
                 req.finish_reason = "length"

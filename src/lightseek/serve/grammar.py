@@ -12,6 +12,15 @@ quarter of a second for a 49k vocabulary; a server does it while loading). `Cons
 one request: `mask_` removes the tokens the grammar forbids from a row of logits before
 sampling, `advance` moves the matcher past the sampled token, and `stopped` says the answer is
 complete, which ends the request (`serve.engine`).
+
+A JSON answer also ends within its token budget. Near the end of ``max_tokens`` (or of the
+context), `within_budget` finds a short way to close the answer from where it stands (forced
+tokens where the grammar leaves one choice; otherwise the first allowed of the closing tokens
+``"`` ``}`` ``]`` ..., or a shortest value such as ``0`` or ``false``) and, once that way needs
+every token left, makes the answer take it. A model that loops inside a string (a small one
+does: digits one per token, emoji) then gets a complete, valid answer with its strings cut short,
+not an unterminated one, and the request reports ``finish_reason`` "length" as any answer the
+budget shortened. Without the budget in sight, nothing changes: the model's tokens are kept.
 """
 
 from __future__ import annotations
@@ -24,6 +33,13 @@ import torch
 from lightseek.errors import ConfigError
 
 JSON_OPTIONS = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+# What `Constraint.closing` tries, in this order, where the grammar leaves a choice: the end of a
+# string (with what follows it, where one token holds both), then the ends of arrays and objects,
+# then the shortest values of each JSON type, then a separator (an object with a required key
+# to come, an array short of minItems). Inside a string every one of them is a character, so
+# the quote comes before the brackets.
+CLOSING = ('"}]}', '"}]', '"}}', '"}', '"]}', '"]', '"', '}]}', '}]', '}}', ']}', '}', ']',
+           '0', 'false', 'null', '{}', '[]', '{', '[', 'a', ',')
 
 
 def schema_of(response_format: dict | None) -> dict | None:
@@ -53,6 +69,7 @@ class Grammars:
     def __init__(self, tokenizer, vocab_size: int) -> None:
         self.tokenizer, self.vocab_size = tokenizer, vocab_size
         self._llg_tokenizer = None
+        self._closing: list[int] = []
         self._lock = threading.Lock()
 
     def prepare(self) -> None:
@@ -67,8 +84,12 @@ class Grammars:
                               "'lightseek[serve]'") from None
         with self._lock:
             if self._llg_tokenizer is None:
-                self._llg_tokenizer = llguidance.LLTokenizer(
-                    self.tokenizer.to_json_str(), n_vocab=self.vocab_size, eos_token=list(self.tokenizer.end_ids))
+                vocab = llguidance.LLTokenizer(self.tokenizer.to_json_str(), n_vocab=self.vocab_size,
+                                               eos_token=list(self.tokenizer.end_ids))
+                # each closing string the vocabulary has as one token, in CLOSING's order
+                singles = [vocab.tokenize_str(text) for text in CLOSING]
+                self._closing = list(dict.fromkeys(ids[0] for ids in singles if len(ids) == 1))
+                self._llg_tokenizer = vocab
         return llguidance, self._llg_tokenizer
 
     def constraint(self, response_format: dict | None) -> Constraint | None:
@@ -85,17 +106,26 @@ class Grammars:
         matcher = llguidance.LLMatcher(vocab, grammar, log_level=0)
         if matcher.is_error():
             raise ConfigError(f"response_format: the JSON schema cannot be used: {matcher.get_error()}")
-        return Constraint(matcher, self.vocab_size)
+        return Constraint(matcher, self.vocab_size, self._closing)
 
 
 class Constraint:
     """One request's grammar state."""
 
-    def __init__(self, matcher, vocab_size: int) -> None:
+    def __init__(self, matcher, vocab_size: int, closing_ids: list[int] = ()) -> None:
         import llguidance.numpy as llg_numpy
 
         self.matcher, self.vocab_size, self._fill = matcher, vocab_size, llg_numpy.fill_next_token_bitmask
         self._mask = llg_numpy.allocate_token_bitmask(1, vocab_size)  # int32 words, bit i of word w: token 32w+i
+        self._closing_ids = list(closing_ids)
+        self.cut = False  # the budget replaced a token of the model's by one that closes the answer
+        # the shortest complete answer's length, give or take: `within_budget` looks for a way
+        # to close from this many tokens before the end (and at least HORIZON)
+        shortest = self.closing(self.HORIZON_CAP)
+        self.horizon = max(self.HORIZON, 4 * len(shortest)) if shortest is not None else self.HORIZON_CAP
+
+    HORIZON = 32       # budgets at or below this look for a way to close
+    HORIZON_CAP = 512  # the longest way to close looked for
 
     def mask_(self, logits_V: torch.Tensor) -> None:
         """Set the logits of the tokens the grammar forbids next to -inf, in place."""
@@ -112,6 +142,46 @@ class Constraint:
         """Move past ``token``; False when the grammar refuses it (the mask allowed nothing the
         grammar can continue with, for example past a parser limit): the request must end."""
         return self.matcher.consume_token(token)
+
+    def closing(self, limit: int, after: int | None = None) -> list[int] | None:
+        """Tokens that complete the answer from here, or from after token ``after``, at most
+        ``limit`` of them (found on a copy of the matcher); None when these choices do not
+        complete it within ``limit`` (or the grammar refuses ``after``)."""
+        import numpy as np
+
+        m, path = self.matcher.deep_copy(), []
+        if after is not None and not m.consume_token(after):
+            return None
+        mask = np.zeros_like(self._mask)
+        while not (m.is_stopped() or m.is_accepting()):
+            if len(path) >= limit or m.is_error():
+                return None
+            step = m.compute_ff_tokens()[:1]  # the one token the grammar allows, if so
+            if not step:
+                self._fill(m, mask, 0)
+                bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[:self.vocab_size]
+                step = [next((t for t in self._closing_ids if bits[t]), None)]
+                if step[0] is None:  # no closing token fits here (inside an enum's word): the first allowed one
+                    allowed = np.flatnonzero(bits)
+                    if not allowed.size:
+                        return None
+                    step = [int(allowed[0])]
+            if not m.consume_token(step[0]):
+                return None
+            path += step
+        return path
+
+    def within_budget(self, token: int, budget: int) -> int:
+        """The token to take next, ``budget`` tokens (this one included) being left: ``token``
+        (the model's choice under the mask) if the answer can still be closed after it, else
+        the first token of a way to close it from here, and `cut` is set."""
+        if budget > self.horizon or self.closing(budget - 1, after=token) is not None:
+            return token
+        path = self.closing(budget)
+        if path is None:  # too late to close either way: the model's token, and the answer is cut at the end
+            return token
+        self.cut = True
+        return path[0]
 
     @property
     def stopped(self) -> bool:
