@@ -555,11 +555,12 @@ def grammar_libs() -> str:
 
 def structured() -> str:
     d = result("structured")
-    rows = [[name, f"{r['valid']} / {r['requests']}", f"{r['parsed']}", f"{r['finished']}", f"{r['tokens']:,}",
+    rows = [[name, f"{r['valid']} / {r['requests']}", f"{r['parsed']}", f"{r['finished']}",
+             f"{len(r['closed_by_budget'])}" if name == "constrained" else "", f"{r['tokens']:,}",
              f"{r['wall_s']:.0f} s", f"{r['output_tok_s']:.1f}"] for name, r in d["results"].items()]
     ratio = d["constrained_over_free_tok_s"]
-    return (table(["requests", "valid JSON for the schema", "parse", "finished", "output tokens", "wall",
-                   "output tok/s"], rows, "lrrrrrr")
+    return (table(["requests", "valid JSON for the schema", "parse", "ended by the model", "closed to fit max_tokens",
+                   "output tokens", "wall", "output tok/s"], rows, "lrrrrrrr")
             + f"\nConstrained throughput {100 * ratio:.1f}% of unconstrained (target: the masks cost ≤ 20%, "
               f"{'met' if ratio >= 0.8 else '**not met**'}); {d['slots']} requests decode together.\n")
 
