@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -197,35 +199,73 @@ def test_gradient_checkpointing_on_the_first_forward_and_a_second_backward():
     assert model.moe_layers()[0].router.stat_sums[0] == x.numel()  # counted once, recomputed twice
 
 
-def test_vocab_head_in_slices_is_the_same_product(monkeypatch) -> None:
-    """The head's sliced product (a wide vocabulary, a few rows, no gradient) gives F.linear's
-    values, in the model's output shape; with gradients it is F.linear itself, and they flow."""
+def test_products_in_slices_are_the_same_product(monkeypatch) -> None:
+    """`Linear` and the vocabulary head (a large weight, a few rows, no gradient) give F.linear's
+    values, bias included, in the input's shape, without calling it; with gradients, many rows
+    or a small weight, they are F.linear itself, and gradients flow."""
     import torch.nn.functional as F
 
+    from lightseek.kernels import linear as kl
     from lightseek.model.transformer import VocabHead
 
-    linear, calls = F.linear, []
+    plain, calls = F.linear, []
 
     def counting(x, *args, **kwargs):
         calls.append(tuple(x.shape))
-        return linear(x, *args, **kwargs)
+        return plain(x, *args, **kwargs)
 
     monkeypatch.setattr(F, "linear", counting)
     torch.manual_seed(0)
     head = VocabHead(32, 8 * 2048, bias=False)
-    for shape in [(1, 32), (1, 1, 32), (3, 5, 32), (2, 16, 32)]:
-        x = torch.randn(shape)
-        with torch.inference_mode():
-            y = head(x)
-        assert y.shape == (*shape[:-1], head.out_features)
-        assert torch.allclose(y, linear(x, head.weight), atol=1e-5, rtol=1e-5)
+    proj = kl.Linear(256, 512, bias=True)  # 131,072 weights: above MIN_WEIGHT
+    for layer in (head, proj):
+        for shape in [(1, layer.in_features), (1, 1, layer.in_features), (3, 5, layer.in_features),
+                      (2, 16, layer.in_features)]:
+            x = torch.randn(shape)
+            with torch.inference_mode():
+                y = layer(x)
+            assert y.shape == (*shape[:-1], layer.out_features)
+            assert torch.allclose(y, plain(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
     assert calls == []  # each went through the slices
     x = torch.randn(4, 32, requires_grad=True)
     head(x).sum().backward()  # training: the plain product, with its backward
     assert calls == [(4, 32)] and x.grad is not None and head.weight.grad is not None
     calls.clear()
     with torch.inference_mode():
-        head(torch.randn(VocabHead.MAX_ROWS + 1, 32))  # many rows (a prefill's logits): whole
-        small = VocabHead(32, 1000, bias=False)  # a vocabulary below MIN_VOCAB: nothing to gain
-        small(torch.randn(2, 32))
-    assert calls == [(VocabHead.MAX_ROWS + 1, 32), (2, 32)]
+        head(torch.randn(kl.MAX_ROWS + 1, 32))  # many rows (a prefill's logits): whole
+        VocabHead(32, 1000, bias=False)(torch.randn(2, 32))  # a small weight: nothing to gain
+        kl.Linear(512, 390)(torch.randn(2, 512))  # 390 output features do not split in 4
+    assert calls == [(kl.MAX_ROWS + 1, 32), (2, 32), (2, 512)]
+
+
+def test_a_model_in_slices_computes_what_it_computes_whole() -> None:
+    """A model whose projections are large enough to be sliced gives the same logits with the
+    slices as with F.linear everywhere (prefill, then a cached decode step)."""
+    from lightseek.kernels.linear import Linear
+    from lightseek.model.kv_cache import KVCache
+    from lightseek.model.transformer import VocabHead
+
+    torch.manual_seed(0)
+    # sliced: the dense layer's and the shared expert's 384 x 512 weights, the query and output
+    # projections (384 x 384) and the head; not: keys and values (384 x 192), routed experts
+    model = Transformer(preset("debug", dim=384, dense_inter_dim=512, shared_inter_dim=512)).eval()
+    assert isinstance(model.layers[0].attn.wq, Linear) and isinstance(model.layers[1].ffn.shared.w1, Linear)
+    idx = torch.randint(0, 512, (2, 9))
+    outs = []
+    for slices in (Linear.SLICES, 1):
+        with torch.inference_mode(), _slices(Linear, slices), _slices(VocabHead, slices):
+            cache = KVCache.for_model(model, 2, 16)
+            first = model(idx[:, :8], cache=cache).logits
+            outs.append((first, model(idx[:, 8:], cache=cache).logits))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@contextlib.contextmanager
+def _slices(cls, n: int):
+    before = cls.SLICES
+    cls.SLICES = n
+    try:
+        yield
+    finally:
+        cls.SLICES = before

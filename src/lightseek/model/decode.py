@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightseek.kernels.linear import Linear, sliced_linear
 from lightseek.model.kv_cache import KVCache
 from lightseek.model.moe import MoE, SwiGLU
 from lightseek.model.transformer import Attention, apply_rope
@@ -40,13 +41,15 @@ def fused(mods: Sequence[nn.Module]) -> tuple[Product, list[torch.Tensor]] | Non
     Plain linear layers concatenate their weights; other layers fuse when their class offers
     ``fuse(mods)`` and it accepts them (quantized layers of one format: codes and scales
     concatenate along the output rows)."""
-    if all(type(m) is nn.Linear for m in mods):
+    if all(type(m) in (nn.Linear, Linear) for m in mods):
         weight = torch.cat([m.weight.detach() for m in mods])
         bias = None
         if any(m.bias is not None for m in mods):
             bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
                               for m in mods])
-        return (lambda x: F.linear(x, weight, bias)), [t for m in mods for t in (m.weight, m.bias) if t is not None]
+        slices = mods[0].SLICES if isinstance(mods[0], Linear) else 1
+        return ((lambda x: sliced_linear(x, weight, bias, slices)),
+                [t for m in mods for t in (m.weight, m.bias) if t is not None])
     kind = type(mods[0])
     fuse = getattr(kind, "fuse", None)
     product = fuse(mods) if fuse is not None and all(type(m) is kind for m in mods) else None
@@ -86,7 +89,7 @@ class DecodeStep:
             a, f = block.attn, block.ffn
             qkv = self._product([a.wq, a.wk, a.wv])
             w13 = None
-            if isinstance(f, SwiGLU) and type(f.w1) is not nn.Linear:  # see `_product`
+            if isinstance(f, SwiGLU) and type(f.w1) not in (nn.Linear, Linear):  # see `_product`
                 w13 = self._product([f.w1, f.w3])
             self.layers.append((block, qkv, w13))
         self.version = self._version()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightseek.kernels.dispatch import get_dispatch
+from lightseek.kernels.linear import Linear
 from lightseek.model.config import ModelConfig
 from lightseek.model.variants import ExpertWeights, LinearUpdate, Selection, apply_updates, token_rows
 
@@ -217,9 +218,9 @@ class Router(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, inter_dim: int):
         super().__init__()
-        self.w1 = nn.Linear(dim, inter_dim, bias=False)
-        self.w3 = nn.Linear(dim, inter_dim, bias=False)
-        self.w2 = nn.Linear(inter_dim, dim, bias=False)
+        self.w1 = Linear(dim, inter_dim, bias=False)
+        self.w3 = Linear(dim, inter_dim, bias=False)
+        self.w2 = Linear(inter_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))

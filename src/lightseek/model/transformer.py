@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lightseek.kernels.linear import Linear
 from lightseek.model.config import ModelConfig
 from lightseek.model.kv_cache import KVCache
 from lightseek.model.moe import MoE, SwiGLU, recomputing, routing_stats
@@ -85,10 +86,10 @@ class Attention(nn.Module):
         self.scale = cfg.attn_scale or None  # None: SDPA's 1 / sqrt(head_dim)
         self.window = cfg.sliding_window
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, q_dim, bias=cfg.qkv_bias)
-        self.wk = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
-        self.wv = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(q_dim, cfg.dim, bias=cfg.o_bias)
+        self.wq = Linear(cfg.dim, q_dim, bias=cfg.qkv_bias)
+        self.wk = Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+        self.wv = Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+        self.wo = Linear(q_dim, cfg.dim, bias=cfg.o_bias)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm != "none":
             q_norm_dim, k_norm_dim = (cfg.head_dim, cfg.head_dim) if cfg.qk_norm == "head" else (q_dim, kv_dim)
@@ -160,15 +161,15 @@ class LatentAttention(Attention):
             scale *= yarn_mscale(cfg.rope_factor, cfg.rope_mscale_all_dim) ** 2
         self.scale, self.window, self.interleave = scale, cfg.sliding_window, cfg.rope_interleave
         if cfg.q_lora_rank:
-            self.wq_a = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=cfg.qkv_bias)
+            self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, bias=cfg.qkv_bias)
             self.q_a_norm = nn.RMSNorm(cfg.q_lora_rank, eps=cfg.norm_eps)
-            self.wq_b = nn.Linear(cfg.q_lora_rank, H * qk, bias=False)
+            self.wq_b = Linear(cfg.q_lora_rank, H * qk, bias=False)
         else:
-            self.wq = nn.Linear(cfg.dim, H * qk, bias=False)
-        self.wkv_a = nn.Linear(cfg.dim, self.kv_rank + self.rope, bias=cfg.qkv_bias)
+            self.wq = Linear(cfg.dim, H * qk, bias=False)
+        self.wkv_a = Linear(cfg.dim, self.kv_rank + self.rope, bias=cfg.qkv_bias)
         self.kv_a_norm = nn.RMSNorm(self.kv_rank, eps=cfg.norm_eps)
-        self.wkv_b = nn.Linear(self.kv_rank, H * (self.nope + self.v_dim), bias=False)
-        self.wo = nn.Linear(H * self.v_dim, cfg.dim, bias=cfg.o_bias)
+        self.wkv_b = Linear(self.kv_rank, H * (self.nope + self.v_dim), bias=False)
+        self.wo = Linear(H * self.v_dim, cfg.dim, bias=cfg.o_bias)
         self.PROJECTIONS = (("wq_a", "wq_b") if cfg.q_lora_rank else ("wq",)) + ("wkv_a", "wkv_b", "wo")
 
     def _qkv(self, x_BTD, cos, sin):
@@ -231,34 +232,12 @@ def _recompute_context():
     return contextlib.nullcontext(), recomputing()
 
 
-class VocabHead(nn.Linear):
-    """The output projection onto the vocabulary (bias-free; tied to the embedding or not).
-
-    On CPU, with no gradient to record, a product of up to ``MAX_ROWS`` rows runs as ``SLICES``
-    slices of the vocabulary through one ``bmm``: the BLAS behind ``F.linear`` takes a product
-    this shape (a few rows against a tall weight, tens of thousands of rows by a few hundred) on
-    one thread, while ``bmm`` spreads the slices over the threads. SmolLM2's 49,152 x 576 head on
-    2 cores: 11.4 ms for one row through ``F.linear``, 6.2 ms in 8 slices; 27 -> 18 ms for 16
-    rows (bench/head_product.py). The values equal F.linear's up to float rounding (the slices
-    may sum in another order). Taken for fp32 only, the case measured."""
+class VocabHead(Linear):
+    """The output projection onto the vocabulary (bias-free; tied to the embedding or not): a
+    `Linear` in 8 slices, the count measured best for SmolLM2's 49,152 x 576 head on 2 cores
+    (11.4 ms for one row through ``F.linear``, 6.2 ms in 8 slices; bench/head_product.py)."""
 
     SLICES = 8
-    MIN_VOCAB = 8192  # below this the product is small and F.linear's own threading does as well
-    MAX_ROWS = 256    # measured up to here (prefill that wants every position's logits goes whole)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        n, k = w.shape
-        rows = x.numel() // k
-        if (x.device.type != "cpu" or self.bias is not None or n < self.MIN_VOCAB or n % self.SLICES
-                or x.shape[-1] != k or rows > self.MAX_ROWS or w.dtype != torch.float32 or x.dtype != w.dtype
-                or torch.is_autocast_enabled("cpu")
-                or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
-            return F.linear(x, w, self.bias)
-        s = self.SLICES
-        x_MK = x.reshape(rows, k)
-        y_SMN = torch.bmm(x_MK.expand(s, rows, k), w.view(s, n // s, k).transpose(1, 2))  # (S, M, V/S)
-        return y_SMN.transpose(0, 1).reshape(*x.shape[:-1], n)
 
 
 class Transformer(nn.Module):
