@@ -446,8 +446,11 @@ def _yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def serve_real() -> str:
-    d = result("serve_real")
+SERVE_REAL_SLICED = "serve_real_systems-lightseek-fp32-lightseek-int4-g64"  # after products in slices
+
+
+def serve_real(name: str = "serve_real") -> str:
+    d = result(name)
     same = {h["batch"]: h["output_tok_s"] for h in d["transformers_generate"]}
     rows = []
     for s in d["systems"]:
@@ -1369,6 +1372,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/moe_layer.md": {"moe_layer_summary": moe_layer_summary, "moe_layer_configs": moe_layer_configs},
     "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
                                 "serve_real": serve_real, "serve_real_targets": serve_real_targets,
+                                "serve_real_sliced": lambda: serve_real(SERVE_REAL_SLICED),
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor,
                                 "grammar_libs": grammar_libs, "structured": structured,
                                 "prefix_cache": prefix_cache, "eval_harness": eval_harness},
