@@ -261,6 +261,26 @@ def test_a_model_in_slices_computes_what_it_computes_whole() -> None:
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_the_decode_step_follows_the_slices_switch(monkeypatch) -> None:
+    """The one-sequence decode step (built once, cached on the model) reads `Linear.SLICES` at
+    each call for its fused query-key-value product, as the layers do."""
+    from lightseek.kernels.linear import Linear
+    from lightseek.model import decode
+
+    torch.manual_seed(0)
+    model = Transformer(preset("debug", dim=384, dense_inter_dim=512, shared_inter_dim=512)).eval()
+    product, asked = decode.sliced_linear, []
+    monkeypatch.setattr(decode, "sliced_linear", lambda x, w, b, slices: asked.append(slices) or product(x, w, b, slices))
+    steps = []
+    with torch.inference_mode():
+        for slices in (1, Linear.SLICES, 1):
+            with _slices(Linear, slices):
+                steps.append(decode.DecodeStep.of(model))
+                steps[-1](torch.tensor([3]), KVCache.for_model(model, 1, 8))
+    n = model.cfg.n_layers
+    assert steps[0] is steps[1] is steps[2] and asked == [1] * n + [Linear.SLICES] * n + [1] * n
+
+
 @contextlib.contextmanager
 def _slices(cls, n: int):
     before = cls.SLICES

@@ -338,13 +338,19 @@ def test_closing_completes_the_answer_from_where_it_stands(served) -> None:
 
     _, tok = served
     grammars = Grammars(tok, tok.vocab_size)
-    for start in ('{"note": "It was the best of', '{"note": "", "items": [{"name": "x", "ok": true}, {"na'):
-        c = grammars.constraint({"type": "json_schema", "json_schema": {"schema": LONG_SCHEMA}})
+    numbers = {"type": "object", "properties": {"n": {"type": "integer"}, "xs": {"type": "array", "items": {
+        "type": "number"}, "minItems": 3}}, "required": ["n", "xs"], "additionalProperties": False}
+    for schema, start in ((LONG_SCHEMA, '{"note": "It was the best of'),
+                          (LONG_SCHEMA, '{"note": "", "items": [{"name": "x", "ok": true}, {"na'),
+                          (numbers, '{"n": 4'),  # a number with a key to come: ended, not lengthened
+                          (numbers, '{"n": 1, "xs": [2.5')):  # an array short of minItems
+        c = grammars.constraint({"type": "json_schema", "json_schema": {"schema": schema}})
         ids = tok.encode(start)
         assert all(c.advance(t) for t in ids)
         path = c.closing(100)
-        assert path is not None and c.closing(len(path) - 1) is None
-        jsonschema.validate(json.loads(tok.decode(ids + path)), LONG_SCHEMA)
+        assert path is not None and c.closing(len(path) - 1) is None, start
+        jsonschema.validate(json.loads(tok.decode(ids + path)), schema)
+        assert tok.decode(ids + path).startswith(start)
 
 
 def test_structured_output_errors_name_the_field(served) -> None:

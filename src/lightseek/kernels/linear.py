@@ -49,8 +49,9 @@ def sliced_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` whose inference product on CPU is `sliced_linear` (same parameters, same
-    state dict; training and every other case are ``F.linear``). ``SLICES = 1`` turns it off."""
+    """``nn.Linear`` whose product on CPU is `sliced_linear` (same parameters, same state dict;
+    a product that records a gradient, and every other case `sliced` leaves out, is
+    ``F.linear``). ``SLICES = 1`` turns it off, for this class and the products built from it."""
 
     SLICES = 4  # 2 and 4 measured alike on 2 cores; 4 leaves room for more threads
 

@@ -47,8 +47,8 @@ def fused(mods: Sequence[nn.Module]) -> tuple[Product, list[torch.Tensor]] | Non
         if any(m.bias is not None for m in mods):
             bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
                               for m in mods])
-        slices = mods[0].SLICES if isinstance(mods[0], Linear) else 1
-        return ((lambda x: sliced_linear(x, weight, bias, slices)),
+        kind = type(mods[0])  # its SLICES read at each call, as the layers' own products do
+        return ((lambda x: sliced_linear(x, weight, bias, kind.SLICES if issubclass(kind, Linear) else 1)),
                 [t for m in mods for t in (m.weight, m.bias) if t is not None])
     kind = type(mods[0])
     fuse = getattr(kind, "fuse", None)

@@ -393,7 +393,8 @@ class Engine:
         new_ids: list[int] = []
         # a token the grammar refuses ends this request (not the engine), as the end token does
         if refused or (tok in self.end_ids and not req.params.ignore_eos):
-            req.finish_reason = "stop"
+            # an answer the budget closed early (`serve.grammar`) reports that, however it ends
+            req.finish_reason = "length" if req.constraint is not None and req.constraint.cut else "stop"
             req.end_token = None if refused else tok
             req.text += req.decoder.flush()
         else:

@@ -35,11 +35,11 @@ from lightseek.errors import ConfigError
 JSON_OPTIONS = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 # What `Constraint.closing` tries, in this order, where the grammar leaves a choice: the end of a
 # string (with what follows it, where one token holds both), then the ends of arrays and objects,
-# then the shortest values of each JSON type, then a separator (an object with a required key
-# to come, an array short of minItems). Inside a string every one of them is a character, so
-# the quote comes before the brackets.
-CLOSING = ('"}]}', '"}]', '"}}', '"}', '"]}', '"]', '"', '}]}', '}]', '}}', ']}', '}', ']',
-           '0', 'false', 'null', '{}', '[]', '{', '[', 'a', ',')
+# then a separator (an object with a required key to come, an array short of minItems: after a
+# number, a digit would lengthen it for ever), then the shortest values of each JSON type.
+# Inside a string every one of them is a character, so the quote comes before the brackets.
+CLOSING = ('"}]}', '"}]', '"}}', '"}', '"]}', '"]', '"', '}]}', '}]', '}}', ']}', '}', ']', ',',
+           '0', 'false', 'null', '{}', '[]', '{', '[', 'a')
 
 
 def schema_of(response_format: dict | None) -> dict | None:
@@ -119,12 +119,14 @@ class Constraint:
         self._mask = llg_numpy.allocate_token_bitmask(1, vocab_size)  # int32 words, bit i of word w: token 32w+i
         self._closing_ids = list(closing_ids)
         self.cut = False  # the budget replaced a token of the model's by one that closes the answer
-        # the shortest complete answer's length, give or take: `within_budget` looks for a way
-        # to close from this many tokens before the end (and at least HORIZON)
+        # tokens needed to close from where the answer stands, as last found (None: more than
+        # HORIZON_CAP from the start, a schema too large to close early, which is then not tried)
         shortest = self.closing(self.HORIZON_CAP)
-        self.horizon = max(self.HORIZON, 4 * len(shortest)) if shortest is not None else self.HORIZON_CAP
+        self._need = None if shortest is None else len(shortest)
+        self._steps = 0
 
-    HORIZON = 32       # budgets at or below this look for a way to close
+    HORIZON = 32       # look for a way to close once the budget is within this of what closing needs
+    REFRESH = 16       # and, further from the end, every this many tokens (nesting deepens what it needs)
     HORIZON_CAP = 512  # the longest way to close looked for
 
     def mask_(self, logits_V: torch.Tensor) -> None:
@@ -174,13 +176,26 @@ class Constraint:
     def within_budget(self, token: int, budget: int) -> int:
         """The token to take next, ``budget`` tokens (this one included) being left: ``token``
         (the model's choice under the mask) if the answer can still be closed after it, else
-        the first token of a way to close it from here, and `cut` is set."""
-        if budget > self.horizon or self.closing(budget - 1, after=token) is not None:
+        the first token of a way to close it from here, and `cut` is set. Searches only near
+        the end of the budget (and every REFRESH tokens, to follow what closing needs)."""
+        if self._need is None:
+            return token
+        self._steps += 1
+        near = budget <= self._need + self.HORIZON
+        if not near and self._steps % self.REFRESH:
+            return token
+        after = self.closing(min(budget - 1, self.HORIZON_CAP), after=token)
+        if after is not None:
+            self._need = len(after)
+            return token
+        if not near:  # further than HORIZON_CAP from closing: look again near the end of the budget
+            self._need = self.HORIZON_CAP
             return token
         path = self.closing(budget)
         if path is None:  # too late to close either way: the model's token, and the answer is cut at the end
             return token
         self.cut = True
+        self._need = len(path) - 1
         return path[0]
 
     @property
