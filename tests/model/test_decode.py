@@ -68,15 +68,23 @@ def test_step_equals_the_forward(variant):
 def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
     from lightseek.quant.apply import quantize
     from lightseek.quant.config import QuantConfig
-    from lightseek.quant.modules import QuantLinear
+    from lightseek.quant.modules import QuantLinear, set_kernel
 
     model = quantize(_model(router_mode="dense"), QuantConfig(bits=bits, group_size=group or 32))
     with torch.inference_mode():
         step = DecodeStep.of(model)
-    block, qkv, w13 = step.layers[0]
-    assert isinstance(qkv, QuantLinear) and isinstance(w13, QuantLinear)
-    assert qkv.out_features == block.attn.wq.out_features + 2 * block.attn.wk.out_features
+        block, qkv, wo, w13, w2 = step.layers[0]
+        # the packed products bound as bare functions, q k v and gate-up each one product
+        assert not any(isinstance(p, torch.nn.Module) for p in (qkv, wo, w13, w2))
+        x = torch.randn(1, model.cfg.dim)
+        assert qkv(x).shape[-1] == block.attn.wq.out_features + 2 * block.attn.wk.out_features
+        assert torch.allclose(wo(x[:, :block.attn.wo.in_features]), block.attn.wo(x[:, :block.attn.wo.in_features]))
     # the same packed kernels row by row: only the bf16 products' summation order may differ
+    assert _step_against_forward(model) < 2e-2
+    set_kernel(model, "dequant")  # another kernel: the step is rebuilt, its layers called as modules
+    with torch.inference_mode():
+        rebuilt = DecodeStep.of(model)
+    assert rebuilt is not step and all(isinstance(p, QuantLinear) for p in rebuilt.layers[0][1:])
     assert _step_against_forward(model) < 2e-2
 
 
