@@ -64,13 +64,14 @@ def test_step_equals_the_forward(variant):
     assert _step_against_forward(_model(**VARIANTS[variant])) < 1e-4
 
 
-@pytest.mark.parametrize("bits,group", [(8, 0), (4, 32)])
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 128)])  # 128: groups padded past the width
 def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
     from lightseek.quant.apply import quantize
     from lightseek.quant.config import QuantConfig
     from lightseek.quant.modules import QuantLinear, set_kernel
 
-    model = quantize(_model(router_mode="dense"), QuantConfig(bits=bits, group_size=group or 32))
+    model = quantize(_model(router_mode="dense"), QuantConfig(bits=bits, group_size=group or 32,
+                                                             pad_groups=group == 128))
     with torch.inference_mode():
         step = DecodeStep.of(model)
         block, qkv, wo, w13, w2 = step.layers[0]
