@@ -41,16 +41,16 @@ def fused(mods: Sequence[nn.Module]) -> tuple[Product, list[torch.Tensor]] | Non
     Plain linear layers concatenate their weights; other layers fuse when their class offers
     ``fuse(mods)`` and it accepts them (quantized layers of one format: codes and scales
     concatenate along the output rows)."""
+    kind = type(mods[0])
     if all(type(m) in (nn.Linear, Linear) for m in mods):
         weight = torch.cat([m.weight.detach() for m in mods])
         bias = None
         if any(m.bias is not None for m in mods):
             bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
                               for m in mods])
-        kind = type(mods[0])  # its SLICES read at each call, as the layers' own products do
+        # the class's SLICES read at each call, as the layers' own products do
         return ((lambda x: sliced_linear(x, weight, bias, kind.SLICES if issubclass(kind, Linear) else 1)),
                 [t for m in mods for t in (m.weight, m.bias) if t is not None])
-    kind = type(mods[0])
     fuse = getattr(kind, "fuse", None)
     product = fuse(mods) if fuse is not None and all(type(m) is kind for m in mods) else None
     if product is None:
@@ -103,12 +103,12 @@ class DecodeStep:
             return separate(mods)
         product, sources = built
         self.sources += sources
-        return getattr(product, "bound", lambda: None)() or product
+        return _bound(product) or product
 
     def _bare(self, mod: nn.Module) -> Product:
-        """``mod`` itself, or a quantized layer's packed product without the module around it
-        (`_QuantWeights.bound`; its buffers join the version the step checks)."""
-        bound = getattr(mod, "bound", lambda: None)()
+        """``mod`` itself, or its bare packed product (`_bound`; its buffers then join the
+        version the step checks)."""
+        bound = _bound(mod)
         if bound is None:
             return mod
         self.sources += list(mod.buffers())
@@ -193,6 +193,13 @@ class DecodeStep:
             x = x + out * rs if rs != 1.0 else x + out
         logits = model.head(_rms_norm(model.norm, x)).float()
         return logits * cfg.logits_scale if cfg.logits_scale != 1.0 else logits
+
+
+def _bound(mod) -> Product | None:
+    """A quantized layer's packed product without the module around it (its class's ``bound``:
+    `_QuantWeights.bound`), None for any other layer or where the packed kernel is not used."""
+    bound = getattr(mod, "bound", None)
+    return bound() if bound is not None else None
 
 
 def _rms_norm(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:

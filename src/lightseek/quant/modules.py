@@ -116,7 +116,7 @@ class _QuantWeights(nn.Module):
         return self.kernel_mm(x2, *self.packed()[index]).reshape(*lead, -1).to(x.dtype)
 
     def bound(self):
-        """This (plain) layer's packed product as a bare function of an fp32 input (M, K) ->
+        """This (plain) layer's packed product as a bare function of a contiguous fp32 input (M, K) ->
         (M, N) fp32, with the packed tensors and the kernel's arguments taken now; None where
         `matmul` would not use the packed kernel. For a caller that issues it many times and
         notices weight and kernel changes itself (the decode step: about 10 us a call saved,
@@ -124,13 +124,7 @@ class _QuantWeights(nn.Module):
         if self.qweight.dim() != 2 or not self.use_packed(torch.empty(0, device=self.qweight.device)):
             return None
         (w, s), = self.packed()
-        if self.bits == 8:
-            return lambda x: torch._weight_int8pack_mm(x.to(PACKED_DTYPE), w, s).float()
-        group, pad = self.group, s.shape[0] * self.group - self.in_features
-        mm = torch.ops.aten._weight_int4pack_mm_for_cpu
-        if pad:
-            return lambda x: mm(F.pad(x.to(PACKED_DTYPE), (0, pad)), w, group, s).float()
-        return lambda x: mm(x.to(PACKED_DTYPE), w, group, s).float()
+        return lambda x: self.kernel_mm(x.to(PACKED_DTYPE), w, s).float()
 
     def kernel_mm(self, x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The packed kernel alone: x2 (M, K), contiguous, in PACKED_DTYPE, times one matrix of

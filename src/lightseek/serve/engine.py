@@ -408,7 +408,7 @@ class Engine:
             elif req.constraint is not None and req.constraint.stopped:  # the JSON is complete
                 req.finish_reason = "length" if req.constraint.cut else "stop"  # "length": closed early to fit
                 req.text += req.decoder.flush()
-            elif len(req.output_ids) >= req.params.max_tokens or len(req.prompt_ids) + len(req.output_ids) >= self.max_len:
+            elif self._budget(req) <= 0:  # max_tokens reached, or the context full
                 req.finish_reason = "length"
                 req.text += req.decoder.flush()
         if req.done:

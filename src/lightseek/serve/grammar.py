@@ -133,12 +133,19 @@ class Constraint:
         """Set the logits of the tokens the grammar forbids next to -inf, in place."""
         import numpy as np
 
-        self._fill(self.matcher, self._mask, 0)
-        forbidden = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[:self.vocab_size] == 0
+        forbidden = self._allowed(self.matcher, self._mask) == 0
         if logits_V.device.type == "cpu":  # in numpy: one pass, no thread pool woken for 49k elements
             logits_V.numpy()[forbidden] = -np.inf
         else:
             logits_V.masked_fill_(torch.from_numpy(forbidden).to(logits_V.device), float("-inf"))
+
+    def _allowed(self, matcher, mask):
+        """One byte per token of the vocabulary, 1 where ``matcher`` allows it next (``mask``:
+        the bitmask buffer to fill)."""
+        import numpy as np
+
+        self._fill(matcher, mask, 0)
+        return np.unpackbits(mask.view(np.uint8), bitorder="little")[:self.vocab_size]
 
     def advance(self, token: int) -> bool:
         """Move past ``token``; False when the grammar refuses it (the mask allowed nothing the
@@ -160,8 +167,7 @@ class Constraint:
                 return None
             step = m.compute_ff_tokens()[:1]  # the one token the grammar allows, if so
             if not step:
-                self._fill(m, mask, 0)
-                bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[:self.vocab_size]
+                bits = self._allowed(m, mask)
                 step = [next((t for t in self._closing_ids if bits[t]), None)]
                 if step[0] is None:  # no closing token fits here (inside an enum's word): the first allowed one
                     allowed = np.flatnonzero(bits)
