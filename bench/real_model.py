@@ -71,14 +71,38 @@ def peak_mib() -> float:
 
 
 # --- one system per process -------------------------------------------------------------------------
+def decode_workload(model, text_ids: list[int] | None = None):
+    """The two decode workloads, as functions: greedy `generate` of NEW tokens after a PROMPT-token
+    prompt (returns the tokens), and ROWS rows decoding ROW_NEW tokens each after their prompts
+    through the forward with a KV cache; prefill included in both."""
+    import torch
+
+    from lightseek.model.generate import generate_ids
+    from lightseek.model.kv_cache import KVCache
+    from lightseek.model.sampling import SamplingParams
+
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=NEW)
+    one = prompts(1, PROMPT, text_ids=text_ids)[0]
+    rows = torch.tensor(prompts(ROWS, PROMPT, text_ids=text_ids))
+
+    def generate1() -> list[int]:
+        return list(generate_ids(model, one, greedy))
+
+    def generate16() -> None:
+        with torch.inference_mode():
+            cache = KVCache.for_model(model, ROWS, max_len=PROMPT + ROW_NEW)
+            nxt = model(rows, cache=cache, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
+            for _ in range(ROW_NEW - 1):
+                nxt = model(nxt, cache=cache, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
+
+    return generate1, generate16
+
+
 def run_lightseek(ckpt: str, repeats: int, text: str | None = None, dispatch: str = "auto") -> dict:
     import torch
 
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.model.checkpoint import load_model
-    from lightseek.model.generate import generate_ids
-    from lightseek.model.kv_cache import KVCache
-    from lightseek.model.sampling import SamplingParams
 
     t = time.perf_counter()
     model = load_model(ckpt)
@@ -86,28 +110,19 @@ def run_lightseek(ckpt: str, repeats: int, text: str | None = None, dispatch: st
     model.set_dispatch(dispatch)  # the MoE layers' expert dispatch (a dense model has none)
     ids = Tokenizer.load(ckpt).encode(Path(text).read_text(encoding="utf-8")) if text else None
     long = torch.tensor(prompts(1, PREFILL, text_ids=ids))
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=NEW)
-    one = prompts(1, PROMPT, text_ids=ids)[0]
-    rows = torch.tensor(prompts(ROWS, PROMPT, text_ids=ids))
+    generate1, generate16 = decode_workload(model, ids)
 
     def prefill():
         with torch.inference_mode():
             model(long, last_only=True)
 
     def decode1():
-        assert len(list(generate_ids(model, one, greedy))) == NEW
-
-    def decode16():
-        with torch.inference_mode():
-            cache = KVCache.for_model(model, ROWS, max_len=PROMPT + ROW_NEW)
-            nxt = model(rows, cache=cache, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
-            for _ in range(ROW_NEW - 1):
-                nxt = model(nxt, cache=cache, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
+        assert len(generate1()) == NEW
 
     model.reset_routing_stats()
     row = {"load_s": load_s, "prefill_tok_s": PREFILL / timed(prefill, repeats),
            "decode_b1_tok_s": NEW / timed(decode1, repeats),
-           "decode_b16_tok_s": ROWS * ROW_NEW / timed(decode16, repeats), "peak_mib": peak_mib()}
+           "decode_b16_tok_s": ROWS * ROW_NEW / timed(generate16, repeats), "peak_mib": peak_mib()}
     if model.cfg.is_moe:  # experts per token actually used, over every timed call
         report = model.routing_report()
         row["avg_k"] = sum(r["avg_k"] for r in report) / len(report)

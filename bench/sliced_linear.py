@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance, timed_ms, write_result  # noqa: E402
-from real_model import NEW, PROMPT, ROW_NEW, ROWS, prompts, run_transformers  # noqa: E402
+from real_model import ROW_NEW, ROWS, decode_workload, run_transformers  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
 SHAPES = {"q, o": (576, 576), "k, v": (192, 576), "q k v fused": (960, 576), "gate, up": (1536, 576),
@@ -95,26 +95,10 @@ def products(setting: str):
 def model_rows(repeats: int) -> dict:
     from lightseek.known_models import KNOWN_MODELS, cache_dir
     from lightseek.model.checkpoint import load_model
-    from lightseek.model.generate import generate_ids
-    from lightseek.model.kv_cache import KVCache
-    from lightseek.model.sampling import SamplingParams
     from lightseek.models.fetch import fetch
 
     model = load_model(fetch(NAME)).eval()
-    one = prompts(1, PROMPT)[0]
-    batch = torch.tensor(prompts(ROWS, PROMPT))
-    greedy = SamplingParams(max_new_tokens=NEW, temperature=0.0)
-
-    def b16() -> float:
-        """Seconds for ROW_NEW tokens in each row, the prompts' prefill included (as `generate`
-        at batch 16 is timed)."""
-        t0 = time.perf_counter()
-        cache = KVCache.for_model(model, ROWS, PROMPT + ROW_NEW)
-        nxt = model(batch, cache=cache, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
-        for _ in range(ROW_NEW - 1):
-            nxt = model(nxt, cache=cache, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
-        return time.perf_counter() - t0
-
+    generate1, generate16 = decode_workload(model)
     settings = ("plain", "head", "all")
     times = {s: {"b1": [], "b16": []} for s in settings}
     tokens = {}
@@ -123,9 +107,11 @@ def model_rows(repeats: int) -> dict:
             for s in settings:
                 with products(s):
                     t0 = time.perf_counter()
-                    tokens[s] = list(generate_ids(model, one, greedy))
+                    tokens[s] = generate1()
                     times[s]["b1"].append(len(tokens[s]) / (time.perf_counter() - t0))
-                    times[s]["b16"].append(ROWS * ROW_NEW / b16())
+                    t0 = time.perf_counter()
+                    generate16()
+                    times[s]["b16"].append(ROWS * ROW_NEW / (time.perf_counter() - t0))
     out: dict = {"model": NAME}
     for s, t in times.items():
         out[s] = {"generate_b1_tok_s": statistics.median(t["b1"]), "decode_b16_tok_s": statistics.median(t["b16"])}
