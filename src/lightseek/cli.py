@@ -130,7 +130,7 @@ def cmd_quant(args, overrides) -> int:
 
     flags = [f"--quant.{key}={value}" for key, value in (("bits", args.bits), ("group_size", args.group),
              ("method", args.method), ("policy", args.policy), ("max_bits", args.max_bits), ("kernel", args.kernel),
-             ("tune_steps", args.tune_steps))
+             ("tune_steps", args.tune_steps), ("activations", args.activations))
              if value is not None]
     if args.calib:
         import json
@@ -598,7 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "4-bit routed experts, dense FFNs, embedding; budget: 4 or 8 bits per matrix by sensitivity)")
     p.add_argument("--max-bits", type=float, help="same as --quant.max_bits (the budget policy's bits per weight)")
     p.add_argument("--kernel", help="same as --quant.kernel (auto, packed or dequant)")
-    p.add_argument("--calib", nargs="+", metavar="PATH", help="calibration text for gptq (same as --quant.calib.files)")
+    p.add_argument("--activations", type=int, metavar="8", help="same as --quant.activations: 8-bit inputs too for "
+                   "the 8-bit attention and FFN layers (W8A8, integer products; smoothed on calibration text)")
+    p.add_argument("--calib", nargs="+", metavar="PATH", help="calibration text for gptq and W8A8 smoothing (same as "
+                   "--quant.calib.files)")
     p.add_argument("--tune-steps", type=int, metavar="N", help="same as --quant.tune_steps: after quantizing, N steps "
                    "of training the scales and offsets towards the source model's predictions (codes fixed)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")

@@ -19,9 +19,17 @@ from torch import nn
 from lightseek.errors import ConfigError
 from lightseek.model.moe import MoE, SwiGLU
 from lightseek.model.transformer import Transformer
-from lightseek.quant.config import QuantConfig
+from lightseek.quant.config import ACT_ROLES, QuantConfig
 from lightseek.quant.gptq import Hessian, collect_hessians, gptq_quantize
-from lightseek.quant.modules import EXPERT_WEIGHTS, QuantEmbedding, QuantLinear, QuantMoE, mark_head, tie_head
+from lightseek.quant.modules import (
+    EXPERT_WEIGHTS,
+    QuantEmbedding,
+    QuantLinear,
+    QuantMoE,
+    mark_head,
+    tie_head,
+    tied_head,
+)
 from lightseek.quant.schemes import QTensor, padded_dim, quantize_rtn
 
 
@@ -105,27 +113,38 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
                           "(attention biases, as in Qwen2) cannot be quantized")
     n_params = sum(p.numel() for p in model.parameters())
     layers: dict[str, dict] = {}
+    smooth: dict[str, torch.Tensor] = {}  # W8A8 layers: each input channel's smoothing s
 
     def apply(t: Target, bits: int, hessians: dict[str, Hessian]) -> None:
-        qts = {name: _quantize_matrix(w, t, name, bits, cfg, hessians)
+        s = smooth.get(t.path)
+        qts = {name: _quantize_matrix(w, t, name, bits, cfg, hessians, s)
                for name, w in _matrices(model, t).items()}
-        _install(model, t, qts, cfg.kernel)
+        _install(model, t, qts, cfg.kernel, None if s is None else 1.0 / s)
         some = next(iter(qts.values()))
         layers[t.path] = {"role": t.role, "kind": t.kind, "bits": bits, "group": some.group,
                           "in": {k or "w": q.in_features for k, q in qts.items()},
                           "out": {k or "w": q.out_features for k, q in qts.items()}}
+        if s is not None:
+            layers[t.path]["activations"] = 8
         if on_layer is not None:
             on_layer(t.path)
 
     model.eval()
     if cfg.needs_calibration:
         if calib is None:
-            what = "quant.method gptq" if cfg.method == "gptq" else "quant.policy budget"
+            what = ("quant.method gptq" if cfg.method == "gptq" else "quant.policy budget" if cfg.policy == "budget"
+                    else "quant.activations 8 (smoothing)")
             raise ConfigError(f"{what} needs calibration text (quant.calib.files / --calib)")
         device = next(model.parameters()).device
         calib = [batch.to(device) for batch in calib]
     if cfg.policy == "budget":
         chosen = _budget(model, cfg, chosen, calib)
+    if cfg.activations == 8:
+        if not any(bits == 8 and t.kind == "linear" and t.role in ACT_ROLES for t, bits in chosen):
+            raise ConfigError(f"quant.activations 8: no 8-bit linear layer of the roles {', '.join(ACT_ROLES)} "
+                              "to give 8-bit inputs (give those roles 8 bits)")
+        smooth = smoothing(model, [t.path for t, bits in chosen if bits == 8 and t.kind == "linear"
+                                   and t.role in ACT_ROLES], calib, cfg.smooth_alpha)
     if cfg.method == "gptq":
         if cfg.sequential:
             _quantize_sequentially(model, chosen, calib, apply)
@@ -139,7 +158,7 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
     if cfg.needs_calibration:
         model.reset_routing_stats()  # calibration is not serving traffic
     if model.cfg.tie_embeddings and isinstance(model.embed, QuantEmbedding):
-        model.head = QuantLinear(model.embed.qtensor(), cfg.kernel)
+        model.head = tied_head(model.embed, cfg.kernel, cfg.activations)
         tie_head(model.embed, model.head)
     mark_head(model)
     model.quant_layers = layers
@@ -237,14 +256,22 @@ def _first_block_inputs(model: Transformer, calib: list[torch.Tensor]):
 
 
 def _quantize_matrix(w: torch.Tensor, t: Target, name: str, bits: int, cfg: QuantConfig,
-                     hessians: dict[str, Hessian]) -> QTensor:
+                     hessians: dict[str, Hessian], smooth: torch.Tensor | None = None) -> QTensor:
+    """The codes of one matrix; with ``smooth`` (W8A8), those of ``W * smooth`` (its columns
+    scaled), whose inputs are ``x / smooth``: GPTQ's Hessian is scaled to match."""
     where = _where(t, name, cfg)
     key = f"{t.path}.{'w2' if name == 'w2' else 'w1'}" if name else t.path
     h = hessians.get(key)
+    h = None if h is None else h.h
+    if smooth is not None:
+        w = w * smooth.to(w.dtype)
+        if h is not None:
+            s = smooth.double()
+            h = h / (s[:, None] * s[None, :])
     if h is None:  # rtn, or a matrix without calibration inputs (an untied embedding)
         return quantize_rtn(w, bits, cfg.group_size, cfg.pad_groups, where, cfg.clip)
     stacked = w if w.dim() == 3 else w[None]
-    qt = gptq_quantize(stacked, h.h, bits, cfg.group_size, cfg.damp, cfg.block, cfg.pad_groups, where, cfg.clip,
+    qt = gptq_quantize(stacked, h, bits, cfg.group_size, cfg.damp, cfg.block, cfg.pad_groups, where, cfg.clip,
                        cfg.act_order, cfg.refit)
     if w.dim() == 2:
         qt = QTensor(qt.bits, qt.group, qt.qweight[0], qt.scales[0], None if qt.zeros is None else qt.zeros[0],
@@ -252,7 +279,51 @@ def _quantize_matrix(w: torch.Tensor, t: Target, name: str, bits: int, cfg: Quan
     return qt
 
 
-def _install(model: Transformer, t: Target, qts: dict[str, QTensor], kernel: str) -> None:
+def smoothing(model: Transformer, paths: list[str], calib: list[torch.Tensor] | None,
+              alpha: float | None) -> dict[str, torch.Tensor]:
+    """Per W8A8 layer (by path), each input channel's smoothing s (SmoothQuant): the layer
+    computes ``(x / s) @ (W * s)^T``, which moves the range of the inputs' outlier channels into
+    the weights, where rounding is per output channel and cheaper. s = max|x|^alpha /
+    max|w|^(1 - alpha), per channel, with max|x| over the calibration windows; layers that read
+    the same input (the query, key and value projections; the gate and up projections) share
+    one s, taken over all their weights, so that they still fuse into one product. ``alpha``
+    None: s = 1 (no smoothing)."""
+    mods = {p: model.get_submodule(p) for p in paths}
+    if alpha is None:
+        return {p: torch.ones(m.in_features) for p, m in mods.items()}
+    amax: dict[str, torch.Tensor] = {}
+    first: dict[str, torch.Tensor] = {}  # each layer's first input tensor: which layers share one
+
+    def watch(path: str):
+        def pre(mod, args) -> None:
+            x = args[0]
+            a = x.detach().reshape(-1, x.shape[-1]).abs().amax(0).float().cpu()
+            amax[path] = a if path not in amax else torch.maximum(amax[path], a)
+            first.setdefault(path, x)  # the tensor itself (a detached view would be a new object)
+        return pre
+
+    handles = [m.register_forward_pre_hook(watch(p)) for p, m in mods.items()]
+    try:
+        for batch in calib:
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    groups: dict[int, list[str]] = {}
+    for p in paths:
+        groups.setdefault(id(first[p]), []).append(p)
+    out = {}
+    for group in groups.values():
+        a = torch.stack([amax[p] for p in group]).amax(0)
+        w = torch.stack([mods[p].weight.detach().abs().amax(0).float().cpu() for p in group]).amax(0)
+        s = a.clamp_min(1e-5) ** alpha / w.clamp_min(1e-5) ** (1 - alpha)
+        for p in group:
+            out[p] = s.clamp(1e-4, 1e4)
+    return out
+
+
+def _install(model: Transformer, t: Target, qts: dict[str, QTensor], kernel: str,
+             act_scale: torch.Tensor | None = None) -> None:
     parent_path, _, attr = t.path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     if t.kind == "experts":
@@ -262,7 +333,7 @@ def _install(model: Transformer, t: Target, qts: dict[str, QTensor], kernel: str
     elif t.kind == "embed":
         setattr(parent, attr, QuantEmbedding(qts[""], kernel))
     else:
-        setattr(parent, attr, QuantLinear(qts[""], kernel))
+        setattr(parent, attr, QuantLinear(qts[""], kernel, act_scale))
 
 
 def install_router(router: nn.Module, qt: QTensor) -> None:

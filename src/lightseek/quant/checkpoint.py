@@ -27,7 +27,7 @@ from lightseek.model.config import ModelConfig
 from lightseek.model.transformer import Transformer, rope_tables
 from lightseek.quant.apply import bits_per_weight, install_router
 from lightseek.quant.config import QuantConfig
-from lightseek.quant.modules import QuantEmbedding, QuantLinear, QuantMoE, empty_qtensor, mark_head, tie_head
+from lightseek.quant.modules import QuantEmbedding, QuantLinear, QuantMoE, empty_qtensor, mark_head, tie_head, tied_head
 from lightseek.quant.schemes import QTensor
 
 SECTION = "quantization"
@@ -77,14 +77,16 @@ def _empty(info: dict, name: str, lead: tuple[int, ...] = ()) -> QTensor:
     return empty_qtensor(info["bits"], info["group"], info["out"][name], info["in"][name], lead)
 
 
-def _build(model: Transformer, layers: dict, kernel: str) -> None:
+def _build(model: Transformer, layers: dict, kernel: str, activations: int | None = None) -> None:
     """Swap in empty quantized modules (on the meta device) where the checkpoint has them."""
     for path, info in layers.items():
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
         kind = info.get("kind")
         if kind == "linear":
-            setattr(parent, attr, QuantLinear(_empty(info, "w"), kernel))
+            w8a8 = info.get("activations") == 8  # W8A8: the inputs' smoothing is stored as act_scale
+            act_scale = torch.empty(info["in"]["w"]) if w8a8 else None
+            setattr(parent, attr, QuantLinear(_empty(info, "w"), kernel, act_scale))
         elif kind == "embed":
             setattr(parent, attr, QuantEmbedding(_empty(info, "w"), kernel))
         elif kind == "experts":
@@ -93,7 +95,7 @@ def _build(model: Transformer, layers: dict, kernel: str) -> None:
         elif kind != "router":
             raise CheckpointError(f"{CONFIG}: quantized layer {path} has unknown kind {kind!r}")
     if model.cfg.tie_embeddings and isinstance(model.embed, QuantEmbedding):
-        model.head = QuantLinear(model.embed.qtensor(), kernel)
+        model.head = tied_head(model.embed, kernel, activations)
 
 
 def load_quantized(path: Path, meta: dict, cfg: ModelConfig, device: str | torch.device = "cpu") -> Transformer:
@@ -105,7 +107,7 @@ def load_quantized(path: Path, meta: dict, cfg: ModelConfig, device: str | torch
         layers = dict(section["layers"])
         with torch.device("meta"):
             model = Transformer(cfg)
-            _build(model, layers, qcfg.kernel)
+            _build(model, layers, qcfg.kernel, qcfg.activations)
     except (LightseekError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{label}: {CONFIG}: bad {SECTION} section ({e})") from None
     model = materialize(model, device)

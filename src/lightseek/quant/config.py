@@ -30,6 +30,7 @@ from lightseek.errors import ConfigError
 ROLES = ("router", "attn", "shared", "experts", "dense", "embed", "head")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
+ACT_ROLES = ("attn", "dense", "shared")  # roles whose 8-bit layers take 8-bit inputs under activations=8
 MIXED = {"router": 8, "attn": 8, "shared": 8, "experts": 4, "dense": 4, "embed": 4, "head": 4}
 
 
@@ -57,6 +58,14 @@ class QuantConfig:
     clip: list[float] = field(default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8], help=(
         "4-bit grids: factors shrinking each group's min..max that are tried; the one with the least "
         "squared rounding error is kept ([1.0] = plain min..max)."))
+    activations: int | None = field(None, help=(
+        "8: the 8-bit linear layers of the attention, dense FFN and shared-expert roles also round their inputs "
+        "to 8 bits when they run, one scale per token (W8A8: integer products through fbgemm on CPU), after "
+        "smoothing moves the inputs' outlier channels into the weights (smooth_alpha); the embedding, head and "
+        "routed experts keep 8- or 4-bit weights with full-precision inputs. null: weights only."))
+    smooth_alpha: float | None = field(0.7, help=(
+        "activations 8: how much of each input channel's range moves into the weights (SmoothQuant's alpha: "
+        "channel scale = max|x|^alpha / max|w|^(1-alpha), from calibration text); null: no smoothing."))
     kernel: Literal["auto", "packed", "dequant"] = field("auto", help=(
         "Matmul of quantized weights: PyTorch's packed int8/int4 CPU kernels, dequantize-then-matmul, "
         "or auto (the faster, see docs/results/quant.md)."))
@@ -106,6 +115,10 @@ class QuantConfig:
         if self.tune_steps < 0 or self.tune_batch < 1 or self.tune_samples < 1 or not self.tune_lr > 0:
             raise ConfigError(f"quant.tune_*: steps {self.tune_steps} must be >= 0, batch {self.tune_batch} and "
                               f"samples {self.tune_samples} >= 1, lr {self.tune_lr} > 0")
+        if self.activations not in (None, 8):
+            raise ConfigError(f"quant.activations: {self.activations!r} is not supported (8, or null for weights only)")
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ConfigError(f"quant.smooth_alpha: {self.smooth_alpha} must be in [0, 1] (or null: no smoothing)")
         if self.block < 1 or self.block % self.group_size:
             raise ConfigError(f"quant.block: {self.block} must be a positive multiple of group_size {self.group_size}")
 
@@ -121,5 +134,10 @@ class QuantConfig:
         return MIXED[role] if self.policy == "mixed" else self.bits
 
     @property
+    def smooths(self) -> bool:
+        """Whether quantizing measures the inputs' channel ranges to smooth them (W8A8)."""
+        return self.activations == 8 and self.smooth_alpha is not None
+
+    @property
     def needs_calibration(self) -> bool:
-        return self.method == "gptq" or self.policy == "budget"
+        return self.method == "gptq" or self.policy == "budget" or self.smooths

@@ -17,6 +17,9 @@ output dim not a multiple of 16) and any forward that needs gradients use the re
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -144,19 +147,73 @@ class QuantLinear(_QuantWeights):
     of 16-32 to steps of 1/8. The ``exact_top`` largest logits of each row, the ones that carry
     the probability, are computed again in fp32 from the same codes (a gather of that many
     rows). Measured on int8 SmolLM2 (GPTQ): mean KL 0.00242 -> 0.00210 with the top 64, 0.00205
-    with the top 512; the dequantized fp32 reference has 0.00183."""
+    with the top 512; the dequantized fp32 reference has 0.00183.
+
+    With ``act_scale`` (int8 weights only; quant.activations = 8) the layer is W8A8: its codes
+    are those of ``W * s`` (s: the smoothing of each input channel) and its input is multiplied
+    by ``act_scale`` = 1 / s, then rounded to integers one row (token) at a time, so that the
+    product runs on integers (`w8a8_linear`)."""
 
     exact_top = 0
 
+    def __init__(self, qt: QTensor, kernel: str = "auto", act_scale: torch.Tensor | None = None):
+        super().__init__(qt, kernel)
+        if act_scale is not None and (qt.bits != 8 or act_scale.shape != (qt.in_features,)):
+            raise ConfigError(f"8-bit inputs need 8-bit weights and one scale per input channel "
+                              f"(got {qt.bits} bits, scales {tuple(act_scale.shape)} for {qt.in_features} inputs)")
+        self.register_buffer("act_scale", act_scale)
+        self._w8a8: tuple | None = None  # (key, fbgemm's packed weight), built on first use
+
     @property
     def weight(self) -> torch.Tensor:  # the dequantized (N, K) weight, for code that inspects a layer
-        return self.dequantized()
+        w = self.dequantized()
+        return w if self.act_scale is None else w * self.act_scale.to(w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_scale is not None:
+            y = self.w8a8(x)
+            # the head: exact logits from the codes, which are those of W * s, for inputs x / s
+            return self._exact_top_logits(x * self.act_scale.to(x.dtype), y) if self.exact_top else y
         y = self.matmul(x)
         if self.exact_top and self.use_packed(x):
             y = self._exact_top_logits(x, y)
         return y
+
+    # --- 8-bit inputs (W8A8) ---------------------------------------------------------------------
+    def uses_fbgemm(self, x: torch.Tensor) -> bool:
+        return (self.act_scale is not None and self.kernel != "dequant" and x.device.type == "cpu"
+                and fbgemm_available() and not (torch.is_grad_enabled() and x.requires_grad))
+
+    def fbgemm_weight(self):
+        """fbgemm's packed form of the codes (made once, again when codes or scales change)."""
+        qw, sc = self.qweight, self.scales
+        key = (qw.data_ptr(), qw._version, sc.data_ptr(), sc._version)
+        if self._w8a8 is None or self._w8a8[0] != key:
+            with warnings.catch_warnings():  # PyTorch marks quantized tensors deprecated (the kernels are not)
+                warnings.simplefilter("ignore", UserWarning)
+                q = torch._make_per_channel_quantized_tensor(qw.contiguous(), sc.double(),
+                                                            torch.zeros(qw.shape[0], dtype=torch.long), 0)
+                self._w8a8 = (key, torch.ops.quantized.linear_prepack(q, None))
+        return self._w8a8[1]
+
+    def w8a8(self, x: torch.Tensor) -> torch.Tensor:
+        """The W8A8 product: fbgemm's integer kernel on CPU, elsewhere (and with gradients) the
+        same rounding simulated in floating point (`w8a8_reference`)."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        if self.uses_fbgemm(x):
+            y = w8a8_linear(x2, self.act_scale, self.fbgemm_weight())
+        else:
+            y = w8a8_reference(x2, self.act_scale, dequantize(self.qtensor()))
+        return y.reshape(*lead, -1).to(x.dtype)
+
+    def bound(self):
+        if self.act_scale is not None:  # the decode step's bare product: fp32 (M, K) -> (M, N)
+            if not self.uses_fbgemm(torch.empty(0, device=self.qweight.device)):
+                return None
+            scale, packed = self.act_scale, self.fbgemm_weight()
+            return lambda x: w8a8_linear(x, scale, packed)
+        return super().bound()
 
     def _exact_top_logits(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         x2, y2 = x.reshape(-1, x.shape[-1]).float(), y.reshape(-1, y.shape[-1]).float()
@@ -178,13 +235,18 @@ class QuantLinear(_QuantWeights):
         first = mods[0]
         if any((m.bits, m.group, m.in_features) != (first.bits, first.group, first.in_features) for m in mods):
             return None
+        scale = first.act_scale  # W8A8 layers fuse when they smooth their (shared) input alike
+        if any((m.act_scale is None) != (scale is None) or scale is not None and not torch.equal(m.act_scale, scale)
+               for m in mods):
+            return None
         zeros = None if first.zeros is None else torch.cat([m.zeros for m in mods])
         qt = QTensor(first.bits, first.group, torch.cat([m.qweight for m in mods]),
                      torch.cat([m.scales for m in mods]), zeros, first.in_features)
-        return cls(qt, first.kernel)
+        return cls(qt, first.kernel, scale)
 
     def extra_repr(self) -> str:
         g = f", group={self.group}" if self.bits == 4 else ""
+        g += ", inputs=8 bits" if self.act_scale is not None else ""
         return f"in={self.in_features}, out={self.out_features}, bits={self.bits}{g}, kernel={self.kernel}"
 
 
@@ -201,6 +263,41 @@ class QuantEmbedding(_QuantWeights):
         return dequantize(rows)                                               # (..., D)
 
 
+@functools.cache
+def fbgemm_available() -> bool:
+    """Whether this PyTorch build has fbgemm's quantized CPU kernels (x86 builds do)."""
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+# Inputs are rounded per row on one fixed grid: each row scaled to a largest magnitude of 1 (by
+# its own r), then to integers 1..127 (zero at 64). Seven bits, as fbgemm's dynamic kernels use on
+# CPUs without VNNI, where pairs of 8-bit products summed in 16 bits could saturate. The grid does
+# not depend on the other rows, so neither do a row's results (as with weights-only layers).
+INPUT_SCALE, INPUT_ZERO = 1.0 / 63, 64
+
+
+def _row_ranges(x2: torch.Tensor, act_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x2 * act_scale / r, r), r: each row's largest magnitude after smoothing."""
+    xs = x2 * act_scale
+    r = xs.abs().amax(-1, keepdim=True).clamp_min(1e-12)
+    return xs / r, r
+
+
+def w8a8_linear(x2: torch.Tensor, act_scale: torch.Tensor, packed) -> torch.Tensor:
+    """fp32 (M, K) -> (M, N): inputs rounded per row (see INPUT_SCALE), times the int8 codes,
+    by fbgemm's integer kernel."""
+    xs, r = _row_ranges(x2, act_scale)
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(xs, INPUT_SCALE, INPUT_ZERO, packed) * r
+
+
+def w8a8_reference(x2: torch.Tensor, act_scale: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`w8a8_linear` simulated in floating point (any device; differentiable, the rounding
+    straight-through): the input rounded on the same grid, times the dequantized codes ``w``."""
+    xs, r = _row_ranges(x2, act_scale)
+    q = torch.fake_quantize_per_tensor_affine(xs, INPUT_SCALE, INPUT_ZERO, 0, 127)
+    return F.linear(q, w.to(q.dtype)) * r
+
+
 EXACT_LOGITS = 64  # the output head's logits per row computed in fp32 (QuantLinear.exact_top)
 
 
@@ -210,9 +307,20 @@ def mark_head(model: nn.Module) -> None:
         model.head.exact_top = EXACT_LOGITS
 
 
+def tied_head(embed: QuantEmbedding, kernel: str, activations: int | None) -> QuantLinear:
+    """The output head of a model whose head is its (quantized) embedding. With 8-bit inputs
+    (quant.activations 8) and an 8-bit embedding, the head takes them too, unsmoothed (its codes
+    are the embedding's); its largest logits are computed again in fp32 as always (`mark_head`),
+    so the rounding of its input mostly moves logits that carry little probability."""
+    scale = torch.ones(embed.in_features) if activations == 8 and embed.bits == 8 else None
+    return QuantLinear(embed.qtensor(), kernel, scale)
+
+
 def tie_head(embed: QuantEmbedding, head: QuantLinear) -> None:
     """Make the head compute with the embedding's own buffers (one copy in memory and on disk)."""
     head.qweight, head.scales, head.zeros = embed.qweight, embed.scales, embed.zeros
+    if head.act_scale is not None:  # unsmoothed (`tied_head`), and not stored: set here, after loading
+        head.act_scale = torch.ones(embed.in_features, device=embed.qweight.device)
 
 
 EXPERT_WEIGHTS = {"w1": "w1_EDH", "w3": "w3_EDH", "w2": "w2_EHD"}
