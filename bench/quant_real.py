@@ -65,6 +65,8 @@ CONFIGS = {
     "int8": {"bits": 8},
     # per channel still, each column's rounding error compensated in the columns after it
     "int8 gptq": {"bits": 8, "method": "gptq"},
+    # 8-bit inputs too (W8A8): the attention and FFN inputs smoothed, rounded per token, integer products
+    "int8 w8a8": {"bits": 8, "activations": 8},
     "int4 rtn g64": {"bits": 4, "group_size": 64},
     "int4 rtn g128": {"bits": 4, "group_size": 128},
     "int4 gptq g64": {"bits": 4, "group_size": 64, "method": "gptq"},

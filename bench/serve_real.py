@@ -18,6 +18,8 @@ Servers:
 - lightseek MoE: the same model converted by `lightseek moefy --target-k 8` (16 experts per FFN,
   a shared expert, dynamic routing; made once under runs/real_model/);
 - lightseek int8 / int4 g64: `lightseek quant --bits 8` and `--bits 4 --group 64` (rtn);
+- lightseek w8a8: `lightseek quant --bits 8 --activations 8` (8-bit inputs too, smoothed on
+  bench/quant_real.py's calibration text);
 - llama.cpp Q4_1: `python -m llama_cpp.server` (llama-cpp-python[server]) on the GGUF the package
   ships; llama.cpp Q8_0: the same model re-quantized to Q8_0 by llama.cpp's own quantizer
   (`llama_model_quantize`, from the Q4_1 weights: 8-bit codes of 4-bit values, so its quality is
@@ -50,7 +52,7 @@ from serve_load import PROMPTS, free_port, launch, run_level, server_gauges  # n
 
 NAME = "smollm2-135m-instruct"
 WORK = ROOT / "runs" / "real_model"
-SYSTEMS = ("lightseek fp32", "lightseek MoE", "lightseek int8", "lightseek int4 g64", "llama.cpp Q4_1",
+SYSTEMS = ("lightseek fp32", "lightseek MoE", "lightseek int8", "lightseek int4 g64", "lightseek w8a8", "llama.cpp Q4_1",
            "llama.cpp Q8_0")
 END_IDS = (0, 2)  # SmolLM2's <|endoftext|> and <|im_end|>
 # SmolLM2 is English-first: its Chinese is poor, and after one Chinese request llama-cpp-python's
@@ -62,16 +64,24 @@ def lightseek_checkpoint(label: str, ckpt: Path) -> Path:
     """The checkpoint a lightseek system serves, made once under runs/real_model/."""
     if label == "lightseek fp32":
         return ckpt
-    out = WORK / {"lightseek MoE": "moe-k8", "lightseek int8": "int8", "lightseek int4 g64": "int4"}[label]
+    out = WORK / {"lightseek MoE": "moe-k8", "lightseek int8": "int8", "lightseek int4 g64": "int4",
+                  "lightseek w8a8": "w8a8"}[label]
     if (out / "config.json").is_file():
         return out
     if label == "lightseek MoE":  # as the README converts it
         subprocess.run([sys.executable, "-m", "lightseek", "moefy", NAME, "--out", str(out), "--target-k", "8",
                         "--quiet"], check=True)
     else:
+        import json
+
+        from quant_real import CALIB as QUANT_CALIB  # imports PyTorch: not at the top (see `clients`)
+
         from lightseek.quant.run import load_quant_config, quantize_checkpoint
 
-        flags = ["--quant.bits=8"] if label == "lightseek int8" else ["--quant.bits=4", "--quant.group_size=64"]
+        calib = ["--quant.calib.text_field=text,context_text",  # bench/quant_real.py's text (English, Chinese)
+                 "--quant.calib.files=" + json.dumps([str(p) for p in QUANT_CALIB])]
+        flags = {"lightseek int8": ["--quant.bits=8"], "lightseek int4 g64": ["--quant.bits=4", "--quant.group_size=64"],
+                 "lightseek w8a8": ["--quant.bits=8", "--quant.activations=8", *calib]}[label]
         quantize_checkpoint(ckpt, load_quant_config(None, flags), out, show_progress=False)
     return out
 
