@@ -52,8 +52,8 @@ from serve_load import PROMPTS, free_port, launch, run_level, server_gauges  # n
 
 NAME = "smollm2-135m-instruct"
 WORK = ROOT / "runs" / "real_model"
-SYSTEMS = ("lightseek fp32", "lightseek MoE", "lightseek int8", "lightseek int4 g64", "lightseek w8a8", "llama.cpp Q4_1",
-           "llama.cpp Q8_0")
+SYSTEMS = ("lightseek fp32", "lightseek MoE", "lightseek int8", "lightseek int4 g64", "lightseek w8a8",
+           "llama.cpp Q4_1", "llama.cpp Q8_0")
 END_IDS = (0, 2)  # SmolLM2's <|endoftext|> and <|im_end|>
 # SmolLM2 is English-first: its Chinese is poor, and after one Chinese request llama-cpp-python's
 # server streamed every later request at 25 instead of 65-70 tok/s (measured; see serving.md)
@@ -80,7 +80,8 @@ def lightseek_checkpoint(label: str, ckpt: Path) -> Path:
 
         calib = ["--quant.calib.text_field=text,context_text",  # bench/quant_real.py's text (English, Chinese)
                  "--quant.calib.files=" + json.dumps([str(p) for p in QUANT_CALIB])]
-        flags = {"lightseek int8": ["--quant.bits=8"], "lightseek int4 g64": ["--quant.bits=4", "--quant.group_size=64"],
+        flags = {"lightseek int8": ["--quant.bits=8"],
+                 "lightseek int4 g64": ["--quant.bits=4", "--quant.group_size=64"],
                  "lightseek w8a8": ["--quant.bits=8", "--quant.activations=8", *calib]}[label]
         quantize_checkpoint(ckpt, load_quant_config(None, flags), out, show_progress=False)
     return out
