@@ -64,6 +64,41 @@ def test_step_equals_the_forward(variant):
     assert _step_against_forward(_model(**VARIANTS[variant])) < 1e-4
 
 
+def _rows_against_forward(model: Transformer, steps: int = 12) -> float:
+    """Largest |logit difference| between `DecodeStep.run_rows` and `Transformer.forward`, each on
+    its own slot cache, for three rows of different lengths in non-consecutive slots (a gathered
+    read), over ``steps`` tokens."""
+    from lightseek.model.kv_cache import SlotCache
+
+    g = torch.Generator().manual_seed(2)
+    lengths, slots = [5, 11, 8], [3, 0, 2]
+    ids = [torch.randint(0, model.cfg.vocab_size, (n + steps,), generator=g) for n in lengths]
+    worst = 0.0
+    with torch.inference_mode():
+        ours, theirs = (SlotCache.for_model(model, 4, max(lengths) + steps) for _ in range(2))
+        for cache in (ours, theirs):
+            for slot, n, row in zip(slots, lengths, ids):
+                cache.bind([slot], n)
+                model(row[None, :n], cache=cache)
+        step = DecodeStep.of(model)
+        for t in range(steps):
+            tokens = torch.stack([row[n + t] for n, row in zip(lengths, ids)])
+            ours.bind(slots, 1)
+            a = step.run_rows(tokens, ours)
+            theirs.bind(slots, 1)
+            b = model(tokens[:, None], cache=theirs).logits[:, -1]
+            worst = max(worst, (a - b).abs().max().item())
+        assert ours.lengths == theirs.lengths
+    return worst
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rows_step_equals_the_forward(variant):
+    """The serving engine's batch of rows at their own positions: the step gives the forward's
+    logits for every variant (past the sliding window where there is one)."""
+    assert _rows_against_forward(_model(**VARIANTS[variant])) < 1e-4
+
+
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 128)])  # 128: groups padded past the width
 def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
     from lightseek.quant.apply import quantize

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightseek.kernels.linear import Linear, sliced_linear
-from lightseek.model.kv_cache import KVCache
+from lightseek.model.kv_cache import KVCache, SlotCache
 from lightseek.model.moe import MoE, SwiGLU
 from lightseek.model.transformer import Attention, apply_rope
 
@@ -149,39 +149,72 @@ class DecodeStep:
         """The step on row ``row`` of any cache laid out (rows, kv heads, tokens, head dim) per
         layer: ``KVCache`` (one row) or the serving engine's ``SlotCache`` (a slot per row). The
         row's ``pos`` cached tokens are read and its new key and value written at ``pos``."""
-        model, cfg = self.model, self.cfg
+        cfg = self.cfg
         if pos + 1 > cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + 1} tokens exceeds max_seq_len {cfg.max_seq_len}")
         if pos + 1 > keys[0].shape[2]:
             raise ValueError(f"KV cache holds {keys[0].shape[2]} tokens; {pos + 1} requested")
+        first = max(0, pos + 1 - cfg.sliding_window) if cfg.sliding_window else 0
+
+        def attend(i: int, scale, q, k, v):                                    # q (1, Hq, d), k, v (1, Hk, d)
+            layer_k, layer_v = keys[i], values[i]
+            layer_k[row, :, pos] = k[0]
+            layer_v[row, :, pos] = v[0]
+            return F.scaled_dot_product_attention(q[:, :, None], layer_k[row:row + 1, :, first:pos + 1],
+                                                  layer_v[row:row + 1, :, first:pos + 1], scale=scale,
+                                                  enable_gqa=cfg.n_heads != cfg.n_kv_heads)
+
+        return self._layers(token, self.model.rope_cos[pos], self.model.rope_sin[pos], attend)
+
+    def run_rows(self, tokens: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+        """The step on several sequences at once, each at its own position: the serving engine's
+        decode batch. ``cache.bind(slots, 1)`` names the rows' slots first (as for the forward);
+        ``tokens`` (B,) are the rows' last tokens; the cache advances by one. fp32 logits (B, V)."""
+        cfg = self.cfg
+        pos = cache.positions[:, 0]                                            # (B,)
+        if int(pos.max()) >= cfg.max_seq_len:
+            raise ValueError(f"position {int(pos.max())} exceeds max_seq_len {cfg.max_seq_len}")
+        mask = cache.attn_mask                                                 # (B, 1, 1, S)
+        if cfg.sliding_window and mask.shape[-1] > cfg.sliding_window:
+            keys = torch.arange(mask.shape[-1], device=mask.device)
+            mask = mask & (keys > pos[:, None, None, None] - cfg.sliding_window)
+
+        def attend(i: int, scale, q, k, v):                                    # q (B, Hq, d), k, v (B, Hk, d)
+            layer_k, layer_v = cache.update(i, k[:, :, None], v[:, :, None])   # (B, Hk, S, d)
+            return F.scaled_dot_product_attention(q[:, :, None], layer_k, layer_v, attn_mask=mask, scale=scale,
+                                                  enable_gqa=cfg.n_heads != cfg.n_kv_heads)
+
+        logits = self._layers(tokens, self.model.rope_cos[pos][:, None], self.model.rope_sin[pos][:, None], attend)
+        cache.advance(1)
+        return logits
+
+    def _layers(self, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend) -> torch.Tensor:
+        """Logits (N, V) after ``tokens`` (N,): the embedding, every block and the head, with
+        ``attend(layer, scale, q, k, v)`` storing each row's new key and value and returning its
+        attention output (N, Hq, 1, d). ``cos``/``sin``: the rows' rotary angles."""
+        model, cfg = self.model, self.cfg
         Hq, Hk, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         rs = cfg.residual_scale
-        first = max(0, pos + 1 - cfg.sliding_window) if cfg.sliding_window else 0
-        cos, sin = model.rope_cos[pos], model.rope_sin[pos]
-        x = model.embed(token)                                                    # (1, D)
+        x = model.embed(tokens)                                                   # (N, D)
+        N = x.shape[0]
         if cfg.embed_scale != 1.0:
             x = x * cfg.embed_scale
         for i, (block, qkv, wo, w13, w2) in enumerate(self.layers):
             a = block.attn
             t = qkv(_rms_norm(block.attn_norm, x))
             if a.qk_norm == "none":  # queries and keys roped together: one rotation, not two
-                qk = apply_rope(t[:, :(Hq + Hk) * d].view(Hq + Hk, d), cos, sin)
-                q, k, v = qk[:Hq], qk[Hq:], t[:, (Hq + Hk) * d:]
+                qk = apply_rope(t[:, :(Hq + Hk) * d].view(N, Hq + Hk, d), cos, sin)
+                q, k, v = qk[:, :Hq], qk[:, Hq:], t[:, (Hq + Hk) * d:]
             else:
                 q, k, v = t.split([Hq * d, Hk * d, Hk * d], -1)
                 if a.qk_norm == "full":
                     q, k = a.q_norm(q), a.k_norm(k)
-                q, k = q.view(Hq, d), k.view(Hk, d)
+                q, k = q.view(N, Hq, d), k.view(N, Hk, d)
                 if a.qk_norm == "head":
                     q, k = a.q_norm(q), a.k_norm(k)
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            layer_k, layer_v = keys[i], values[i]
-            layer_k[row, :, pos] = k
-            layer_v[row, :, pos] = v.view(Hk, d)
-            y = F.scaled_dot_product_attention(q.view(1, Hq, 1, d), layer_k[row:row + 1, :, first:pos + 1],
-                                               layer_v[row:row + 1, :, first:pos + 1], scale=a.scale,
-                                               enable_gqa=Hq != Hk)
-            out = wo(y.view(1, Hq * d))
+            y = attend(i, a.scale, q, k, v.reshape(N, Hk, d))
+            out = wo(y.reshape(N, Hq * d))
             x = x + out * rs if rs != 1.0 else x + out
             h = _rms_norm(block.ffn_norm, x)
             if w13 is not None:

@@ -364,19 +364,20 @@ class Engine:
             req._last_logits = out.logits[0, -1]
 
     def _decode(self, reqs: list[Request]) -> None:
-        if len(reqs) == 1 and reqs[0].adapter is None:  # one sequence: the decode step, where it covers the model
-            step = DecodeStep.of(self.model)
-            if step is not None:
-                r = reqs[0]
-                pos = self.cache.lengths[r.slot]
-                ids = torch.tensor([r.output_ids[-1]], device=self.device)
-                r._last_logits = step.run(ids, self.cache.k, self.cache.v, pos, row=r.slot)[0]
-                self.cache.lengths[r.slot] += 1
-                return
-        self.cache.bind([r.slot for r in reqs], 1)
         ids = torch.tensor([r.output_ids[-1] for r in reqs], device=self.device)
-        with use_adapters(self.model, [r.adapter for r in reqs]):
-            logits = self.model(ids[:, None], cache=self.cache).logits[:, -1]
+        # without adapters: the decode step (fused products, no per-layer module calls), where it covers the model
+        step = DecodeStep.of(self.model) if all(r.adapter is None for r in reqs) else None
+        if step is not None and len(reqs) == 1:  # one sequence: straight into its slot, no masks
+            r = reqs[0]
+            r._last_logits = step.run(ids, self.cache.k, self.cache.v, self.cache.lengths[r.slot], row=r.slot)[0]
+            self.cache.lengths[r.slot] += 1
+            return
+        self.cache.bind([r.slot for r in reqs], 1)
+        if step is not None:
+            logits = step.run_rows(ids, self.cache)
+        else:
+            with use_adapters(self.model, [r.adapter for r in reqs]):
+                logits = self.model(ids[:, None], cache=self.cache).logits[:, -1]
         for r, row in zip(reqs, logits):
             r._last_logits = row
 
