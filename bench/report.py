@@ -447,6 +447,8 @@ def _yes(ok: bool) -> str:
 
 
 SERVE_REAL_SLICED = "serve_real_systems-lightseek-fp32-lightseek-int4-g64"  # after products in slices
+# after W8A8 and the decode step for the engine's batch of rows
+SERVE_REAL_W8A8 = "serve_real_systems-lightseek-w8a8-lightseek-fp32"
 
 
 def serve_real(name: str = "serve_real") -> str:
@@ -471,8 +473,8 @@ def serve_real(name: str = "serve_real") -> str:
                  rows, "lrrrrrllrrrr")
 
 
-def serve_real_targets() -> str:
-    d = result("serve_real")
+def serve_real_targets(name: str = "serve_real") -> str:
+    d = result(name)
     same = {h["batch"]: h["output_tok_s"] for h in d["transformers_generate"]}
     rows = []
     for s in d["systems"]:
@@ -1373,6 +1375,8 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/serving.md": {"serve_load": serve_load, "serve_targets": serve_targets,
                                 "serve_real": serve_real, "serve_real_targets": serve_real_targets,
                                 "serve_real_sliced": lambda: serve_real(SERVE_REAL_SLICED),
+                                "serve_real_w8a8": lambda: serve_real(SERVE_REAL_W8A8),
+                                "serve_real_w8a8_targets": lambda: serve_real_targets(SERVE_REAL_W8A8),
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor,
                                 "grammar_libs": grammar_libs, "structured": structured,
                                 "prefix_cache": prefix_cache, "eval_harness": eval_harness},
