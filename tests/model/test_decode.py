@@ -99,6 +99,56 @@ def test_rows_step_equals_the_forward(variant):
     assert _rows_against_forward(_model(**VARIANTS[variant])) < 1e-4
 
 
+def _batch_against_forward(model: Transformer, rows: int) -> float:
+    """Largest |logit difference| between one `DecodeStep.run_batch` pass (``rows`` decode rows
+    plus a 7-token prompt chunk of another sequence, which already holds 9 tokens) and the
+    forward run separately for each, on two slot caches; the caches must end up alike."""
+    from lightseek.model.kv_cache import SlotCache
+
+    g = torch.Generator().manual_seed(5)
+    lengths, slots = [6, 13, 9][:rows], [2, 0, 3][:rows]
+    seqs = [torch.randint(0, model.cfg.vocab_size, (n + 1,), generator=g) for n in lengths]
+    prompt = torch.randint(0, model.cfg.vocab_size, (16,), generator=g)
+    with torch.inference_mode():
+        ours, theirs = (SlotCache.for_model(model, 4, 32) for _ in range(2))
+        for cache in (ours, theirs):
+            for slot, n, seq in zip(slots, lengths, seqs):
+                cache.bind([slot], n)
+                model(seq[None, :n], cache=cache)
+            cache.bind([1], 9)
+            model(prompt[None, :9], cache=cache)
+        tokens = torch.stack([seq[n] for n, seq in zip(lengths, seqs)]) if rows else torch.empty(0, dtype=torch.long)
+        if rows:
+            ours.bind(slots, 1)
+        a_rows, a_chunk = DecodeStep.of(model).run_batch(tokens, ours, prompt[9:], slot=1, chunk_logits="all")
+        worst = 0.0
+        if rows:
+            theirs.bind(slots, 1)
+            b_rows = model(tokens[:, None], cache=theirs).logits[:, -1]
+            worst = (a_rows - b_rows).abs().max().item()
+        else:
+            assert a_rows is None
+        theirs.bind([1], 7)
+        b_chunk = model(prompt[None, 9:], cache=theirs).logits[0]
+        worst = max(worst, (a_chunk - b_chunk).abs().max().item())
+        assert ours.lengths == theirs.lengths and ours.lengths[1] == 16
+        for layer in range(model.cfg.n_layers):
+            for slot, n in [*zip(slots, lengths), (1, 15)]:
+                assert torch.allclose(ours.k[layer][slot, :, :n + 1], theirs.k[layer][slot, :, :n + 1], atol=1e-5)
+        last = DecodeStep.of(model).run_batch(torch.empty(0, dtype=torch.long), ours, prompt[15:], slot=1)[1]
+        assert last.shape == (1, model.cfg.vocab_size)
+    return worst
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("rows", [0, 3])
+def test_decode_rows_and_a_prompt_chunk_in_one_pass_equal_the_forward(variant, rows):
+    """The engine's step with a new request's prompt riding along: decode rows and the chunk
+    give the forward's logits (the chunk after 9 cached tokens, past the sliding window where
+    there is one), and write the same keys."""
+    assert _batch_against_forward(_model(**VARIANTS[variant]), rows) < 1e-4
+
+
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 128)])  # 128: groups padded past the width
 def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
     from lightseek.quant.apply import quantize

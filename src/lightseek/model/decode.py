@@ -170,28 +170,77 @@ class DecodeStep:
         """The step on several sequences at once, each at its own position: the serving engine's
         decode batch. ``cache.bind(slots, 1)`` names the rows' slots first (as for the forward);
         ``tokens`` (B,) are the rows' last tokens; the cache advances by one. fp32 logits (B, V)."""
-        cfg = self.cfg
-        pos = cache.positions[:, 0]                                            # (B,)
-        if int(pos.max()) >= cfg.max_seq_len:
+        return self.run_batch(tokens, cache)[0]
+
+    def run_batch(self, tokens: torch.Tensor, cache: SlotCache, chunk: torch.Tensor | None = None,
+                  slot: int = 0, chunk_logits: str = "last") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One pass for the engine's whole step: B decode rows (``tokens`` (B,), their slots bound
+        by ``cache.bind(slots, 1)``; B may be 0, then nothing is bound) and a prompt ``chunk``
+        (C,) of the sequence in slot ``slot``, which goes on from that slot's length. Every token
+        goes through the products together, so the chunk costs a few more rows of the batch's
+        products instead of a pass over all the weights of its own; attention is the rows' (each
+        over its slot) and the chunk's (causal, over its slot). Returns (decode logits (B, V) or
+        None, the chunk's logits: (1, V) for its last token with ``chunk_logits`` "last", (C, V)
+        with "all"). The bound slots advance by one and the chunk's slot by C."""
+        cfg, model = self.cfg, self.model
+        B = len(tokens)
+        C = 0 if chunk is None else len(chunk)
+        start = cache.lengths[slot] if C else 0
+        if C and start + C > min(cfg.max_seq_len, cache.max_len):
+            raise ValueError(f"a chunk of {C} tokens after {start} exceeds the context "
+                             f"({min(cfg.max_seq_len, cache.max_len)} tokens)")
+        pos = cache.positions[:, 0] if B else torch.empty(0, dtype=torch.long, device=tokens.device)
+        if B and int(pos.max()) >= cfg.max_seq_len:
             raise ValueError(f"position {int(pos.max())} exceeds max_seq_len {cfg.max_seq_len}")
-        mask = cache.attn_mask                                                 # (B, 1, 1, S)
-        if cfg.sliding_window and mask.shape[-1] > cfg.sliding_window:
+        if C:
+            pos = torch.cat([pos, torch.arange(start, start + C, device=pos.device)])
+        gqa = cfg.n_heads != cfg.n_kv_heads
+        mask = cache.attn_mask if B else None                                  # (B, 1, 1, S)
+        if B and cfg.sliding_window and mask.shape[-1] > cfg.sliding_window:
             keys = torch.arange(mask.shape[-1], device=mask.device)
-            mask = mask & (keys > pos[:, None, None, None] - cfg.sliding_window)
+            mask = mask & (keys > pos[:B, None, None, None] - cfg.sliding_window)
+        chunk_mask = None  # the chunk's queries: key j is seen from position start + i when j <= start + i
+        if C and (start or cfg.sliding_window):
+            q_pos = torch.arange(start, start + C, device=pos.device)[:, None]
+            keys = torch.arange(start + C, device=pos.device)[None, :]
+            chunk_mask = keys <= q_pos
+            if cfg.sliding_window:
+                chunk_mask = chunk_mask & (keys > q_pos - cfg.sliding_window)
 
-        def attend(i: int, scale, q, k, v):                                    # q (B, Hq, d), k, v (B, Hk, d)
-            layer_k, layer_v = cache.update(i, k[:, :, None], v[:, :, None])   # (B, Hk, S, d)
-            return F.scaled_dot_product_attention(q[:, :, None], layer_k, layer_v, attn_mask=mask, scale=scale,
-                                                  enable_gqa=cfg.n_heads != cfg.n_kv_heads)
+        def attend(i: int, scale, q, k, v):                                    # q (B + C, Hq, d), k, v (B + C, Hk, d)
+            out = []
+            if B:
+                layer_k, layer_v = cache.update(i, k[:B, :, None], v[:B, :, None])  # (B, Hk, S, d)
+                out.append(F.scaled_dot_product_attention(q[:B, :, None], layer_k, layer_v, attn_mask=mask,
+                                                          scale=scale, enable_gqa=gqa))
+            if C:
+                layer_k, layer_v = cache.k[i], cache.v[i]
+                layer_k[slot, :, start:start + C] = k[B:].transpose(0, 1)
+                layer_v[slot, :, start:start + C] = v[B:].transpose(0, 1)
+                y = F.scaled_dot_product_attention(q[None, B:].transpose(1, 2), layer_k[slot:slot + 1, :, :start + C],
+                                                   layer_v[slot:slot + 1, :, :start + C], attn_mask=chunk_mask,
+                                                   is_causal=chunk_mask is None, scale=scale, enable_gqa=gqa)
+                out.append(y[0].transpose(0, 1)[:, :, None])                   # (C, Hq, 1, d)
+            return out[0] if len(out) == 1 else torch.cat(out)
 
-        logits = self._layers(tokens, self.model.rope_cos[pos][:, None], self.model.rope_sin[pos][:, None], attend)
-        cache.advance(1)
-        return logits
+        keep = None
+        if C and chunk_logits == "last":
+            keep = torch.arange(B + C - 1, B + C, device=pos.device) if not B else \
+                torch.cat([torch.arange(B, device=pos.device), torch.tensor([B + C - 1], device=pos.device)])
+        all_tokens = tokens if not C else torch.cat([tokens, chunk.to(tokens.device)])
+        logits = self._layers(all_tokens, model.rope_cos[pos][:, None], model.rope_sin[pos][:, None], attend, keep)
+        if B:
+            cache.advance(1)
+        if C:
+            cache.lengths[slot] = start + C
+        return (logits[:B] if B else None), (logits[B:] if C else None)
 
-    def _layers(self, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend) -> torch.Tensor:
-        """Logits (N, V) after ``tokens`` (N,): the embedding, every block and the head, with
-        ``attend(layer, scale, q, k, v)`` storing each row's new key and value and returning its
-        attention output (N, Hq, 1, d). ``cos``/``sin``: the rows' rotary angles."""
+    def _layers(self, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits after ``tokens`` (N,): the embedding, every block and the head, with
+        ``attend(layer, scale, q, k, v)`` storing each token's new key and value and returning its
+        attention output (N, Hq, 1, d). ``cos``/``sin``: the tokens' rotary angles. ``keep``: the
+        tokens whose logits are wanted (default all: (N, V))."""
         model, cfg = self.model, self.cfg
         Hq, Hk, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         rs = cfg.residual_scale
@@ -224,6 +273,8 @@ class DecodeStep:
             else:
                 out = block.ffn(h[None])[0] if isinstance(block.ffn, MoE) else block.ffn(h)
             x = x + out * rs if rs != 1.0 else x + out
+        if keep is not None:
+            x = x.index_select(0, keep)
         logits = model.head(_rms_norm(model.norm, x)).float()
         return logits * cfg.logits_scale if cfg.logits_scale != 1.0 else logits
 

@@ -264,14 +264,18 @@ class Engine:
             self._admit(req)
             self.running[req.id] = req
         events: list[Event] = []
-        prefilling = [r for r in self.running.values() if r.prefilled < len(r.prompt_ids)]
-        if prefilling:
-            self._prefill_chunk(prefilling[0])
-        ready = [r for r in self.running.values() if r.prefilled == len(r.prompt_ids)]
-        first = [r for r in ready if r._last_logits is not None]  # prefill just finished: sample from it
-        decode = sorted((r for r in ready if r._last_logits is None), key=lambda r: r.slot)
-        if decode:
-            self._decode(decode)
+        prefilling = next((r for r in self.running.values() if r.prefilled < len(r.prompt_ids)), None)
+        decode = sorted((r for r in self.running.values() if r.prefilled == len(r.prompt_ids)), key=lambda r: r.slot)
+        step = DecodeStep.of(self.model) if all(r.adapter is None for r in self.running.values()) else None
+        if prefilling is not None and step is not None:  # the chunk rides along with the decode rows
+            self._mixed(step, decode, prefilling)
+        else:
+            if prefilling is not None:
+                self._prefill_chunk(prefilling)
+            if decode:
+                self._decode(decode, step)
+        # a prompt whose prefill just finished is sampled from its last logits with the decode rows
+        first = [prefilling] if prefilling is not None and prefilling._last_logits is not None else []
         todo = first + decode
         if todo:
             logits = torch.stack([r._last_logits for r in todo])
@@ -346,27 +350,50 @@ class Engine:
         self.prefix_hit_tokens += share - req.prefilled
         req.prefilled = share
 
-    def _prefill_chunk(self, req: Request) -> None:
+    def _chunk(self, req: Request) -> list[int]:
+        """The next prompt tokens ``req`` computes (after taking what another slot holds of them)."""
         self._share_prefix(req)
+        return req.prompt_ids[req.prefilled:req.prefilled + self.prefill_chunk]
+
+    def _chunk_done(self, req: Request, chunk: list[int], logits: torch.Tensor) -> None:
+        """``chunk`` computed: ``logits`` are its last token's (1, V) or, for a scored prompt,
+        every token's (C, V); each position scores the prompt token after it (the last: none here)."""
         start = req.prefilled
-        chunk = req.prompt_ids[start:start + self.prefill_chunk]
-        self.cache.bind([req.slot], len(chunk))
-        ids = torch.tensor([chunk], device=self.device)
-        top = req.params.prompt_logprobs
-        with use_adapters(self.model, req.adapter):
-            out = self.model(ids, cache=self.cache, last_only=top is None)
         req.prefilled += len(chunk)
-        if top is not None:  # each position scores the prompt token after it (the last: none here)
+        top = req.params.prompt_logprobs
+        if top is not None:
             following = req.prompt_ids[start + 1:start + 1 + len(chunk)]
             # over the tokenizer's vocabulary, as generated tokens' logprobs are (no padding rows)
-            req.prompt_logprobs += _score(out.logits[0, :len(following), :self.vocab], following, top)
+            req.prompt_logprobs += _score(logits[:len(following), :self.vocab], following, top)
         if req.prefilled == len(req.prompt_ids):
-            req._last_logits = out.logits[0, -1]
+            req._last_logits = logits[-1]
 
-    def _decode(self, reqs: list[Request]) -> None:
+    def _prefill_chunk(self, req: Request) -> None:
+        chunk = self._chunk(req)
+        self.cache.bind([req.slot], len(chunk))
+        ids = torch.tensor([chunk], device=self.device)
+        with use_adapters(self.model, req.adapter):
+            out = self.model(ids, cache=self.cache, last_only=req.params.prompt_logprobs is None)
+        self._chunk_done(req, chunk, out.logits[0])
+
+    def _mixed(self, step: DecodeStep, reqs: list[Request], req: Request) -> None:
+        """The decode rows ``reqs`` and ``req``'s next prompt chunk in one pass of the decode step
+        (`DecodeStep.run_batch`): a new request's prefill costs a few more rows of the batch's
+        products instead of a pass over every weight of its own."""
+        chunk = self._chunk(req)
+        if reqs:
+            self.cache.bind([r.slot for r in reqs], 1)
+        ids = torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.long, device=self.device)
+        rows, chunk_logits = step.run_batch(ids, self.cache, torch.tensor(chunk, device=self.device), req.slot,
+                                            "last" if req.params.prompt_logprobs is None else "all")
+        for r, row in zip(reqs, rows if rows is not None else ()):
+            r._last_logits = row
+        self._chunk_done(req, chunk, chunk_logits)
+
+    def _decode(self, reqs: list[Request], step: DecodeStep | None) -> None:
+        """One token for each of ``reqs``: through the decode step (fused products, no per-layer
+        module calls) where it covers the model and no adapter is chosen, else the forward."""
         ids = torch.tensor([r.output_ids[-1] for r in reqs], device=self.device)
-        # without adapters: the decode step (fused products, no per-layer module calls), where it covers the model
-        step = DecodeStep.of(self.model) if all(r.adapter is None for r in reqs) else None
         if step is not None and len(reqs) == 1:  # one sequence: straight into its slot, no masks
             r = reqs[0]
             r._last_logits = step.run(ids, self.cache.k, self.cache.v, self.cache.lengths[r.slot], row=r.slot)[0]
