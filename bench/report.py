@@ -226,6 +226,28 @@ def _serve_real_row(d: dict) -> str:
             f"{'met' if x >= 2 else 'not met'})")
 
 
+# after W8A8, the decode step for the engine's batch of rows and prompt chunks riding along
+SERVE_REAL_W8A8 = "serve_real_systems-lightseek-w8a8-lightseek-fp32"
+
+
+def _serve_w8a8_row(d: dict) -> str:
+    b16 = next(h["output_tok_s"] for h in d["transformers_generate"] if h["batch"] == 16)
+    parts = []
+    for s in d["systems"]:
+        at = {r["clients"]: r["output_tok_s"] for r in s["levels"]}
+        x2, x5 = at[16] / b16, at[16] / at[1]
+        parts.append(f"{s['system'].removeprefix('lightseek ')}: {at[1]:.0f} / {at[16]:.0f} / {at[64]:.0f}; "
+                     f"{x2:.2f}x ({'met' if x2 >= 2 else 'not met'}), {x5:.2f}x ({'met' if x5 >= 5 else 'not met'})")
+    return "; ".join(parts) + f" (transformers batch 16: {b16:.0f})"
+
+
+def _w8a8_quality_row(d: dict) -> str:
+    by = _dense_by_config(d)
+    r, f = by["int8 w8a8"], by["fp32"]
+    return (f"{100 * r['ppl_change']:+.2f}%, {r['kl_mean']:.4f}; {r['size_bytes'] / 2**20:.0f} MiB "
+            f"({f['size_bytes'] / r['size_bytes']:.1f}x smaller); {r['decode_b1'] / f['decode_b1']:.2f}x")
+
+
 QUANT_README = ("int4 gptq g64", "int4 gptq g128", "mixed gptq g64", "budget 4.9 gptq g64")
 
 
@@ -322,6 +344,9 @@ README_ROWS: list[Row] = [
     Row("SmolLM2-135M-Instruct served, 16 streaming clients: output tok/s of lightseek fp32 / MoE / int8 / int4 g64 "
         "and llama.cpp's server (Q4_1); the best lightseek server against transformers `generate` at batch 16",
         "serve_real", _serve_real_row),
+    Row("SmolLM2-135M-Instruct served with 8-bit weights and inputs (W8A8) / fp32, decode step for the batch, prompt "
+        "chunks riding along: output tok/s at 1 / 16 / 64 clients; 16 clients against transformers `generate` at "
+        "batch 16 in the same run (target 2x) and against one client (target 5x)", SERVE_REAL_W8A8, _serve_w8a8_row),
     Row("SmolLM2-135M-Instruct distilled into a student cut to 49% of its parameters (1.2M tokens, 45 min): "
         "multiple-choice retention; held-out perplexity, teacher / distilled / same student on the data alone",
         "distill_real", lambda d: (f"{d['models']['distilled']['retention']['tasks']['mean']:.2f}; "
@@ -335,6 +360,8 @@ README_ROWS: list[Row] = [
         "(target +0.5%, 0.002)", "quant_real_forms-dense", _quant_real_int8_row),
     Row("SmolLM2-135M-Instruct quantized (dense): perplexity change (bits per weight) of int4 gptq g64 / "
         "int4 gptq g128 / mixed by role / budget policy at 4.9 bits", "quant_real_int4-refit", _quant_real_row),
+    Row("SmolLM2-135M-Instruct int8 with 8-bit inputs (W8A8, smoothed, dense): perplexity change, mean KL; file size; "
+        "batch-1 decode vs fp32", "quant_real_forms-dense_configs-int8-w8a8", _w8a8_quality_row),
     Row("SmolLM2-135M-Instruct int4 gptq g64 (dense), its scales and offsets as rounded / tuned end to end "
         "(`--tune-steps`): perplexity change, mean KL (target +3%); tuning time", "quant_real_tuned", _quant_tuned_row),
     Row("SmolLM2-135M-Instruct mixed by sensitivity within 4.9 bits per weight (budget policy, GPTQ g64, dense), "
@@ -447,8 +474,6 @@ def _yes(ok: bool) -> str:
 
 
 SERVE_REAL_SLICED = "serve_real_systems-lightseek-fp32-lightseek-int4-g64"  # after products in slices
-# after W8A8 and the decode step for the engine's batch of rows
-SERVE_REAL_W8A8 = "serve_real_systems-lightseek-w8a8-lightseek-fp32"
 
 
 def serve_real(name: str = "serve_real") -> str:
@@ -491,13 +516,15 @@ def serve_real_targets(name: str = "serve_real") -> str:
                  rows, "lrrl")
 
 
-# per form, the result files its rows come from, newest first (dense: the budget policy at 4.9
+# per form, the result files its rows come from, newest first (dense: int8 with 8-bit inputs, W8A8,
+# on this project's current machine; the budget policy at 4.9
 # bits with and without end-to-end tuning of its grids, int4 GPTQ g64 with and without it, the
 # 4-bit GPTQ run with refit grids, the int8 run of that form alone, then the earlier run of both
 # forms; MoE: int4 GPTQ g64 with and without tuning, its 4-bit GPTQ rows with refit grids, then
 # its full earlier run; not every MoE file used the same conversion, so a row compares with its
 # own file's fp32); each configuration comes from the first file that has it
-QUANT_REAL = {"dense": ("quant_real_budget-tuned", "quant_real_tuned", "quant_real_int4-refit",
+QUANT_REAL = {"dense": ("quant_real_forms-dense_configs-int8-w8a8", "quant_real_budget-tuned", "quant_real_tuned",
+                        "quant_real_int4-refit",
                         "quant_real_forms-dense", "quant_real"),
               "moe": ("quant_real_moe-tuned", "quant_real_moe-refit", "quant_real_forms-moe")}
 # decode speeds alone of both forms' int4 GPTQ g64 checkpoints in one run (--speed-only)
