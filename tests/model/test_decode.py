@@ -149,6 +149,28 @@ def test_decode_rows_and_a_prompt_chunk_in_one_pass_equal_the_forward(variant, r
     assert _batch_against_forward(_model(**VARIANTS[variant]), rows) < 1e-4
 
 
+def test_run_batch_refuses_what_it_cannot_do():
+    from lightseek.model.kv_cache import SlotCache
+
+    model = _model(router_mode="dense")
+    step = DecodeStep.of(model)
+    cache = SlotCache.for_model(model, 2, 16)
+    none = torch.empty(0, dtype=torch.long)
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="no decode rows and no prompt chunk"):
+            step.run_batch(none, cache)
+        with pytest.raises(ValueError, match="bind the 1 decode rows"):
+            step.run_batch(torch.tensor([1]), cache)
+        cache.bind([0], 1)
+        with pytest.raises(ValueError, match="slot 0 is both a decode row and the chunk"):
+            step.run_batch(torch.tensor([1]), cache, torch.tensor([3, 4]), slot=0)
+        with pytest.raises(ValueError, match="chunk_logits must be"):
+            step.run_batch(torch.tensor([1]), cache, torch.tensor([3, 4]), slot=1, chunk_logits="every")
+        assert cache.lengths == [0, 0]  # nothing written by a refused call
+        with pytest.raises(ValueError, match="exceeds the context"):
+            step.run_batch(none, cache, torch.arange(17), slot=1)
+
+
 @pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 128)])  # 128: groups padded past the width
 def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
     from lightseek.quant.apply import quantize

@@ -146,6 +146,8 @@ def test_w8a8_needs_8_bit_layers_and_calibration() -> None:
         quantize(_dense(), QuantConfig(bits=4, group_size=32, activations=8), _calib(_dense()))
     with pytest.raises(ConfigError, match="needs calibration text"):
         quantize(_dense(), QuantConfig(bits=8, activations=8))
+    with pytest.raises(ConfigError, match="needs calibration text"):
+        quantize(_dense(), QuantConfig(bits=8, activations=8), [])
     # without smoothing no calibration is needed
     q = quantize(_dense(), QuantConfig(bits=8, activations=8, smooth_alpha=None))
     assert torch.equal(q.layers[0].attn.wq.act_scale, torch.ones(q.cfg.dim))

@@ -185,6 +185,17 @@ class DecodeStep:
         cfg, model = self.cfg, self.model
         B = len(tokens)
         C = 0 if chunk is None else len(chunk)
+        if not B and not C:
+            raise ValueError("run_batch: no decode rows and no prompt chunk")
+        if chunk_logits not in ("last", "all"):
+            raise ValueError(f"run_batch: chunk_logits must be 'last' or 'all', got {chunk_logits!r}")
+        if B:
+            bound = cache.bound_slots()
+            if bound is None or bound[1] != 1 or len(bound[0]) != B:
+                raise ValueError(f"run_batch: bind the {B} decode rows' slots for one token first "
+                                 f"(cache.bind(slots, 1)); bound: {bound}")
+            if C and slot in bound[0]:
+                raise ValueError(f"run_batch: slot {slot} is both a decode row and the chunk's sequence")
         start = cache.lengths[slot] if C else 0
         if C and start + C > min(cfg.max_seq_len, cache.max_len):
             raise ValueError(f"a chunk of {C} tokens after {start} exceeds the context "

@@ -130,6 +130,10 @@ class SlotCache:
         self.v[layer][rows, :, pos] = v_BHTd.transpose(1, 2)
         return self.k[layer][self._read, :, :self._span], self.v[layer][self._read, :, :self._span]
 
+    def bound_slots(self) -> tuple[list[int], int] | None:
+        """(slots, tokens per row) of the pass `bind` prepared, None when nothing is bound."""
+        return self._bound if self._slots is not None else None
+
     def advance(self, n: int) -> None:
         slots, _ = self._bound
         for s in slots:

@@ -119,7 +119,7 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
         s = smooth.get(t.path)
         qts = {name: _quantize_matrix(w, t, name, bits, cfg, hessians, s)
                for name, w in _matrices(model, t).items()}
-        _install(model, t, qts, cfg.kernel, None if s is None else 1.0 / s)
+        _install(model, t, qts, cfg.kernel, None if s is None else (1.0 / s).to(qts[""].qweight.device))
         some = next(iter(qts.values()))
         layers[t.path] = {"role": t.role, "kind": t.kind, "bits": bits, "group": some.group,
                           "in": {k or "w": q.in_features for k, q in qts.items()},
@@ -131,7 +131,7 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
 
     model.eval()
     if cfg.needs_calibration:
-        if calib is None:
+        if not calib:  # None, or no windows at all
             what = ("quant.method gptq" if cfg.method == "gptq" else "quant.policy budget" if cfg.policy == "budget"
                     else "quant.activations 8 (smoothing)")
             raise ConfigError(f"{what} needs calibration text (quant.calib.files / --calib)")
@@ -264,7 +264,7 @@ def _quantize_matrix(w: torch.Tensor, t: Target, name: str, bits: int, cfg: Quan
     h = hessians.get(key)
     h = None if h is None else h.h
     if smooth is not None:
-        w = w * smooth.to(w.dtype)
+        w = w * smooth.to(w.device, w.dtype)
         if h is not None:
             s = smooth.double()
             h = h / (s[:, None] * s[None, :])

@@ -61,8 +61,9 @@ class QuantConfig:
     activations: int | None = field(None, help=(
         "8: the 8-bit linear layers of the attention, dense FFN and shared-expert roles also round their inputs "
         "to 8 bits when they run, one scale per token (W8A8: integer products through fbgemm on CPU), after "
-        "smoothing moves the inputs' outlier channels into the weights (smooth_alpha); the embedding, head and "
-        "routed experts keep 8- or 4-bit weights with full-precision inputs. null: weights only."))
+        "smoothing moves the inputs' outlier channels into the weights (smooth_alpha); an output head tied to an "
+        "8-bit embedding takes 8-bit inputs too (unsmoothed, its top logits recomputed in fp32); routed experts "
+        "and an untied head keep full-precision inputs. null: weights only."))
     smooth_alpha: float | None = field(0.7, help=(
         "activations 8: how much of each input channel's range moves into the weights (SmoothQuant's alpha: "
         "channel scale = max|x|^alpha / max|w|^(1-alpha), from calibration text); null: no smoothing."))
