@@ -221,7 +221,8 @@ def _serve_real_row(d: dict) -> str:
     ours = [s for s in d["systems"] if s["system"].startswith("lightseek") and _level(s, 16)]
     best = max(ours, key=lambda s: _level(s, 16)["output_tok_s"])
     x = _level(best, 16)["output_tok_s"] / b16
-    return (f"{' / '.join(at16(n) for n in ('lightseek fp32', 'lightseek MoE', 'lightseek int8', 'lightseek int4 g64'))}"
+    names = ('lightseek fp32', 'lightseek MoE', 'lightseek int8', 'lightseek int4 g64', 'lightseek w8a8')
+    return (f"{' / '.join(at16(n) for n in names)}"
             f"; {at16('llama.cpp Q4_1')}; {best['system']} {x:.2f}x transformers' {b16:,.0f} (target 2x: "
             f"{'met' if x >= 2 else 'not met'})")
 
@@ -341,8 +342,8 @@ README_ROWS: list[Row] = [
         _sliced_linear_row),
     Row("SmolLM2-135M-Instruct multiple-choice accuracy, medquad / fiqa / pubmedqa (200 items each; "
         "chance 0.25 / 0.25 / 0.33)", "real_model_tasks", _real_model_tasks),
-    Row("SmolLM2-135M-Instruct served, 16 streaming clients: output tok/s of lightseek fp32 / MoE / int8 / int4 g64 "
-        "and llama.cpp's server (Q4_1); the best lightseek server against transformers `generate` at batch 16",
+    Row("SmolLM2-135M-Instruct served, 16 streaming clients: output tok/s of lightseek fp32 / MoE / int8 / int4 g64 / "
+        "W8A8 and llama.cpp's server (Q4_1); the best lightseek server against transformers `generate` at batch 16",
         "serve_real", _serve_real_row),
     Row("SmolLM2-135M-Instruct served with 8-bit weights and inputs (W8A8) / fp32, decode step for the batch, prompt "
         "chunks riding along: output tok/s at 1 / 16 / 64 clients; 16 clients against transformers `generate` at "
