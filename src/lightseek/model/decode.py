@@ -206,17 +206,11 @@ class DecodeStep:
         if C:
             pos = torch.cat([pos, torch.arange(start, start + C, device=pos.device)])
         gqa = cfg.n_heads != cfg.n_kv_heads
-        mask = cache.attn_mask if B else None                                  # (B, 1, 1, S)
-        if B and cfg.sliding_window and mask.shape[-1] > cfg.sliding_window:
-            keys = torch.arange(mask.shape[-1], device=mask.device)
-            mask = mask & (keys > pos[:B, None, None, None] - cfg.sliding_window)
-        chunk_mask = None  # the chunk's queries: key j is seen from position start + i when j <= start + i
-        if C and (start or cfg.sliding_window):
-            q_pos = torch.arange(start, start + C, device=pos.device)[:, None]
-            keys = torch.arange(start + C, device=pos.device)[None, :]
-            chunk_mask = keys <= q_pos
-            if cfg.sliding_window:
-                chunk_mask = chunk_mask & (keys > q_pos - cfg.sliding_window)
+        # the forward's masks (every layer has the same window): the rows' over their slots, (B, 1, 1, S);
+        # the chunk's causal over its slot, after its ``start`` cached tokens
+        attn = model.layers[0].attn
+        mask = attn._mask(1, cache.attn_mask.shape[-1], cache, pos.device)[0] if B else None
+        chunk_mask, causal = attn._mask(C, start + C, None, pos.device) if C else (None, False)
 
         def attend(i: int, scale, q, k, v):                                    # q (B + C, Hq, d), k, v (B + C, Hk, d)
             out = []
@@ -230,14 +224,12 @@ class DecodeStep:
                 layer_v[slot, :, start:start + C] = v[B:].transpose(0, 1)
                 y = F.scaled_dot_product_attention(q[None, B:].transpose(1, 2), layer_k[slot:slot + 1, :, :start + C],
                                                    layer_v[slot:slot + 1, :, :start + C], attn_mask=chunk_mask,
-                                                   is_causal=chunk_mask is None, scale=scale, enable_gqa=gqa)
+                                                   is_causal=causal, scale=scale, enable_gqa=gqa)
                 out.append(y[0].transpose(0, 1)[:, :, None])                   # (C, Hq, 1, d)
             return out[0] if len(out) == 1 else torch.cat(out)
 
-        keep = None
-        if C and chunk_logits == "last":
-            keep = torch.arange(B + C - 1, B + C, device=pos.device) if not B else \
-                torch.cat([torch.arange(B, device=pos.device), torch.tensor([B + C - 1], device=pos.device)])
+        # every row's logits, and the chunk's last token's or all of its tokens'
+        keep = torch.tensor([*range(B), B + C - 1], device=pos.device) if C and chunk_logits == "last" else None
         all_tokens = tokens if not C else torch.cat([tokens, chunk.to(tokens.device)])
         logits = self._layers(all_tokens, model.rope_cos[pos][:, None], model.rope_sin[pos][:, None], attend, keep)
         if B:

@@ -140,11 +140,11 @@ def quantize(model: Transformer, cfg: QuantConfig, calib: Iterable[torch.Tensor]
     if cfg.policy == "budget":
         chosen = _budget(model, cfg, chosen, calib)
     if cfg.activations == 8:
-        if not any(bits == 8 and t.kind == "linear" and t.role in ACT_ROLES for t, bits in chosen):
+        w8a8 = [t.path for t, bits in chosen if bits == 8 and t.kind == "linear" and t.role in ACT_ROLES]
+        if not w8a8:
             raise ConfigError(f"quant.activations 8: no 8-bit linear layer of the roles {', '.join(ACT_ROLES)} "
                               "to give 8-bit inputs (give those roles 8 bits)")
-        smooth = smoothing(model, [t.path for t, bits in chosen if bits == 8 and t.kind == "linear"
-                                   and t.role in ACT_ROLES], calib, cfg.smooth_alpha)
+        smooth = smoothing(model, w8a8, calib, cfg.smooth_alpha)
     if cfg.method == "gptq":
         if cfg.sequential:
             _quantize_sequentially(model, chosen, calib, apply)

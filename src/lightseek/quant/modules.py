@@ -92,9 +92,7 @@ class _QuantWeights(nn.Module):
         """Per matrix (one, or one per expert): the kernel's weight and scale tensors. Built once
         and rebuilt when the codes or scales change (in place, by loading, or by moving): the
         check is three integer reads, as it runs at every matmul of every decode step."""
-        qw, sc = self.qweight, self.scales
-        key = (qw.data_ptr(), qw._version, sc.data_ptr(), sc._version,
-               None if self.zeros is None else self.zeros._version)
+        key = self._codes_key()
         if self._packed is None or self._packed[0] != key:
             n = self.qweight.shape[0] if self.qweight.dim() == 3 else 1
             mats = []
@@ -109,6 +107,13 @@ class _QuantWeights(nn.Module):
                 mats.append((w, sz))
             self._packed = (key, mats)
         return self._packed[1]
+
+    def _codes_key(self) -> tuple:
+        """What a packed form was made from: the codes', scales' and offsets' storage and versions
+        (changed in place, by loading or by moving)."""
+        qw, sc = self.qweight, self.scales
+        return (qw.data_ptr(), qw._version, sc.data_ptr(), sc._version,
+                None if self.zeros is None else self.zeros._version)
 
     def matmul(self, x: torch.Tensor, index: int = 0) -> torch.Tensor:
         """``x @ W_index^T`` for x (..., K): matrix ``index`` of the stack (0 for a plain layer)."""
@@ -187,7 +192,7 @@ class QuantLinear(_QuantWeights):
     def fbgemm_weight(self):
         """fbgemm's packed form of the codes (made once, again when codes or scales change)."""
         qw, sc = self.qweight, self.scales
-        key = (qw.data_ptr(), qw._version, sc.data_ptr(), sc._version)
+        key = self._codes_key()
         if self._w8a8 is None or self._w8a8[0] != key:
             with warnings.catch_warnings():  # PyTorch marks quantized tensors deprecated (the kernels are not)
                 warnings.simplefilter("ignore", UserWarning)
