@@ -40,6 +40,7 @@ Prints markdown tables and writes bench/results/quant_real.json with the run's p
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
@@ -59,6 +60,13 @@ from real_model import timed  # noqa: E402
 NAME = "smollm2-135m-instruct"
 # English and Chinese, as the held-out text (whose Chinese quarter is CMRC 2018's trial passages)
 CALIB = [*BOOKS, SHARED / "zh_cmrc2018_wiki" / "cmrc2018_dev.json"]
+
+
+def w8a8_flags() -> list[str]:
+    """`lightseek quant` settings of the W8A8 checkpoint bench/real_model.py and bench/serve_real.py
+    time: 8-bit weights and inputs, smoothed on this bench's calibration text (English, Chinese)."""
+    return ["--quant.bits=8", "--quant.activations=8", "--quant.calib.text_field=text,context_text",
+            "--quant.calib.files=" + json.dumps([str(p) for p in CALIB])]
 WORK = ROOT / "runs" / "quant_real"
 TUNE_STEPS = 100  # end-to-end tuning of the grids (quant.tune_steps): 4 windows a step, ~13 s a step here
 CONFIGS = {

@@ -9,6 +9,8 @@ Systems:
 - lightseek fp32: the imported checkpoint (`lightseek fetch smollm2-135m-instruct`);
 - lightseek int8 / int4: the same weights through `lightseek quant --bits 8` (per channel, rtn) and
   `--bits 4 --group 64` (rtn), computed by PyTorch's packed int8 / int4 CPU kernels;
+- lightseek w8a8: `lightseek quant --bits 8 --activations 8` (8-bit inputs too, smoothed on
+  bench/quant_real.py's calibration text), computed by fbgemm's integer kernels;
 - transformers fp32: `AutoModelForCausalLM.from_pretrained(..., gguf_file=...)` on the original
   GGUF, and its `generate`;
 - llama.cpp (llama-cpp-python) on the original Q4_1 file, where that package is installed;
@@ -213,6 +215,8 @@ def main() -> None:
     if args.system:
         return child(args)
 
+    from quant_real import w8a8_flags
+
     from lightseek.known_models import KNOWN_MODELS, cache_dir
     from lightseek.models.fetch import fetch
 
@@ -222,6 +226,7 @@ def main() -> None:
                ("lightseek int8", "lightseek", quantized_checkpoint(ckpt, "int8", ["--quant.bits=8"])),
                ("lightseek int4 g64", "lightseek",
                 quantized_checkpoint(ckpt, "int4", ["--quant.bits=4", "--quant.group_size=64"])),
+               ("lightseek w8a8", "lightseek", quantized_checkpoint(ckpt, "w8a8", w8a8_flags())),
                ("transformers fp32 (generate)", "transformers", gguf), ("llama.cpp Q4_1", "llama.cpp", gguf)]
     rows = []
     for label, system, source in systems:

@@ -72,17 +72,13 @@ def lightseek_checkpoint(label: str, ckpt: Path) -> Path:
         subprocess.run([sys.executable, "-m", "lightseek", "moefy", NAME, "--out", str(out), "--target-k", "8",
                         "--quiet"], check=True)
     else:
-        import json
-
-        from quant_real import CALIB as QUANT_CALIB  # imports PyTorch: not at the top (see `clients`)
+        from quant_real import w8a8_flags  # imports PyTorch: not at the top (see `clients`)
 
         from lightseek.quant.run import load_quant_config, quantize_checkpoint
 
-        calib = ["--quant.calib.text_field=text,context_text",  # bench/quant_real.py's text (English, Chinese)
-                 "--quant.calib.files=" + json.dumps([str(p) for p in QUANT_CALIB])]
         flags = {"lightseek int8": ["--quant.bits=8"],
                  "lightseek int4 g64": ["--quant.bits=4", "--quant.group_size=64"],
-                 "lightseek w8a8": ["--quant.bits=8", "--quant.activations=8", *calib]}[label]
+                 "lightseek w8a8": w8a8_flags()}[label]
         quantize_checkpoint(ckpt, load_quant_config(None, flags), out, show_progress=False)
     return out
 

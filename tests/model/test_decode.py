@@ -64,6 +64,30 @@ def test_step_equals_the_forward(variant):
     assert _step_against_forward(_model(**VARIANTS[variant])) < 1e-4
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_prefill_equals_the_forward(variant):
+    """`DecodeStep.prefill`, the prompt as one chunk through the step's products (and a second
+    chunk after it, past the sliding window where there is one), gives the forward's logits of
+    the last token and fills the cache as the forward does."""
+    model = _model(**VARIANTS[variant])
+    ids = torch.randint(0, model.cfg.vocab_size, (17,), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ours, theirs = KVCache.for_model(model, 1, 20), KVCache.for_model(model, 1, 20)
+        step = DecodeStep.of(model)
+        for chunk in (ids[:10], ids[10:]):
+            a = step.prefill(chunk, ours)
+            b = model(chunk[None], cache=theirs, last_only=True).logits[:, -1]
+            assert a.shape == b.shape == (1, model.cfg.vocab_size)
+            assert (a - b).abs().max().item() < 1e-4
+        assert ours.length == theirs.length == 17
+        for k, v, k2, v2 in zip(ours.k, ours.v, theirs.k, theirs.v):
+            assert torch.allclose(k, k2, atol=1e-5) and torch.allclose(v, v2, atol=1e-5)
+        with pytest.raises(ValueError, match="exceeds the context"):
+            step.prefill(ids[:4], ours)
+        with pytest.raises(ValueError, match="no tokens"):
+            step.prefill(ids[:0], ours)
+
+
 def _rows_against_forward(model: Transformer, steps: int = 12) -> float:
     """Largest |logit difference| between `DecodeStep.run_rows` and `Transformer.forward`, each on
     its own slot cache, for three rows of different lengths in non-consecutive slots (a gathered
@@ -181,7 +205,7 @@ def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
                                                              pad_groups=group == 128))
     with torch.inference_mode():
         step = DecodeStep.of(model)
-        block, qkv, wo, w13, w2 = step.layers[0]
+        block, _, qkv, wo, _, w13, w2 = step.layers[0]
         # the packed products bound as bare functions, q k v and gate-up each one product
         assert not any(isinstance(p, torch.nn.Module) for p in (qkv, wo, w13, w2))
         x = torch.randn(1, model.cfg.dim)
@@ -192,7 +216,8 @@ def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
     set_kernel(model, "dequant")  # another kernel: the step is rebuilt, its layers called as modules
     with torch.inference_mode():
         rebuilt = DecodeStep.of(model)
-    assert rebuilt is not step and all(isinstance(p, QuantLinear) for p in rebuilt.layers[0][1:])
+    layer = rebuilt.layers[0]
+    assert rebuilt is not step and all(isinstance(p, QuantLinear) for p in (layer.qkv, layer.wo, layer.w13, layer.w2))
     assert _step_against_forward(model) < 2e-2
 
 

@@ -59,6 +59,15 @@ def test_the_integer_product_matches_its_simulation_and_rows_do_not_depend_on_ea
     exact = x @ layer.weight.T
     err = (fast - exact).abs().max(-1).values / exact.abs().max(-1).values
     assert err.max() < 0.1 and err.min() > 0  # rounded, not exact, and close at every scale
+    # the one-sequence decode step's product: the row's range handed to the kernel as its input
+    # scale, on a smoothed input, and with the smoothing folded in by the caller
+    set_kernel(layer, "auto")
+    one_row, smoothed = layer.bound(one_row=True), layer.bound(one_row=True, smoothed=True)
+    with torch.inference_mode():
+        for i in range(len(x)):
+            row = x[i:i + 1]
+            assert torch.allclose(one_row(row), fast[i:i + 1], rtol=1e-5, atol=1e-5 * fast[i].abs().max().item())
+            assert torch.equal(smoothed(row * layer.act_scale), one_row(row))
 
 
 def test_smoothing_is_shared_by_layers_that_read_one_input() -> None:

@@ -112,8 +112,11 @@ def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParam
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)     # (1, T)
     # the cache holds what this call can reach, not the model's whole context (8k for a real model)
     cache = KVCache.for_model(model, batch_size=1, max_len=len(prompt_ids) + budget) if use_cache else None
-    logits = model(ids, cache=cache, last_only=True).logits[:, -1]
     step = DecodeStep.of(model) if use_cache and fast else None  # None: the model's own forward
+    if step is not None:
+        logits = step.prefill(ids[0], cache)
+    else:
+        logits = model(ids, cache=cache, last_only=True).logits[:, -1]
     for i in range(budget):
         if vocab is not None and vocab < logits.shape[-1]:
             logits[:, vocab:] = float("-inf")
@@ -124,12 +127,12 @@ def generate_ids(model: Transformer, prompt_ids: Sequence[int], p: SamplingParam
         yield tok
         if i == budget - 1:
             return
-        ids = torch.cat([ids, next_id[:, None]], dim=1)
         if step is not None:
             logits = step(next_id, cache)
         elif cache is not None:
             logits = model(next_id[:, None], cache=cache, last_only=True).logits[:, -1]
         else:
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
             logits = model(ids, last_only=True).logits[:, -1]
 
 

@@ -123,12 +123,13 @@ class _QuantWeights(nn.Module):
         x2 = x.reshape(-1, x.shape[-1]).to(PACKED_DTYPE).contiguous()        # (M, K)
         return self.kernel_mm(x2, *self.packed()[index]).reshape(*lead, -1).to(x.dtype)
 
-    def bound(self):
+    def bound(self, one_row: bool = False, smoothed: bool = False):
         """This (plain) layer's packed product as a bare function of a contiguous fp32 input (M, K) ->
         (M, N) fp32, with the packed tensors and the kernel's arguments taken now; None where
         `matmul` would not use the packed kernel. For a caller that issues it many times and
         notices weight and kernel changes itself (the decode step: about 10 us a call saved,
-        121 calls a token for SmolLM2)."""
+        121 calls a token for SmolLM2). ``one_row`` and ``smoothed`` concern layers with 8-bit
+        inputs (`QuantLinear.bound`); a weights-only product takes any input as it is."""
         if self.qweight.dim() != 2 or not self.use_packed(torch.empty(0, device=self.qweight.device)):
             return None
         (w, s), = self.packed()
@@ -142,7 +143,7 @@ class _QuantWeights(nn.Module):
         kp = s.shape[0] * self.group
         if kp != x2.shape[1]:
             x2 = F.pad(x2, (0, kp - x2.shape[1]))
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w, self.group, s)
+        return torch._weight_int4pack_mm_for_cpu(x2, w, self.group, s)  # not torch.ops.aten's: 2.5 us less a call
 
 
 class QuantLinear(_QuantWeights):
@@ -212,13 +213,28 @@ class QuantLinear(_QuantWeights):
             y = w8a8_reference(x2, self.act_scale, dequantize(self.qtensor()))
         return y.reshape(*lead, -1).to(x.dtype)
 
-    def bound(self):
-        if self.act_scale is not None:  # the decode step's bare product: fp32 (M, K) -> (M, N)
-            if not self.uses_fbgemm(torch.empty(0, device=self.qweight.device)):
-                return None
-            scale, packed = self.act_scale, self.fbgemm_weight()
-            return lambda x: w8a8_linear(x, scale, packed)
-        return super().bound()
+    def bound(self, one_row: bool = False, smoothed: bool = False):
+        """The decode step's bare product (see `_QuantWeights.bound`). For W8A8 layers:
+        ``smoothed``, the input comes multiplied by ``act_scale`` already (the step folds it into
+        the norm before the layer); ``one_row``, every input is one row (`w8a8_row`). As the
+        output head (``exact_top``) the product recomputes the largest logits as `forward` does."""
+        scale = None
+        if self.act_scale is None:
+            product = super().bound()
+        elif not self.uses_fbgemm(torch.empty(0, device=self.qweight.device)):
+            return None
+        else:
+            if smoothed or bool((self.act_scale == 1).all()):  # the tied head is not smoothed
+                smoothed = True
+            scale, packed = (None if smoothed else self.act_scale), self.fbgemm_weight()
+            if one_row:
+                product = (lambda x: w8a8_row(x, packed)) if smoothed else (lambda x: w8a8_row(x * scale, packed))
+            else:
+                product = lambda x: w8a8_linear(x, scale, packed)  # noqa: E731
+        if product is None or not self.exact_top:
+            return product
+        # the head (exact_top: see the class); W8A8 codes are those of W * s, for inputs x / s
+        return lambda x: self._exact_top_logits(x if scale is None else x * scale, product(x))
 
     def _exact_top_logits(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         x2, y2 = x.reshape(-1, x.shape[-1]).float(), y.reshape(-1, y.shape[-1]).float()
@@ -269,6 +285,7 @@ class QuantEmbedding(_QuantWeights):
 
 
 @functools.cache
+@functools.cache
 def fbgemm_available() -> bool:
     """Whether this PyTorch build has fbgemm's quantized CPU kernels (x86 builds do)."""
     return "fbgemm" in torch.backends.quantized.supported_engines
@@ -279,20 +296,38 @@ def fbgemm_available() -> bool:
 # CPUs without VNNI, where pairs of 8-bit products summed in 16 bits could saturate. The grid does
 # not depend on the other rows, so neither do a row's results (as with weights-only layers).
 INPUT_SCALE, INPUT_ZERO = 1.0 / 63, 64
+# fbgemm's kernel, called below its Python wrapper (OpOverload.__call__ adds about 5 us a call,
+# 121 calls a token for SmolLM2); the wrapper itself where a build lacks the attribute
+_W8A8_OP = getattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32", None) if fbgemm_available() else None
+_W8A8_KERNEL = getattr(_W8A8_OP.default, "_op", _W8A8_OP) if _W8A8_OP is not None else None
+_INF = float("inf")
 
 
 def _row_ranges(x2: torch.Tensor, act_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x2 * act_scale / r, r), r: each row's largest magnitude after smoothing."""
     xs = x2 * act_scale
-    r = xs.abs().amax(-1, keepdim=True).clamp_min(1e-12)
+    r = torch.linalg.vector_norm(xs, float("inf"), -1, keepdim=True).clamp_min(1e-12)
     return xs / r, r
 
 
-def w8a8_linear(x2: torch.Tensor, act_scale: torch.Tensor, packed) -> torch.Tensor:
+def w8a8_linear(x2: torch.Tensor, act_scale: torch.Tensor | None, packed) -> torch.Tensor:
     """fp32 (M, K) -> (M, N): inputs rounded per row (see INPUT_SCALE), times the int8 codes,
-    by fbgemm's integer kernel."""
-    xs, r = _row_ranges(x2, act_scale)
-    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(xs, INPUT_SCALE, INPUT_ZERO, packed) * r
+    by fbgemm's integer kernel. ``act_scale`` None: ``x2`` is smoothed already (the decode step
+    folds the scale into the norm before the layer). Inference only: it works in place on its
+    own temporaries (4 operations around the kernel, 121 calls a token for SmolLM2)."""
+    xs = x2 * act_scale if act_scale is not None else x2
+    r = torch.linalg.vector_norm(xs, _INF, -1, keepdim=True).clamp_min_(1e-12)
+    xs = xs.div_(r) if act_scale is not None else xs / r
+    return _W8A8_KERNEL(xs, INPUT_SCALE, INPUT_ZERO, packed).mul_(r)
+
+
+def w8a8_row(x2: torch.Tensor, packed) -> torch.Tensor:
+    """`w8a8_linear` of one smoothed row (1, K), for the one-sequence decode step: the row's range
+    goes to the kernel as its input scale (r / 63) instead of the row being divided by r and the
+    result multiplied by it. The same grid; two operations fewer around each product, for one
+    read of r on the host."""
+    r = max(torch.linalg.vector_norm(x2, _INF).item(), 1e-12)
+    return _W8A8_KERNEL(x2, r * INPUT_SCALE, INPUT_ZERO, packed)
 
 
 def w8a8_reference(x2: torch.Tensor, act_scale: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
