@@ -136,7 +136,7 @@ def _routing_row(d: dict) -> str:
 def _real_model_speed(d: dict) -> str:
     r = rows_by(d, "rows")
     ref = r["transformers fp32 (generate)"]["decode_b1_tok_s"]
-    ours = [r[s]["decode_b1_tok_s"] for s in ("lightseek fp32", "lightseek int8", "lightseek int4 g64")]
+    ours = [r[s]["decode_b1_tok_s"] for s in ("lightseek fp32", "lightseek int8", "lightseek int4 g64", "lightseek w8a8")]
     best = max(ours[1:])
     llama = next(v for k, v in r.items() if k.startswith("llama.cpp"))
 
@@ -335,7 +335,7 @@ README_ROWS: list[Row] = [
     Row("16-row decode forward, one thread: the model / the same forward as one fixed-shape function under "
         "`torch.compile` with frozen weights", "decode_floor",
         lambda d: f"{d['ms']['model']:.2f} ms / {d['ms']['static frozen']:.2f} ms"),
-    Row("SmolLM2-135M-Instruct (imported, fp32 / int8 / int4 g64) batch-1 decode tok/s vs transformers "
+    Row("SmolLM2-135M-Instruct (imported, fp32 / int8 / int4 g64 / W8A8) batch-1 decode tok/s vs transformers "
         "`generate` fp32 and llama.cpp Q4_1", "real_model", _real_model_speed),
     Row("SmolLM2-135M-Instruct fp32 with every projection in slices (`kernels/linear.py`): generate at batch 1 / "
         "16 rows, tok/s, against transformers `generate` in the same run (target 3x at batch 1)", "sliced_linear",
