@@ -311,7 +311,7 @@ class DecodeStep:
         rot = rope_matrix(cos.reshape(-1, d // 2), sin.reshape(-1, d // 2)) if angles <= ROPE_MATRICES else None
         if cfg.embed_scale != 1.0:
             x = x * cfg.embed_scale
-        norm = _one_row_rms_norm if one_row else _rms_norm
+        norm = _one_row_rms_norm if one_row and x.device.type == "cpu" else _rms_norm  # a host read stalls a GPU
         for i, (block, attn_norm, qkv, wo, ffn_norm, w13, w2) in enumerate(self.row_layers if one_row else self.layers):
             a = block.attn
             t = qkv(norm(x, attn_norm, block.attn_norm.eps))
