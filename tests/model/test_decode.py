@@ -213,6 +213,9 @@ def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
         assert torch.allclose(wo(x[:, :block.attn.wo.in_features]), block.attn.wo(x[:, :block.attn.wo.in_features]))
     # the same packed kernels row by row: only the bf16 products' summation order may differ
     assert _step_against_forward(model) < 2e-2
+    ids = torch.randint(0, model.cfg.vocab_size, (9,), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():  # the prompt through the step's fused products
+        assert (step.prefill(ids, KVCache.for_model(model, 1, 9)) - model(ids[None]).logits[:, -1]).abs().max() < 2e-2
     set_kernel(model, "dequant")  # another kernel: the step is rebuilt, its layers called as modules
     with torch.inference_mode():
         rebuilt = DecodeStep.of(model)

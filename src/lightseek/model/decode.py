@@ -137,7 +137,8 @@ class DecodeStep:
         self.sources += sources
         smooth = getattr(product, "act_scale", None)
         if smooth is not None and _bound(product, smoothed=True) is not None:
-            self.sources.append(norm.weight)
+            if norm.weight is not None:
+                self.sources.append(norm.weight)
             return ((_bound(product, smoothed=True), _bound(product, one_row=True, smoothed=True)),
                     smooth if norm.weight is None else norm.weight.detach() * smooth)
         rows = _bound(product) or product
@@ -157,7 +158,9 @@ class DecodeStep:
         in new ones) and their tensors' storage and versions (training and loading change them)."""
         mods = tuple((id(m), getattr(m, "kernel", None)) for block in self.model.layers
                      for m in (block.attn.wq, block.attn.wk, block.attn.wv, block.attn.wo,
-                               *_ffn_projections(block.ffn))) + ((id(self.model.head), None),)
+                               *_ffn_projections(block.ffn)))
+        head = self.model.head
+        mods += ((id(head), getattr(head, "kernel", None), getattr(head, "exact_top", None)),)
         return mods, tuple((t.data_ptr(), t._version) for t in self.sources)
 
     @classmethod
@@ -317,12 +320,7 @@ class DecodeStep:
             t = qkv(norm(x, attn_norm, block.attn_norm.eps))
             if a.qk_norm == "none":  # queries and keys roped together: one rotation, not two
                 qk = t[:, :(Hq + Hk) * d].view(N, Hq + Hk, d)
-                if rot is None:
-                    qk = apply_rope(qk, cos, sin)
-                elif len(rot) == 1:
-                    qk = qk.reshape(N * (Hq + Hk), d).mm(rot[0]).view(N, Hq + Hk, d)
-                else:
-                    qk = torch.bmm(qk, rot)
+                qk = apply_rope(qk, cos, sin) if rot is None else _rotate(qk, rot)
                 q, k, v = qk[:, :Hq], qk[:, Hq:], t[:, (Hq + Hk) * d:]
             else:
                 q, k, v = t.split([Hq * d, Hk * d, Hk * d], -1)
@@ -373,6 +371,16 @@ def rope_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     returns (M, d, d). One product per layer instead of the rotation's eight operations."""
     c, s = torch.diag_embed(cos), torch.diag_embed(sin)
     return torch.cat([torch.cat([c, s], -1), torch.cat([-s, c], -1)], -2)
+
+
+def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """``apply_rope`` of x (N, H, d) as a product with `rope_matrix`'s (1 or N, d, d), computed in
+    the rotation's dtype (fp32, as `apply_rope` computes) and returned in x's."""
+    dtype = x.dtype
+    if dtype != rot.dtype:
+        x = x.to(rot.dtype)
+    y = x.reshape(-1, x.shape[-1]).mm(rot[0]).view(x.shape) if len(rot) == 1 else torch.bmm(x, rot)
+    return y if dtype == rot.dtype else y.to(dtype)
 
 
 def _bound(mod, **how) -> Product | None:

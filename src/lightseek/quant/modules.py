@@ -188,7 +188,7 @@ class QuantLinear(_QuantWeights):
     # --- 8-bit inputs (W8A8) ---------------------------------------------------------------------
     def uses_fbgemm(self, x: torch.Tensor) -> bool:
         return (self.act_scale is not None and self.kernel != "dequant" and x.device.type == "cpu"
-                and fbgemm_available() and not (torch.is_grad_enabled() and x.requires_grad))
+                and _W8A8_KERNEL is not None and not (torch.is_grad_enabled() and x.requires_grad))
 
     def fbgemm_weight(self):
         """fbgemm's packed form of the codes (made once, again when codes or scales change)."""
@@ -284,7 +284,6 @@ class QuantEmbedding(_QuantWeights):
         return dequantize(rows)                                               # (..., D)
 
 
-@functools.cache
 @functools.cache
 def fbgemm_available() -> bool:
     """Whether this PyTorch build has fbgemm's quantized CPU kernels (x86 builds do)."""
