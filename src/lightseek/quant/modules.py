@@ -299,13 +299,12 @@ INPUT_SCALE, INPUT_ZERO = 1.0 / 63, 64
 # 121 calls a token for SmolLM2); the wrapper itself where a build lacks the attribute
 _W8A8_OP = getattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32", None) if fbgemm_available() else None
 _W8A8_KERNEL = getattr(_W8A8_OP.default, "_op", _W8A8_OP) if _W8A8_OP is not None else None
-_INF = float("inf")
 
 
 def _row_ranges(x2: torch.Tensor, act_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x2 * act_scale / r, r), r: each row's largest magnitude after smoothing."""
     xs = x2 * act_scale
-    r = torch.linalg.vector_norm(xs, float("inf"), -1, keepdim=True).clamp_min(1e-12)
+    r = xs.abs().amax(-1, keepdim=True).clamp_min(1e-12)
     return xs / r, r
 
 
@@ -315,7 +314,7 @@ def w8a8_linear(x2: torch.Tensor, act_scale: torch.Tensor | None, packed) -> tor
     folds the scale into the norm before the layer). Inference only: it works in place on its
     own temporaries (4 operations around the kernel, 121 calls a token for SmolLM2)."""
     xs = x2 * act_scale if act_scale is not None else x2
-    r = torch.linalg.vector_norm(xs, _INF, -1, keepdim=True).clamp_min_(1e-12)
+    r = xs.abs().amax(-1, keepdim=True).clamp_min_(1e-12)  # not vector_norm(inf): 5-8x slower over rows
     xs = xs.div_(r) if act_scale is not None else xs / r
     return _W8A8_KERNEL(xs, INPUT_SCALE, INPUT_ZERO, packed).mul_(r)
 
@@ -325,7 +324,7 @@ def w8a8_row(x2: torch.Tensor, packed) -> torch.Tensor:
     goes to the kernel as its input scale (r / 63) instead of the row being divided by r and the
     result multiplied by it. The same grid; two operations fewer around each product, for one
     read of r on the host."""
-    r = max(torch.linalg.vector_norm(x2, _INF).item(), 1e-12)
+    r = max(x2.abs().max().item(), 1e-12)
     return _W8A8_KERNEL(x2, r * INPUT_SCALE, INPUT_ZERO, packed)
 
 
