@@ -229,6 +229,9 @@ def _serve_real_row(d: dict) -> str:
 
 # after W8A8, the decode step for the engine's batch of rows and prompt chunks riding along
 SERVE_REAL_W8A8 = "serve_real_systems-lightseek-w8a8-lightseek-fp32"
+# after the one-row decode step (one client), then grouped attention for the rows (16 and more)
+SERVE_REAL_ONE_ROW = "serve_real_systems-lightseek-w8a8-lightseek-int4-g64-lightseek-fp32"
+SERVE_REAL_LATEST = "serve_real_systems-lightseek-w8a8"
 
 
 def _serve_w8a8_row(d: dict) -> str:
@@ -345,9 +348,9 @@ README_ROWS: list[Row] = [
     Row("SmolLM2-135M-Instruct served, 16 streaming clients: output tok/s of lightseek fp32 / MoE / int8 / int4 g64 / "
         "W8A8 and llama.cpp's server (Q4_1); the best lightseek server against transformers `generate` at batch 16",
         "serve_real", _serve_real_row),
-    Row("SmolLM2-135M-Instruct served with 8-bit weights and inputs (W8A8) / fp32, decode step for the batch, prompt "
-        "chunks riding along: output tok/s at 1 / 16 / 64 clients; 16 clients against transformers `generate` at "
-        "batch 16 in the same run (target 2x) and against one client (target 5x)", SERVE_REAL_W8A8, _serve_w8a8_row),
+    Row("SmolLM2-135M-Instruct served with 8-bit weights and inputs (W8A8), the latest engine: output tok/s at 1 / 16 / "
+        "64 clients; 16 clients against transformers `generate` at batch 16 in the same run (target 2x) and against "
+        "one client (target 5x)", SERVE_REAL_LATEST, _serve_w8a8_row),
     Row("SmolLM2-135M-Instruct distilled into a student cut to 49% of its parameters (1.2M tokens, 45 min): "
         "multiple-choice retention; held-out perplexity, teacher / distilled / same student on the data alone",
         "distill_real", lambda d: (f"{d['models']['distilled']['retention']['tasks']['mean']:.2f}; "
@@ -1405,6 +1408,10 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
                                 "serve_real_sliced": lambda: serve_real(SERVE_REAL_SLICED),
                                 "serve_real_w8a8": lambda: serve_real(SERVE_REAL_W8A8),
                                 "serve_real_w8a8_targets": lambda: serve_real_targets(SERVE_REAL_W8A8),
+                                "serve_real_one_row": lambda: serve_real(SERVE_REAL_ONE_ROW),
+                                "serve_real_one_row_targets": lambda: serve_real_targets(SERVE_REAL_ONE_ROW),
+                                "serve_real_latest": lambda: serve_real(SERVE_REAL_LATEST),
+                                "serve_real_latest_targets": lambda: serve_real_targets(SERVE_REAL_LATEST),
                                 "serve_ceiling": serve_ceiling, "decode_floor": decode_floor,
                                 "grammar_libs": grammar_libs, "structured": structured,
                                 "prefix_cache": prefix_cache, "eval_harness": eval_harness},
