@@ -299,3 +299,25 @@ def test_an_adapter_applies_through_the_step(strong_adapter):
     assert adapted != base
     with use_adapters(model, None):
         assert list(generate_ids(model, prompt, p)) == base
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_one_row_norm_and_rotation_match_the_modules(dtype, tol):
+    """The one-row pieces of the step: the RMSNorm read on the host (its mean square in fp32 for
+    any dtype) and the rotation as a product give what `F.rms_norm` and `apply_rope` give."""
+    from lightseek.model.decode import _one_row_rms_norm, _rotate, rope_matrix
+    from lightseek.model.transformer import apply_rope
+
+    g = torch.Generator().manual_seed(6)
+    x, w = (torch.randn(1, 64, generator=g) * 30).to(dtype), torch.rand(64, generator=g).to(dtype)
+    ref = torch.nn.functional.rms_norm(x, (64,), w, 1e-5)
+    assert ((_one_row_rms_norm(x, w, 1e-5) - ref).abs().max() / ref.abs().max()).item() < tol
+    assert _one_row_rms_norm(x, None, None).dtype == dtype
+    angles = torch.rand(5, 16, generator=g) * 6.0
+    cos, sin = angles.cos(), angles.sin()
+    qk = torch.randn(5, 3, 32, generator=g).to(dtype)
+    rotated = _rotate(qk, rope_matrix(cos, sin))  # five tokens at their own positions
+    assert rotated.dtype == dtype
+    assert torch.allclose(rotated.float(), apply_rope(qk, cos[:, None], sin[:, None]).float(), atol=tol * 10)
+    one = _rotate(qk[:1], rope_matrix(cos[:1], sin[:1]))  # one position: the single product
+    assert torch.allclose(one.float(), apply_rope(qk[:1], cos[:1], sin[:1]).float(), atol=tol * 10)

@@ -224,7 +224,7 @@ class QuantLinear(_QuantWeights):
         elif not self.uses_fbgemm(torch.empty(0, device=self.qweight.device)):
             return None
         else:
-            if smoothed or bool((self.act_scale == 1).all()):  # the tied head is not smoothed
+            if bool((self.act_scale == 1).all()):  # unsmoothed (the tied head's ones): nothing to scale
                 smoothed = True
             scale, packed = (None if smoothed else self.act_scale), self.fbgemm_weight()
             if one_row:
@@ -297,7 +297,8 @@ def fbgemm_available() -> bool:
 INPUT_SCALE, INPUT_ZERO = 1.0 / 63, 64
 # fbgemm's kernel, called below its Python wrapper (OpOverload.__call__ adds about 5 us a call,
 # 121 calls a token for SmolLM2); the wrapper itself where a build lacks the attribute
-_W8A8_OP = getattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32", None) if fbgemm_available() else None
+_W8A8_OP = (getattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32", None)
+            if fbgemm_available() else None)
 _W8A8_KERNEL = getattr(_W8A8_OP.default, "_op", _W8A8_OP) if _W8A8_OP is not None else None
 
 
@@ -312,7 +313,7 @@ def w8a8_linear(x2: torch.Tensor, act_scale: torch.Tensor | None, packed) -> tor
     """fp32 (M, K) -> (M, N): inputs rounded per row (see INPUT_SCALE), times the int8 codes,
     by fbgemm's integer kernel. ``act_scale`` None: ``x2`` is smoothed already (the decode step
     folds the scale into the norm before the layer). Inference only: it works in place on its
-    own temporaries (4 operations around the kernel, 121 calls a token for SmolLM2)."""
+    own temporaries (121 calls a token for SmolLM2, so each operation around the kernel counts)."""
     xs = x2 * act_scale if act_scale is not None else x2
     r = xs.abs().amax(-1, keepdim=True).clamp_min_(1e-12)  # not vector_norm(inf): 5-8x slower over rows
     xs = xs.div_(r) if act_scale is not None else xs / r
