@@ -33,6 +33,7 @@ both sides). The held-out text is bench/lora_vs_full.py's general set.
 
     python bench/quant_real.py [--eval-tokens 16384] [--forms dense moe] [--configs NAME ...]
     python bench/quant_real.py --forms moe --speed-only   # decode speeds again, of the checkpoints left
+    python bench/quant_real.py --forms moe --configs int8 --moe-ckpt DIR   # another MoE form (a healed one)
 
 Prints markdown tables and writes bench/results/quant_real.json with the run's provenance.
 """
@@ -275,17 +276,21 @@ def main() -> None:
                     "reference); a result file of its own")
     ap.add_argument("--speed-only", action="store_true", help="decode speeds alone, of fp32 and of the checkpoints an "
                     "earlier run left in runs/quant_real/<form>/ (after a change to the engine); a result file of its own")
+    ap.add_argument("--moe-ckpt", help="the MoE form to quantize (default: runs/real_model/moe-k8, converted by "
+                    "`lightseek moefy --target-k 8` when missing), e.g. a healed one from bench/moefy.py")
     ap.add_argument("--result", help="the result file's name (default: from the arguments that differ)")
     args = ap.parse_args()
     stem = result_name("quant_real", args, {k: ap.get_default(k) for k in ("eval_tokens", "calib_samples", "forms",
-                                                                           "configs", "speed_only")})
+                                                                           "configs", "speed_only", "moe_ckpt")})
     torch.set_num_threads(args.threads)
 
     from lightseek.data.tokenizer import Tokenizer
     from lightseek.models.fetch import fetch
 
     dense = Path(fetch(NAME))
-    moe = ROOT / "runs" / "real_model" / "moe-k8"  # shared with bench/serve_real.py
+    moe = Path(args.moe_ckpt) if args.moe_ckpt else ROOT / "runs" / "real_model" / "moe-k8"  # shared with serve_real
+    if "moe" in args.forms and args.moe_ckpt and not (moe / "config.json").is_file():
+        raise SystemExit(f"--moe-ckpt {moe}: no checkpoint there")
     if "moe" in args.forms and not (moe / "config.json").is_file():
         subprocess.run([sys.executable, "-m", "lightseek", "moefy", NAME, "--out", str(moe), "--target-k", "8",
                         "--quiet"], check=True)
