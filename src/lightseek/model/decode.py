@@ -136,10 +136,10 @@ class DecodeStep:
         product, sources = built
         self.sources += sources
         smooth = getattr(product, "act_scale", None)
-        if smooth is not None and _bound(product, smoothed=True) is not None:
+        if smooth is not None and (rows := _bound(product, smoothed=True)) is not None:
             if norm.weight is not None:
                 self.sources.append(norm.weight)
-            return ((_bound(product, smoothed=True), _bound(product, one_row=True, smoothed=True)),
+            return ((rows, _bound(product, one_row=True, smoothed=True)),
                     smooth if norm.weight is None else norm.weight.detach() * smooth)
         rows = _bound(product) or product
         return (rows, _bound(product, one_row=True) or product), norm.weight
@@ -237,9 +237,8 @@ class DecodeStep:
             if C and slot in bound[0]:
                 raise ValueError(f"run_batch: slot {slot} is both a decode row and the chunk's sequence")
         start = cache.lengths[slot] if C else 0
-        if C and start + C > min(cfg.max_seq_len, cache.max_len):
-            raise ValueError(f"a chunk of {C} tokens after {start} exceeds the context "
-                             f"({min(cfg.max_seq_len, cache.max_len)} tokens)")
+        if C:
+            self._check_chunk(C, start, cache.max_len)
         pos = cache.positions[:, 0] if B else torch.empty(0, dtype=torch.long, device=tokens.device)
         if B and int(pos.max()) >= cfg.max_seq_len:
             raise ValueError(f"position {int(pos.max())} exceeds max_seq_len {cfg.max_seq_len}")
@@ -272,6 +271,13 @@ class DecodeStep:
             cache.lengths[slot] = start + C
         return (logits[:B] if B else None), (logits[B:] if C else None)
 
+    def _check_chunk(self, C: int, start: int, cache_len: int) -> None:
+        """A prompt chunk of C tokens after ``start`` cached ones must fit the model's context and
+        the cache."""
+        context = min(self.cfg.max_seq_len, cache_len)
+        if start + C > context:
+            raise ValueError(f"a chunk of {C} tokens after {start} exceeds the context ({context} tokens)")
+
     def prefill(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """A one-sequence cache's (`KVCache`, one row) next ``tokens`` (C,), the prompt, as one chunk
         through the step's products (as `run_batch` takes a chunk): the fused projections and
@@ -281,9 +287,7 @@ class DecodeStep:
         C, start = len(tokens), cache.length
         if not C:
             raise ValueError("prefill: no tokens")
-        if start + C > min(cfg.max_seq_len, cache.max_len):
-            raise ValueError(f"a chunk of {C} tokens after {start} exceeds the context "
-                             f"({min(cfg.max_seq_len, cache.max_len)} tokens)")
+        self._check_chunk(C, start, cache.max_len)
         pos = torch.arange(start, start + C, device=tokens.device)
         mask, causal = model.layers[0].attn._mask(C, start + C, None, pos.device)
         gqa = cfg.n_heads != cfg.n_kv_heads
@@ -309,7 +313,9 @@ class DecodeStep:
         x = model.embed(tokens)                                                   # (N, D)
         N = x.shape[0]
         angles = cos.numel() // (d // 2)  # 1 (every token at one position) or N
-        rot = rope_matrix(cos.reshape(-1, d // 2), sin.reshape(-1, d // 2)) if angles <= ROPE_MATRICES else None
+        # the rotation as a product where queries and keys rotate together (no query/key norm)
+        rot = (rope_matrix(cos.reshape(-1, d // 2), sin.reshape(-1, d // 2))
+               if cfg.qk_norm == "none" and angles <= ROPE_MATRICES else None)
         if cfg.embed_scale != 1.0:
             x = x * cfg.embed_scale
         norm = _one_row_rms_norm if one_row and x.device.type == "cpu" else _rms_norm  # a host read stalls a GPU
