@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightseek.model.config import preset
-from lightseek.model.decode import DecodeStep, fused
+from lightseek.model.decode import DecodeStep, OneRowMoE, fused
 from lightseek.model.generate import generate_ids
 from lightseek.model.kv_cache import KVCache
 from lightseek.model.sampling import SamplingParams
@@ -23,6 +23,12 @@ VARIANTS = {
     "granite-like": dict(router_mode="topk", embed_scale=12.0, residual_scale=0.22, logits_scale=0.125,
                          attn_scale=0.015625),
     "multi-head": dict(router_mode="dense", n_kv_heads=4),
+    # the one-row MoE path (routing on the host) for every router the import and moefy make
+    "moefy-like": dict(router_mode="dynamic", n_shared_experts=0, expert_weights="unit", max_k=6, min_k=2),
+    "deepseek-like": dict(router_mode="topk", top_k=3, score_fn="sigmoid", routed_scaling=2.5),
+    "dynamic sigmoid": dict(router_mode="dynamic", score_fn="sigmoid", norm_topk_prob=False),
+    "qwen2-moe-like": dict(router_mode="topk", top_k=2, shared_gate=True, norm_topk_prob=False,
+                           balance_bias=False),
 }
 
 
@@ -32,6 +38,7 @@ def _model(seed: int = 0, **overrides) -> Transformer:
     with torch.no_grad():  # sharp, varied expert choices and non-zero biases
         for m in model.moe_layers():
             m.router.weight.normal_(0, 0.5)
+            m.router.bias_E.normal_(0, 0.3)  # the selection bias counts where balancing is on
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
                 p.normal_(0, 0.1)
@@ -205,7 +212,8 @@ def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
                                                              pad_groups=group == 128))
     with torch.inference_mode():
         step = DecodeStep.of(model)
-        block, _, qkv, wo, _, w13, w2 = step.layers[0]
+        layer = step.layers[0]
+        block, qkv, wo, w13, w2 = layer.block, layer.qkv, layer.wo, layer.w13, layer.w2
         # the packed products bound as bare functions, q k v and gate-up each one product
         assert not any(isinstance(p, torch.nn.Module) for p in (qkv, wo, w13, w2))
         x = torch.randn(1, model.cfg.dim)
@@ -321,3 +329,47 @@ def test_one_row_norm_and_rotation_match_the_modules(dtype, tol):
     assert torch.allclose(rotated.float(), apply_rope(qk, cos[:, None], sin[:, None]).float(), atol=tol * 10)
     one = _rotate(qk[:1], rope_matrix(cos[:1], sin[:1]))  # one position: the single product
     assert torch.allclose(one.float(), apply_rope(qk[:1], cos[:1], sin[:1]).float(), atol=tol * 10)
+
+
+MOE_VARIANTS = ["topk", "dynamic", "moefy-like", "deepseek-like", "dynamic sigmoid", "qwen2-moe-like"]
+
+
+@pytest.mark.parametrize("variant", MOE_VARIANTS)
+def test_one_row_moe_equals_the_module(variant):
+    """`OneRowMoE` (routing on the host, experts read through embedding bags) gives the MoE
+    module's output and accumulates the same routing statistics, token after token; the decode
+    step uses it for one row."""
+    model = _model(**VARIANTS[variant])
+    moe = model.moe_layers()[0]
+    assert OneRowMoE.covers(moe)
+    assert any(layer.moe is not None for layer in DecodeStep.of(model).row_layers)
+    fast = OneRowMoE(moe)
+    xs = torch.randn(200, model.cfg.dim, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        moe.router.reset_stats()
+        want = moe(xs[None])[0]  # all rows at once: the module's general routing and dispatch
+        load, sums = moe.router.load_E.clone(), moe.router.stat_sums.clone()
+        moe.router.reset_stats()
+        got = torch.cat([fast(x[None]) for x in xs])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(moe.router.load_E, load)
+    torch.testing.assert_close(moe.router.stat_sums, sums)
+    k = sums[1] / sums[0]
+    assert 1 <= k <= moe.cfg.max_k and (variant not in ("dynamic", "moefy-like") or 1 < k < moe.cfg.max_k)
+
+
+def test_one_row_moe_falls_back_to_the_module():
+    """With autograd on, in training, or with an adapter on the experts, the one-row path hands
+    the row to the module (so gradients, auxiliary losses and adapters apply)."""
+    model = _model(router_mode="dynamic")
+    moe = model.moe_layers()[0]
+    fast = OneRowMoE(moe)
+    x = torch.randn(1, model.cfg.dim, requires_grad=True)
+    fast(x).sum().backward()  # through the module: a gradient reaches the router and the input
+    assert x.grad is not None and moe.router.weight.grad is not None
+    moe.train()
+    with torch.no_grad():
+        assert not moe.router.host_routes(x, 1)
+    moe.eval()
+    with torch.no_grad():
+        assert moe.router.host_routes(x, 1) and not moe.router.host_routes(x, 2)

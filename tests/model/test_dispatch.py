@@ -9,6 +9,7 @@ from lightseek.kernels.dispatch import (
     DISPATCH,
     get_dispatch,
     grouped_mm_works,
+    moe_bags,
     moe_few_tokens,
     moe_grouped_mm,
     moe_reference,
@@ -70,12 +71,27 @@ def test_few_tokens_path_without_autograd_equals_reference():
     ids[2], weights[2] = E, 0.0  # no expert for the last token: its output is zero
     want = moe_reference(x, ids, weights, *w)
     with torch.no_grad():
-        for rows in (slice(0, 1), slice(0, 3)):
+        for rows in (slice(0, 1), slice(2, 3), slice(0, 3)):
             torch.testing.assert_close(moe_few_tokens(x[rows], ids[rows], weights[rows], *w), want[rows],
                                        atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(get_dispatch("auto")(x[rows], ids[rows], weights[rows], *w), want[rows],
                                        atol=1e-5, rtol=1e-5)
     assert not want[2].any()
+
+
+def test_bags_after_inference_mode_still_train():
+    """`moe_bags` caches its index tensors; made first under inference mode, they must still
+    serve a forward that autograd records (a served model fine-tuned in the same process)."""
+    T, D, H, E, K = 2, 16, 12, 8, 3
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(T, D, generator=g)
+    w = [t.requires_grad_() for t in _experts(E + 1, D, H, g, 0.3)]  # a shape no other test caches
+    ids, weights = _routing(T, E + 1, K, 4)
+    with torch.inference_mode():
+        first = moe_bags(x, ids, weights, *w)
+    moe_bags(x, ids, weights, *w).square().sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in w)
+    torch.testing.assert_close(first, moe_reference(x, ids, weights, *[t.detach() for t in w]))
 
 
 @pytest.mark.parametrize("mode", ["topk", "dynamic"])

@@ -15,6 +15,7 @@ gradient accumulation and, after an all-reduce, under data parallelism.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -83,6 +84,8 @@ class Router(nn.Module):
         B, T, _ = x_BTD.shape
         cfg = self.cfg
         groups = self.selection.groups if self.selection is not None else [(None, None)]
+        if self.host_routes(x_BTD, B * T):
+            return self._one_token(x_BTD)
         with torch.autocast(x_BTD.device.type, enabled=False):  # routing decisions in fp32, always
             x_TD = x_BTD.reshape(B * T, -1).float()
             logits_TE = F.linear(x_TD, self.weight.float())
@@ -130,6 +133,68 @@ class Router(nn.Module):
         self._accumulate(scores_TE.detach(), expert_ids_TK)
         aux = self._aux_loss(logits_TE, scores_TE, expert_ids_TK, B, T) if self.training else None
         return RouterOutput(expert_ids_TK, weights_TK, aux)
+
+    def host_routes(self, x: torch.Tensor, tokens: int) -> bool:
+        """Whether `route_one` decides for this input: one token on the CPU at inference, one
+        routing state, no gate adapter, no group limit."""
+        return (tokens == 1 and x.device.type == "cpu" and self.lora is None and self.cfg.router_groups == 1
+                and not self.training and not torch.is_grad_enabled()
+                and (self.selection is None or len(self.selection.groups) == 1))
+
+    def route_one(self, x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """One token's routing (x: D features, any shape), decided on the host: the chosen experts
+        (k,) in selection order and their weights. Only the gate's product runs as a tensor
+        operation; the rest is arithmetic on its E logits in Python, where `forward` runs some
+        thirty small tensor operations (SmolLM2's MoE form, 16 experts: 258 -> 135 us a layer,
+        statistics included). The same choices and weights up to float rounding (float64
+        here): a token whose routing mass lies within rounding of the threshold may take one
+        expert more or fewer. Statistics accumulate as `forward`'s do. See `host_routes`."""
+        cfg, E = self.cfg, self.n_experts
+        bias_E, threshold = self._state(self.selection.single if self.selection is not None else None)
+        logits = F.linear(x.reshape(1, -1).float(), self.weight.float())[0].tolist()
+        if cfg.score_fn == "softmax":
+            top = max(logits)
+            exps = [math.exp(v - top) for v in logits]
+            total = sum(exps)
+            scores = [v / total for v in exps]
+            select = logits
+        else:
+            scores = select = [1.0 / (1.0 + math.exp(-v)) for v in logits]
+        if cfg.balance_bias:
+            select = [a + b for a, b in zip(select, bias_E.tolist())]
+        order = sorted(range(E), key=select.__getitem__, reverse=True)
+        share = sum(scores)
+        if cfg.router_mode == "topk":
+            chosen = order[:cfg.top_k]
+        else:  # the smallest prefix whose share of the routing mass reaches the threshold
+            limit, mass, k = float(threshold), 0.0, 1
+            for e in order[:cfg.max_k - 1]:
+                mass += scores[e] / share
+                if mass >= limit:
+                    break
+                k += 1
+            chosen = order[:max(k, cfg.min_k)]
+        if cfg.expert_weights == "unit":
+            weights = [cfg.routed_scaling] * len(chosen)
+        else:
+            weights = [scores[e] for e in chosen]
+            if cfg.norm_topk_prob:
+                total = max(sum(weights), 1e-20)
+                weights = [w / total for w in weights]
+            weights = [w * cfg.routed_scaling for w in weights]
+        ids = torch.tensor(chosen)
+        if self.token_mask_T is None or bool(self.token_mask_T.all()):
+            entropy = -sum(p * math.log(max(p, 1e-20)) for p in (v / share for v in scores))
+            self.load_E.index_put_((ids,), self.load_E.new_ones(()), accumulate=True)
+            self.stat_sums += torch.tensor([1.0, float(len(chosen)), entropy], dtype=torch.float64)
+        return ids, weights
+
+    def _one_token(self, x_BTD: torch.Tensor) -> RouterOutput:
+        """`forward`'s output for one token decided by `route_one`, padded to the mode's width."""
+        ids, weights = self.route_one(x_BTD)
+        pad = (self.cfg.top_k if self.cfg.router_mode == "topk" else self.cfg.max_k) - len(weights)
+        return RouterOutput(F.pad(ids, (0, pad), value=self.n_experts)[None],
+                            torch.tensor([weights + [0.0] * pad]), None)
 
     def _limit_groups(self, select_TE: torch.Tensor) -> torch.Tensor:
         """Group-limited routing (DeepSeek-V3): only the router_topk_groups groups whose two best
