@@ -10,7 +10,9 @@ one process:
   tensor, with --threads threads (an upper bound for any product kernel: a sum does one add per
   value and has no second operand);
 - the bandwidth of the one-row products the decode step uses (`sliced_linear`: the output
-  features in slices through one ``bmm``), on the model's own weights in the step's order;
+  features in slices through one ``bmm``), on the model's own weights in the step's order, and
+  of the other one-row product kernels PyTorch has on the CPU (``F.linear``, MKL's packed GEMM,
+  oneDNN's linear);
 - the step itself (`DecodeStep` on a 64-token context, 64 tokens).
 
 From these come the step's time and tokens/s at each bandwidth, and what 3x transformers
@@ -56,6 +58,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    import torch.nn.functional as F
 
     from lightseek.kernels.linear import sliced_linear
     from lightseek.model.checkpoint import load_model, resolve_checkpoint
@@ -82,6 +85,18 @@ def main() -> None:
 
     with torch.inference_mode():
         product_gb_s = step_bytes / median_s(products, args.repeats) / 1e9
+        kernels = {"F.linear": lambda: [F.linear(rows[w.shape[1]], w) for w in weights],
+                   "sliced bmm (the step's)": products}
+        if hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):  # MKL's packed GEMM, as inductor's freezing uses
+            packed = [torch.ops.mkl._mkl_reorder_linear_weight(w, 1) for w in weights]
+            kernels["MKL packed (_mkl_linear)"] = lambda: [
+                torch.ops.mkl._mkl_linear(rows[w.shape[1]], p, w, None, 1) for p, w in zip(packed, weights)]
+        if torch.backends.mkldnn.is_available():  # oneDNN's linear on its own weight layout
+            onednn = [w.to_mkldnn() for w in weights]
+            kernels["oneDNN (mkldnn_linear)"] = lambda: [
+                torch._C._nn.mkldnn_linear(rows[w.shape[1]].to_mkldnn(), o, None) for o, w in zip(onednn, weights)]
+        kernel_gb_s = {name: step_bytes / median_s(fn, args.repeats) / 1e9 for name, fn in kernels.items()}
+        del kernels
         step = DecodeStep.of(model)
         ids = torch.randint(100, 40_000, (CONTEXT,), generator=torch.Generator().manual_seed(0))
 
@@ -109,6 +124,7 @@ def main() -> None:
         "step_weight_bytes": step_bytes,
         "read_gb_s": read_gb_s,
         "product_gb_s": product_gb_s,
+        "kernel_gb_s": kernel_gb_s,
         "step_ms": step_s * 1e3,
         "step_gb_s": step_bytes / step_s / 1e9,
         "prefill_ms": prefill_s * 1e3,
@@ -122,6 +138,7 @@ def main() -> None:
     print(f"weights read per step: {step_bytes / 1e6:.1f} MB (fp32)")
     print(f"read bandwidth (sum of 1 GiB): {read_gb_s:.1f} GB/s; one-row products: {product_gb_s:.1f} GB/s; "
           f"the step: {result['step_gb_s']:.1f} GB/s ({result['step_ms']:.1f} ms)")
+    print("one-row product kernels, GB/s: " + ", ".join(f"{k} {v:.1f}" for k, v in kernel_gb_s.items()))
     print("tokens/s ceilings: " + ", ".join(f"{k} {v:.1f}" for k, v in result["ceiling_tok_s"].items()))
     t = result["target"]
     print(f"3x transformers ({reference:.1f} tok/s) = {t['tok_s']:.1f} tok/s: a step of {t['step_ms']:.1f} ms after a "
