@@ -289,3 +289,47 @@ def _slices(cls, n: int):
         yield
     finally:
         cls.SLICES = before
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_the_loss_alone_equals_the_loss_of_the_logits(remat, monkeypatch):
+    """``keep_logits=False``: the loss made chunk by chunk (recomputed in backward) has the value
+    and gradients of the cross-entropy over the whole logits, ignored targets and padding
+    included, and keeps no logits for backward; a batch with nothing to learn gives 0 and zero
+    gradients instead of NaN."""
+    from lightseek.model import transformer
+
+    monkeypatch.setattr(transformer, "LOSS_CHUNK", 16)
+    cfg = preset("debug", router_mode="dynamic", logits_scale=0.5)
+    torch.manual_seed(0)
+    model = Transformer(cfg).train()
+    model.grad_checkpoint = remat
+    x = torch.randint(0, cfg.vocab_size, (3, 40))
+    y = x.roll(-1, 1)
+    y[0, :25] = -100  # a prompt not learned; chunks of 16 tokens: the first one scores nothing
+    y[2, 30:] = -100
+    results = []
+    for keep in (True, False):
+        model.zero_grad()
+        saved: list[int] = []
+
+        def pack(t):
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x, y, keep_logits=keep)
+        assert (out.logits is None) != keep
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, max(saved)))
+    (loss0, grads0, biggest0), (loss1, grads1, biggest1) = results
+    torch.testing.assert_close(loss1, loss0)
+    for name, g in grads0.items():
+        torch.testing.assert_close(grads1[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    assert biggest0 >= x.numel() * cfg.vocab_size > biggest1  # the whole logits kept only by the first
+
+    nothing = torch.full_like(y, -100)
+    model.zero_grad()
+    out = model(x, nothing, keep_logits=False)
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and all(p.grad is None or not p.grad.any() for p in model.parameters())

@@ -220,10 +220,41 @@ class Block(nn.Module):
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor               # (B, T, V) fp32
+    logits: torch.Tensor | None        # (B, T, V) fp32; None when the loss was asked for alone
     loss: torch.Tensor | None = None   # next-token cross-entropy (mean over targets != -100)
     aux_loss: torch.Tensor | None = None  # router losses summed over layers, when enabled
     hidden: torch.Tensor | None = None    # (B, T, D) final normed hidden states, when asked for
+
+
+LOSS_CHUNK = 256  # tokens a chunk of `chunked_lm_loss`: 48 MB of SmolLM2 logits, still a full-speed head GEMM
+
+
+def chunked_lm_loss(logits_of, hidden_ND: torch.Tensor, targets_N: torch.Tensor,
+                    chunk: int | None = None) -> torch.Tensor:
+    """The next-token cross-entropy (mean over targets != -100) of ``logits_of(hidden)``, made
+    ``chunk`` tokens (default `LOSS_CHUNK`) at a time: each chunk's logits are computed, scored and dropped, and with
+    autograd on they are recomputed in backward (activation checkpointing per chunk), so only the
+    hidden states are kept. The materialised logits of a SmolLM2 fine-tuning batch of 8 x 256
+    tokens are 403 MB in fp32, and the loss's backward keeps as much again; this keeps one
+    chunk's at a time. The same value as ``F.cross_entropy`` over all the logits up to float
+    rounding, except where no target is scored: 0 (still connected to every parameter, so a
+    micro-batch with nothing to learn can join a distributed backward), where that gives NaN."""
+    remat = torch.is_grad_enabled() and hidden_ND.requires_grad
+    chunk = chunk or LOSS_CHUNK
+
+    def part(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits_of(h), y, ignore_index=-100, reduction="sum")
+
+    total = None
+    for i in range(0, hidden_ND.shape[0], chunk):
+        h, y = hidden_ND[i:i + chunk], targets_N[i:i + chunk]
+        if not bool((y != -100).any()):
+            continue
+        term = checkpoint(part, h, y, use_reentrant=False) if remat else part(h, y)
+        total = term if total is None else total + term
+    if total is None:
+        return logits_of(hidden_ND[:1]).sum() * 0.0
+    return total / (targets_N != -100).sum()
 
 
 def _recompute_context():
@@ -287,9 +318,13 @@ class Transformer(nn.Module):
 
     def forward(self, idx_BT: torch.Tensor, targets_BT: torch.Tensor | None = None,
                 cache: KVCache | None = None, start_pos: int | None = None, last_only: bool = False,
-                token_mask_BT: torch.Tensor | None = None, return_hidden: bool = False) -> ModelOutput:
+                token_mask_BT: torch.Tensor | None = None, return_hidden: bool = False,
+                keep_logits: bool = True) -> ModelOutput:
         """Logits (and losses when ``targets_BT`` is given; targets of -100 are not scored).
-        ``token_mask_BT`` marks real tokens: padding (False) is left out of routing statistics."""
+        ``token_mask_BT`` marks real tokens: padding (False) is left out of routing statistics.
+        ``keep_logits=False`` (with targets): the loss alone, computed `LOSS_CHUNK` tokens at a
+        time and recomputed in backward (`chunked_lm_loss`), so that no (B, T, V) logits are
+        made or kept for backward; ``logits`` is then None."""
         B, T = idx_BT.shape
         if getattr(self, "lora_selection", None) is not None:
             self.lora_selection.check(B)
@@ -329,16 +364,23 @@ class Transformer(nn.Module):
         hidden = x if return_hidden else None
         if last_only:
             x = x[:, -1:]
-        logits = self.head(x).float()                                         # (B, T, V)
-        if self.cfg.logits_scale != 1.0:
-            logits = logits * self.cfg.logits_scale
-        loss = aux = None
+        loss = aux = logits = None
+        if targets_BT is not None and not keep_logits:
+            loss = chunked_lm_loss(self._logits, x.reshape(-1, x.shape[-1]), targets_BT.reshape(-1))
+        else:
+            logits = self._logits(x)                                          # (B, T, V)
         if targets_BT is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets_BT.reshape(-1),
-                                   ignore_index=-100)
+            if loss is None:
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets_BT.reshape(-1),
+                                       ignore_index=-100)
             aux_terms = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
             aux = torch.stack(aux_terms).sum() if aux_terms else None
         return ModelOutput(logits, loss, aux, hidden)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of final normed hidden states."""
+        logits = self.head(x).float()
+        return logits * self.cfg.logits_scale if self.cfg.logits_scale != 1.0 else logits
 
     # --- routing state -------------------------------------------------------------------
     def reset_routing_stats(self) -> None:

@@ -194,9 +194,12 @@ def fit(job: Job, tc: TrainConfig, out: Path, d: Dist, device: torch.device, amp
             # around both forward and backward: it cannot be entered twice)
             with ddp.no_sync() if d.enabled and not last else contextlib.nullcontext():
                 with autocast():
-                    result = ddp(x, y, token_mask_BT=mask)
+                    # the loss alone (no logits kept for backward) unless the objective needs logits
+                    result = ddp(x, y, token_mask_BT=mask, keep_logits=job.objective is not None)
                     objective = job.objective(result, x, y, rows) if job.objective else result.loss
-                    share = objective * (n_micro * d.world / step_tokens) if n_micro else result.logits.sum() * 0.0
+                    # a micro-batch with nothing to learn still joins the backward (DDP), with zero gradients
+                    share = (objective * (n_micro * d.world / step_tokens) if n_micro
+                             else (result.loss if result.logits is None else result.logits.sum()) * 0.0)
                     loss = share if result.aux_loss is None else share + result.aux_loss / tc.grad_accum
                 loss.backward()
             if n_micro:
