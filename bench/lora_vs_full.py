@@ -163,10 +163,12 @@ def general_batches(tokenizer, seq_len: int, batch_size: int, total: int = GENER
     return lambda: token_windows(tokens, batch_size, seq_len)
 
 
-def accounted_memory(model, x, y, pad_id: int) -> dict:
+def accounted_memory(model, x, y, pad_id: int, keep_logits: bool = False) -> dict:
     """Training memory by kind, in MB: weights, gradients and AdamW state of the trainable
     parameters, and the activations autograd saves for backward in one micro-batch (unique
-    storages that are not parameters), counted with saved-tensor hooks."""
+    storages that are not parameters), counted with saved-tensor hooks. ``keep_logits``: the
+    forward keeps the whole logits for the loss, as training did before it asked for the loss
+    alone (bench/results/lora_vs_full*.json from before git revision 47f3d8d were measured so)."""
     import torch
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -180,7 +182,7 @@ def accounted_memory(model, x, y, pad_id: int) -> dict:
 
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x, y, token_mask_BT=x != pad_id)
+        out = model(x, y, token_mask_BT=x != pad_id, keep_logits=keep_logits)
     out.loss.backward()
     model.zero_grad(set_to_none=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
