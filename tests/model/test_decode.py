@@ -358,18 +358,48 @@ def test_one_row_moe_equals_the_module(variant):
     assert 1 <= k <= moe.cfg.max_k and (variant not in ("dynamic", "moefy-like") or 1 < k < moe.cfg.max_k)
 
 
-def test_one_row_moe_falls_back_to_the_module():
-    """With autograd on, in training, or with an adapter on the experts, the one-row path hands
-    the row to the module (so gradients, auxiliary losses and adapters apply)."""
-    model = _model(router_mode="dynamic")
+def test_one_row_moe_falls_back_to_the_module(strong_adapter):
+    """With autograd on, in training, or with an adapter on the gate or the experts, the one-row
+    path hands the row to the module (so gradients, auxiliary losses and adapters apply)."""
+    from lightseek.adapters.lora import LoraConfig, apply_lora, use_adapters
+
+    model = _model(router_mode="dynamic", aux_loss_coef=0.01)
     moe = model.moe_layers()[0]
     fast = OneRowMoE(moe)
     x = torch.randn(1, model.cfg.dim, requires_grad=True)
     fast(x).sum().backward()  # through the module: a gradient reaches the router and the input
     assert x.grad is not None and moe.router.weight.grad is not None
     moe.train()
+    moe.aux_loss = None
     with torch.no_grad():
         assert not moe.router.host_routes(x, 1)
+        fast(x)
+    assert moe.aux_loss is not None  # the module's training forward ran
     moe.eval()
     with torch.no_grad():
         assert moe.router.host_routes(x, 1) and not moe.router.host_routes(x, 2)
+    xs = torch.randn(40, model.cfg.dim, generator=torch.Generator().manual_seed(8))
+    for targets in (["router"], ["experts"]):  # an adapter on the gate, then on the experts
+        adapted = _model(router_mode="dynamic")
+        apply_lora(adapted, LoraConfig(rank=4, targets=targets), "a")
+        with torch.no_grad():
+            for n, p in adapted.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)
+        layer = adapted.moe_layers()[0]
+        with use_adapters(adapted, "a"), torch.inference_mode():
+            want = layer(xs[None])[0]
+            got = torch.cat([OneRowMoE(layer)(row[None]) for row in xs])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        with use_adapters(adapted, None), torch.inference_mode():
+            assert not torch.equal(layer(xs[None])[0], want)  # the adapter changes the layer
+
+
+def test_the_step_sees_a_replaced_expert_weight():
+    """Replacing a MoE layer's expert weights (a new parameter, as loading with assign does) is
+    seen by the one-row path without a rebuild: it reads the module's weights at each call."""
+    model = _model(router_mode="topk")
+    assert _step_against_forward(model) < 1e-4
+    moe = model.moe_layers()[0]
+    moe.w2_EHD = torch.nn.Parameter(torch.randn_like(moe.w2_EHD))
+    assert _step_against_forward(model) < 1e-4

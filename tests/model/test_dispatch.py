@@ -193,6 +193,13 @@ def test_autocast_routes_in_fp32_and_every_path_computes_experts_alike():
         assert y.dtype == torch.float32
         torch.testing.assert_close(y, outs["reference"], atol=2e-2, rtol=2e-2)
         assert (y - outs["reference"]).abs().max() < (outs["reference"]).abs().max()
+    # one token at a time (routing decided on the host, `Router.route_one`): still fp32 routing
+    layer.set_dispatch("auto")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        one = torch.stack([layer.router(x[0, t:t + 1][None]).expert_ids_TK[0] for t in range(200)])
+        y = layer(x[:1, :1])
+    assert torch.equal(one, ids_fp32[:200])
+    assert y.dtype == torch.float32
 
 
 def test_grouped_mm_probe_is_not_fooled_by_no_grad() -> None:

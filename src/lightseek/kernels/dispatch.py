@@ -134,7 +134,7 @@ def moe_bags(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.
     up = bag_sums(w3_EDH.reshape(E * D, H), rows_PD, x_PD)
     y_PD = bag_sums(w2_EHD.reshape(E * H, D), rows_H.index_select(0, exp_P), F.silu(gate) * up)
     if T == 1 and list(slot) == list(range(len(pairs))):  # one token, its experts in the first slots
-        return (weights_TK[:, :len(pairs)] @ y_PD.float()).to(x_TD.dtype)
+        return (y_PD.float() * weights_TK[0, :len(pairs), None]).sum(0, keepdim=True).to(x_TD.dtype)
     return _combine(x_TD, torch.tensor(tok, device=dev), y_PD, weights_TK[tok, slot])
 
 
@@ -147,7 +147,7 @@ def bag_sums(table: torch.Tensor, rows_PR: torch.Tensor, weights_PR: torch.Tenso
                                weights_PR.reshape(-1))[0]
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # one per bag count: decode uses a few, a batch through 'bags' any number
 def _bag_starts(bags: int, rows: int, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):  # cached: usable by autograd later, whoever asked first
         return torch.arange(0, bags * rows, rows, device=device)

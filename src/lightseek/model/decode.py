@@ -122,8 +122,6 @@ class DecodeStep:
                 w13, ffn_norm = self._product([f.w1, f.w3], block.ffn_norm)
                 w2 = self._bare(f.w2)
             moe = OneRowMoE(f) if OneRowMoE.covers(f) else None
-            if moe is not None:
-                self.sources += moe.sources()
             self.layers.append(Layer(block, attn_norm, qkv[0], wo[0], ffn_norm, w13[0], w2[0]))
             self.row_layers.append(Layer(block, attn_norm, qkv[1], wo[1], ffn_norm, w13[1], w2[1], moe))
         self.heads = self._bare(model.head)  # a quantized head's bare products (its exact top logits too)
@@ -441,16 +439,14 @@ class OneRowMoE:
     dispatch runs about forty: SmolLM2's MoE form (16 experts of 96 neurons, k = 5) takes 324
     against 537 us a layer, and the dense FFN it was cut from 550. The same output as the module
     up to float rounding (`Router.route_one`). Falls back to the module whenever the router does
-    not decide on the host (training, an adapter on the gate, several routing states) or an
-    adapter is on the experts."""
+    not decide on the host (training, autograd, an adapter on the gate, several routing states),
+    an adapter is on the experts, or the experts are no longer fp32 on the CPU."""
 
     def __init__(self, moe: MoE):
         E, D, H = moe.w1_EDH.shape
-        self.moe, self.D, self.H = moe, D, H
-        self.w1 = moe.w1_EDH.detach().reshape(E * D, H)
-        self.w3 = moe.w3_EDH.detach().reshape(E * D, H)
-        self.w2 = moe.w2_EHD.detach().reshape(E * H, D)
-        self.rows_D, self.rows_H = expert_rows(E, D, self.w1.device), expert_rows(E, H, self.w1.device)
+        self.moe, self.E, self.D, self.H = moe, E, D, H
+        device = moe.w1_EDH.device
+        self.rows_D, self.rows_H = expert_rows(E, D, device), expert_rows(E, H, device)
 
     @staticmethod
     def covers(moe: nn.Module) -> bool:
@@ -459,20 +455,20 @@ class OneRowMoE:
         return (type(moe) is MoE and moe.w1_EDH.device.type == "cpu"
                 and all(w.dtype == torch.float32 for w in (moe.w1_EDH, moe.w3_EDH, moe.w2_EHD)))
 
-    def sources(self) -> list[torch.Tensor]:
-        return [self.moe.w1_EDH, self.moe.w3_EDH, self.moe.w2_EHD]
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:                    # x (1, D)
         moe = self.moe
-        if moe.lora is not None or not moe.router.host_routes(x, 1):
+        if moe.lora is not None or not moe.router.host_routes(x, 1) or not self.covers(moe):
             return moe(x[None])[0]
         ids, weights = moe.router.route_one(x)
-        x_kD = x.expand(len(weights), self.D)
+        E, D, H = self.E, self.D, self.H
+        x_kD = x.expand(len(weights), D)
         rows = self.rows_D.index_select(0, ids)
-        h = F.silu(bag_sums(self.w1, rows, x_kD)).mul_(bag_sums(self.w3, rows, x_kD))
+        # the module's weights read at each call (views of them): a replaced parameter is seen
+        h = F.silu(bag_sums(moe.w1_EDH.detach().reshape(E * D, H), rows, x_kD))
+        h.mul_(bag_sums(moe.w3_EDH.detach().reshape(E * D, H), rows, x_kD))
         if any(w != 1.0 for w in weights):  # the experts' weights scale their activations
             h.mul_(torch.tensor(weights, dtype=h.dtype)[:, None])
-        y = bag_sums(self.w2, self.rows_H.index_select(0, ids), h).sum(0, keepdim=True)
+        y = bag_sums(moe.w2_EHD.detach().reshape(E * H, D), self.rows_H.index_select(0, ids), h).sum(0, keepdim=True)
         if moe.shared is not None:
             shared = moe.shared(x)
             y = y + (torch.sigmoid(moe.shared_gate(x)) * shared if moe.shared_gate is not None else shared)

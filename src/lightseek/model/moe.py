@@ -144,24 +144,23 @@ class Router(nn.Module):
     def route_one(self, x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
         """One token's routing (x: D features, any shape), decided on the host: the chosen experts
         (k,) in selection order and their weights. Only the gate's product runs as a tensor
-        operation; the rest is arithmetic on its E logits in Python, where `forward` runs some
-        thirty small tensor operations (SmolLM2's MoE form, 16 experts: 258 -> 135 us a layer,
-        statistics included). The same choices and weights up to float rounding (float64
-        here): a token whose routing mass lies within rounding of the threshold may take one
-        expert more or fewer. Statistics accumulate as `forward`'s do. See `host_routes`."""
+        operations with its scores; the choice among them is made in Python, where `forward` runs
+        some thirty small tensor operations (SmolLM2's MoE form, 16 experts: 258 -> 135 us a
+        layer, statistics included). The same choices and weights as `forward`, except that the
+        routing mass is summed in float64 here: a token whose mass lies within rounding of the
+        threshold may take one expert more or fewer. Statistics accumulate as `forward`'s do.
+        See `host_routes`."""
         cfg, E = self.cfg, self.n_experts
         bias_E, threshold = self._state(self.selection.single if self.selection is not None else None)
-        logits = F.linear(x.reshape(1, -1).float(), self.weight.float())[0].tolist()
-        if cfg.score_fn == "softmax":
-            top = max(logits)
-            exps = [math.exp(v - top) for v in logits]
-            total = sum(exps)
-            scores = [v / total for v in exps]
-            select = logits
-        else:
-            scores = select = [1.0 / (1.0 + math.exp(-v)) for v in logits]
+        # scores and selection values in fp32 tensor arithmetic, as `forward` makes them (its
+        # roundings decide ties); the choice among E values is then made on the host
+        with torch.autocast(x.device.type, enabled=False):
+            logits_E = F.linear(x.reshape(1, -1).float(), self.weight.float())[0]
+        scores_E = logits_E.softmax(-1) if cfg.score_fn == "softmax" else logits_E.sigmoid()
+        select_E = logits_E if cfg.score_fn == "softmax" else scores_E
         if cfg.balance_bias:
-            select = [a + b for a, b in zip(select, bias_E.tolist())]
+            select_E = select_E + bias_E
+        scores, select = scores_E.tolist(), select_E.tolist()
         order = sorted(range(E), key=select.__getitem__, reverse=True)
         share = sum(scores)
         if cfg.router_mode == "topk":
@@ -194,7 +193,7 @@ class Router(nn.Module):
         ids, weights = self.route_one(x_BTD)
         pad = (self.cfg.top_k if self.cfg.router_mode == "topk" else self.cfg.max_k) - len(weights)
         return RouterOutput(F.pad(ids, (0, pad), value=self.n_experts)[None],
-                            torch.tensor([weights + [0.0] * pad]), None)
+                            torch.tensor([weights + [0.0] * pad], dtype=torch.float32), None)
 
     def _limit_groups(self, select_TE: torch.Tensor) -> torch.Tensor:
         """Group-limited routing (DeepSeek-V3): only the router_topk_groups groups whose two best
