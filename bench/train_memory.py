@@ -1,4 +1,4 @@
-"""Training memory of SmolLM2-135M-Instruct, full fine-tuning against adapters, with and without the whole logits.
+"""Training memory of SmolLM2-135M-Instruct, full fine-tuning against adapters: whole logits or the loss alone, fp32 or bf16 base.
 
 For full fine-tuning and LoRA at ranks 8, 16 and 64 (attention and feed-forward projections,
 alpha = 2 x rank: `bench/lora_vs_full.py --real`'s set-ups), one micro-batch of --batch rows of
@@ -7,8 +7,10 @@ by kind (weights; gradients and AdamW state of the trainable parameters; the act
 autograd saves for backward, counted with saved-tensor hooks: `lora_vs_full.accounted_memory`),
 and the median time of a training step (forward, backward, optimizer step). Each set-up twice:
 the loss from the whole (B, T, V) logits, as training computed it before, and the loss alone
-(`Transformer.forward(..., keep_logits=False)`, `chunked_lm_loss`), as training computes it now.
-Memory does not depend on the weights' values; the real model is used for its shapes.
+(`Transformer.forward(..., keep_logits=False)`, `chunked_lm_loss`), as training computes it now;
+then the adapters once more with the loss alone and the frozen base held in bf16
+(`lora train --frozen_dtype bf16`, `store_frozen`). Memory does not depend on the weights'
+values; the real model is used for its shapes.
 
     python bench/train_memory.py [--batch 8] [--seq-len 256] [--steps 2] [--threads 2]
 
@@ -31,10 +33,10 @@ NAME = "smollm2-135m-instruct"
 CONFIGS = {"full": None, **{f"lora-r{r}": r for r in (8, 16, 64)}}
 
 
-def measure(config: str, keep_logits: bool, batch: int, seq_len: int, steps: int) -> dict:
+def measure(config: str, keep_logits: bool, batch: int, seq_len: int, steps: int, frozen: str = "fp32") -> dict:
     import torch
 
-    from lightseek.adapters.lora import LoraConfig, apply_lora, use_adapters
+    from lightseek.adapters.lora import LoraConfig, apply_lora, store_frozen, use_adapters
     from lightseek.model.checkpoint import load_model, resolve_checkpoint
     from lightseek.train.config import TrainConfig
     from lightseek.train.optim import build_optimizer
@@ -43,6 +45,8 @@ def measure(config: str, keep_logits: bool, batch: int, seq_len: int, steps: int
     rank = CONFIGS[config]
     if rank:
         apply_lora(model, LoraConfig(rank=rank, alpha=2 * rank, targets=["attn", "dense"]), "a")
+        if frozen == "bf16":
+            store_frozen(model, torch.bfloat16)
     model.grad_checkpoint = True
     x = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
     with use_adapters(model, "a" if rank else None):
@@ -57,7 +61,7 @@ def measure(config: str, keep_logits: bool, batch: int, seq_len: int, steps: int
             times.append(time.perf_counter() - t0)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"config": config, "whole_logits": keep_logits, "trainable_parameters": trainable,
+    return {"config": config, "whole_logits": keep_logits, "frozen_dtype": frozen, "trainable_parameters": trainable,
             "trainable_pct": 100 * trainable / total, "accounted_memory": memory,
             "step_s_median": statistics.median(times[1:])}
 
@@ -73,21 +77,22 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     rows = []
-    for keep in (True, False):
-        for config in CONFIGS:
-            rows.append(measure(config, keep, args.batch, args.seq_len, args.steps))
-            m = rows[-1]["accounted_memory"]
-            print(f"{config} ({'whole logits' if keep else 'loss alone'}): {m['total_mb']:.0f} MB (weights "
-                  f"{m['weights_mb']:.0f}, gradients {m['grads_mb']:.0f}, optimizer {m['optimizer_mb']:.0f}, "
-                  f"activations {m['activations_mb']:.0f}), {rows[-1]['step_s_median']:.1f} s/step",
-                  file=sys.stderr, flush=True)
+    runs = [(c, keep, "fp32") for keep in (True, False) for c in CONFIGS]
+    runs += [(c, False, "bf16") for c in CONFIGS if CONFIGS[c]]
+    for config, keep, frozen in runs:
+        rows.append(measure(config, keep, args.batch, args.seq_len, args.steps, frozen))
+        m = rows[-1]["accounted_memory"]
+        print(f"{config} ({'whole logits' if keep else 'loss alone'}, {frozen} base): {m['total_mb']:.0f} MB "
+              f"(weights {m['weights_mb']:.0f}, gradients {m['grads_mb']:.0f}, optimizer {m['optimizer_mb']:.0f}, "
+              f"activations {m['activations_mb']:.0f}), {rows[-1]['step_s_median']:.1f} s/step",
+              file=sys.stderr, flush=True)
     full = {r["whole_logits"]: r["accounted_memory"]["total_mb"] for r in rows if r["config"] == "full"}
-    print("\n| run | loss from | trainable | weights MB | gradients + optimizer MB | activations MB | total MB | "
-          "vs full (same loss) | s/step |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| run | loss from | frozen base | trainable | weights MB | gradients + optimizer MB | activations MB | "
+          "total MB | vs full (same loss) | s/step |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         m = r["accounted_memory"]
-        print(f"| {r['config']} | {'whole logits' if r['whole_logits'] else 'loss alone'} | "
+        print(f"| {r['config']} | {'whole logits' if r['whole_logits'] else 'loss alone'} | {r['frozen_dtype']} | "
               f"{r['trainable_parameters']:,} ({r['trainable_pct']:.2f}%) | {m['weights_mb']:.0f} | "
               f"{m['grads_mb'] + m['optimizer_mb']:.0f} | {m['activations_mb']:.0f} | {m['total_mb']:.0f} | "
               f"{100 * m['total_mb'] / full[r['whole_logits']]:.0f}% | {r['step_s_median']:.1f} |")

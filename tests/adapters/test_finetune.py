@@ -284,3 +284,23 @@ def test_full_finetuning_can_freeze_parts(debug_checkpoint, instruction_file, tm
     with pytest.raises(ConfigError, match="no parameter name starts with or matches 'embd'"):
         finetune(config(debug_checkpoint, instruction_file, tmp_path / "g", "--freeze=[embd]"), "full",
                  show_progress=False)
+
+
+def test_a_base_held_in_bf16_trains_nearly_the_same_adapter(debug_checkpoint, instruction_file, tmp_path) -> None:
+    """frozen_dtype=bf16 holds the frozen projections, embedding and head in bf16 (half their
+    memory) and still computes in fp32: the losses follow the fp32 run's within the weights'
+    rounding, the adapter is saved in fp32 and loads onto the fp32 base; full fine-tuning refuses."""
+    short = ("--train.steps=4", "--train.log_every=1", "--train.eval_every=4")
+    finetune(config(debug_checkpoint, instruction_file, tmp_path / "fp32", *short), "lora", show_progress=False)
+    finetune(config(debug_checkpoint, instruction_file, tmp_path / "bf16", *short, "--frozen_dtype=bf16"), "lora",
+             show_progress=False)
+    fp32, bf16 = train_losses(tmp_path / "fp32"), train_losses(tmp_path / "bf16")
+    assert len(bf16) == 4 and bf16 == pytest.approx(fp32, rel=2e-2) and bf16 != fp32
+    model = load_model(debug_checkpoint)
+    info = load_adapter(model, tmp_path / "bf16" / "adapter", base_fingerprint(debug_checkpoint)["sha256"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with use_adapters(model, info.name), torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+    with pytest.raises(ConfigError, match="LoRA mode"):
+        finetune(config(debug_checkpoint, instruction_file, tmp_path / "full", "--frozen_dtype=bf16"), "full",
+                 show_progress=False)

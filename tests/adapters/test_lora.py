@@ -178,3 +178,42 @@ def test_save_load_round_trip_and_base_checks(debug_checkpoint, tmp_path: Path) 
         load_adapter(load_model(debug_checkpoint), tmp_path / "med", fp["sha256"])
     with pytest.raises(CheckpointError, match="adapter not found"):
         load_adapter(fresh, tmp_path / "nope", None)
+
+
+def test_frozen_weights_held_in_bf16_compute_in_fp32() -> None:
+    """`store_frozen` halves the frozen matrices (projections, embedding, tied head) and leaves
+    norms, routers, experts and the adapter's factors alone; a product with fp32 inputs equals
+    the fp32 product with the rounded weight, forward and backward to the input, and a weight
+    that still trains refuses to be held so."""
+    import torch.nn.functional as F
+
+    from lightseek.adapters.lora import LoraConfig, apply_lora, store_frozen
+    from lightseek.kernels.linear import sliced_linear
+    from lightseek.model.config import preset
+    from lightseek.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(preset("debug"))
+    apply_lora(model, LoraConfig(rank=4, targets=["attn", "dense"]), "a")
+    matrices = {n: p.numel() * 2 for n, p in model.named_parameters()
+                if not p.requires_grad and p.dim() == 2 and ("router" not in n)}
+    saved = store_frozen(model, torch.bfloat16)
+    assert saved == sum(matrices.values())
+    for n, p in model.named_parameters():
+        held = n in matrices
+        assert (p.dtype == torch.bfloat16) == held, n
+    assert model.head.weight is model.embed.weight and model.embed.weight.dtype == torch.bfloat16  # tied: once
+    x = torch.randn(3, 64, requires_grad=True)
+    w = torch.randn(32, 64).to(torch.bfloat16)
+    y = sliced_linear(x, w)
+    want_x = x.detach().clone().requires_grad_()
+    want = F.linear(want_x, w.float())
+    torch.testing.assert_close(y, want)
+    y.square().sum().backward()
+    want.square().sum().backward()
+    torch.testing.assert_close(x.grad, want_x.grad)
+    with pytest.raises(ValueError, match="must be frozen"):
+        sliced_linear(x, w.clone().requires_grad_())
+    x_ids = torch.randint(0, 512, (2, 12))
+    with torch.no_grad():
+        assert model(x_ids).logits.dtype == torch.float32

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 import yaml
 
-from lightseek.adapters.lora import LoraConfig, apply_lora, base_parameters, format_report, use_adapters
+from lightseek.adapters.lora import (
+    LoraConfig,
+    apply_lora,
+    base_parameters,
+    format_report,
+    store_frozen,
+    use_adapters,
+)
 from lightseek.config import build, deep_merge, field, to_dict
 from lightseek.data.chat import encode_chat
 from lightseek.data.instruct import Example, InstructionData, load_instructions
@@ -84,6 +91,10 @@ class FinetuneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig, help="Adapter shape (LoRA mode).")
     data: SftDataConfig = field(default_factory=SftDataConfig, help="Instruction data.")
     train: TrainConfig = field(default_factory=_finetune_train_defaults, help="Optimisation and schedule.")
+    frozen_dtype: Literal["fp32", "bf16"] = field("fp32", help=(
+        "LoRA mode: the dtype the frozen base weights are held in while the adapter trains. 'bf16' "
+        "halves their memory; products still compute in fp32 (each weight upcast for its product), so "
+        "the adapter trains against the base's weights rounded to bf16."))
     freeze: list[str] = field(default_factory=list, help=(
         "Full fine-tuning: parameters kept frozen, by name prefix or pattern, e.g. [embed, '*.attn.*'] "
         "(see `lightseek info`)."))
@@ -261,6 +272,11 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
         if mode == "lora":
             report = apply_lora(model, cfg.lora, cfg.name)
             say(format_report(report, total))
+            if cfg.frozen_dtype == "bf16":
+                saved = store_frozen(model, torch.bfloat16)
+                say(f"frozen base weights held in bf16: {saved / 2**20:,.0f} MB less")
+        elif cfg.frozen_dtype != "fp32":
+            raise ConfigError("frozen_dtype applies to LoRA mode (full fine-tuning trains every weight)")
         elif cfg.freeze:
             freeze_parameters(model, cfg.freeze)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -31,10 +31,40 @@ def sliced(x: torch.Tensor, weight: torch.Tensor, slices: int) -> bool:
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)))
 
 
+class _StoredLowPrecision(torch.autograd.Function):
+    """``F.linear`` of fp32 inputs with a frozen weight stored in bf16 or fp16: computed in fp32
+    from the weight upcast for the call, and only the stored weight kept for backward (the
+    input's gradient upcasts it again), so a frozen base held in bf16 under adapters costs half
+    the memory of an fp32 one and trains with fp32 arithmetic."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (weight,) = ctx.saved_tensors
+        return grad_y @ weight.to(grad_y.dtype), None, None
+
+
+def stored_low_precision(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``weight`` is held in a lower precision than the fp32 ``x`` it multiplies (outside
+    autocast, which casts both itself): a frozen base stored in bf16 (`lora.store_frozen`)."""
+    return (x.dtype == torch.float32 and weight.dtype in (torch.bfloat16, torch.float16)
+            and not torch.is_autocast_enabled(x.device.type))
+
+
 def sliced_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   slices: int = 4) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, as ``slices`` slices of the output features through one
-    ``bmm`` where that is faster (`sliced`)."""
+    ``bmm`` where that is faster (`sliced`). A weight stored in bf16 or fp16 under fp32 inputs
+    computes in fp32 (`stored_low_precision`); it must be frozen."""
+    if stored_low_precision(x, weight):
+        if weight.requires_grad or (bias is not None and bias.requires_grad):
+            raise ValueError(f"a {weight.dtype} weight with {x.dtype} inputs must be frozen (it is held in "
+                             f"low precision for adapters); train it in {x.dtype}")
+        return _StoredLowPrecision.apply(x, weight, bias)
     if not sliced(x, weight, slices):
         return F.linear(x, weight, bias)
     n, k = weight.shape

@@ -342,6 +342,8 @@ class Transformer(nn.Module):
             cos = self.rope_cos[start_pos:start_pos + T]
             sin = self.rope_sin[start_pos:start_pos + T]
         x = self.embed(idx_BT)                                                # (B, T, D)
+        if x.dtype != self.norm.weight.dtype:  # an embedding held in bf16 under adapters (`store_frozen`)
+            x = x.to(self.norm.weight.dtype)
         if self.cfg.embed_scale != 1.0:
             x = x * self.cfg.embed_scale
         routers = [m.router for m in self.moe_layers()] if token_mask_BT is not None else []
