@@ -92,6 +92,9 @@ CONFIGS = {
     # a pretrained dense base (--real): attention and feed-forward projections, alpha = 2 x rank
     **{f"lora-r{r}": {"mode": "lora", "overrides": [f"--lora.rank={r}", f"--lora.alpha={2 * r}",
                                                    "--lora.targets=[attn,dense]"]} for r in (8, 16, 64)},
+    # the same adapter trained over the frozen base held in bf16 (`lora train --frozen_dtype bf16`)
+    "lora-r8-bf16": {"mode": "lora", "overrides": ["--lora.rank=8", "--lora.alpha=16", "--lora.targets=[attn,dense]",
+                                                   "--frozen_dtype=bf16"]},
     # the MoE form of the pretrained base (--real --base CONVERTED): attention alone, the routed experts
     # alone (rank 2 per expert: 16 experts per layer), or both
     "moe-attn": {"mode": "lora", "overrides": ["--lora.rank=16", "--lora.alpha=32", "--lora.targets=[attn]"]},
@@ -292,6 +295,10 @@ def one_run(spec: dict) -> dict:
         if spec["mode"] == "lora":
             for n, p in model.named_parameters():
                 p.requires_grad = ".lora_" in n
+            if "--frozen_dtype=bf16" in spec["overrides"]:  # the base as the run held it
+                from lightseek.adapters.lora import store_frozen
+
+                store_frozen(model, torch.bfloat16)
         else:
             for p in model.parameters():
                 p.requires_grad = True

@@ -1085,6 +1085,23 @@ def adapters_real() -> str:
                   "stored (vs full)"], rows, "lrrrrlrrlr")
 
 
+def adapters_memory() -> str:
+    """Training memory of full fine-tuning and LoRA on the real base: whole logits or the loss
+    alone, the frozen base in fp32 or bf16 (bench/train_memory.py)."""
+    d = result("train_memory")
+    full = {r["whole_logits"]: r["accounted_memory"]["total_mb"] for r in d["rows"] if r["config"] == "full"}
+    rows = []
+    for r in d["rows"]:
+        m = r["accounted_memory"]
+        rows.append([r["config"], "whole logits" if r["whole_logits"] else "loss alone", r["frozen_dtype"],
+                     f"{r['trainable_parameters']:,} ({r['trainable_pct']:.2f}%)", f"{m['weights_mb']:.0f}",
+                     f"{m['grads_mb'] + m['optimizer_mb']:.0f}", f"{m['activations_mb']:.0f}", f"{m['total_mb']:.0f}",
+                     f"{100 * m['total_mb'] / full[r['whole_logits']]:.0f}%", f"{r['step_s_median']:.1f}"])
+    return table(["run", "loss from", "frozen base", "trainable (% of model)", "weights MB",
+                  "gradients + optimizer MB", "saved activations MB", "total MB", "vs full, same loss", "s/step"],
+                 rows, "lllrrrrrrr")
+
+
 def adapters_moe() -> str:
     """The MoE form of the real base: adapters on attention, routed experts or both, and how the
     domain's routing moved."""
@@ -1406,7 +1423,8 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
                                 "routing_targets": routing_targets},
     "docs/results/core.md": {"quickstart": quickstart, "train_throughput": train_throughput},
     "docs/results/adapters.md": {"adapters_main": adapters_main, "adapters_scale": adapters_scale,
-                                 "adapters_real": adapters_real, "adapters_moe": adapters_moe},
+                                 "adapters_real": adapters_real, "adapters_moe": adapters_moe,
+                                 "adapters_memory": adapters_memory},
     "docs/results/moefy.md": {"moefy_curve": moefy_curve, "moefy_targets": moefy_targets,
                               "moefy_granularity": moefy_granularity, "moefy_layers": moefy_layers,
                               "moefy_kinds": moefy_kinds, "moefy_healed_tasks": moefy_healed_tasks,
