@@ -206,10 +206,10 @@ def task_items(spec: dict) -> list[dict]:
     from lightseek.eval.tasks import load_tasks
 
     path = ROOT / "runs" / "tasks" / f"{TASKS[spec['domain']]}.jsonl"
-    if not path.is_file():
+    if not path.is_file() or len(load_tasks(path)) < spec["tasks"]:  # absent, or left by a smaller probe
         from real_model_tasks import build
 
-        build(200)  # the same items as bench/real_model_tasks.py scores
+        build(max(200, spec["tasks"]))  # the same items as bench/real_model_tasks.py scores
     train, _ = split_examples(load_instructions(spec["files"]).examples, 0.1, 0)
     seen = {" ".join(m["content"].split()) for ex in train[:spec["max_examples"]] for m in ex.messages
             if m["role"] == "user"}
