@@ -435,9 +435,10 @@ class OneRowMoE:
     """A MoE layer's output for the one row of `DecodeStep.run` (fp32 experts on the CPU): the
     router decides on the host (`Router.route_one`) and the chosen experts' weights are read in
     place, as embedding bags (`kernels.dispatch.bag_sums`; `moe_bags` says how), with the bags'
-    index tensors made once. Some fifteen operations a layer where the module with its general
-    dispatch runs about forty: SmolLM2's MoE form (16 experts of 96 neurons, k = 5) takes 324
-    against 537 us a layer, and the dense FFN it was cut from 550. The same output as the module
+    index tensors made once: some fifteen operations a layer where the module with its general
+    dispatch runs about forty. With it SmolLM2's MoE form (16 experts of 96 neurons, k = 5)
+    decodes 1.10x as fast as the dense model it was cut from at batch 1 in fp32, where through
+    the module it was the slower of the two (bench/moefy_speed.py). The same output as the module
     up to float rounding (`Router.route_one`). Falls back to the module whenever the router does
     not decide on the host (training, autograd, an adapter on the gate, several routing states),
     an adapter is on the experts, or the experts are no longer fp32 on the CPU."""

@@ -143,10 +143,10 @@ class Router(nn.Module):
 
     def route_one(self, x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
         """One token's routing (x: D features, any shape), decided on the host: the chosen experts
-        (k,) in selection order and their weights. Only the gate's product runs as a tensor
-        operations with its scores; the choice among them is made in Python, where `forward` runs
-        some thirty small tensor operations (SmolLM2's MoE form, 16 experts: 258 -> 135 us a
-        layer, statistics included). The same choices and weights as `forward`, except that the
+        (k,) in selection order and their weights. Only the gate's product and its scores are
+        tensor operations; the choice among the scores is made in Python, where `forward` runs
+        some thirty small tensor operations (SmolLM2's MoE form, 16 experts, one token: 258 ->
+        154 us a layer, statistics included). The same choices and weights as `forward`, except that the
         routing mass is summed in float64 here: a token whose mass lies within rounding of the
         threshold may take one expert more or fewer. Statistics accumulate as `forward`'s do.
         See `host_routes`."""
