@@ -232,9 +232,9 @@ LOSS_CHUNK = 256  # tokens a chunk of `chunked_lm_loss`: 48 MB of SmolLM2 logits
 def chunked_lm_loss(logits_of, hidden_ND: torch.Tensor, targets_N: torch.Tensor,
                     chunk: int | None = None) -> torch.Tensor:
     """The next-token cross-entropy (mean over targets != -100) of ``logits_of(hidden)``, made
-    ``chunk`` tokens (default `LOSS_CHUNK`) at a time: each chunk's logits are computed, scored and dropped, and with
-    autograd on they are recomputed in backward (activation checkpointing per chunk), so only the
-    hidden states are kept. The materialised logits of a SmolLM2 fine-tuning batch of 8 x 256
+    ``chunk`` tokens (default `LOSS_CHUNK`) at a time: each chunk's logits are computed, scored
+    and dropped, and with autograd on they are recomputed in backward (activation checkpointing
+    per chunk), so only the hidden states are kept. The materialised logits of a SmolLM2 fine-tuning batch of 8 x 256
     tokens are 403 MB in fp32, and the loss's backward keeps as much again; this keeps one
     chunk's at a time. The same value as ``F.cross_entropy`` over all the logits up to float
     rounding, except where no target is scored: 0 (still connected to every parameter, so a
