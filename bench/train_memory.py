@@ -1,4 +1,4 @@
-"""Training memory of SmolLM2-135M-Instruct, full fine-tuning against adapters: whole logits or the loss alone, fp32 or bf16 base.
+"""Training memory of full fine-tuning and adapters on SmolLM2-135M-Instruct, by what training holds.
 
 For full fine-tuning and LoRA at ranks 8, 16 and 64 (attention and feed-forward projections,
 alpha = 2 x rank: `bench/lora_vs_full.py --real`'s set-ups), one micro-batch of --batch rows of
