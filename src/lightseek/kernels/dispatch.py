@@ -109,42 +109,53 @@ def moe_few_tokens(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: 
 
 def moe_bags(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK: torch.Tensor,
              w1_EDH: torch.Tensor, w3_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
-    """Decode rows that read the chosen experts' weights where they lie, through embedding bags,
-    with nothing gathered or copied. ``x @ w1_EDH[e]`` is the sum of the rows of ``w1_EDH[e]``
-    weighted by x's features: one bag of D rows for each (token, expert) pair, the same for
-    ``w3``; the pair's down product is one bag over its expert's rows of ``w2_EHD``, weighted by
-    their activations. Three kernel calls a layer, then the pairs' outputs weighted and summed in
-    fp32, as the other paths do. On SmolLM2's expert shapes (16 experts of 96 neurons, 5 chosen,
-    30 layers' weights so that none stays in cache) the experts of one row took 365 us a layer
-    this way (through ``F.embedding_bag``; `bag_sums` is faster), against 575 us for
+    """Decode rows that read the chosen experts' weights where they lie, through embedding bags
+    (`bag_experts`), with nothing gathered or copied; the pairs' outputs are then weighted and
+    summed in fp32, as the other paths do. On SmolLM2's expert shapes (16 experts of 96 neurons,
+    5 chosen, 30 layers' weights so that none stays in cache) the experts of one row took 365 us
+    a layer this way (through ``F.embedding_bag``; `bag_sums` is faster), against 575 us for
     `moe_few_tokens`' products expert by expert and 550 us for the dense FFN of those shapes in
-    slices. A pair reads its expert's
-    weights for itself, so this suits one row, not a batch. One host synchronisation (the ids)."""
-    E, D, H = w1_EDH.shape
+    slices. A pair reads its expert's weights for itself, so this suits one row, not a batch.
+    One host synchronisation (the ids)."""
     T = x_TD.shape[0]
     pairs = [(t, k, e) for t, row in enumerate(expert_ids_TK.tolist())  # the one host sync
-             for k, e in enumerate(row) if e < E]
+             for k, e in enumerate(row) if e < w1_EDH.shape[0]]
     if not pairs:
         return torch.zeros_like(x_TD)
     dev = x_TD.device
     tok, slot, exp = zip(*pairs)
-    exp_P = torch.tensor(exp, device=dev)
-    rows_D, rows_H = expert_rows(E, D, dev), expert_rows(E, H, dev)
-    x_PD = x_TD.expand(len(pairs), D) if T == 1 else x_TD.index_select(0, torch.tensor(tok, device=dev))
-    rows_PD = rows_D.index_select(0, exp_P)                              # each pair's expert's D rows
+    one = T == 1 and list(slot) == list(range(len(pairs)))  # one token, its experts in the first slots
+    tok_P = None if one else torch.tensor(tok, device=dev)
+    x_PD = x_TD.expand(len(pairs), x_TD.shape[1]) if T == 1 else x_TD.index_select(0, tok_P)
+    y_PD = bag_experts(x_PD, torch.tensor(exp, device=dev), w1_EDH, w3_EDH, w2_EHD)
+    if one:
+        return (y_PD.float() * weights_TK[0, :len(pairs), None]).sum(0, keepdim=True).to(x_TD.dtype)
+    return _combine(x_TD, tok_P, y_PD, weights_TK[tok, slot])
+
+
+def bag_experts(x_PD: torch.Tensor, exp_P: torch.Tensor, w1_EDH: torch.Tensor, w3_EDH: torch.Tensor,
+                w2_EHD: torch.Tensor) -> torch.Tensor:
+    """(P, D): the SwiGLU of expert ``exp_P[p]`` on row ``x_PD[p]``, unweighted, as three
+    embedding bags over the stacked weights: ``x @ w1_EDH[e]`` is the sum of the rows of
+    ``w1_EDH[e]`` weighted by x's features, one bag of D rows per pair (the same for ``w3``), and
+    the down product one bag over the expert's H rows of ``w2_EHD`` weighted by the activations."""
+    E, D, H = w1_EDH.shape
+    rows_PD = expert_rows(E, D, x_PD.device).index_select(0, exp_P)
     gate = bag_sums(w1_EDH.reshape(E * D, H), rows_PD, x_PD)
     up = bag_sums(w3_EDH.reshape(E * D, H), rows_PD, x_PD)
-    y_PD = bag_sums(w2_EHD.reshape(E * H, D), rows_H.index_select(0, exp_P), F.silu(gate) * up)
-    if T == 1 and list(slot) == list(range(len(pairs))):  # one token, its experts in the first slots
-        return (y_PD.float() * weights_TK[0, :len(pairs), None]).sum(0, keepdim=True).to(x_TD.dtype)
-    return _combine(x_TD, torch.tensor(tok, device=dev), y_PD, weights_TK[tok, slot])
+    return bag_sums(w2_EHD.reshape(E * H, D), expert_rows(E, H, x_PD.device).index_select(0, exp_P),
+                    F.silu(gate) * up)
 
 
 def bag_sums(table: torch.Tensor, rows_PR: torch.Tensor, weights_PR: torch.Tensor) -> torch.Tensor:
     """(P, N): row p is ``sum_r weights_PR[p, r] * table[rows_PR[p, r]]``. ``torch.embedding_bag``
     on flat indices with offsets: ``F.embedding_bag``'s two-dimensional form costs some 20 us more
-    a call (67 against 48 us for one of SmolLM2's expert bags, five experts)."""
+    a call (67 against 48 us for one of SmolLM2's expert bags, five experts). Without autograd
+    the table goes in detached: a table that requires grad takes embedding_bag's slower path,
+    which prepares for a backward (0.8 ms of a 33 ms MoE decode step)."""
     P, R = rows_PR.shape
+    if not torch.is_grad_enabled():
+        table = table.detach()
     return torch.embedding_bag(table, rows_PR.reshape(-1), _bag_starts(P, R, rows_PR.device), False, 0, False,
                                weights_PR.reshape(-1))[0]
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightseek.kernels.dispatch import bag_sums, expert_rows
+from lightseek.kernels.dispatch import bag_experts
 from lightseek.kernels.linear import Linear, sliced_linear
 from lightseek.model.kv_cache import KVCache, SlotCache
 from lightseek.model.moe import MoE, SwiGLU
@@ -434,20 +434,17 @@ def _one_row_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float |
 class OneRowMoE:
     """A MoE layer's output for the one row of `DecodeStep.run` (fp32 experts on the CPU): the
     router decides on the host (`Router.route_one`) and the chosen experts' weights are read in
-    place, as embedding bags (`kernels.dispatch.bag_sums`; `moe_bags` says how), with the bags'
-    index tensors made once: some fifteen operations a layer where the module with its general
-    dispatch runs about forty. With it SmolLM2's MoE form (16 experts of 96 neurons, k = 5)
-    decodes 1.10x as fast as the dense model it was cut from at batch 1 in fp32, where through
-    the module it was the slower of the two (bench/moefy_speed.py). The same output as the module
-    up to float rounding (`Router.route_one`). Falls back to the module whenever the router does
-    not decide on the host (training, autograd, an adapter on the gate, several routing states),
-    an adapter is on the experts, or the experts are no longer fp32 on the CPU."""
+    place, as embedding bags (`kernels.dispatch.bag_experts`): some fifteen operations a layer
+    where the module with its general dispatch runs about forty. With it SmolLM2's MoE form (16
+    experts of 96 neurons, k = 5) decodes 1.10x as fast as the dense model it was cut from at
+    batch 1 in fp32, where through the module it was the slower of the two
+    (bench/moefy_speed.py). The same output as the module up to float rounding
+    (`Router.route_one`). Falls back to the module whenever the router does not decide on the
+    host (training, autograd, an adapter on the gate, several routing states), an adapter is on
+    the experts, or the experts are no longer fp32 on the CPU."""
 
     def __init__(self, moe: MoE):
-        E, D, H = moe.w1_EDH.shape
-        self.moe, self.E, self.D, self.H = moe, E, D, H
-        device = moe.w1_EDH.device
-        self.rows_D, self.rows_H = expert_rows(E, D, device), expert_rows(E, H, device)
+        self.moe = moe
 
     @staticmethod
     def covers(moe: nn.Module) -> bool:
@@ -461,19 +458,13 @@ class OneRowMoE:
         if moe.lora is not None or not moe.router.host_routes(x, 1) or not self.covers(moe):
             return moe(x[None])[0]
         ids, weights = moe.router.route_one(x)
-        E, D, H = self.E, self.D, self.H
-        x_kD = x.expand(len(weights), D)
-        rows = self.rows_D.index_select(0, ids)
-        # the module's weights read at each call (views of them): a replaced parameter is seen
-        h = F.silu(bag_sums(moe.w1_EDH.detach().reshape(E * D, H), rows, x_kD))
-        h.mul_(bag_sums(moe.w3_EDH.detach().reshape(E * D, H), rows, x_kD))
-        if any(w != 1.0 for w in weights):  # the experts' weights scale their activations
-            h.mul_(torch.tensor(weights, dtype=h.dtype)[:, None])
-        y = bag_sums(moe.w2_EHD.detach().reshape(E * H, D), self.rows_H.index_select(0, ids), h).sum(0, keepdim=True)
-        if moe.shared is not None:
-            shared = moe.shared(x)
-            y = y + (torch.sigmoid(moe.shared_gate(x)) * shared if moe.shared_gate is not None else shared)
-        return y
+        # the module's weights read at each call: a replaced parameter is seen
+        y_kD = bag_experts(x.expand(len(weights), x.shape[1]), ids, moe.w1_EDH, moe.w3_EDH, moe.w2_EHD)
+        if all(w == 1.0 for w in weights):  # experts cut from one FFN: their plain sum
+            y = y_kD.sum(0, keepdim=True)
+        else:
+            y = torch.tensor(weights, dtype=y_kD.dtype)[None] @ y_kD
+        return y if moe.shared is None else y + moe.shared_output(x)
 
 
 def _ffn_projections(ffn: nn.Module) -> tuple[nn.Module, ...]:

@@ -332,13 +332,14 @@ class MoE(nn.Module):
                 tok = token_rows(rows, T)
                 y_TD = y_TD.index_copy(0, tok, self._experts(
                     x_TD.index_select(0, tok), route.expert_ids_TK[tok], route.weights_TK[tok], name))
-        if self.shared is not None:
-            x_shared = x_TD.reshape(B, T, D)  # (B, T, D): adapters on the shared experts select by row
-            shared_BTD = self.shared(x_shared)
-            if self.shared_gate is not None:
-                shared_BTD = torch.sigmoid(self.shared_gate(x_shared)) * shared_BTD
-            y_TD = y_TD + shared_BTD.reshape(B * T, D)
+        if self.shared is not None:  # (B, T, D): adapters on the shared experts select by row
+            y_TD = y_TD + self.shared_output(x_TD.reshape(B, T, D)).reshape(B * T, D)
         return y_TD.reshape(B, T, D).to(x_BTD.dtype)
+
+    def shared_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared experts' output on ``x``, scaled by the sigmoid gate where there is one."""
+        shared = self.shared(x)
+        return shared if self.shared_gate is None else torch.sigmoid(self.shared_gate(x)) * shared
 
     def _experts(self, x_TD, expert_ids_TK, weights_TK, adapter: str | None) -> torch.Tensor:
         stacked = (self.w1_EDH, self.w3_EDH, self.w2_EHD) if self.lora is None else self.lora.weights(self, adapter)
