@@ -29,26 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import RESULTS, provenance, write_result  # noqa: E402
+from real_model import timed  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
 CONTEXT, STEPS = 64, 64
-
-
-def median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -74,7 +63,7 @@ def main() -> None:
     step_bytes = sum(w.numel() * w.element_size() for w in weights)
 
     big = torch.ones(2 ** 28)  # 1 GiB
-    read_gb_s = big.numel() * 4 / median_s(big.sum, args.repeats) / 1e9
+    read_gb_s = big.numel() * 4 / timed(big.sum, args.repeats) / 1e9
     del big
 
     rows = {n: torch.randn(1, n) for n in {w.shape[1] for w in weights}}
@@ -84,7 +73,7 @@ def main() -> None:
             sliced_linear(rows[w.shape[1]], w, None, 8 if w is weights[-1] else 4)
 
     with torch.inference_mode():
-        product_gb_s = step_bytes / median_s(products, args.repeats) / 1e9
+        product_gb_s = step_bytes / timed(products, args.repeats) / 1e9
         kernels = {"F.linear": lambda: [F.linear(rows[w.shape[1]], w) for w in weights],
                    "sliced bmm (the step's)": products}
         if hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):  # MKL's packed GEMM, as inductor's freezing uses
@@ -95,7 +84,7 @@ def main() -> None:
             onednn = [w.to_mkldnn() for w in weights]
             kernels["oneDNN (mkldnn_linear)"] = lambda: [
                 torch._C._nn.mkldnn_linear(rows[w.shape[1]].to_mkldnn(), o, None) for o, w in zip(onednn, weights)]
-        kernel_gb_s = {name: step_bytes / median_s(fn, args.repeats) / 1e9 for name, fn in kernels.items()}
+        kernel_gb_s = {name: step_bytes / timed(fn, args.repeats) / 1e9 for name, fn in kernels.items()}
         del kernels
         step = DecodeStep.of(model)
         ids = torch.randint(100, 40_000, (CONTEXT,), generator=torch.Generator().manual_seed(0))
@@ -110,8 +99,8 @@ def main() -> None:
         def prefill():
             step.prefill(ids, KVCache.for_model(model, 1, CONTEXT))
 
-        prefill_s = median_s(prefill, args.repeats)
-        step_s = (median_s(decode, args.repeats) - prefill_s) / STEPS
+        prefill_s = timed(prefill, args.repeats)
+        step_s = (timed(decode, args.repeats) - prefill_s) / STEPS
 
     real = json.loads((RESULTS / "real_model.json").read_text())
     by = {r["system"]: r for r in real["rows"]}
