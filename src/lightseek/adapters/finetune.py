@@ -237,6 +237,8 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
         from lightseek.adapters.lora import check_name
 
         check_name(cfg.name)
+    elif cfg.frozen_dtype != "fp32":
+        raise ConfigError("frozen_dtype applies to LoRA mode (full fine-tuning trains every weight)")
     tc = cfg.train
     out = Path(cfg.out_dir or (Path("runs") / ("adapters" if mode == "lora" else "sft") / cfg.name))
     cfg.out_dir = str(out)
@@ -275,8 +277,6 @@ def finetune(cfg: FinetuneConfig, mode: Mode, resume: bool = False, show_progres
             if cfg.frozen_dtype == "bf16":
                 saved = store_frozen(model, torch.bfloat16)
                 say(f"frozen base weights held in bf16: {saved / 2**20:,.0f} MB less")
-        elif cfg.frozen_dtype != "fp32":
-            raise ConfigError("frozen_dtype applies to LoRA mode (full fine-tuning trains every weight)")
         elif cfg.freeze:
             freeze_parameters(model, cfg.freeze)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
