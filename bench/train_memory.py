@@ -20,14 +20,13 @@ Prints a table and writes bench/results/train_memory.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lora_vs_full import accounted_memory  # noqa: E402
 from provenance import provenance, result_name, write_result  # noqa: E402
+from real_model import timed  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
 CONFIGS = {"full": None, **{f"lora-r{r}": r for r in (8, 16, 64)}}
@@ -52,18 +51,18 @@ def measure(config: str, keep_logits: bool, batch: int, seq_len: int, steps: int
     with use_adapters(model, "a" if rank else None):
         memory = accounted_memory(model, x, x, -1, keep_logits=keep_logits)
         opt = build_optimizer(model, TrainConfig(lr=1e-5))
-        times = []
-        for _ in range(steps + 1):  # the first step warms the allocator and the optimizer state
-            t0 = time.perf_counter()
+
+        def step() -> None:
             model(x, x, keep_logits=keep_logits).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - t0)
+
+        step_s = timed(step, steps)  # after a first step that warms the allocator and the optimizer state
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"config": config, "whole_logits": keep_logits, "frozen_dtype": frozen, "trainable_parameters": trainable,
             "trainable_pct": 100 * trainable / total, "accounted_memory": memory,
-            "step_s_median": statistics.median(times[1:])}
+            "step_s_median": step_s}
 
 
 def main() -> None:
