@@ -347,13 +347,12 @@ def _linear_targets(model: Transformer, targets: Sequence[str]) -> Iterator[tupl
 def store_frozen(model: nn.Module, dtype: torch.dtype) -> int:
     """Hold the frozen weight matrices of the projections (`Linear`), the embedding and the head
     in ``dtype`` while adapters train, and return the bytes this saves. Norms, biases, routers,
-    stacked experts and every trainable parameter keep their dtype. Products with fp32 inputs still compute in fp32, the
-    stored weights upcast for each product and only the stored ones kept for backward
-    (`kernels.linear.stored_low_precision`), so an adapter trains against the base's weights
-    rounded to ``dtype``, with fp32 arithmetic, in about half their memory for bf16."""
+    stacked experts and every trainable parameter keep their dtype. Products with fp32 inputs
+    still compute in fp32, the stored weights upcast for each product and only the stored ones
+    kept for backward (`kernels.linear.stored_low_precision`), so an adapter trains against the
+    base's weights rounded to ``dtype``, with fp32 arithmetic, in about half their memory for bf16."""
     saved = 0
-    held = [p for m in model.modules() if isinstance(m, (Linear, nn.Embedding)) for p in m.parameters(recurse=False)]
-    for p in held:
+    for p in (p for m in model.modules() if isinstance(m, (Linear, nn.Embedding)) for p in m.parameters(recurse=False)):
         if not p.requires_grad and p.is_floating_point() and p.dim() == 2 and p.dtype != dtype:
             before = p.numel() * p.element_size()
             p.data = p.data.to(dtype)
