@@ -74,6 +74,9 @@ CONFIGS = {
     "int8": {"bits": 8},
     # per channel still, each column's rounding error compensated in the columns after it
     "int8 gptq": {"bits": 8, "method": "gptq"},
+    # the same int8 codes, multiplied dequantized in fp32: the KL of the weights' rounding alone, without
+    # the packed kernels' bf16 activations (quality only: dequantizing every call is no serving path)
+    "int8, fp32 compute": {"bits": 8, "kernel": "dequant"},
     # 8-bit inputs too (W8A8): the attention and FFN inputs smoothed, rounded per token, integer products
     "int8 w8a8": {"bits": 8, "activations": 8},
     "int4 rtn g64": {"bits": 4, "group_size": 64},
@@ -100,9 +103,11 @@ CONFIGS = {
 # widths a group does not divide (576 by 128; the MoE form's 96-wide experts by 64 and 128) pad
 # their last group (stored unpadded)
 CONFIGS = {name: {**kw, "pad_groups": True} for name, kw in CONFIGS.items()}
-ABLATIONS = ("int4 gptq g64, 8-bit embedding", "int4 gptq g64, stored order", "int4 gptq g64, sequential",
-             "int4 gptq g64, no refit")
-MOE_CONFIGS = ("int8", "int8 gptq", "int4 rtn g64", "int4 gptq g64", "int4 gptq g64, tuned", "budget 4.9 gptq g64")
+ABLATIONS = ("int8, fp32 compute", "int4 gptq g64, 8-bit embedding", "int4 gptq g64, stored order",
+             "int4 gptq g64, sequential", "int4 gptq g64, no refit")
+QUALITY_ONLY = ("int8, fp32 compute",)  # no decode speeds
+MOE_CONFIGS = ("int8", "int8 gptq", "int8, fp32 compute", "int4 rtn g64", "int4 gptq g64", "int4 gptq g64, tuned",
+               "budget 4.9 gptq g64")
 
 
 @contextmanager
@@ -227,7 +232,7 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
                      "at_8_bits": eights,
                      "bits_per_weight": bits_per_weight(q), "quant_s": quant_s,
                      **({"tuning": made["tuning"]} if made["tuning"] else {}), **ref.compare(q),
-                     **decode_speeds(q, args.repeats)})
+                     **({} if name in QUALITY_ONLY else decode_speeds(q, args.repeats))})
         report(rows[-1], rows[0])
         save(rows)
         del q
@@ -246,7 +251,8 @@ def speeds_only(form: str, src: Path, args, save) -> list[dict]:
     if not saved or missing:
         raise SystemExit(f"--speed-only: no saved checkpoint of {', '.join(missing) or 'any configuration'} in "
                          f"{work} (run python bench/quant_real.py --forms {form} first)")
-    names = {"fp32": src} | {name: d for name, d in saved.items() if not args.configs or name in args.configs}
+    names = {"fp32": src} | {name: d for name, d in saved.items()
+                             if name not in QUALITY_ONLY and (not args.configs or name in args.configs)}
     for name, path in names.items():
         rows.append({"form": form, "config": name, **decode_speeds(load_model(path).eval(), args.repeats)})
         r, fp = rows[-1], rows[0]
