@@ -162,6 +162,12 @@ def _real_model_tasks(d: dict) -> str:
     return " / ".join(f"{d['tasks'][t]['acc']:.3f}" for t in ("medquad", "fiqa", "pubmedqa"))
 
 
+# the real base's learning-rate sweep: full fine-tuning and rank 8 at each pair of peak rates
+LR_SWEEP = ("lora_vs_full_real_configs-full-lora-r8-lora-r8-bf16",
+            "lora_vs_full_real_configs-full-lora-r8_lr-full-0.0001_lr-lora-0.001",
+            "lora_vs_full_real_configs-full-lora-r8_lr-full-0.0002_lr-lora-0.002")
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "not met"
 
@@ -332,6 +338,10 @@ README_ROWS: list[Row] = [
     Row("LoRA (0.91% of the parameters) against full fine-tuning of the shared base, medical / finance: share of "
         "full fine-tuning's domain-perplexity gain; general-text perplexity change, LoRA vs full", "lora_vs_full",
         _adapters_row),
+    Row("LoRA rank 8 (1.82% of the parameters) against full fine-tuning of SmolLM2-135M-Instruct, medical, each "
+        "at the best of three peak learning rates ([adapters.md](docs/results/adapters.md)): share of full "
+        "fine-tuning's domain-perplexity gain; general-text perplexity change, LoRA vs full", LR_SWEEP[-1],
+        lambda d: _lr_sweep_row()),
     Row("quantization of the base: int8 / int4 gptq g64 / mixed perplexity change; int4 file size", "quant",
         _quant_quality),
     Row("quantized decode at batch 1 vs fp32, 108M-parameter preset (random weights): int8 / int4", "quant",
@@ -1085,6 +1095,50 @@ def adapters_real() -> str:
                   "stored (vs full)"], rows, "lrrrrlrrlr")
 
 
+def _rate(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+def _lr_sweep_runs() -> list[dict]:
+    runs = []
+    for name in LR_SWEEP:
+        d = result(name)
+        for r in d["results"]:
+            if r["config"] in ("full", "lora-r8"):
+                lr = d["args"]["lr_full"] if r["config"] == "full" else d["args"]["lr_lora"]
+                runs.append({**r, "lr": lr, "file": name})
+    return runs
+
+
+def _lr_sweep_best() -> tuple[dict, dict, float]:
+    runs = _lr_sweep_runs()
+    f, lo = (min((r for r in runs if r["config"] == c), key=lambda r: r["domain_ppl"]) for c in ("full", "lora-r8"))
+    return f, lo, (lo["base_domain_ppl"] - lo["domain_ppl"]) / (f["base_domain_ppl"] - f["domain_ppl"])
+
+
+def _lr_sweep_row() -> str:
+    f, lo, share = _lr_sweep_best()
+    return (f"{100 * share:.1f}%; {lo['general_change_pct']:+.1f}% vs {f['general_change_pct']:+.1f}% (targets 90%: "
+            f"{_met(share >= 0.9)}; general perplexity no more than 2% worse: {_met(lo['general_change_pct'] <= 2)})")
+
+
+def adapters_lr() -> str:
+    """Full fine-tuning and LoRA rank 8 at three peak learning rates each (same data, steps and
+    seed), then each at its best rate: the share of the gain compared best against best."""
+    runs = _lr_sweep_runs()
+    f, lo, share = _lr_sweep_best()
+    best = {"full": f, "lora-r8": lo}
+    rows = [[r["config"], _rate(r["lr"]), f"{r['base_domain_ppl']:.2f} → {r['domain_ppl']:.2f}",
+             f"{r['base_domain_ppl'] - r['domain_ppl']:.2f}", f"{r['general_change_pct']:+.1f}%",
+             f"{r['step_s_median']:.1f}", "**best**" if r["file"] == best[r["config"]]["file"] else ""]
+            for r in sorted(runs, key=lambda r: (r["config"], r["lr"]))]
+    files = ", ".join(f"`{n}.json`" for n in LR_SWEEP)
+    return (table(["run", "peak learning rate", "domain ppl before → after", "gain", "general ppl change", "s/step",
+                   ""], rows, "lrlrrrl")
+            + f"\nEach at its best rate: rank 8 ({_rate(lo['lr'])}) recovers **{100 * share:.1f}%** of full "
+              f"fine-tuning's gain ({_rate(f['lr'])}); target 90%: {_met(share >= 0.9)}. From {files}.\n")
+
+
 def adapters_memory() -> str:
     """Training memory of full fine-tuning and LoRA on the real base: whole logits or the loss
     alone, the frozen base in fp32 or bf16 (bench/train_memory.py)."""
@@ -1424,7 +1478,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/core.md": {"quickstart": quickstart, "train_throughput": train_throughput},
     "docs/results/adapters.md": {"adapters_main": adapters_main, "adapters_scale": adapters_scale,
                                  "adapters_real": adapters_real, "adapters_moe": adapters_moe,
-                                 "adapters_memory": adapters_memory},
+                                 "adapters_memory": adapters_memory, "adapters_lr": adapters_lr},
     "docs/results/moefy.md": {"moefy_curve": moefy_curve, "moefy_targets": moefy_targets,
                               "moefy_granularity": moefy_granularity, "moefy_layers": moefy_layers,
                               "moefy_kinds": moefy_kinds, "moefy_healed_tasks": moefy_healed_tasks,
