@@ -26,10 +26,14 @@ import json
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from domains_styles import language  # noqa: E402
 from provenance import ROOT, provenance, result_name, write_result  # noqa: E402
+
+from lightseek.data.domains.metrics import evaluate  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SETS = {"heldout": "held-out passages", "questions": "second set (questions, titles, headlines)"}
@@ -55,8 +59,9 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def by_source(model: Path, questions: Path, out: Path, commands: dict, timings: dict) -> dict:
-    """Accuracy (threshold applied) of `domains classify` on the second set, per source corpus."""
+def by_source(model: Path, questions: Path, out: Path, commands: dict, timings: dict) -> tuple[dict, dict]:
+    """Accuracy (threshold applied) of `domains classify` on the second set, per source corpus;
+    and the metrics of each language's part of the set."""
     cmd = ["domains", "classify", str(model), str(questions), "--out", str(out)]
     timings["classify questions"], _ = run(cmd)
     commands["classify questions"] = "lightseek " + " ".join(cmd)
@@ -67,7 +72,12 @@ def by_source(model: Path, questions: Path, out: Path, commands: dict, timings: 
         n, right = stats.get(t["source"], (0, 0))
         stats[t["source"]] = (n + 1, right + (g["domain"] == t["domain"]))
     domain = {t["source"]: t["domain"] for t in truth}
-    return {s: (domain[s], n, right / n) for s, (n, right) in stats.items()}
+    pairs = defaultdict(lambda: ([], []))  # language -> (truth, predicted): "in both languages"
+    for t, g in zip(truth, got, strict=True):
+        pairs[language(t["source"])][0].append(t["domain"])
+        pairs[language(t["source"])][1].append(g["domain"])
+    by_language = {lang: evaluate(*tp) for lang, tp in sorted(pairs.items())}
+    return {s: (domain[s], n, right / n) for s, (n, right) in stats.items()}, by_language
 
 
 def main() -> None:
@@ -103,15 +113,19 @@ def main() -> None:
             commands[f"eval {key}"] = "lightseek " + " ".join(cmd)
             results[key] = json.loads(js.read_text(encoding="utf-8"))
             print(stdout)
-    per_source = by_source(model, data / "questions.jsonl", out / "questions_classified.jsonl", commands, timings)
+    per_source, by_language = by_source(model, data / "questions.jsonl", out / "questions_classified.jsonl",
+                                        commands, timings)
     manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
     print(table(results))
     print("\n| second-set source | domain | texts | accuracy |\n|---|---|---:|---:|")
     for source, (domain, n, acc) in per_source.items():
         print(f"| {source} | {domain} | {n} | {acc:.3f} |")
+    for lang, r in by_language.items():
+        print(f"second set, {lang}: macro-F1 {r['macro_f1']:.3f}, accuracy {r['accuracy']:.3f} ({r['n']} texts)")
     print(f"\nbuild {timings['build']:.0f} s, train {timings['train']:.0f} s, total {sum(timings.values()):.0f} s")
     out = write_result(stem, {**provenance(), "commands": commands, "timings_s": timings, "counts": manifest["counts"],
                               "results": results, "questions_accuracy_by_source": per_source,
+                              "questions_by_language": by_language,
                               "table": table(results)})
     print(f"\nwritten {out}")
 
