@@ -346,8 +346,11 @@ README_ROWS: list[Row] = [
         _quant_quality),
     Row("quantized decode at batch 1 vs fp32, 108M-parameter preset (random weights): int8 / int4", "quant",
         _quant_speed),
-    Row("domain classifier macro-F1: held-out passages / differently written questions", "domains",
-        lambda d: f"{_macro_f1(d, 'heldout'):.3f} / {_macro_f1(d, 'questions'):.3f}"),
+    Row("domain classifier macro-F1: held-out passages / differently written questions (English; Chinese)",
+        "domains",
+        lambda d: f"{_macro_f1(d, 'heldout'):.3f} / {_macro_f1(d, 'questions'):.3f} "
+                  f"({d['questions_by_language']['en']['macro_f1']:.3f}; "
+                  f"{d['questions_by_language']['zh']['macro_f1']:.3f})"),
     Row("cleaning pipeline throughput, general recipe, one core", "pipeline",
         lambda d: f"{d['overall']['mb_per_s']:.2f} MB/s"),
     Row("serving, 16 / 64 concurrent streaming clients: output tok/s; vs one at a time; vs transformers `generate` at "
@@ -925,10 +928,16 @@ def quant_results() -> str:
     return results_block(tables(d["rows"], d["scale"], d["kernels"], d["args"]["scale_preset"]), d["targets"])
 
 
+LANGUAGES = {"en": "English", "zh": "Chinese"}
+
+
 def domains_results() -> str:
     domains_table = bench_module("domains").table  # the benchmark prints the same table
 
-    return domains_table(result("domains")["results"]) + "\n"
+    d = result("domains")
+    langs = "; ".join(f"{LANGUAGES[lang]} {r['macro_f1']:.3f} macro-F1, {r['accuracy']:.3f} accuracy ({r['n']} texts)"
+                      for lang, r in d["questions_by_language"].items())
+    return domains_table(d["results"]) + f"\n\nSecond set by language, threshold applied: {langs}.\n"
 
 
 def domains_by_source() -> str:
