@@ -59,25 +59,36 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def by_source(model: Path, questions: Path, out: Path, commands: dict, timings: dict) -> tuple[dict, dict]:
-    """Accuracy (threshold applied) of `domains classify` on the second set, per source corpus;
-    and the metrics of each language's part of the set."""
+def classify(model: Path, questions: Path, out: Path, commands: dict, timings: dict,
+             threshold: float | None = None) -> tuple[list[dict], list[dict]]:
+    """(truth, predictions) of `domains classify` on the second set, at the model's threshold or
+    at ``threshold``."""
+    key = "classify questions" + ("" if threshold is None else f" @{threshold}")
     cmd = ["domains", "classify", str(model), str(questions), "--out", str(out)]
-    timings["classify questions"], _ = run(cmd)
-    commands["classify questions"] = "lightseek " + " ".join(cmd)
+    cmd += [] if threshold is None else ["--threshold", str(threshold)]
+    timings[key], _ = run(cmd)
+    commands[key] = "lightseek " + " ".join(cmd)
     truth = [json.loads(line) for line in questions.read_text(encoding="utf-8").splitlines()]
-    got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    return truth, [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def by_source(truth: list[dict], got: list[dict]) -> dict:
+    """Accuracy of the predictions on the second set, per source corpus."""
     stats: dict = {}
     for t, g in zip(truth, got, strict=True):
         n, right = stats.get(t["source"], (0, 0))
         stats[t["source"]] = (n + 1, right + (g["domain"] == t["domain"]))
     domain = {t["source"]: t["domain"] for t in truth}
-    pairs = defaultdict(lambda: ([], []))  # language -> (truth, predicted): "in both languages"
+    return {s: (domain[s], n, right / n) for s, (n, right) in stats.items()}
+
+
+def by_language(truth: list[dict], got: list[dict]) -> dict:
+    """The metrics of each language's part of the second set (the target holds in both)."""
+    pairs = defaultdict(lambda: ([], []))
     for t, g in zip(truth, got, strict=True):
         pairs[language(t["source"])][0].append(t["domain"])
         pairs[language(t["source"])][1].append(g["domain"])
-    by_language = {lang: evaluate(*tp) for lang, tp in sorted(pairs.items())}
-    return {s: (domain[s], n, right / n) for s, (n, right) in stats.items()}, by_language
+    return {lang: evaluate(*tp) for lang, tp in sorted(pairs.items())}
 
 
 def main() -> None:
@@ -113,19 +124,24 @@ def main() -> None:
             commands[f"eval {key}"] = "lightseek " + " ".join(cmd)
             results[key] = json.loads(js.read_text(encoding="utf-8"))
             print(stdout)
-    per_source, by_language = by_source(model, data / "questions.jsonl", out / "questions_classified.jsonl",
-                                        commands, timings)
+    truth, got = classify(model, data / "questions.jsonl", out / "questions_classified.jsonl", commands, timings)
+    per_source, languages = by_source(truth, got), {"threshold": by_language(truth, got)}
+    truth, got = classify(model, data / "questions.jsonl", out / "questions_classified_argmax.jsonl", commands,
+                          timings, threshold=0.0)
+    languages["argmax"] = by_language(truth, got)
     manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
     print(table(results))
     print("\n| second-set source | domain | texts | accuracy |\n|---|---|---:|---:|")
     for source, (domain, n, acc) in per_source.items():
         print(f"| {source} | {domain} | {n} | {acc:.3f} |")
-    for lang, r in by_language.items():
-        print(f"second set, {lang}: macro-F1 {r['macro_f1']:.3f}, accuracy {r['accuracy']:.3f} ({r['n']} texts)")
+    for how, per in languages.items():
+        for lang, r in per.items():
+            print(f"second set, {how}, {lang}: macro-F1 {r['macro_f1']:.3f}, accuracy {r['accuracy']:.3f} "
+                  f"({r['n']} texts)")
     print(f"\nbuild {timings['build']:.0f} s, train {timings['train']:.0f} s, total {sum(timings.values()):.0f} s")
     out = write_result(stem, {**provenance(), "commands": commands, "timings_s": timings, "counts": manifest["counts"],
                               "results": results, "questions_accuracy_by_source": per_source,
-                              "questions_by_language": by_language,
+                              "questions_by_language": languages,
                               "table": table(results)})
     print(f"\nwritten {out}")
 
