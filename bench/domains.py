@@ -60,16 +60,15 @@ def table(results: dict) -> str:
 
 
 def classify(model: Path, questions: Path, out: Path, commands: dict, timings: dict,
-             threshold: float | None = None) -> tuple[list[dict], list[dict]]:
-    """(truth, predictions) of `domains classify` on the second set, at the model's threshold or
-    at ``threshold``."""
+             threshold: float | None = None) -> list[dict]:
+    """The records `domains classify` writes for the second set, at the model's threshold or at
+    ``threshold``."""
     key = "classify questions" + ("" if threshold is None else f" @{threshold}")
     cmd = ["domains", "classify", str(model), str(questions), "--out", str(out)]
     cmd += [] if threshold is None else ["--threshold", str(threshold)]
     timings[key], _ = run(cmd)
     commands[key] = "lightseek " + " ".join(cmd)
-    truth = [json.loads(line) for line in questions.read_text(encoding="utf-8").splitlines()]
-    return truth, [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 
 def by_source(truth: list[dict], got: list[dict]) -> dict:
@@ -124,10 +123,11 @@ def main() -> None:
             commands[f"eval {key}"] = "lightseek " + " ".join(cmd)
             results[key] = json.loads(js.read_text(encoding="utf-8"))
             print(stdout)
-    truth, got = classify(model, data / "questions.jsonl", out / "questions_classified.jsonl", commands, timings)
+    questions = data / "questions.jsonl"
+    truth = [json.loads(line) for line in questions.read_text(encoding="utf-8").splitlines()]
+    got = classify(model, questions, out / "questions_classified.jsonl", commands, timings)
     per_source, languages = by_source(truth, got), {"threshold": by_language(truth, got)}
-    truth, got = classify(model, data / "questions.jsonl", out / "questions_classified_argmax.jsonl", commands,
-                          timings, threshold=0.0)
+    got = classify(model, questions, out / "questions_classified_argmax.jsonl", commands, timings, threshold=0.0)
     languages["argmax"] = by_language(truth, got)
     manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
     print(table(results))

@@ -168,6 +168,11 @@ LR_SWEEP = ("lora_vs_full_real_configs-full-lora-r8-lora-r8-bf16",
             "lora_vs_full_real_configs-full-lora-r8_lr-full-0.0002_lr-lora-0.002")
 
 
+def _by_language(d: dict, how: str) -> str:
+    """The domain classifier's second-set macro-F1, English; Chinese, at ``how`` (threshold or argmax)."""
+    return "; ".join(f"{d['questions_by_language'][how][lang]['macro_f1']:.3f}" for lang in ("en", "zh"))
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "not met"
 
@@ -349,10 +354,7 @@ README_ROWS: list[Row] = [
     Row("domain classifier macro-F1: held-out passages / differently written questions (English; Chinese)",
         "domains",
         lambda d: f"{_macro_f1(d, 'heldout'):.3f} / {_macro_f1(d, 'questions'):.3f} "
-                  f"({d['questions_by_language']['threshold']['en']['macro_f1']:.3f}; "
-                  f"{d['questions_by_language']['threshold']['zh']['macro_f1']:.3f}; at argmax "
-                  f"{d['questions_by_language']['argmax']['en']['macro_f1']:.3f}; "
-                  f"{d['questions_by_language']['argmax']['zh']['macro_f1']:.3f})"),
+                  f"({_by_language(d, 'threshold')}; at argmax {_by_language(d, 'argmax')})"),
     Row("cleaning pipeline throughput, general recipe, one core", "pipeline",
         lambda d: f"{d['overall']['mb_per_s']:.2f} MB/s"),
     Row("serving, 16 / 64 concurrent streaming clients: output tok/s; vs one at a time; vs transformers `generate` at "
@@ -937,10 +939,11 @@ def domains_results() -> str:
     domains_table = bench_module("domains").table  # the benchmark prints the same table
 
     d = result("domains")
-    rows = [[LANGUAGES[lang], str(r["n"]), f"**{r['macro_f1']:.3f}** / {r['accuracy']:.3f}",
-             f"**{a['macro_f1']:.3f}** / {a['accuracy']:.3f}"]
-            for (lang, r), a in zip(d["questions_by_language"]["threshold"].items(),
-                                    d["questions_by_language"]["argmax"].values(), strict=True)]
+    per = d["questions_by_language"]
+    rows = [[name, str(per["threshold"][lang]["n"]),
+             *(f"**{per[how][lang]['macro_f1']:.3f}** / {per[how][lang]['accuracy']:.3f}"
+               for how in ("threshold", "argmax"))]
+            for lang, name in LANGUAGES.items()]
     return (domains_table(d["results"]) + "\n\nSecond set by language:\n\n"
             + table(["language", "texts", "threshold 0.5: macro-F1 / accuracy", "argmax: macro-F1 / accuracy"],
                     rows, "lrrr"))
@@ -1125,14 +1128,14 @@ def _lr_sweep_runs() -> list[dict]:
     return runs
 
 
-def _lr_sweep_best() -> tuple[dict, dict, float]:
-    runs = _lr_sweep_runs()
+def _lr_sweep_best(runs: list[dict]) -> tuple[dict, dict, float]:
+    """Full fine-tuning's and rank 8's best runs, and the share of the gain rank 8 recovers."""
     f, lo = (min((r for r in runs if r["config"] == c), key=lambda r: r["domain_ppl"]) for c in ("full", "lora-r8"))
     return f, lo, (lo["base_domain_ppl"] - lo["domain_ppl"]) / (f["base_domain_ppl"] - f["domain_ppl"])
 
 
 def _lr_sweep_row() -> str:
-    f, lo, share = _lr_sweep_best()
+    f, lo, share = _lr_sweep_best(_lr_sweep_runs())
     return (f"{100 * share:.1f}%; {lo['general_change_pct']:+.1f}% vs {f['general_change_pct']:+.1f}% (targets 90%: "
             f"{_met(share >= 0.9)}; general perplexity no more than 2% worse: {_met(lo['general_change_pct'] <= 2)})")
 
@@ -1141,11 +1144,10 @@ def adapters_lr() -> str:
     """Full fine-tuning and LoRA rank 8 at three peak learning rates each (same data, steps and
     seed), then each at its best rate: the share of the gain compared best against best."""
     runs = _lr_sweep_runs()
-    f, lo, share = _lr_sweep_best()
-    best = {"full": f, "lora-r8": lo}
+    f, lo, share = _lr_sweep_best(runs)
     rows = [[r["config"], _rate(r["lr"]), f"{r['base_domain_ppl']:.2f} → {r['domain_ppl']:.2f}",
              f"{r['base_domain_ppl'] - r['domain_ppl']:.2f}", f"{r['general_change_pct']:+.1f}%",
-             f"{r['step_s_median']:.1f}", "**best**" if r["file"] == best[r["config"]]["file"] else ""]
+             f"{r['step_s_median']:.1f}", "**best**" if r is f or r is lo else ""]
             for r in sorted(runs, key=lambda r: (r["config"], r["lr"]))]
     files = ", ".join(f"`{n}.json`" for n in LR_SWEEP)
     return (table(["run", "peak learning rate", "domain ppl before → after", "gain", "general ppl change", "s/step",
