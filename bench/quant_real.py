@@ -69,6 +69,17 @@ def w8a8_flags() -> list[str]:
     return ["--quant.bits=8", "--quant.activations=8", "--quant.calib.text_field=text,context_text",
             "--quant.calib.files=" + json.dumps([str(p) for p in CALIB])]
 WORK = ROOT / "runs" / "quant_real"
+
+
+def work_dir(form: str, args) -> Path:
+    """Where a form's quantized checkpoints go: WORK/dense, WORK/moe, or for a --moe-ckpt a folder
+    of its own named by its path (so that quantizing a healed form leaves the default form's
+    checkpoints, which --speed-only times, in place)."""
+    if form == "moe" and args.moe_ckpt:
+        path = Path(args.moe_ckpt).resolve()
+        tag = path.relative_to(ROOT / "runs") if path.is_relative_to(ROOT / "runs") else Path(path.name)
+        return WORK / ("moe@" + str(tag).replace("/", "+"))
+    return WORK / form
 TUNE_STEPS = 100  # end-to-end tuning of the grids (quant.tune_steps): 4 windows a step, ~13 s a step here
 CONFIGS = {
     "int8": {"bits": 8},
@@ -220,7 +231,7 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
     else:
         names = {k: v for k, v in CONFIGS.items() if k not in ABLATIONS and (form == "dense" or k in MOE_CONFIGS)}
     for name, kw in names.items():
-        out = WORK / form / name.replace(" ", "_")
+        out = work_dir(form, args) / name.replace(" ", "_")
         t0 = time.perf_counter()
         made = quantize_checkpoint(src, QuantConfig(**kw, calib=calib), out, overwrite=True, show_progress=False)
         quant_s = time.perf_counter() - t0
@@ -240,11 +251,11 @@ def measure_form(form: str, src: Path, windows_of, args, save) -> list[dict]:
 
 
 def speeds_only(form: str, src: Path, args, save) -> list[dict]:
-    """Decode speeds of fp32 and of each checkpoint in WORK/form, nothing else."""
+    """Decode speeds of fp32 and of each checkpoint in the form's `work_dir`, nothing else."""
     from lightseek.model.checkpoint import load_model
 
     rows = []
-    work = WORK / form
+    work = work_dir(form, args)
     saved = {d.name.replace("_", " "): d for d in sorted(work.iterdir()) if (d / "config.json").is_file()} \
         if work.is_dir() else {}
     missing = [name for name in args.configs or () if name not in saved]

@@ -432,38 +432,49 @@ def _one_row_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float |
 
 
 class OneRowMoE:
-    """A MoE layer's output for the one row of `DecodeStep.run` (fp32 experts on the CPU): the
-    router decides on the host (`Router.route_one`) and the chosen experts' weights are read in
-    place, as embedding bags (`kernels.dispatch.bag_experts`): some fifteen operations a layer
-    where the module with its general dispatch runs about forty. With it SmolLM2's MoE form (16
-    experts of 96 neurons, k = 5) decodes 1.10x as fast as the dense model it was cut from at
-    batch 1 in fp32, where through the module it was the slower of the two
-    (bench/moefy_speed.py). The same output as the module up to float rounding
-    (`Router.route_one`). Falls back to the module whenever the router does not decide on the
-    host (training, autograd, an adapter on the gate, several routing states), an adapter is on
-    the experts, or the experts are no longer fp32 on the CPU."""
+    """A MoE layer's output for the one row of `DecodeStep.run` on the CPU: the router decides on
+    the host (`Router.route_one`) and the chosen experts run without the module's dispatch.
+    fp32 experts' weights are read in place, as embedding bags (`kernels.dispatch.bag_experts`):
+    some fifteen operations a layer where the module with its general dispatch runs about forty.
+    With it SmolLM2's MoE form (16 experts of 96 neurons, k = 5) decodes 1.10x as fast as the
+    dense model it was cut from at batch 1 in fp32, where through the module it was the slower
+    of the two (bench/moefy_speed.py). Quantized experts (a layer with ``row_experts``, the
+    quantization layer's) run as the few gathered packed products that gives. The same output
+    as the module up to float rounding (`Router.route_one`). Falls back to the module whenever
+    the router does not decide on the host (training, autograd, an adapter on the gate, several
+    routing states), an adapter is on the experts, or the experts are neither fp32 on the CPU
+    nor quantized with a one-row path."""
 
     def __init__(self, moe: MoE):
         self.moe = moe
 
     @staticmethod
     def covers(moe: nn.Module) -> bool:
-        """Whether ``moe``'s experts are stacked fp32 weights on the CPU (quantized experts keep
-        their own packed path)."""
+        """Whether ``moe``'s experts are stacked fp32 weights on the CPU, or quantized experts
+        with a one-row path."""
+        if isinstance(moe, MoE) and hasattr(moe, "row_experts"):
+            return moe.row_experts() is not None
         return (type(moe) is MoE and moe.w1_EDH.device.type == "cpu"
                 and all(w.dtype == torch.float32 for w in (moe.w1_EDH, moe.w3_EDH, moe.w2_EHD)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:                    # x (1, D)
         moe = self.moe
-        if moe.lora is not None or not moe.router.host_routes(x, 1) or not self.covers(moe):
+        if moe.lora is not None or not moe.router.host_routes(x, 1):
+            return moe(x[None])[0]
+        quantized = hasattr(moe, "row_experts")
+        row_experts = moe.row_experts() if quantized else None
+        if row_experts is None and not (not quantized and self.covers(moe)):
             return moe(x[None])[0]
         ids, weights = moe.router.route_one(x)
-        # the module's weights read at each call: a replaced parameter is seen
-        y_kD = bag_experts(x.expand(len(weights), x.shape[1]), ids, moe.w1_EDH, moe.w3_EDH, moe.w2_EHD)
-        if all(w == 1.0 for w in weights):  # experts cut from one FFN: their plain sum
-            y = y_kD.sum(0, keepdim=True)
+        if row_experts is not None:
+            y = row_experts(x.to(row_experts.dtype), ids, weights)
         else:
-            y = torch.tensor(weights, dtype=y_kD.dtype)[None] @ y_kD
+            # the module's weights read at each call: a replaced parameter is seen
+            y_kD = bag_experts(x.expand(len(weights), x.shape[1]), ids, moe.w1_EDH, moe.w3_EDH, moe.w2_EHD)
+            if all(w == 1.0 for w in weights):  # experts cut from one FFN: their plain sum
+                y = y_kD.sum(0, keepdim=True)
+            else:
+                y = torch.tensor(weights, dtype=y_kD.dtype)[None] @ y_kD
         return y if moe.shared is None else y + moe.shared_output(x)
 
 
