@@ -9,6 +9,7 @@ from lightseek.model.config import preset
 from lightseek.model.decode import DecodeStep, OneRowMoE, fused
 from lightseek.model.generate import generate_ids
 from lightseek.model.kv_cache import KVCache
+from lightseek.model.moe import MoE
 from lightseek.model.sampling import SamplingParams
 from lightseek.model.transformer import Transformer
 
@@ -230,6 +231,31 @@ def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
     layer = rebuilt.layers[0]
     assert rebuilt is not step and all(isinstance(p, QuantLinear) for p in (layer.qkv, layer.wo, layer.w13, layer.w2))
     assert _step_against_forward(model) < 2e-2
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 64)])  # 64: the experts' 32 inputs padded
+def test_step_runs_quantized_experts_as_gathered_products(bits, group):
+    """A quantized MoE decodes its one row through the gathered products of its chosen experts
+    (`OneRowMoE` with the layer's `row_experts`): the logits of each step equal those of the whole
+    sequence's forward, whose experts run one by one on their sorted tokens."""
+    from lightseek.quant.apply import quantize
+    from lightseek.quant.config import QuantConfig
+
+    model = quantize(_model(**VARIANTS["moefy-like"]), QuantConfig(bits=bits, group_size=group or 32,
+                                                                   pad_groups=group == 64))
+    with torch.inference_mode():
+        step = DecodeStep.of(model)
+    moes = [layer for layer in step.row_layers if isinstance(layer.block.ffn, MoE)]
+    assert moes and all(layer.moe is not None for layer in moes)
+    assert all(OneRowMoE.covers(m) and m.row_experts() is not None for m in model.moe_layers())
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.cfg.vocab_size, (1, 30), generator=g)
+    with torch.inference_mode():
+        whole = model(ids).logits[0]
+        cache = KVCache.for_model(model, 1, 30)
+        model(ids[:, :10], cache=cache)
+        rows = torch.stack([step(ids[0, t:t + 1], cache)[0] for t in range(10, 30)])
+    assert (rows - whole[10:30]).abs().max() < 3e-2
 
 
 def test_mixed_layers_and_adapters_run_unfused():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightseek.kernels.dispatch import moe_reference
-from lightseek.quant.modules import QuantLinear, _QuantWeights, quant_few_tokens, quant_segments
+from lightseek.quant.modules import QuantLinear, RowExperts, _QuantWeights, quant_few_tokens, quant_segments
 from lightseek.quant.schemes import dequantize, pack_nibbles, quantize_rtn, unpack_nibbles
 
 
@@ -148,3 +148,55 @@ def test_a_quantized_head_computes_its_largest_logits_in_fp32(bits: int, group: 
     assert (rounded.gather(-1, top) - ref.gather(-1, top)).abs().max() > 1e-2
     rest = torch.ones_like(ref, dtype=torch.bool).scatter(-1, top, False)
     assert torch.equal(exact[rest], rounded[rest])
+
+
+def _expert_stacks(bits13: int, bits2: int, group: int, E: int = 6, D: int = 128, H: int = 96, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    w1, w3, w2 = (torch.randn(E, a, b, generator=g) * 0.1 for a, b in ((D, H), (D, H), (H, D)))
+    stacks = {"w1": quantize_rtn(w1.transpose(1, 2), bits13, group, pad=True),
+              "w3": quantize_rtn(w3.transpose(1, 2), bits13, group, pad=True),
+              "w2": quantize_rtn(w2.transpose(1, 2), bits2, group, pad=True)}
+    deq = [dequantize(stacks[k]).transpose(1, 2) for k in ("w1", "w3", "w2")]
+    return torch.nn.ModuleDict({k: _QuantWeights(v, "packed") for k, v in stacks.items()}), deq
+
+
+# (8, 4): 8-bit gate and up, 4-bit down, as the budget policy may choose; group 64 on 96 inputs:
+# each expert's down projection padded to whole groups, which the gathered product must keep apart
+@pytest.mark.parametrize("bits13,bits2,group", [(4, 4, 32), (4, 4, 64), (4, 8, 32), (8, 8, 32), (8, 4, 64)])
+def test_row_experts_gather_the_chosen_experts_into_two_products(bits13: int, bits2: int, group: int) -> None:
+    """One row's chosen experts through `RowExperts` (their packed weights gathered, w1 and w3 as
+    one product, 4-bit w2 as one) equal the dequantized reference, with any number of experts,
+    weights of one or not, and an unused slot; `quant_few_tokens` uses it where given."""
+    q, deq = _expert_stacks(bits13, bits2, group)
+    row = RowExperts.build(q)
+    assert row is not None
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 128, generator=g)
+    for k in (1, 3, 6):
+        ids = torch.stack([torch.randperm(6, generator=g)[:k] for _ in range(4)])
+        for wts in (torch.ones(4, k), torch.rand(4, k, generator=g)):
+            ref = moe_reference(x, ids, wts, *deq)
+            with torch.no_grad():
+                got = quant_few_tokens(x, ids, wts, q, row)
+                one_by_one = quant_few_tokens(x, ids, wts, q)
+            assert (got - ref).norm() / ref.norm() < 1e-2
+            torch.testing.assert_close(got, one_by_one, atol=2e-2, rtol=2e-2)  # bf16 outputs summed in another order
+    ids = torch.tensor([[2, 6, 6], [6, 6, 6]])  # sentinel slots; a row with no expert at all is zero
+    wts = torch.ones(2, 3)
+    with torch.no_grad():
+        got = quant_few_tokens(x[:2], ids, wts, q, row)
+    ref = moe_reference(x[:1], ids[:1, :1], wts[:1, :1], *deq)
+    assert (got[:1] - ref).norm() / ref.norm() < 1e-2 and not got[1].any()
+
+
+def test_row_experts_only_where_the_packed_kernels_run() -> None:
+    """No one-row path where the packed kernels do not run (reference kernel, autograd) or where
+    gate and up differ in format; the per-expert path then computes the rows."""
+    q, _ = _expert_stacks(4, 4, 32)
+    assert RowExperts.build(q) is not None
+    for m in q.values():
+        m.kernel = "dequant"
+    assert RowExperts.build(q) is None
+    mixed, _ = _expert_stacks(4, 4, 32)
+    mixed["w3"] = _expert_stacks(8, 8, 32)[0]["w3"]
+    assert RowExperts.build(mixed) is None

@@ -122,6 +122,8 @@ class DecodeStep:
                 w13, ffn_norm = self._product([f.w1, f.w3], block.ffn_norm)
                 w2 = self._bare(f.w2)
             moe = OneRowMoE(f) if OneRowMoE.covers(f) else None
+            if moe is not None and moe.row_experts is not None:  # its gathered products: rebuilt on change
+                self.sources += [t for m in _ffn_projections(f) for t in m.buffers()]
             self.layers.append(Layer(block, attn_norm, qkv[0], wo[0], ffn_norm, w13[0], w2[0]))
             self.row_layers.append(Layer(block, attn_norm, qkv[1], wo[1], ffn_norm, w13[1], w2[1], moe))
         self.heads = self._bare(model.head)  # a quantized head's bare products (its exact top logits too)
@@ -439,14 +441,15 @@ class OneRowMoE:
     With it SmolLM2's MoE form (16 experts of 96 neurons, k = 5) decodes 1.10x as fast as the
     dense model it was cut from at batch 1 in fp32, where through the module it was the slower
     of the two (bench/moefy_speed.py). Quantized experts (a layer with ``row_experts``, the
-    quantization layer's) run as the few gathered packed products that gives. The same output
-    as the module up to float rounding (`Router.route_one`). Falls back to the module whenever
-    the router does not decide on the host (training, autograd, an adapter on the gate, several
-    routing states), an adapter is on the experts, or the experts are neither fp32 on the CPU
-    nor quantized with a one-row path."""
+    quantization layer's QuantMoE) run as the two gathered packed products it gives, taken when
+    the step is built (the step rebuilds when their codes or kernel change). The same output as
+    the module up to float rounding (`Router.route_one`). Falls back to the module whenever the
+    router does not decide on the host (training, autograd, an adapter on the gate, several
+    routing states) or an adapter is on the experts."""
 
     def __init__(self, moe: MoE):
         self.moe = moe
+        self.row_experts = moe.row_experts() if hasattr(moe, "row_experts") else None
 
     @staticmethod
     def covers(moe: nn.Module) -> bool:
@@ -458,25 +461,25 @@ class OneRowMoE:
                 and all(w.dtype == torch.float32 for w in (moe.w1_EDH, moe.w3_EDH, moe.w2_EHD)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:                    # x (1, D)
-        moe = self.moe
+        moe, row_experts = self.moe, self.row_experts
         if moe.lora is not None or not moe.router.host_routes(x, 1):
             return moe(x[None])[0]
-        quantized = hasattr(moe, "row_experts")
-        row_experts = moe.row_experts() if quantized else None
-        if row_experts is None and not (not quantized and self.covers(moe)):
-            return moe(x[None])[0]
         ids, weights = moe.router.route_one(x)
-        if row_experts is not None:
+        if row_experts is not None:  # bf16 (1, D): the residual it is added to makes it fp32
             y = row_experts(x.to(row_experts.dtype), ids, weights)
         else:
             # the module's weights read at each call: a replaced parameter is seen
-            y_kD = bag_experts(x.expand(len(weights), x.shape[1]), ids, moe.w1_EDH, moe.w3_EDH, moe.w2_EHD)
+            y = bag_experts(x.expand(len(weights), x.shape[1]), ids, moe.w1_EDH, moe.w3_EDH, moe.w2_EHD)
             if all(w == 1.0 for w in weights):  # experts cut from one FFN: their plain sum
-                y = y_kD.sum(0, keepdim=True)
+                y = y.sum(0, keepdim=True)
             else:
-                y = torch.tensor(weights, dtype=y_kD.dtype)[None] @ y_kD
+                y = torch.tensor(weights, dtype=y.dtype)[None] @ y
         return y if moe.shared is None else y + moe.shared_output(x)
 
 
 def _ffn_projections(ffn: nn.Module) -> tuple[nn.Module, ...]:
-    return (ffn.w1, ffn.w3, ffn.w2) if isinstance(ffn, SwiGLU) else ()
+    """An FFN's weight modules whose changes the step notices: a SwiGLU's projections, or a
+    quantized MoE's expert stacks (``qexperts``, their codes and kernel choice)."""
+    if isinstance(ffn, SwiGLU):
+        return (ffn.w1, ffn.w3, ffn.w2)
+    return tuple(getattr(ffn, "qexperts", {}).values())

@@ -448,21 +448,26 @@ class RowExperts:
     At one row the 96-wide expert products cost less than the calls that issue them (SmolLM2's
     MoE form at k = 8: 24 calls a layer, 610 us). Here the chosen experts' packed weights are
     gathered into one matrix per side, so a layer issues one product for all their gate and up
-    projections (``w13``: each expert's w1 and w3 rows side by side, experts one after another)
-    and, for 4-bit down projections, one for all of them (``w2``: the experts' input columns one
-    after another, each expert's own groups and scales); 8-bit down projections, whose scales are
-    per output channel and per expert, stay one product per expert. The gathers copy the chosen
-    experts' codes (at k = 8, 0.4 MB a layer in 4 bits), which costs less than the calls saved.
+    projections (``w13``: each chosen expert's w1 rows then its w3 rows, experts one after
+    another) and, for 4-bit down projections, one for all of them (``w2``:
+    the experts' input columns one after another, each expert's own groups and scales); 8-bit
+    down projections, whose scales are per output channel and per expert, stay one product per
+    expert. The gathers copy the chosen experts' codes (k = 5: 0.26 MB a layer in 4 bits), which
+    costs less than the calls saved.
 
     The packed kernels' layouts are their own: the 4-bit layout blocks output rows, and
     gathering is only right where blocks never straddle two experts. `build` checks each
     assumption on the layer's own codes against the kernel's packing of the concatenated codes,
     and returns None (the per-expert path stays) where one fails."""
 
+    dtype = PACKED_DTYPE  # of the row a call takes
+
     def __init__(self, w13, s13, group13: int, w2, s2=None, group2: int = 0):
-        self.w13, self.s13, self.group13 = w13, s13, group13  # (E, 2H, ...) and scales, see `build`
+        # gate and up: (E, 2H, D or D/2) codes, (E, 2H) int8 scales or (D/G, E, 2H, 2) 4-bit grids
+        self.w13, self.s13, self.group13 = w13, s13, group13
         self.hidden = w13.shape[1] // 2
-        self.w2, self.s2, self.group2 = w2, s2, group2        # 4 bits: (D/BN, E, Kp*BN/2), (E, Kp/G, D, 2)
+        # down: 4 bits (D/BN, E, Kp*BN/2) codes and (E, Kp/G, D, 2) grids, or per expert (8 bits)
+        self.w2, self.s2, self.group2 = w2, s2, group2
         self.kp2 = 0 if s2 is None else s2.shape[1] * group2  # an expert's inputs, padded to whole groups
         self.dim = 0 if s2 is None else s2.shape[2]
 
@@ -474,13 +479,12 @@ class RowExperts:
             return None
         p1, p3, p2 = w1.packed(), w3.packed(), w2.packed()
         E = len(p1)
+        w13 = torch.stack([torch.cat([p1[e][0], p3[e][0]]) for e in range(E)])            # (E, 2H, ...)
         if w1.bits == 8:
-            w13 = torch.stack([torch.cat([p1[e][0], p3[e][0]]) for e in range(E)])        # (E, 2H, D)
             s13 = torch.stack([torch.cat([p1[e][1], p3[e][1]]) for e in range(E)])        # (E, 2H)
         else:
-            w13 = torch.stack([torch.cat([p1[e][0], p3[e][0]]) for e in range(E)])        # (E, 2H, D/2)
             s13 = torch.stack([torch.cat([p1[e][1], p3[e][1]], 1) for e in range(E)], 1)  # (D/G, E, 2H, 2)
-            if not _rows_gather(w1, w3, w13):
+            if not _rows_gather(w1, w13):
                 return None
         if w2.bits == 8:
             return cls(w13, s13, w1.group, p2)
@@ -492,48 +496,57 @@ class RowExperts:
         ks2 = torch.stack([p[1] for p in p2])                                        # (E, Kp/G, D, 2)
         return cls(w13, s13, w1.group, kw2, ks2, w2.group)
 
-    dtype = PACKED_DTYPE  # of the row a call takes
-
     def __call__(self, xb: torch.Tensor, ids: torch.Tensor, weights: list[float]) -> torch.Tensor:
         """sum_j weights[j] * expert ids[j] (x) for one row ``xb`` (1, D) in `dtype`, contiguous;
-        (1, D) fp32."""
+        (1, D) in `dtype` (fp32 for 8-bit down projections, summed one by one)."""
         k, H = len(weights), self.hidden
-        w13 = self.w13.index_select(0, ids).view(k * 2 * H, -1)
+        w13 = _gather(self.w13, 0, ids).view(2 * k * H, -1)
         if self.s13.dim() == 2:                                                # 8 bits
             u = torch._weight_int8pack_mm(xb, w13, self.s13.index_select(0, ids).view(-1))
         else:
-            s13 = self.s13.index_select(1, ids).view(self.s13.shape[0], k * 2 * H, 2)
+            s13 = self.s13.index_select(1, ids).view(self.s13.shape[0], 2 * k * H, 2)
             kp = s13.shape[0] * self.group13
             xp = xb if kp == xb.shape[1] else F.pad(xb, (0, kp - xb.shape[1]))
             u = torch._weight_int4pack_mm_for_cpu(xp, w13, self.group13, s13)
         u = u.float().view(k, 2, H)
-        h = F.silu(u[:, 0]) * u[:, 1]                                          # (k, H)
+        gate, up = F.silu(u[:, 0]), u[:, 1]                                    # (k, H) each
         if any(w != 1.0 for w in weights):
-            h = h * torch.tensor(weights, dtype=h.dtype)[:, None]
+            gate.mul_(torch.tensor(weights)[:, None])
         if self.s2 is None:                                                    # 8-bit w2: per expert
-            hb = h.to(PACKED_DTYPE)
+            hb = (gate * up).to(PACKED_DTYPE)
             y = None
             for j, e in enumerate(ids.tolist()):
                 yj = torch._weight_int8pack_mm(hb[j:j + 1], *self.w2[e]).float()
                 y = yj if y is None else y.add_(yj)
             return y
-        hb = F.pad(h, (0, self.kp2 - H)).to(PACKED_DTYPE).view(1, -1)         # each expert's groups
-        w2 = self.w2.index_select(1, ids).view(self.dim, -1)
+        # the product written straight into each expert's inputs, padded to whole groups
+        hb = (torch.zeros if self.kp2 > H else torch.empty)(k, self.kp2, dtype=PACKED_DTYPE)
+        torch.mul(gate, up, out=hb[:, :H])
+        w2 = _gather(self.w2, 1, ids).view(self.dim, -1)
         s2 = self.s2.index_select(0, ids).view(-1, self.dim, 2)
-        return torch._weight_int4pack_mm_for_cpu(hb, w2, self.group2, s2).float()
+        return torch._weight_int4pack_mm_for_cpu(hb.view(1, -1), w2, self.group2, s2)
 
 
-def _rows_gather(w1: _QuantWeights, w3: _QuantWeights, w13: torch.Tensor) -> bool:
-    """Whether the 4-bit kernel reads experts' packed (w1; w3) rows stacked one after another as
-    the packing of their stacked codes (its row blocks do not straddle experts), for 2 and 3
-    experts (the kernel's row block may depend on the number of rows)."""
-    E = w13.shape[0]
-    for n in (2, 3):
+def _gather(t: torch.Tensor, dim: int, ids: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(dim, ids)`` of a byte tensor, moved as 8-byte words where its last dimension
+    allows: index_select copies element by element (at one row of SmolLM2's MoE form, 8 experts'
+    w1 and w3 in 4 bits: 27 -> 16 us)."""
+    if t.shape[-1] % 8 or t.element_size() != 1:
+        return t.index_select(dim, ids)
+    return t.view(torch.int64).index_select(dim, ids).view(t.dtype)
+
+
+def _rows_gather(w1: _QuantWeights, w13: torch.Tensor) -> bool:
+    """Whether the 4-bit kernel reads experts' packed matrices of H rows stacked one after another
+    as the packing of their stacked codes (its row blocks do not straddle two of them), for 2, 3
+    and 4 of them (the kernel's row block may depend on the number of rows)."""
+    E = w13.shape[1]
+    for n in (2, 3, 4):
         if n > E:
             break
-        codes = torch.cat([torch.cat([group_codes(w.matrix(e)) for w in (w1, w3)]) for e in range(n)])
-        whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
-        if not torch.equal(whole, w13[:n].reshape(whole.shape)):
+        codes = torch.cat([group_codes(w1.matrix(e)) for e in range(n)]).to(torch.int32)
+        whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        if not torch.equal(whole, w13[:n, :w1.out_features].reshape(whole.shape)):
             return False
     return True
 
@@ -573,7 +586,8 @@ def quant_few_tokens(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK
             if not chosen:
                 rows.append(torch.zeros(1, x_TD.shape[1], dtype=torch.float32, device=x_TD.device))
                 continue
-            rows.append(row_experts(xs[t:t + 1], torch.tensor([row[j] for j in chosen]), [scale[t][j] for j in chosen]))
+            rows.append(row_experts(xs[t:t + 1], torch.tensor([row[j] for j in chosen]),
+                                    [scale[t][j] for j in chosen]).float())
         return (rows[0] if len(rows) == 1 else torch.cat(rows)).to(x_TD.dtype)
     xs, run = _expert_runner(qexperts, x_TD)
     rows = []
