@@ -26,6 +26,8 @@ VARIANTS = {
     "multi-head": dict(router_mode="dense", n_kv_heads=4),
     # the one-row MoE path (routing on the host) for every router the import and moefy make
     "moefy-like": dict(router_mode="dynamic", n_shared_experts=0, expert_weights="unit", max_k=6, min_k=2),
+    "moefy-like, ramp": dict(router_mode="dynamic", n_shared_experts=0, expert_weights="unit", max_k=6, min_k=2,
+                             threshold_ramp=0.2),
     "deepseek-like": dict(router_mode="topk", top_k=3, score_fn="sigmoid", routed_scaling=2.5),
     "dynamic sigmoid": dict(router_mode="dynamic", score_fn="sigmoid", norm_topk_prob=False),
     "qwen2-moe-like": dict(router_mode="topk", top_k=2, shared_gate=True, norm_topk_prob=False,
@@ -357,7 +359,8 @@ def test_one_row_norm_and_rotation_match_the_modules(dtype, tol):
     assert torch.allclose(one.float(), apply_rope(qk[:1], cos[:1], sin[:1]).float(), atol=tol * 10)
 
 
-MOE_VARIANTS = ["topk", "dynamic", "moefy-like", "deepseek-like", "dynamic sigmoid", "qwen2-moe-like"]
+MOE_VARIANTS = ["topk", "dynamic", "moefy-like", "moefy-like, ramp", "deepseek-like", "dynamic sigmoid",
+                "qwen2-moe-like"]
 
 
 @pytest.mark.parametrize("variant", MOE_VARIANTS)

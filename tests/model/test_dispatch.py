@@ -138,6 +138,40 @@ def test_dynamic_router_gives_tokens_different_k():
     torch.testing.assert_close(route.weights_TK.sum(-1), torch.ones(200))
 
 
+def test_threshold_ramp_fades_an_expert_out_instead_of_dropping_it():
+    """With a hard cut, moving the threshold across a token's routing mass drops a whole expert:
+    the layer's output jumps. With a ramp the same experts run, the last one weighted by how far
+    the mass before it lies below the threshold, so the output moves in steps as small as the
+    threshold's; on the host path (`route_one`) as in the batched forward."""
+    def outputs(ramp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = preset("debug", router_mode="dynamic", expert_weights="unit", n_shared_experts=0,
+                     max_k=8, threshold_ramp=ramp)
+        torch.manual_seed(0)
+        layer = MoE(cfg).eval()
+        torch.nn.init.normal_(layer.router.weight, std=0.3)
+        for w in (layer.w1_EDH, layer.w3_EDH, layer.w2_EHD):
+            torch.nn.init.normal_(w, std=0.5)
+        x = torch.randn(1, 1, cfg.dim, generator=torch.Generator().manual_seed(3))
+        ys, host = [], []
+        with torch.inference_mode():
+            for t in torch.linspace(0.3, 0.9, 601):
+                layer.router.threshold.fill_(float(t))
+                ys.append(layer(x.expand(1, 2, cfg.dim))[0, 0])  # two tokens: the batched router
+                ids, weights = layer.router.route_one(x[0, 0])
+                host.append(sum(w * layer._experts(x[0], ids[j:j + 1][None], torch.ones(1, 1), None)[0]
+                                for j, w in enumerate(weights)))
+        return torch.stack(ys), torch.stack(host)
+
+    hard, _ = outputs(0.0)
+    soft, soft_host = outputs(0.2)
+    jump = lambda y: (y[1:] - y[:-1]).norm(dim=-1).max().item()  # noqa: E731
+    scale = hard.norm(dim=-1).mean().item()
+    assert jump(hard) > 0.1 * scale                        # an expert added or dropped at once
+    assert jump(soft) < 0.05 * jump(hard)                  # the same sweep, in small steps
+    assert not torch.allclose(soft[0], soft[-1])           # and it does move
+    torch.testing.assert_close(soft_host, soft, atol=1e-4, rtol=1e-3)  # its ramp in float64
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", [*DISPATCH, "auto"])

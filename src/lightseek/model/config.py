@@ -91,6 +91,11 @@ class ModelConfig:
         0.5, help="'dynamic': initial routing-mass threshold (the controller adapts it).")
     threshold_lr: float = field(
         0.02, help="'dynamic': controller step: threshold += lr * (target_k - measured_k).")
+    threshold_ramp: float = field(
+        0.0, help="'dynamic': routing mass over which an expert's weight fades out below the threshold (0: a "
+                  "hard cut). An expert whose preceding mass lies within this of the threshold is weighted "
+                  "(threshold - mass) / ramp, so that a small change of the scores (rounding, say) moves the "
+                  "output a little instead of adding or dropping a whole expert. The same experts run.")
     norm_topk_prob: bool = field(True, help="Renormalise the chosen experts' weights to sum to 1.")
     expert_weights: Literal["router", "unit"] = field(
         "router", help="How chosen experts' outputs combine: weighted by their router scores, or summed "
@@ -155,6 +160,8 @@ class ModelConfig:
                 raise ConfigError(
                     f"model.target_k ({self.target_k}) must lie in [min_k, max_k] = "
                     f"[{self.min_k}, {self.max_k}]")
+            if not 0.0 <= self.threshold_ramp <= 1.0:
+                raise ConfigError(f"model.threshold_ramp must be in [0, 1], got {self.threshold_ramp}")
             if not 0.0 < self.threshold_init <= 1.0:
                 raise ConfigError(f"model.threshold_init must be in (0, 1], got {self.threshold_init}")
 

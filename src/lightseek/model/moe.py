@@ -145,9 +145,13 @@ class Router(nn.Module):
             probs_TE = scores_TE.detach()
             if cfg.score_fn == "sigmoid":
                 probs_TE = probs_TE / probs_TE.sum(-1, keepdim=True)
-            mass_TK = probs_TE.gather(1, expert_ids_TK).cumsum(-1)
+            chosen_probs_TK = probs_TE.gather(1, expert_ids_TK)
+            mass_TK = chosen_probs_TK.cumsum(-1)
             k_T = ((mass_TK < threshold).sum(-1) + 1).clamp(cfg.min_k, cfg.max_k)
             keep_TK = torch.arange(cfg.max_k, device=x_BTD.device) < k_T[:, None]
+            if cfg.threshold_ramp > 0:  # an expert fades out as the mass before it nears the threshold
+                ramp_TK = ((threshold - (mass_TK - chosen_probs_TK)) / cfg.threshold_ramp).clamp(0.0, 1.0)
+                ramp_TK[:, :cfg.min_k] = 1.0
 
         if cfg.expert_weights == "unit" and not torch.is_grad_enabled():  # inference: no scores needed
             weights_TK = keep_TK.float()
@@ -160,6 +164,8 @@ class Router(nn.Module):
             weights_TK = scores_TE.gather(1, expert_ids_TK) * keep_TK
             if cfg.norm_topk_prob:
                 weights_TK = weights_TK / weights_TK.sum(-1, keepdim=True).clamp_min(1e-20)
+        if cfg.router_mode == "dynamic" and cfg.threshold_ramp > 0:
+            weights_TK = weights_TK * ramp_TK
         weights_TK = weights_TK * cfg.routed_scaling
         expert_ids_TK = expert_ids_TK.masked_fill(~keep_TK, self.n_experts)
 
@@ -209,10 +215,12 @@ class Router(nn.Module):
             chosen = order[:cfg.top_k]
         else:  # the smallest prefix whose share of the routing mass reaches the threshold
             limit, mass, k = float(threshold), 0.0, 1
+            before = [0.0]  # the routing mass before each expert in order
             for e in order[:cfg.max_k - 1]:
                 mass += scores[e] / share
                 if mass >= limit:
                     break
+                before.append(mass)
                 k += 1
             chosen = order[:max(k, cfg.min_k)]
         if cfg.expert_weights == "unit":
@@ -223,6 +231,10 @@ class Router(nn.Module):
                 total = max(sum(weights), 1e-20)
                 weights = [w / total for w in weights]
             weights = [w * cfg.routed_scaling for w in weights]
+        if cfg.router_mode == "dynamic" and cfg.threshold_ramp > 0:
+            ramp = cfg.threshold_ramp
+            weights = [w if j < cfg.min_k or j >= len(before) else w * min(1.0, (limit - before[j]) / ramp)
+                       for j, w in enumerate(weights)]
         if self.token_mask_T is None or bool(self.token_mask_T.all()):
             load, sums = self._host_load, self._host_sums
             for e in chosen:
