@@ -654,6 +654,17 @@ def quant_real_targets() -> str:
     return table(["form", "target", "measured", "met?"], rows)
 
 
+def quant_ramp() -> str:
+    """bench/quant_ramp.py: the MoE form's fp32 perplexity and its int8 copy's KL per ramp width."""
+    d = result("quant_ramp")
+    hard = d["hard_cut_fp32_ppl"]
+    rows = [[f"{r['ramp']:g}" + (" (hard cut)" if r["ramp"] == 0 else ""), f"{r['fp32_ppl']:.2f}",
+             f"{100 * (r['fp32_ppl'] / hard - 1):+.1f}%", f"{r['int8_kl_mean']:.4f}", f"{r['int8_kl_p99']:.3f}",
+             f"{100 * r['int8_same_experts']:.1f}%", f"{100 * r['int8_ppl_change']:+.2f}%"] for r in d["rows"]]
+    return table(["ramp", "fp32 perplexity", "vs hard cut", "int8 mean KL", "int8 p99 KL", "same experts as fp32",
+                  "int8 perplexity change"], rows, "lrrrrrr")
+
+
 def grammar_libs() -> str:
     d = result("grammar_libs")
     rows = [[name, r["version"], f"{r['setup_s']:.2f} s", f"{r['compile_ms_mean']:.1f} ms",
@@ -1503,7 +1514,7 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/results/domains.md": {"domains_results": domains_results, "domains_by_source": domains_by_source,
                                 "domains_styles": domains_styles, "domains_zero_shot": domains_zero_shot},
     "docs/results/quant.md": {"quant": quant_results, "quant_real": quant_real,
-                              "quant_real_targets": quant_real_targets},
+                              "quant_real_targets": quant_real_targets, "quant_ramp": quant_ramp},
     "docs/results/routing.md": {"routing_en": routing_table("en"), "routing_zh": routing_table("zh"),
                                 "routing_targets": routing_targets},
     "docs/results/core.md": {"quickstart": quickstart, "train_throughput": train_throughput},
