@@ -108,6 +108,15 @@ class _QuantWeights(nn.Module):
             self._packed = (key, mats)
         return self._packed[1]
 
+    def share_packed(self, mats: list[tuple[torch.Tensor, ...]]) -> None:
+        """Use ``mats`` as the packed form: the same tensors as `packed` gives, held in another
+        layout's storage (views), so that the two layouts keep one copy of the codes."""
+        key = self._codes_key()
+        if self._packed is None or self._packed[0] != key or len(mats) != len(self._packed[1]) or not all(
+                torch.equal(a, b) for new, old in zip(mats, self._packed[1]) for a, b in zip(new, old)):
+            raise ValueError("share_packed: the tensors are not this layer's packed form")
+        self._packed = (key, mats)
+
     def _codes_key(self) -> tuple:
         """What a packed form was made from: the codes', scales' and offsets' storage and versions
         (changed in place, by loading or by moving)."""
@@ -453,7 +462,10 @@ class RowExperts:
     the experts' input columns one after another, each expert's own groups and scales); 8-bit
     down projections, whose scales are per output channel and per expert, stay one product per
     expert. The gathers copy the chosen experts' codes (k = 5: 0.26 MB a layer in 4 bits), which
-    costs less than the calls saved.
+    costs less than the calls saved. The gate and up codes are stored once, in this layout, and
+    the per-expert products of batches read views of them; the 4-bit down projections' codes are
+    held twice, here blocked by output rows with the experts side by side (for SmolLM2's MoE form
+    18 MB, a quarter of its int4 file), as the per-expert products need each expert's alone.
 
     The packed kernels' layouts are their own: the 4-bit layout blocks output rows, and
     gathering is only right where blocks never straddle two experts. `build` checks each
@@ -478,8 +490,11 @@ class RowExperts:
         if not all(w.use_packed(probe) for w in (w1, w3, w2)) or (w1.bits, w1.group) != (w3.bits, w3.group):
             return None
         p1, p3, p2 = w1.packed(), w3.packed(), w2.packed()
-        E = len(p1)
+        E, H = len(p1), w1.out_features
         w13 = torch.stack([torch.cat([p1[e][0], p3[e][0]]) for e in range(E)])            # (E, 2H, ...)
+        # the per-expert products (batches) read their codes from here too: one copy in memory
+        w1.share_packed([(w13[e, :H], *p1[e][1:]) for e in range(E)])
+        w3.share_packed([(w13[e, H:], *p3[e][1:]) for e in range(E)])
         if w1.bits == 8:
             s13 = torch.stack([torch.cat([p1[e][1], p3[e][1]]) for e in range(E)])        # (E, 2H)
         else:
