@@ -58,14 +58,6 @@ class RouterOutput:
     aux_loss: torch.Tensor | None  # scalar: sequence-level balance loss + z-loss, if enabled
 
 
-def _sigmoid(v: float) -> float:
-    """The logistic function of a host float, without overflow at either end."""
-    if v >= 0:
-        return 1.0 / (1.0 + math.exp(-v))
-    e = math.exp(v)
-    return e / (1.0 + e)
-
-
 class Router(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -183,32 +175,27 @@ class Router(nn.Module):
     def route_one(self, x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
         """One token's routing (x: D features, any shape), decided on the host: the chosen experts
         (k,) in selection order and their weights. Only the gate's product and its scores are
-        tensor operation, and its scores and the choice among them are computed in Python, where
-        `forward` runs some thirty small tensor operations; the statistics add to host lists
-        (`_join_host_stats`). The same choices and weights as `forward`, except that the scores,
-        the selection values and the routing mass are float64 here: a token within rounding of
-        a tie or of the threshold may take another expert, or one more or fewer. See
-        `host_routes`."""
+        tensor operations; the choice among the scores is made in Python, where `forward` runs
+        some thirty small tensor operations, and the statistics add to host lists
+        (`_join_host_stats`), so that a decode step pays no tensor operation for them. The same
+        choices and weights as `forward`, except that the routing mass is summed in float64 here:
+        a token whose mass lies within rounding of the threshold may take one expert more or
+        fewer. See `host_routes`."""
         cfg, E = self.cfg, self.n_experts
         bias_E, threshold = self._state(self.selection.single if self.selection is not None else None)
-        # the gate's product as `forward` makes it (fp32); its E values then go to the host, where
-        # the scores and the choice are computed in float64 (each tensor operation here costs more
-        # than the arithmetic over E values in Python)
+        # scores and selection values in fp32 tensor arithmetic, as `forward` makes them (its
+        # roundings decide ties); the choice among E values is then made on the host
         x1, w = x.reshape(1, -1).float(), self.weight.float()
         if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
-                logits = F.linear(x1, w).tolist()[0]
+                logits_E = F.linear(x1, w)[0]
         else:
-            logits = F.linear(x1, w).tolist()[0]
-        if cfg.score_fn == "softmax":
-            top = max(logits)
-            scores = [math.exp(v - top) for v in logits]
-            total = sum(scores)
-            scores, select = [v / total for v in scores], logits
-        else:
-            scores = select = [_sigmoid(v) for v in logits]
+            logits_E = F.linear(x1, w)[0]
+        scores_E = logits_E.softmax(-1) if cfg.score_fn == "softmax" else logits_E.sigmoid()
+        select_E = logits_E if cfg.score_fn == "softmax" else scores_E
         if cfg.balance_bias:
-            select = [v + b for v, b in zip(select, bias_E.tolist())]
+            select_E = select_E + bias_E
+        scores, select = scores_E.tolist(), select_E.tolist()
         order = sorted(range(E), key=select.__getitem__, reverse=True)
         share = sum(scores)
         if cfg.router_mode == "topk":
