@@ -235,7 +235,7 @@ def test_step_fuses_quantized_layers_and_equals_the_forward(bits, group):
     assert _step_against_forward(model) < 2e-2
 
 
-@pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 64)])  # 64: the experts' 32 inputs padded
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 32), (4, 128)])  # 128: the experts' 64 inputs padded
 def test_step_runs_quantized_experts_as_gathered_products(bits, group):
     """A quantized MoE decodes its one row through the gathered products of its chosen experts
     (`OneRowMoE` with the layer's `row_experts`): the logits of each step equal those of the whole
@@ -243,8 +243,9 @@ def test_step_runs_quantized_experts_as_gathered_products(bits, group):
     from lightseek.quant.apply import quantize
     from lightseek.quant.config import QuantConfig
 
-    model = quantize(_model(**VARIANTS["moefy-like"]), QuantConfig(bits=bits, group_size=group or 32,
-                                                                   pad_groups=group == 64))
+    # experts of 64 neurons: whole row blocks of the 4-bit kernel's layout on AVX2 and AVX-512
+    model = quantize(_model(**VARIANTS["moefy-like"], moe_inter_dim=64),
+                     QuantConfig(bits=bits, group_size=group or 32, pad_groups=group == 128))
     with torch.inference_mode():
         step = DecodeStep.of(model)
     moes = [layer for layer in step.row_layers if isinstance(layer.block.ffn, MoE)]

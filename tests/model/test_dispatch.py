@@ -138,13 +138,14 @@ def test_dynamic_router_gives_tokens_different_k():
     torch.testing.assert_close(route.weights_TK.sum(-1), torch.ones(200))
 
 
-def test_threshold_ramp_fades_an_expert_out_instead_of_dropping_it():
+@pytest.mark.parametrize("expert_weights", ["unit", "router"])  # router: renormalised over the chosen
+def test_threshold_ramp_fades_an_expert_out_instead_of_dropping_it(expert_weights):
     """With a hard cut, moving the threshold across a token's routing mass drops a whole expert:
     the layer's output jumps. With a ramp the same experts run, the last one weighted by how far
     the mass before it lies below the threshold, so the output moves in steps as small as the
     threshold's; on the host path (`route_one`) as in the batched forward."""
     def outputs(ramp: float) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = preset("debug", router_mode="dynamic", expert_weights="unit", n_shared_experts=0,
+        cfg = preset("debug", router_mode="dynamic", expert_weights=expert_weights, n_shared_experts=0,
                      max_k=8, threshold_ramp=ramp)
         torch.manual_seed(0)
         layer = MoE(cfg).eval()

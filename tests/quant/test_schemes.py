@@ -153,27 +153,31 @@ def test_a_quantized_head_computes_its_largest_logits_in_fp32(bits: int, group: 
 def _expert_stacks(bits13: int, bits2: int, group: int, E: int = 6, D: int = 128, H: int = 96, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     w1, w3, w2 = (torch.randn(E, a, b, generator=g) * 0.1 for a, b in ((D, H), (D, H), (H, D)))
-    stacks = {"w1": quantize_rtn(w1.transpose(1, 2), bits13, group, pad=True),
-              "w3": quantize_rtn(w3.transpose(1, 2), bits13, group, pad=True),
-              "w2": quantize_rtn(w2.transpose(1, 2), bits2, group, pad=True)}
+    stacks = {"w1": quantize_rtn(w1.transpose(1, 2).contiguous(), bits13, group, pad=True),
+              "w3": quantize_rtn(w3.transpose(1, 2).contiguous(), bits13, group, pad=True),
+              "w2": quantize_rtn(w2.transpose(1, 2).contiguous(), bits2, group, pad=True)}
     deq = [dequantize(stacks[k]).transpose(1, 2) for k in ("w1", "w3", "w2")]
     return torch.nn.ModuleDict({k: _QuantWeights(v, "packed") for k, v in stacks.items()}), deq
 
 
-# (8, 4): 8-bit gate and up, 4-bit down, as the budget policy may choose; group 64 on 96 inputs:
-# each expert's down projection padded to whole groups, which the gathered product must keep apart
-@pytest.mark.parametrize("bits13,bits2,group", [(4, 4, 32), (4, 4, 64), (4, 8, 32), (8, 8, 32), (8, 4, 64)])
-def test_row_experts_gather_the_chosen_experts_into_two_products(bits13: int, bits2: int, group: int) -> None:
+# 4-bit gate and up with experts of 64 or 128 neurons: whole row blocks of the kernel's layout on
+# AVX2 (32) and AVX-512 (64). (4, 4, 128, 64): the down projection's 64 inputs padded to a group of
+# 128, which the gathered product must keep apart per expert; (8, 4, 64, 96) likewise with 8-bit
+# gate and up (no row blocks), as the budget policy may mix them; E = 2: the fewest experts.
+@pytest.mark.parametrize("bits13,bits2,group,H,E", [(4, 4, 32, 128, 6), (4, 4, 128, 64, 6), (4, 8, 32, 128, 6),
+                                                    (8, 8, 32, 96, 6), (8, 4, 64, 96, 6), (4, 4, 32, 64, 2)])
+def test_row_experts_gather_the_chosen_experts_into_two_products(bits13: int, bits2: int, group: int, H: int,
+                                                                  E: int) -> None:
     """One row's chosen experts through `RowExperts` (their packed weights gathered, w1 and w3 as
     one product, 4-bit w2 as one) equal the dequantized reference, with any number of experts,
     weights of one or not, and an unused slot; `quant_few_tokens` uses it where given."""
-    q, deq = _expert_stacks(bits13, bits2, group)
+    q, deq = _expert_stacks(bits13, bits2, group, E=E, H=H)
     row = RowExperts.build(q)
     assert row is not None
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 128, generator=g)
-    for k in (1, 3, 6):
-        ids = torch.stack([torch.randperm(6, generator=g)[:k] for _ in range(4)])
+    for k in sorted({1, min(3, E), E}):
+        ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(4)])
         for wts in (torch.ones(4, k), torch.rand(4, k, generator=g)):
             ref = moe_reference(x, ids, wts, *deq)
             with torch.no_grad():
@@ -181,7 +185,7 @@ def test_row_experts_gather_the_chosen_experts_into_two_products(bits13: int, bi
                 one_by_one = quant_few_tokens(x, ids, wts, q)
             assert (got - ref).norm() / ref.norm() < 1e-2
             torch.testing.assert_close(got, one_by_one, atol=2e-2, rtol=2e-2)  # bf16 outputs summed in another order
-    ids = torch.tensor([[2, 6, 6], [6, 6, 6]])  # sentinel slots; a row with no expert at all is zero
+    ids = torch.tensor([[1, E, E], [E, E, E]])  # sentinel slots; a row with no expert at all is zero
     wts = torch.ones(2, 3)
     with torch.no_grad():
         got = quant_few_tokens(x[:2], ids, wts, q, row)
@@ -189,14 +193,27 @@ def test_row_experts_gather_the_chosen_experts_into_two_products(bits13: int, bi
     assert (got[:1] - ref).norm() / ref.norm() < 1e-2 and not got[1].any()
 
 
+def test_row_experts_keep_one_copy_of_the_gate_and_up_codes() -> None:
+    """8-bit gate and up codes are gathered from the layer's own buffers; 4-bit ones are held once,
+    and the per-expert products read views of them."""
+    q8, _ = _expert_stacks(8, 8, 32)
+    row = RowExperts.build(q8)
+    assert row.w13[0] is q8["w1"].qweight and row.w13[1] is q8["w3"].qweight
+    q4, _ = _expert_stacks(4, 4, 32, H=128)
+    row = RowExperts.build(q4)
+    stacked = row.w13.untyped_storage().data_ptr()
+    for m in (q4["w1"], q4["w3"]):
+        assert all(w.untyped_storage().data_ptr() == stacked for w, _ in m.packed())
+
+
 def test_row_experts_only_where_the_packed_kernels_run() -> None:
-    """No one-row path where the packed kernels do not run (reference kernel, autograd) or where
+    """No one-row path where the packed kernels do not run (the reference kernel chosen) or where
     gate and up differ in format; the per-expert path then computes the rows."""
-    q, _ = _expert_stacks(4, 4, 32)
+    q, _ = _expert_stacks(4, 4, 32, H=128)
     assert RowExperts.build(q) is not None
     for m in q.values():
         m.kernel = "dequant"
     assert RowExperts.build(q) is None
-    mixed, _ = _expert_stacks(4, 4, 32)
-    mixed["w3"] = _expert_stacks(8, 8, 32)[0]["w3"]
+    mixed, _ = _expert_stacks(4, 4, 32, H=128)
+    mixed["w3"] = _expert_stacks(8, 8, 32, H=128)[0]["w3"]
     assert RowExperts.build(mixed) is None

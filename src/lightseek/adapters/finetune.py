@@ -406,13 +406,12 @@ def _routing_stats_kept(model):
     """Leave the routers' accumulated statistics (which drive balancing) as they were: a
     forward pass of the base model inside a training step must not count as the step's load."""
     routers = [m.router for m in model.moe_layers()]
-    saved = [(r.load_E.clone(), r.stat_sums.clone()) for r in routers]
+    saved = [(r.load_E, r.stat_sums) for r in routers]  # new tensors: what they are now
     try:
         yield
     finally:
         for r, (load, sums) in zip(routers, saved):
-            r.load_E.copy_(load)
-            r.stat_sums.copy_(sums)
+            r.restore_stats(load, sums)
 
 
 def _replay_shards(dc: SftDataConfig, base_run: dict, tokenizer: Tokenizer, say):

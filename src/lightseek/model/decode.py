@@ -20,8 +20,9 @@ step here computes the same thing with fewer operations:
 The prompt goes through the same products as one chunk (`prefill`).
 
 MoE layers run through their own module (dropless dispatch, routing statistics as usual), but
-for one row on the CPU through `OneRowMoE`: routing decided on the host and the chosen experts'
-weights read in place through embedding bags. A
+for one row on the CPU through `OneRowMoE`: routing decided on the host, and the chosen
+experts' weights read in place through embedding bags (fp32) or gathered into a few packed
+products (quantized). A
 model the step does not cover (latent attention, adapters chosen per row) decodes through
 `Transformer.forward`; `DecodeStep.unsupported` says why. An adapter chosen for the sequence
 applies as in the forward: wrapped projections are not fused, each runs through its own module.
@@ -441,11 +442,12 @@ class OneRowMoE:
     With it SmolLM2's MoE form (16 experts of 96 neurons, k = 5) decodes 1.12x as fast as the
     dense model it was cut from at batch 1 in fp32, where through the module it was the slower
     of the two (bench/moefy_speed.py). Quantized experts (a layer with ``row_experts``, the
-    quantization layer's QuantMoE) run as the two gathered packed products it gives, taken when
-    the step is built (the step rebuilds when their codes or kernel change). The same output as
-    the module up to float rounding (`Router.route_one`). Falls back to the module whenever the
-    router does not decide on the host (training, autograd, an adapter on the gate, several
-    routing states) or an adapter is on the experts."""
+    quantization layer's QuantMoE) run as the few gathered packed products it gives
+    (`quant.modules.RowExperts`), taken when the step is built (the step rebuilds when their
+    codes or kernel change). The same output as the module up to float rounding
+    (`Router.route_one`). Falls back to the module whenever the router does not decide on the
+    host (training, autograd, an adapter on the gate, several routing states), an adapter is on
+    the experts, or fp32 experts are no longer fp32 on the CPU."""
 
     def __init__(self, moe: MoE):
         self.moe = moe
@@ -462,11 +464,12 @@ class OneRowMoE:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:                    # x (1, D)
         moe, row_experts = self.moe, self.row_experts
-        if moe.lora is not None or not moe.router.host_routes(x, 1):
+        if (moe.lora is not None or not moe.router.host_routes(x, 1)
+                or row_experts is None and not self.covers(moe)):  # fp32 experts: as they are now
             return moe(x[None])[0]
         ids, weights = moe.router.route_one(x)
-        if row_experts is not None:  # bf16 (1, D): the residual it is added to makes it fp32
-            y = row_experts(x.to(row_experts.dtype), ids, weights)
+        if row_experts is not None:
+            y = row_experts(x.to(row_experts.dtype), ids, weights).to(x.dtype)
         else:
             # the module's weights read at each call: a replaced parameter is seen
             y = bag_experts(x.expand(len(weights), x.shape[1]), ids, moe.w1_EDH, moe.w3_EDH, moe.w2_EHD)

@@ -68,9 +68,10 @@ class Router(nn.Module):
         self.register_buffer("bias_E", torch.zeros(cfg.n_experts))
         self.register_buffer("threshold", torch.tensor(float(cfg.threshold_init)))
         # Statistics accumulated since the last reset (not saved), read as `load_E` and
-        # `stat_sums`. Tokens routed on the host (`route_one`) add to host lists first, which
-        # join the tensors when either is read: a decode step then pays no tensor operation for
-        # its statistics.
+        # `stat_sums`: the batched forward adds to these tensors, tokens routed on the host
+        # (`route_one`) to host lists, so that a decode step pays no tensor operation for them.
+        # Only the thread that runs the model writes either; a reader (the server's metrics,
+        # another thread) adds them up into new tensors and changes nothing.
         self.register_buffer("_load_E", torch.zeros(cfg.n_experts, dtype=torch.float64), persistent=False)
         self.register_buffer("_stat_sums", torch.zeros(3, dtype=torch.float64), persistent=False)  # tokens, k, entropy
         self._host_load = [0] * cfg.n_experts
@@ -84,26 +85,26 @@ class Router(nn.Module):
 
     @property
     def load_E(self) -> torch.Tensor:
-        """Tokens routed to each expert since the last reset, (E,) float64."""
-        self._join_host_stats()
-        return self._load_E
+        """Tokens routed to each expert since the last reset, (E,) float64: a new tensor (change
+        the statistics through `reset_stats` and `restore_stats`)."""
+        host = self._host_load[:]  # one read of the list: the model's thread may be adding to it
+        return self._load_E + torch.tensor(host, dtype=torch.float64, device=self._load_E.device)
 
     @property
     def stat_sums(self) -> torch.Tensor:
-        """Since the last reset: tokens, the sum of their k, the sum of their routing entropies."""
-        self._join_host_stats()
-        return self._stat_sums
-
-    def _join_host_stats(self) -> None:
-        if self._host_sums[0]:
-            self._load_E += torch.tensor(self._host_load, dtype=torch.float64, device=self._load_E.device)
-            self._stat_sums += torch.tensor(self._host_sums, dtype=torch.float64, device=self._stat_sums.device)
-            self._host_load, self._host_sums = [0] * self.n_experts, [0, 0, 0.0]
+        """Since the last reset: tokens, the sum of their k, the sum of their routing entropies
+        ((3,) float64, a new tensor, as `load_E`)."""
+        host = self._host_sums[:]
+        return self._stat_sums + torch.tensor(host, dtype=torch.float64, device=self._stat_sums.device)
 
     def reset_stats(self) -> None:
+        self.restore_stats(None, None)
+
+    def restore_stats(self, load_E: torch.Tensor | None, stat_sums: torch.Tensor | None) -> None:
+        """Set the statistics to values read before (`load_E`, `stat_sums`), or to zero (None)."""
         self._host_load, self._host_sums = [0] * self.n_experts, [0, 0, 0.0]
-        self._load_E.zero_()
-        self._stat_sums.zero_()
+        for buf, value in ((self._load_E, load_E), (self._stat_sums, stat_sums)):
+            buf.zero_() if value is None else buf.copy_(value)
 
     def forward(self, x_BTD: torch.Tensor) -> RouterOutput:
         B, T, _ = x_BTD.shape
@@ -145,6 +146,7 @@ class Router(nn.Module):
                 ramp_TK = ((threshold - (mass_TK - chosen_probs_TK)) / cfg.threshold_ramp).clamp(0.0, 1.0)
                 ramp_TK[:, :cfg.min_k] = 1.0
 
+        ramp = cfg.router_mode == "dynamic" and cfg.threshold_ramp > 0
         if cfg.expert_weights == "unit" and not torch.is_grad_enabled():  # inference: no scores needed
             weights_TK = keep_TK.float()
         elif cfg.expert_weights == "unit":  # experts are slices of one FFN: their plain sum is that FFN
@@ -154,9 +156,11 @@ class Router(nn.Module):
             weights_TK = (1.0 + chosen_TK - chosen_TK.detach()) * keep_TK
         else:
             weights_TK = scores_TE.gather(1, expert_ids_TK) * keep_TK
+            if ramp:  # before renormalising, so that a fading expert's share goes to the others smoothly
+                weights_TK = weights_TK * ramp_TK
             if cfg.norm_topk_prob:
                 weights_TK = weights_TK / weights_TK.sum(-1, keepdim=True).clamp_min(1e-20)
-        if cfg.router_mode == "dynamic" and cfg.threshold_ramp > 0:
+        if ramp and cfg.expert_weights == "unit":
             weights_TK = weights_TK * ramp_TK
         weights_TK = weights_TK * cfg.routed_scaling
         expert_ids_TK = expert_ids_TK.masked_fill(~keep_TK, self.n_experts)
@@ -210,18 +214,18 @@ class Router(nn.Module):
                 before.append(mass)
                 k += 1
             chosen = order[:max(k, cfg.min_k)]
+        fade = [1.0] * len(chosen)  # the ramp's factor of each chosen expert (min_k's are whole)
+        if cfg.router_mode == "dynamic" and cfg.threshold_ramp > 0:
+            fade = [1.0 if j < cfg.min_k or j >= len(before) else min(1.0, (limit - before[j]) / cfg.threshold_ramp)
+                    for j in range(len(chosen))]
         if cfg.expert_weights == "unit":
-            weights = [cfg.routed_scaling] * len(chosen)
+            weights = [cfg.routed_scaling * f for f in fade]
         else:
-            weights = [scores[e] for e in chosen]
+            weights = [scores[e] * f for e, f in zip(chosen, fade)]
             if cfg.norm_topk_prob:
                 total = max(sum(weights), 1e-20)
                 weights = [w / total for w in weights]
             weights = [w * cfg.routed_scaling for w in weights]
-        if cfg.router_mode == "dynamic" and cfg.threshold_ramp > 0:
-            ramp = cfg.threshold_ramp
-            weights = [w if j < cfg.min_k or j >= len(before) else w * min(1.0, (limit - before[j]) / ramp)
-                       for j, w in enumerate(weights)]
         if self.token_mask_T is None or bool(self.token_mask_T.all()):
             load, sums = self._host_load, self._host_sums
             for e in chosen:

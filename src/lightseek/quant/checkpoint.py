@@ -135,8 +135,7 @@ def load_quantized(path: Path, meta: dict, cfg: ModelConfig, device: str | torch
     cos, sin = rope_tables(cfg)
     model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)
     for m in model.moe_layers():
-        m.router.load_E.zero_()
-        m.router.stat_sums.zero_()
+        m.router.reset_stats()
     model.quant_layers, model.quant_config = layers, qcfg
     model.quant_params, model.quant_source = section.get("params"), section.get("source", {})
     model.quant_budget = section.get("budget")

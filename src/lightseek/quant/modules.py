@@ -457,27 +457,32 @@ class RowExperts:
     At one row the 96-wide expert products cost less than the calls that issue them (SmolLM2's
     MoE form at k = 8: 24 calls a layer, 610 us). Here the chosen experts' packed weights are
     gathered into one matrix per side, so a layer issues one product for all their gate and up
-    projections (``w13``: each chosen expert's w1 rows then its w3 rows, experts one after
-    another) and, for 4-bit down projections, one for all of them (``w2``:
-    the experts' input columns one after another, each expert's own groups and scales); 8-bit
-    down projections, whose scales are per output channel and per expert, stay one product per
-    expert. The gathers copy the chosen experts' codes (k = 5: 0.26 MB a layer in 4 bits), which
-    costs less than the calls saved. The gate and up codes are stored once, in this layout, and
-    the per-expert products of batches read views of them; the 4-bit down projections' codes are
-    held twice, here blocked by output rows with the experts side by side (for SmolLM2's MoE form
-    18 MB, a quarter of its int4 file), as the per-expert products need each expert's alone.
+    projections and, for 4-bit down projections, one for all of them (``w2``: the experts' input
+    columns one after another, each expert's own groups and grids); 8-bit down projections, whose
+    scales are per output channel and per expert, stay one product per expert (1 + k a layer).
+    The gathers copy the chosen experts' codes (k = 5: 0.26 MB a layer in 4 bits), which costs
+    less than the calls saved.
 
-    The packed kernels' layouts are their own: the 4-bit layout blocks output rows, and
-    gathering is only right where blocks never straddle two experts. `build` checks each
-    assumption on the layer's own codes against the kernel's packing of the concatenated codes,
-    and returns None (the per-expert path stays) where one fails."""
+    Memory: 8-bit gate and up codes are gathered from the layer's own buffers (the chosen experts'
+    w1 rows, then their w3 rows). 4-bit ones are held once, each expert's w1 and w3 packed rows
+    side by side, and the per-expert products of batches read views of them (`share_packed`). The
+    4-bit down projections' codes are held twice, here blocked by output rows with the experts
+    side by side (for SmolLM2's MoE form 18 MB, a quarter of its int4 file), as the per-expert
+    products need each expert's alone.
+
+    The packed kernels' layouts are their own: the 4-bit layout blocks output rows (32 on AVX2,
+    64 on AVX-512), and gathering is only right where blocks never straddle two experts. `build`
+    checks each assumption on the layer's own codes against the kernel's packing of the
+    concatenated codes, and returns None (the per-expert path stays) where one fails: experts of
+    96 neurons in 4 bits, as SmolLM2's MoE form has, keep the per-expert path on AVX-512."""
 
     dtype = PACKED_DTYPE  # of the row a call takes
 
-    def __init__(self, w13, s13, group13: int, w2, s2=None, group2: int = 0):
-        # gate and up: (E, 2H, D or D/2) codes, (E, 2H) int8 scales or (D/G, E, 2H, 2) 4-bit grids
+    def __init__(self, hidden: int, w13, s13, group13: int, w2, s2=None, group2: int = 0):
+        self.hidden = hidden
+        # gate and up: 8 bits: the (E, H, D) codes and (E, H) scales of w1 and of w3, in pairs;
+        # 4 bits: (E, 2H, D/2) packed codes and (D/G, E, 2H, 2) grids
         self.w13, self.s13, self.group13 = w13, s13, group13
-        self.hidden = w13.shape[1] // 2
         # down: 4 bits (D/BN, E, Kp*BN/2) codes and (E, Kp/G, D, 2) grids, or per expert (8 bits)
         self.w2, self.s2, self.group2 = w2, s2, group2
         self.kp2 = 0 if s2 is None else s2.shape[1] * group2  # an expert's inputs, padded to whole groups
@@ -491,40 +496,47 @@ class RowExperts:
             return None
         p1, p3, p2 = w1.packed(), w3.packed(), w2.packed()
         E, H = len(p1), w1.out_features
-        w13 = torch.stack([torch.cat([p1[e][0], p3[e][0]]) for e in range(E)])            # (E, 2H, ...)
-        # the per-expert products (batches) read their codes from here too: one copy in memory
-        w1.share_packed([(w13[e, :H], *p1[e][1:]) for e in range(E)])
-        w3.share_packed([(w13[e, H:], *p3[e][1:]) for e in range(E)])
         if w1.bits == 8:
-            s13 = torch.stack([torch.cat([p1[e][1], p3[e][1]]) for e in range(E)])        # (E, 2H)
+            w13 = (w1.qweight.contiguous(), w3.qweight.contiguous())  # the buffers as they are, if contiguous
+            s13 = tuple(torch.stack([s for _, s in p]) for p in (p1, p3))               # (E, H) each
         else:
-            s13 = torch.stack([torch.cat([p1[e][1], p3[e][1]], 1) for e in range(E)], 1)  # (D/G, E, 2H, 2)
-            if not _rows_gather(w1, w13):
+            w13 = torch.stack([torch.cat([p1[e][0], p3[e][0]]) for e in range(E)])        # (E, 2H, D/2)
+            if not _rows_gather(w1, w3, w13):
                 return None
+            # the per-expert products (batches) read their codes from here too: one copy in memory
+            w1.share_packed([(w13[e, :H], *p1[e][1:]) for e in range(E)])
+            w3.share_packed([(w13[e, H:], *p3[e][1:]) for e in range(E)])
+            s13 = torch.stack([torch.cat([p1[e][1], p3[e][1]], 1) for e in range(E)], 1)  # (D/G, E, 2H, 2)
         if w2.bits == 8:
-            return cls(w13, s13, w1.group, p2)
+            return cls(H, w13, s13, w1.group, p2)
         block = _k_block(w2, p2)
         if block is None:
             return None
         D = w2.out_features
         kw2 = torch.stack([p[0].view(D // block, -1) for p in p2], 1)                 # (D/BN, E, Kp*BN/2)
         ks2 = torch.stack([p[1] for p in p2])                                        # (E, Kp/G, D, 2)
-        return cls(w13, s13, w1.group, kw2, ks2, w2.group)
+        return cls(H, w13, s13, w1.group, kw2, ks2, w2.group)
 
     def __call__(self, xb: torch.Tensor, ids: torch.Tensor, weights: list[float]) -> torch.Tensor:
         """sum_j weights[j] * expert ids[j] (x) for one row ``xb`` (1, D) in `dtype`, contiguous;
         (1, D) in `dtype` (fp32 for 8-bit down projections, summed one by one)."""
         k, H = len(weights), self.hidden
-        w13 = _gather(self.w13, 0, ids).view(2 * k * H, -1)
-        if self.s13.dim() == 2:                                                # 8 bits
-            u = torch._weight_int8pack_mm(xb, w13, self.s13.index_select(0, ids).view(-1))
+        if isinstance(self.w13, tuple):                                        # 8 bits
+            (q1, q3), (s1, s3) = self.w13, self.s13
+            w = torch.empty(2, k, H, q1.shape[-1], dtype=q1.dtype)
+            s = torch.empty(2, k, H, dtype=s1.dtype)
+            for i, (q, sc) in enumerate(((q1, s1), (q3, s3))):
+                _gather(q, 0, ids, out=w[i])
+                torch.index_select(sc, 0, ids, out=s[i])
+            u = torch._weight_int8pack_mm(xb, w.view(2 * k * H, -1), s.view(-1)).float().view(2, k, H)
+            gate, up = F.silu(u[0]), u[1]                                      # (k, H) each
         else:
+            w13 = _gather(self.w13, 0, ids).view(2 * k * H, -1)
             s13 = self.s13.index_select(1, ids).view(self.s13.shape[0], 2 * k * H, 2)
             kp = s13.shape[0] * self.group13
             xp = xb if kp == xb.shape[1] else F.pad(xb, (0, kp - xb.shape[1]))
-            u = torch._weight_int4pack_mm_for_cpu(xp, w13, self.group13, s13)
-        u = u.float().view(k, 2, H)
-        gate, up = F.silu(u[:, 0]), u[:, 1]                                    # (k, H) each
+            u = torch._weight_int4pack_mm_for_cpu(xp, w13, self.group13, s13).float().view(k, 2, H)
+            gate, up = F.silu(u[:, 0]), u[:, 1]
         if any(w != 1.0 for w in weights):
             gate.mul_(torch.tensor(weights)[:, None])
         if self.s2 is None:                                                    # 8-bit w2: per expert
@@ -542,26 +554,32 @@ class RowExperts:
         return torch._weight_int4pack_mm_for_cpu(hb.view(1, -1), w2, self.group2, s2)
 
 
-def _gather(t: torch.Tensor, dim: int, ids: torch.Tensor) -> torch.Tensor:
-    """``t.index_select(dim, ids)`` of a byte tensor, moved as 8-byte words where its last dimension
-    allows: index_select copies element by element (at one row of SmolLM2's MoE form, 8 experts'
-    w1 and w3 in 4 bits: 27 -> 16 us)."""
+def _gather(t: torch.Tensor, dim: int, ids: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``t.index_select(dim, ids)`` of a byte tensor (into ``out`` if given), moved as 8-byte words
+    where its last dimension allows: index_select copies element by element (at one row of
+    SmolLM2's MoE form, 8 experts' w1 and w3 in 4 bits: 27 -> 16 us)."""
     if t.shape[-1] % 8 or t.element_size() != 1:
-        return t.index_select(dim, ids)
-    return t.view(torch.int64).index_select(dim, ids).view(t.dtype)
+        return torch.index_select(t, dim, ids, out=out) if out is not None else t.index_select(dim, ids)
+    words = t.view(torch.int64)
+    if out is not None:
+        torch.index_select(words, dim, ids, out=out.view(torch.int64))
+        return out
+    return words.index_select(dim, ids).view(t.dtype)
 
 
-def _rows_gather(w1: _QuantWeights, w13: torch.Tensor) -> bool:
-    """Whether the 4-bit kernel reads experts' packed matrices of H rows stacked one after another
-    as the packing of their stacked codes (its row blocks do not straddle two of them), for 2, 3
-    and 4 of them (the kernel's row block may depend on the number of rows)."""
-    E = w13.shape[1]
+def _rows_gather(w1: _QuantWeights, w3: _QuantWeights, w13: torch.Tensor) -> bool:
+    """Whether the 4-bit kernel reads packed matrices of H rows stacked one after another (``w13``:
+    each expert's w1 then its w3) as the packing of their stacked codes, i.e. its row blocks do
+    not straddle two of them: checked for the first 2, 3 and 4 matrices, as the kernel's row
+    block may depend on the number of rows."""
+    E, H = w13.shape[0], w1.out_features
+    mats = [w.matrix(e) for e in range(min(E, 2)) for w in (w1, w3)]
     for n in (2, 3, 4):
-        if n > E:
+        if n > 2 * E:
             break
-        codes = torch.cat([group_codes(w1.matrix(e)) for e in range(n)]).to(torch.int32)
+        codes = torch.cat([group_codes(m) for m in mats[:n]]).to(torch.int32)
         whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-        if not torch.equal(whole, w13[:n, :w1.out_features].reshape(whole.shape)):
+        if not torch.equal(whole, w13.view(2 * E, H, -1)[:n].reshape(whole.shape)):
             return False
     return True
 
