@@ -180,8 +180,9 @@ class Router(nn.Module):
         """One token's routing (x: D features, any shape), decided on the host: the chosen experts
         (k,) in selection order and their weights. Only the gate's product and its scores are
         tensor operations; the choice among the scores is made in Python, where `forward` runs
-        some thirty small tensor operations, and the statistics add to host lists
-        (`_join_host_stats`), so that a decode step pays no tensor operation for them. The same
+        some thirty small tensor operations, and the statistics add to host lists (read with the
+        tensors' counts by `load_E` and `stat_sums`), so that a decode step pays no tensor
+        operation for them. The same
         choices and weights as `forward`, except that the routing mass is summed in float64 here:
         a token whose mass lies within rounding of the threshold may take one expert more or
         fewer. See `host_routes`."""
