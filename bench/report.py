@@ -984,7 +984,8 @@ def domains_by_source() -> str:
 # the trained kinds, side by side on the same texts; the zero-shot run has a table of its own
 # (domains_zero_shot: fewer texts a source, since it asks the model about each)
 STYLE_RUNS = (("domains_styles", "TF-IDF n-grams"), ("domains_styles_model", "SmolLM2 features + TF-IDF"),
-              ("domains_styles_model_no-tfidf", "SmolLM2 features alone"))
+              ("domains_styles_model_no-tfidf", "SmolLM2 features alone"),
+              ("domains_styles_model_layer-15_no-tfidf", "SmolLM2 block 15 features alone"))
 
 
 STYLE_GROUPS = {"en": "English, styles with a same-language sibling",
