@@ -439,7 +439,7 @@ class OneRowMoE:
     the host (`Router.route_one`) and the chosen experts run without the module's dispatch.
     fp32 experts' weights are read in place, as embedding bags (`kernels.dispatch.bag_experts`):
     some fifteen operations a layer where the module with its general dispatch runs about forty.
-    With it SmolLM2's MoE form (16 experts of 96 neurons, k = 5) decodes 1.12x as fast as the
+    With it SmolLM2's MoE form (16 experts of 96 neurons, k = 5) decodes 1.17x as fast as the
     dense model it was cut from at batch 1 in fp32, where through the module it was the slower
     of the two (bench/moefy_speed.py). Quantized experts (a layer with ``row_experts``, the
     quantization layer's QuantMoE) run as the few gathered packed products it gives
