@@ -402,12 +402,17 @@ README_ROWS: list[Row] = [
 ]
 
 
+def _b1_forms(d: dict, config: str) -> tuple[float, float]:
+    """Batch-1 decode tok/s of the MoE form and of the dense model, ``config``, in one speed-only run."""
+    forms = {r["form"]: r["decode_b1"] for r in d["rows"] if r["config"] == config}
+    return forms["moe"], forms["dense"]
+
+
 def _b1_forms_row(d: dict) -> str:
     parts = []
     for config in ("int4 gptq g64", "fp32"):
-        forms = {r["form"]: r["decode_b1"] for r in d["rows"] if r["config"] == config}
-        parts.append(f"{forms['moe']:.1f} vs {forms['dense']:.1f} ({forms['moe'] / forms['dense']:.2f}x: "
-                     f"{'met' if forms['moe'] > forms['dense'] else 'not met'})")
+        moe, dense = _b1_forms(d, config)
+        parts.append(f"{moe:.1f} vs {dense:.1f} ({moe / dense:.2f}x: {'met' if moe > dense else 'not met'})")
     return " / ".join(parts)
 
 
@@ -645,12 +650,10 @@ def quant_real_targets() -> str:
     # batch-1 speed of the two forms, each pair from one speed-only run of both
     for name, form in QUANT_B1_FORMS.items():
         for config in ("int4 gptq g64", "fp32"):
-            forms = {r["form"]: r for r in result(name)["rows"] if r["config"] == config}
-            dense, moe = forms["dense"], forms["moe"]
-            x = moe["decode_b1"] / dense["decode_b1"]
+            moe, dense = _b1_forms(result(name), config)
+            x = moe / dense
             rows.append([f"moe ({form}) vs dense", f"the MoE form faster than the dense one at batch 1 ({config}; "
-                         f"one run, `{name}`)", f"{moe['decode_b1']:.1f} / {dense['decode_b1']:.1f} tok/s = {x:.2f}x",
-                         _yes(x > 1)])
+                         f"one run, `{name}`)", f"{moe:.1f} / {dense:.1f} tok/s = {x:.2f}x", _yes(x > 1)])
     return table(["form", "target", "measured", "met?"], rows)
 
 

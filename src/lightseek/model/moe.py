@@ -130,6 +130,7 @@ class Router(nn.Module):
         if cfg.router_groups > 1:
             select_TE = self._limit_groups(select_TE)
 
+        ramp_TK = None  # dynamic routing with a ramp: each chosen expert's factor (threshold_ramp)
         if cfg.router_mode == "topk":
             expert_ids_TK = select_TE.topk(cfg.top_k, dim=-1).indices
             keep_TK = torch.ones_like(expert_ids_TK, dtype=torch.bool)
@@ -146,7 +147,6 @@ class Router(nn.Module):
                 ramp_TK = ((threshold - (mass_TK - chosen_probs_TK)) / cfg.threshold_ramp).clamp(0.0, 1.0)
                 ramp_TK[:, :cfg.min_k] = 1.0
 
-        ramp = cfg.router_mode == "dynamic" and cfg.threshold_ramp > 0
         if cfg.expert_weights == "unit" and not torch.is_grad_enabled():  # inference: no scores needed
             weights_TK = keep_TK.float()
         elif cfg.expert_weights == "unit":  # experts are slices of one FFN: their plain sum is that FFN
@@ -156,11 +156,11 @@ class Router(nn.Module):
             weights_TK = (1.0 + chosen_TK - chosen_TK.detach()) * keep_TK
         else:
             weights_TK = scores_TE.gather(1, expert_ids_TK) * keep_TK
-            if ramp:  # before renormalising, so that a fading expert's share goes to the others smoothly
+            if ramp_TK is not None:  # before renormalising: a fading expert's share goes to the others smoothly
                 weights_TK = weights_TK * ramp_TK
             if cfg.norm_topk_prob:
                 weights_TK = weights_TK / weights_TK.sum(-1, keepdim=True).clamp_min(1e-20)
-        if ramp and cfg.expert_weights == "unit":
+        if ramp_TK is not None and cfg.expert_weights == "unit":
             weights_TK = weights_TK * ramp_TK
         weights_TK = weights_TK * cfg.routed_scaling
         expert_ids_TK = expert_ids_TK.masked_fill(~keep_TK, self.n_experts)

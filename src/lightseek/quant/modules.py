@@ -101,8 +101,7 @@ class _QuantWeights(nn.Module):
                 if self.bits == 8:
                     mats.append((qt.qweight.contiguous(), qt.scales.to(PACKED_DTYPE).contiguous()))
                     continue
-                codes = group_codes(qt).to(torch.int32)                          # (N, Kp)
-                w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+                w = _int4_packed(group_codes(qt))                                 # from (N, Kp) codes
                 sz = torch.stack([qt.scales, qt.zeros], -1).to(PACKED_DTYPE).transpose(0, 1).contiguous()  # (Kp/G, N, 2)
                 mats.append((w, sz))
             self._packed = (key, mats)
@@ -567,6 +566,11 @@ def _gather(t: torch.Tensor, dim: int, ids: torch.Tensor, out: torch.Tensor | No
     return words.index_select(dim, ids).view(t.dtype)
 
 
+def _int4_packed(codes: torch.Tensor) -> torch.Tensor:
+    """The 4-bit kernel's packed form of codes (N, Kp), as `group_codes` gives them."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+
+
 def _rows_gather(w1: _QuantWeights, w3: _QuantWeights, w13: torch.Tensor) -> bool:
     """Whether the 4-bit kernel reads packed matrices of H rows stacked one after another (``w13``:
     each expert's w1 then its w3) as the packing of their stacked codes, i.e. its row blocks do
@@ -577,8 +581,7 @@ def _rows_gather(w1: _QuantWeights, w3: _QuantWeights, w13: torch.Tensor) -> boo
     for n in (2, 3, 4):
         if n > 2 * E:
             break
-        codes = torch.cat([group_codes(m) for m in mats[:n]]).to(torch.int32)
-        whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        whole = _int4_packed(torch.cat([group_codes(m) for m in mats[:n]]))
         if not torch.equal(whole, w13.view(2 * E, H, -1)[:n].reshape(whole.shape)):
             return False
     return True
@@ -592,8 +595,7 @@ def _k_block(w2: _QuantWeights, p2: list) -> int | None:
     if len(p2) < 2:
         return None
     D = w2.out_features
-    codes = torch.cat([group_codes(w2.matrix(e)) for e in (0, 1)], 1).to(torch.int32)
-    whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    whole = _int4_packed(torch.cat([group_codes(w2.matrix(e)) for e in (0, 1)], 1))
     for block in (8, 16, 32, 64, 128, 256):
         if D % block == 0:
             cat = torch.cat([p2[e][0].view(D // block, -1) for e in (0, 1)], 1).view(whole.shape)
@@ -612,24 +614,18 @@ def quant_few_tokens(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, weights_TK
         return torch.zeros_like(x_TD)
     ids, scale = expert_ids_TK.tolist(), weights_TK.tolist()               # host syncs
     if row_experts is not None:
-        xs = x_TD.to(PACKED_DTYPE).contiguous()
-        rows = []
-        for t, row in enumerate(ids):
-            chosen = [j for j, e in enumerate(row) if e < n_experts]
-            if not chosen:
-                rows.append(torch.zeros(1, x_TD.shape[1], dtype=torch.float32, device=x_TD.device))
-                continue
-            rows.append(row_experts(xs[t:t + 1], torch.tensor([row[j] for j in chosen]),
-                                    [scale[t][j] for j in chosen]).float())
-        return (rows[0] if len(rows) == 1 else torch.cat(rows)).to(x_TD.dtype)
-    xs, run = _expert_runner(qexperts, x_TD)
+        xs, run = x_TD.to(row_experts.dtype).contiguous(), None
+    else:
+        xs, run = _expert_runner(qexperts, x_TD)
     rows = []
     for t, row in enumerate(ids):
-        x = xs[t:t + 1]
-        y = torch.zeros(1, x_TD.shape[1], dtype=torch.float32, device=x_TD.device)
-        for slot, e in enumerate(row):
-            if e < n_experts:
-                y.add_(run(x, e), alpha=scale[t][slot])
+        x, chosen = xs[t:t + 1], [j for j, e in enumerate(row) if e < n_experts]
+        if row_experts is not None and chosen:
+            y = row_experts(x, torch.tensor([row[j] for j in chosen]), [scale[t][j] for j in chosen]).float()
+        else:
+            y = torch.zeros(1, x_TD.shape[1], dtype=torch.float32, device=x_TD.device)
+            for j in chosen:
+                y.add_(run(x, row[j]), alpha=scale[t][j])
         rows.append(y)
     return (rows[0] if len(rows) == 1 else torch.cat(rows)).to(x_TD.dtype)
 
