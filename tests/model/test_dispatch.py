@@ -138,6 +138,14 @@ def test_dynamic_router_gives_tokens_different_k():
     torch.testing.assert_close(route.weights_TK.sum(-1), torch.ones(200))
 
 
+def test_threshold_ramp_outside_its_range_is_refused_by_name():
+    from lightseek.errors import ConfigError
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match=f"model.threshold_ramp must be in \\[0, 1\\], got {bad}"):
+            preset("debug", router_mode="dynamic", threshold_ramp=bad)
+
+
 @pytest.mark.parametrize("expert_weights", ["unit", "router"])  # router: renormalised over the chosen
 def test_threshold_ramp_fades_an_expert_out_instead_of_dropping_it(expert_weights):
     """With a hard cut, moving the threshold across a token's routing mass drops a whole expert:
